@@ -1,0 +1,123 @@
+//! Loss parameters.
+
+use crate::Error;
+
+/// How the length (boundary) term measures the forward differences `d` of each class map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LengthKind {
+    /// Anisotropic total variation `Σ |d|`, the published choice (subgradient 0 at `d = 0`).
+    #[default]
+    L1,
+    /// Squared differences `Σ d²` (smooth, favours blurry boundaries).
+    L2,
+    /// Isotropic and smooth: `Σ_s (sqrt(Σ_a d_a(s)² + δ²) − δ)`.
+    Charbonnier,
+}
+
+impl LengthKind {
+    /// All kinds, in a fixed order.
+    pub const ALL: [LengthKind; 3] = [LengthKind::L1, LengthKind::L2, LengthKind::Charbonnier];
+
+    /// The command-line name (`l1`, `l2`, `charbonnier`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            LengthKind::L1 => "l1",
+            LengthKind::L2 => "l2",
+            LengthKind::Charbonnier => "charbonnier",
+        }
+    }
+}
+
+/// How the energy is reduced over pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Reduction {
+    /// The plain sum, as published.
+    #[default]
+    Sum,
+    /// The sum divided by the number of valid pixels `Σ_b Σ_s m_s` (batch- and size-independent scale).
+    Mean,
+}
+
+impl Reduction {
+    /// The command-line name (`sum`, `mean`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reduction::Sum => "sum",
+            Reduction::Mean => "mean",
+        }
+    }
+}
+
+/// The loss parameters. Values are `f64` whatever the compute type; backends convert them.
+///
+/// | field | default | meaning |
+/// |---|---|---|
+/// | `lambda` | `1e-3` | weight λ of the length term (the published experiments' order of magnitude) |
+/// | `fidelity_weight` | `1` | weight `w` of the fidelity term |
+/// | `length` | [`LengthKind::L1`] | how boundaries are measured |
+/// | `delta` | `1e-2` | Charbonnier's δ (> 0); smaller is closer to isotropic TV but stiffer |
+/// | `centroid_eps` | `1e-8` | ε_c in the centroid denominator (> 0): keeps an empty class finite |
+/// | `reduction` | [`Reduction::Sum`] | sum (published) or mean over valid pixels |
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Params {
+    /// Weight λ of the length term (`>= 0`).
+    pub lambda: f64,
+    /// Weight `w` of the fidelity term (`>= 0`).
+    pub fidelity_weight: f64,
+    /// The length kind.
+    pub length: LengthKind,
+    /// Charbonnier's δ (`> 0`; used only by [`LengthKind::Charbonnier`]).
+    pub delta: f64,
+    /// ε_c of the centroid denominator (`> 0`).
+    pub centroid_eps: f64,
+    /// The reduction.
+    pub reduction: Reduction,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            lambda: 1e-3,
+            fidelity_weight: 1.0,
+            length: LengthKind::L1,
+            delta: 1e-2,
+            centroid_eps: 1e-8,
+            reduction: Reduction::Sum,
+        }
+    }
+}
+
+impl Params {
+    /// Checks every field's range.
+    ///
+    /// # Errors
+    /// [`Error::BadParam`] naming the first field out of range.
+    pub fn validate(&self) -> Result<(), Error> {
+        let check = |name, ok: bool, expected, value| {
+            if ok { Ok(()) } else { Err(Error::BadParam { name, expected, value }) }
+        };
+        let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
+        let finite_pos = |v: f64| v.is_finite() && v > 0.0;
+        check("lambda", finite_nonneg(self.lambda), "finite and >= 0", self.lambda)?;
+        check("fidelity_weight", finite_nonneg(self.fidelity_weight), "finite and >= 0", self.fidelity_weight)?;
+        check("delta", finite_pos(self.delta), "finite and > 0", self.delta)?;
+        check("centroid_eps", finite_pos(self.centroid_eps), "finite and > 0", self.centroid_eps)?;
+        Ok(())
+    }
+
+    /// With another λ.
+    pub fn with_lambda(mut self, lambda: f64) -> Self {
+        self.lambda = lambda;
+        self
+    }
+    /// With another length kind.
+    pub fn with_length(mut self, length: LengthKind) -> Self {
+        self.length = length;
+        self
+    }
+    /// With another reduction.
+    pub fn with_reduction(mut self, reduction: Reduction) -> Self {
+        self.reduction = reduction;
+        self
+    }
+}

@@ -1,0 +1,209 @@
+//! The reference backend: plain, readable, slow on purpose. It is the oracle.
+
+use alloc::vec::Vec;
+use num_traits::Float;
+
+use crate::{Backend, Energy, Error, Input, LengthKind, Outputs, Params, Real, Reduction, check_request};
+
+/// The reference implementation of the loss: every quantity computed in `f64` exactly as the
+/// definition reads (see the crate docs), one sample at a time, no fusion, no threads.
+///
+/// Every fast path is tested against it on seeded inputs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reference;
+
+impl Reference {
+    /// A fresh workspace (the same as [`Backend::workspace`], without naming the float type).
+    pub fn workspace(&self) -> ReferenceWorkspace {
+        ReferenceWorkspace::default()
+    }
+}
+
+/// Scratch of the [`Reference`] backend: one sample's probabilities and gradient in `f64`.
+#[derive(Debug, Default, Clone)]
+pub struct ReferenceWorkspace {
+    y: Vec<f64>,
+    g: Vec<f64>,
+}
+
+impl<T: Real> Backend<T> for Reference {
+    type Workspace = ReferenceWorkspace;
+    type Error = Error;
+
+    fn name(&self) -> &'static str {
+        "reference"
+    }
+
+    fn workspace(&self) -> ReferenceWorkspace {
+        ReferenceWorkspace::default()
+    }
+
+    fn evaluate(
+        &self,
+        input: &Input<'_, T>,
+        params: &Params,
+        mut out: Outputs<'_, T>,
+        ws: &mut ReferenceWorkspace,
+    ) -> Result<Energy<T>, Error> {
+        let valid = check_request(input, params, &out)?;
+        let shape = input.shape();
+        let (n_cls, n_ch, sp) = (shape.classes(), shape.channels(), shape.spatial());
+        let eps = params.centroid_eps;
+        let mut fid_total = 0.0f64;
+        let mut len_total = 0.0f64;
+        // Divisor of the reduction.
+        let scale = match params.reduction {
+            Reduction::Sum => 1.0,
+            Reduction::Mean => 1.0 / valid as f64,
+        };
+        let want_grad = out.grad.is_some();
+
+        for b in 0..shape.batch() {
+            let scores = &input.scores().data()[b * n_cls * sp..(b + 1) * n_cls * sp];
+            let image = &input.image()[b * n_ch * sp..(b + 1) * n_ch * sp];
+            let mask = |s: usize| -> f64 { input.mask().map_or(1.0, |m| m[b * sp + s].to_f64_lossless()) };
+            let x = |k: usize, s: usize| image[k * sp + s].to_f64_lossless();
+
+            // y: probabilities of this sample, [N, S].
+            ws.y.clear();
+            ws.y.extend(scores.iter().map(|v| v.to_f64_lossless()));
+            if input.scores().is_logits() {
+                softmax_in_place(&mut ws.y, n_cls, sp);
+            }
+            let y = &ws.y;
+            ws.g.clear();
+            ws.g.resize(n_cls * sp, 0.0);
+            let g = &mut ws.g;
+
+            for n in 0..n_cls {
+                let yn = &y[n * sp..(n + 1) * sp];
+                // A_n and the centroid c_n.
+                let area: f64 = (0..sp).map(|s| mask(s) * yn[s]).sum();
+                let mut c = Vec::with_capacity(n_ch);
+                for k in 0..n_ch {
+                    let moment: f64 = (0..sp).map(|s| mask(s) * yn[s] * x(k, s)).sum();
+                    c.push(moment / (area + eps));
+                }
+                if let Some(cs) = out.centroids.as_deref_mut() {
+                    for (k, ck) in c.iter().enumerate() {
+                        cs[(b * n_cls + n) * n_ch + k] = T::from_f64_lossy(*ck);
+                    }
+                }
+                // Fidelity and its gradient.
+                let corr = 2.0 * eps / (area + eps);
+                for s in 0..sp {
+                    let dist2: f64 = (0..n_ch)
+                        .map(|k| {
+                            let d = x(k, s) - c[k];
+                            d * d
+                        })
+                        .sum();
+                    fid_total += mask(s) * yn[s] * dist2;
+                    if want_grad {
+                        let dot: f64 = (0..n_ch).map(|k| c[k] * (x(k, s) - c[k])).sum();
+                        g[n * sp + s] += params.fidelity_weight * mask(s) * (dist2 - corr * dot);
+                    }
+                }
+                // Length and its gradient.
+                len_total += length_term(params, shape.spatial_dims(), yn, &mask, &mut g[n * sp..(n + 1) * sp]);
+            }
+
+            if let Some(grad) = out.grad.as_deref_mut() {
+                let grad = &mut grad[b * n_cls * sp..(b + 1) * n_cls * sp];
+                if input.scores().is_logits() {
+                    // ∂E/∂z_n = y_n (g_n − Σ_m y_m g_m), per pixel.
+                    for s in 0..sp {
+                        let mean: f64 = (0..n_cls).map(|m| y[m * sp + s] * g[m * sp + s]).sum();
+                        for n in 0..n_cls {
+                            grad[n * sp + s] = T::from_f64_lossy(scale * y[n * sp + s] * (g[n * sp + s] - mean));
+                        }
+                    }
+                } else {
+                    for (o, gi) in grad.iter_mut().zip(g.iter()) {
+                        *o = T::from_f64_lossy(scale * gi);
+                    }
+                }
+            }
+        }
+        let fidelity = params.fidelity_weight * fid_total * scale;
+        let length = params.lambda * len_total * scale;
+        let e = Energy::new(T::from_f64_lossy(fidelity), T::from_f64_lossy(length));
+        if !e.total.is_finite() {
+            return Err(Error::NonFiniteResult { what: "energy", value: e.total.to_f64_lossless() });
+        }
+        Ok(e)
+    }
+}
+
+/// Softmax over the class axis of `[N, S]` data, in place, subtracting the per-pixel maximum.
+fn softmax_in_place(y: &mut [f64], n_cls: usize, sp: usize) {
+    for s in 0..sp {
+        let max = (0..n_cls).map(|n| y[n * sp + s]).fold(f64::NEG_INFINITY, f64::max);
+        let mut sum = 0.0;
+        for n in 0..n_cls {
+            let e = Float::exp(y[n * sp + s] - max);
+            y[n * sp + s] = e;
+            sum += e;
+        }
+        for n in 0..n_cls {
+            y[n * sp + s] /= sum;
+        }
+    }
+}
+
+/// `Len` of one class map `yn` (`[D, H, W]` flattened), and `λ·∂Len/∂y` added into `g`.
+fn length_term(params: &Params, dims: [usize; 3], yn: &[f64], mask: &dyn Fn(usize) -> f64, g: &mut [f64]) -> f64 {
+    let strides = [dims[1] * dims[2], dims[2], 1];
+    let sp = yn.len();
+    let lambda = params.lambda;
+    let delta = params.delta;
+    let mut total = 0.0;
+    for s in 0..sp {
+        let coord = [s / strides[0], (s / strides[1]) % dims[1], s % dims[2]];
+        // Forward differences d_a(s) along each axis; None where the pair is missing or invalid.
+        let mut d = [None::<(usize, f64)>; 3];
+        for a in 0..3 {
+            if dims[a] > 1 && coord[a] + 1 < dims[a] {
+                let t = s + strides[a];
+                if mask(s) == 1.0 && mask(t) == 1.0 {
+                    d[a] = Some((t, yn[t] - yn[s]));
+                }
+            }
+        }
+        match params.length {
+            LengthKind::L1 | LengthKind::L2 => {
+                for (t, di) in d.iter().flatten() {
+                    let (v, dv) = if params.length == LengthKind::L1 {
+                        (Float::abs(*di), sign0(*di))
+                    } else {
+                        (di * di, 2.0 * di)
+                    };
+                    total += v;
+                    g[*t] += lambda * dv;
+                    g[s] -= lambda * dv;
+                }
+            }
+            LengthKind::Charbonnier => {
+                let sq: f64 = d.iter().flatten().map(|(_, di)| di * di).sum();
+                let r = Float::sqrt(sq + delta * delta);
+                total += r - delta;
+                for (t, di) in d.iter().flatten() {
+                    g[*t] += lambda * di / r;
+                    g[s] -= lambda * di / r;
+                }
+            }
+        }
+    }
+    total
+}
+
+/// `sign(v)` with `sign(0) = 0` (PyTorch's subgradient of `|v|` at 0).
+fn sign0(v: f64) -> f64 {
+    if v > 0.0 {
+        1.0
+    } else if v < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
