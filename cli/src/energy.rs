@@ -1,0 +1,114 @@
+//! `msloss energy`: the loss of arrays in `.npy` files, for cross-checking against NumPy/PyTorch.
+
+use std::path::PathBuf;
+
+use msloss::{Backend, Input, Real, Scores, Shape};
+
+use crate::backends::{AnyBackend, BackendChoice};
+use crate::npy::{self, FloatData};
+use crate::params::ParamArgs;
+
+/// Arguments of `msloss energy`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The image, [B,C,H,W] or [B,C,D,H,W], float32 or float64.
+    #[arg(long)]
+    image: PathBuf,
+    /// Logits [B,N,H,W] or [B,N,D,H,W] (softmax over N); float32 or float64.
+    #[arg(long, required_unless_present = "probs", conflicts_with = "probs")]
+    logits: Option<PathBuf>,
+    /// Probabilities [B,N,H,W] or [B,N,D,H,W] (finite, >= 0).
+    #[arg(long)]
+    probs: Option<PathBuf>,
+    /// Mask [B,H,W] or [B,D,H,W] (also [B,1,...]) of 0/1 values; bool, integer or float.
+    #[arg(long)]
+    mask: Option<PathBuf>,
+    /// The loss parameters.
+    #[command(flatten)]
+    params: ParamArgs,
+    /// Which backend computes.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+    backend: BackendChoice,
+    /// Threads of the CPU backend (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Where to write ∂E/∂(logits or probabilities), in the scores' dtype and shape.
+    #[arg(long)]
+    grad_out: Option<PathBuf>,
+}
+
+/// Runs `msloss energy`.
+pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    let params = args.params.params()?;
+    let (scores_path, logits) = match (&args.logits, &args.probs) {
+        (Some(p), None) => (p, true),
+        (None, Some(p)) => (p, false),
+        _ => anyhow::bail!("give exactly one of --logits and --probs"),
+    };
+    let what = if logits { "logits" } else { "probabilities" };
+    let scores = npy::read_float(scores_path, what)?;
+    let image = npy::read_float(&args.image, "image")?;
+    let mask = args.mask.as_deref().map(npy::read_mask).transpose()?;
+    let shape = Shape::from_dims(&scores.shape, &image.shape, mask.as_ref().map(|m| &m.0[..]))?;
+    let backend = AnyBackend::new(args.backend, args.threads)?;
+    let image = image.data.to_f64();
+    let mask = mask.map(|m| m.1);
+    let job = Job { shape, logits, image: &image, mask: mask.as_deref(), params, backend: &backend };
+    let json = match &scores.data {
+        FloatData::F32(s) => job.run(s, args.grad_out.as_ref(), &scores.shape)?,
+        FloatData::F64(s) => job.run(s, args.grad_out.as_ref(), &scores.shape)?,
+    };
+    println!("{json}");
+    Ok(())
+}
+
+struct Job<'a> {
+    shape: Shape,
+    logits: bool,
+    image: &'a [f64],
+    mask: Option<&'a [f64]>,
+    params: msloss::Params,
+    backend: &'a AnyBackend,
+}
+
+impl Job<'_> {
+    fn run<T: Real + npyz::AutoSerialize>(
+        &self,
+        scores: &[T],
+        grad_out: Option<&PathBuf>,
+        scores_dims: &[usize],
+    ) -> anyhow::Result<serde_json::Value> {
+        let image: Vec<T> = self.image.iter().map(|&v| T::from_f64_lossy(v)).collect();
+        let mask: Option<Vec<T>> = self.mask.map(|m| m.iter().map(|&v| T::from_f64_lossy(v)).collect());
+        let s = if self.logits { Scores::Logits(scores) } else { Scores::Probs(scores) };
+        let input = Input::new(self.shape, s, &image, mask.as_deref())?;
+        let mut centroids = vec![T::zero(); self.shape.centroids_len()];
+        let mut grad = grad_out.map(|_| vec![T::zero(); self.shape.scores_len()]);
+        let mut ws = Backend::<T>::workspace(self.backend);
+        let e = self.backend.evaluate(
+            &input,
+            &self.params,
+            msloss::Outputs { grad: grad.as_deref_mut(), centroids: Some(&mut centroids) },
+            &mut ws,
+        )?;
+        if let (Some(path), Some(g)) = (grad_out, &grad) {
+            if let Some(i) = g.iter().position(|v| !v.is_finite()) {
+                anyhow::bail!("the gradient came out non-finite at flat index {i}; nothing written");
+            }
+            npy::write_atomic(path, scores_dims, g)?;
+        }
+        let (n, c) = (self.shape.classes(), self.shape.channels());
+        let cents: Vec<Vec<Vec<f64>>> = (0..self.shape.batch())
+            .map(|b| {
+                (0..n).map(|k| (0..c).map(|j| centroids[(b * n + k) * c + j].to_f64_lossless()).collect()).collect()
+            })
+            .collect();
+        let json = serde_json::json!({
+            "fidelity": e.fidelity.to_f64_lossless(),
+            "length": e.length.to_f64_lossless(),
+            "total": e.total.to_f64_lossless(),
+            "centroids": cents,
+        });
+        Ok(json)
+    }
+}

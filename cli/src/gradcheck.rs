@@ -1,0 +1,86 @@
+//! `msloss gradcheck`: central differences in f64 against a backend's analytic gradient.
+
+use msloss::gradcheck::{self, Mode, Options};
+use msloss::rng::RandomInputs;
+use msloss::{Input, Real, Scores, Shape};
+
+use crate::backends::{AnyBackend, BackendChoice};
+use crate::params::{DtypeArg, InputArg, ParamArgs, parse_shape};
+
+/// Arguments of `msloss gradcheck`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The shape B,N,C,H,W or B,N,C,H,W,D (D: depth of a 3D volume).
+    #[arg(long, value_parser = parse_shape)]
+    shape: Shape,
+    /// Which backend's gradient is checked.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+    backend: BackendChoice,
+    /// Threads of the CPU backend.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// The float type the backend computes in.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F64)]
+    dtype: DtypeArg,
+    /// Differentiate wrt logits or probabilities.
+    #[arg(long, value_enum, default_value_t = InputArg::Logits)]
+    input: InputArg,
+    /// Use a random mask (about 80% valid pixels).
+    #[arg(long)]
+    mask: bool,
+    /// Seed of the random inputs and directions.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Relative tolerance (default: 1e-6 for f64, 1e-4 for f32).
+    #[arg(long)]
+    tol: Option<f64>,
+    /// Tensors up to this many elements get a full check, larger ones random directional checks.
+    #[arg(long, default_value_t = Options::default().full_limit)]
+    full_limit: usize,
+    /// The loss parameters (λ defaults higher here, so the length term is visible in the check).
+    #[command(flatten)]
+    params: ParamArgs,
+}
+
+/// Runs `msloss gradcheck`; returns whether the gradient agreed.
+pub(crate) fn run(args: &Args) -> anyhow::Result<bool> {
+    let backend = AnyBackend::new(args.backend, args.threads)?;
+    match args.dtype {
+        DtypeArg::F32 => check::<f32>(args, &backend),
+        DtypeArg::F64 => check::<f64>(args, &backend),
+    }
+}
+
+fn check<T: Real>(args: &Args, backend: &AnyBackend) -> anyhow::Result<bool> {
+    let params = args.params.params()?;
+    let shape = args.shape;
+    let data = RandomInputs::<T>::new(shape, args.seed);
+    let scores = match args.input {
+        InputArg::Logits => Scores::Logits(&data.logits[..]),
+        InputArg::Probs => Scores::Probs(&data.probs[..]),
+    };
+    let input = Input::new(shape, scores, &data.image, args.mask.then_some(&data.mask[..]))?;
+    let options = Options { full_limit: args.full_limit, seed: args.seed, ..Options::default() };
+    let report = gradcheck::check(backend, &input, &params, &options)?;
+    let tol = args.tol.unwrap_or(if T::NAME == "f64" { 1e-6 } else { 1e-4 });
+    let pass = report.passes(tol);
+    let json = serde_json::json!({
+        "backend": msloss::Backend::<T>::name(backend),
+        "shape": shape.to_string(),
+        "dtype": T::NAME,
+        "input": if input.scores().is_logits() { "logits" } else { "probs" },
+        "length": params.length.name(),
+        "reduction": params.reduction.name(),
+        "mask": args.mask,
+        "mode": match report.mode { Mode::Full => "full", Mode::Directional => "directional" },
+        "checks": report.checks,
+        "max_abs_error": report.max_abs_error,
+        "max_rel_error": report.max_rel_error,
+        "grad_scale": report.grad_scale,
+        "energy_rel_error": report.energy_rel_error,
+        "tolerance": tol,
+        "pass": pass,
+    });
+    println!("{json}");
+    Ok(pass)
+}

@@ -1,0 +1,101 @@
+//! The loss parameters as command-line flags, shared by every subcommand that evaluates the loss.
+
+use msloss::{LengthKind, Params, Reduction};
+
+/// `--length`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LengthArg {
+    /// Anisotropic total variation Σ|d| (published).
+    L1,
+    /// Squared differences Σd².
+    L2,
+    /// Isotropic, smooth: Σ (sqrt(Σ_a d_a² + δ²) − δ).
+    Charbonnier,
+}
+
+/// `--reduction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ReductionArg {
+    /// Plain sum (published).
+    Sum,
+    /// Divided by the number of valid pixels.
+    Mean,
+}
+
+/// Loss parameters (defaults: those of `msloss_core::Params::default()`).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ParamArgs {
+    /// Weight λ of the length term.
+    #[arg(long, default_value_t = Params::default().lambda)]
+    pub(crate) lambda: f64,
+    /// How the length term measures boundaries.
+    #[arg(long, value_enum, default_value_t = LengthArg::L1)]
+    pub(crate) length: LengthArg,
+    /// Charbonnier's δ (> 0).
+    #[arg(long, default_value_t = Params::default().delta)]
+    pub(crate) delta: f64,
+    /// ε_c of the centroid denominator (> 0).
+    #[arg(long, default_value_t = Params::default().centroid_eps)]
+    pub(crate) centroid_eps: f64,
+    /// Weight w of the fidelity term.
+    #[arg(long, default_value_t = Params::default().fidelity_weight)]
+    pub(crate) fidelity_weight: f64,
+    /// Sum (published) or mean over valid pixels.
+    #[arg(long, value_enum, default_value_t = ReductionArg::Sum)]
+    pub(crate) reduction: ReductionArg,
+}
+
+impl ParamArgs {
+    /// The core parameters, validated.
+    pub(crate) fn params(&self) -> Result<Params, msloss::Error> {
+        let p = Params {
+            lambda: self.lambda,
+            fidelity_weight: self.fidelity_weight,
+            length: match self.length {
+                LengthArg::L1 => LengthKind::L1,
+                LengthArg::L2 => LengthKind::L2,
+                LengthArg::Charbonnier => LengthKind::Charbonnier,
+            },
+            delta: self.delta,
+            centroid_eps: self.centroid_eps,
+            reduction: match self.reduction {
+                ReductionArg::Sum => Reduction::Sum,
+                ReductionArg::Mean => Reduction::Mean,
+            },
+        };
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+/// `--dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum DtypeArg {
+    /// 32-bit floats.
+    F32,
+    /// 64-bit floats.
+    F64,
+}
+
+/// `--input`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum InputArg {
+    /// Logits (softmax applied over classes).
+    Logits,
+    /// Probabilities.
+    Probs,
+}
+
+/// Parses `B,N,C,H,W[,D]` into a shape.
+pub(crate) fn parse_shape(s: &str) -> Result<msloss::Shape, String> {
+    let dims: Vec<usize> = s
+        .split(',')
+        .map(|t| t.trim().parse::<usize>().map_err(|e| format!("`{t}` in --shape is not a size: {e}")))
+        .collect::<Result<_, _>>()?;
+    let shape = match dims[..] {
+        [b, n, c, h, w] => msloss::Shape::new(b, n, c, 1, h, w),
+        [b, n, c, h, w, d] => msloss::Shape::new(b, n, c, d, h, w),
+        _ => return Err(format!("--shape takes B,N,C,H,W or B,N,C,H,W,D (5 or 6 sizes), got {} in `{s}`", dims.len())),
+    };
+    shape.map_err(|e| e.to_string())
+}
