@@ -74,6 +74,7 @@ fn check<T: Real>(args: &Args, backend: &AnyBackend) -> anyhow::Result<bool> {
         "mask": args.mask,
         "mode": match report.mode { Mode::Full => "full", Mode::Directional => "directional" },
         "checks": report.checks,
+        "skipped_kinks": report.skipped_kinks,
         "max_abs_error": report.max_abs_error,
         "max_rel_error": report.max_rel_error,
         "grad_scale": report.grad_scale,

@@ -49,8 +49,8 @@ impl<T: Real> Backend<T> for Reference {
         let shape = input.shape();
         let (n_cls, n_ch, sp) = (shape.classes(), shape.channels(), shape.spatial());
         let eps = params.centroid_eps;
-        let mut fid_total = 0.0f64;
-        let mut len_total = 0.0f64;
+        let mut fid_total = Sum::default();
+        let mut len_total = Sum::default();
         // Divisor of the reduction.
         let scale = match params.reduction {
             Reduction::Sum => 1.0,
@@ -78,10 +78,10 @@ impl<T: Real> Backend<T> for Reference {
             for n in 0..n_cls {
                 let yn = &y[n * sp..(n + 1) * sp];
                 // A_n and the centroid c_n.
-                let area: f64 = (0..sp).map(|s| mask(s) * yn[s]).sum();
+                let area = Sum::of((0..sp).map(|s| mask(s) * yn[s]));
                 let mut c = Vec::with_capacity(n_ch);
                 for k in 0..n_ch {
-                    let moment: f64 = (0..sp).map(|s| mask(s) * yn[s] * x(k, s)).sum();
+                    let moment = Sum::of((0..sp).map(|s| mask(s) * yn[s] * x(k, s)));
                     c.push(moment / (area + eps));
                 }
                 if let Some(cs) = out.centroids.as_deref_mut() {
@@ -98,14 +98,14 @@ impl<T: Real> Backend<T> for Reference {
                             d * d
                         })
                         .sum();
-                    fid_total += mask(s) * yn[s] * dist2;
+                    fid_total.add(mask(s) * yn[s] * dist2);
                     if want_grad {
                         let dot: f64 = (0..n_ch).map(|k| c[k] * (x(k, s) - c[k])).sum();
                         g[n * sp + s] += params.fidelity_weight * mask(s) * (dist2 - corr * dot);
                     }
                 }
                 // Length and its gradient.
-                len_total += length_term(params, shape.spatial_dims(), yn, &mask, &mut g[n * sp..(n + 1) * sp]);
+                len_total.add(length_term(params, shape.spatial_dims(), yn, &mask, &mut g[n * sp..(n + 1) * sp]));
             }
 
             if let Some(grad) = out.grad.as_deref_mut() {
@@ -125,8 +125,8 @@ impl<T: Real> Backend<T> for Reference {
                 }
             }
         }
-        let fidelity = params.fidelity_weight * fid_total * scale;
-        let length = params.lambda * len_total * scale;
+        let fidelity = params.fidelity_weight * fid_total.value() * scale;
+        let length = params.lambda * len_total.value() * scale;
         let e = Energy::new(T::from_f64_lossy(fidelity), T::from_f64_lossy(length));
         if !e.total.is_finite() {
             return Err(Error::NonFiniteResult { what: "energy", value: e.total.to_f64_lossless() });
@@ -136,7 +136,7 @@ impl<T: Real> Backend<T> for Reference {
 }
 
 /// Softmax over the class axis of `[N, S]` data, in place, subtracting the per-pixel maximum.
-fn softmax_in_place(y: &mut [f64], n_cls: usize, sp: usize) {
+pub(crate) fn softmax_in_place(y: &mut [f64], n_cls: usize, sp: usize) {
     for s in 0..sp {
         let max = (0..n_cls).map(|n| y[n * sp + s]).fold(f64::NEG_INFINITY, f64::max);
         let mut sum = 0.0;
@@ -157,7 +157,7 @@ fn length_term(params: &Params, dims: [usize; 3], yn: &[f64], mask: &dyn Fn(usiz
     let sp = yn.len();
     let lambda = params.lambda;
     let delta = params.delta;
-    let mut total = 0.0;
+    let mut total = Sum::default();
     for s in 0..sp {
         let coord = [s / strides[0], (s / strides[1]) % dims[1], s % dims[2]];
         // Forward differences d_a(s) along each axis; None where the pair is missing or invalid.
@@ -178,7 +178,7 @@ fn length_term(params: &Params, dims: [usize; 3], yn: &[f64], mask: &dyn Fn(usiz
                     } else {
                         (di * di, 2.0 * di)
                     };
-                    total += v;
+                    total.add(v);
                     g[*t] += lambda * dv;
                     g[s] -= lambda * dv;
                 }
@@ -186,7 +186,7 @@ fn length_term(params: &Params, dims: [usize; 3], yn: &[f64], mask: &dyn Fn(usiz
             LengthKind::Charbonnier => {
                 let sq: f64 = d.iter().flatten().map(|(_, di)| di * di).sum();
                 let r = Float::sqrt(sq + delta * delta);
-                total += r - delta;
+                total.add(r - delta);
                 for (t, di) in d.iter().flatten() {
                     g[*t] += lambda * di / r;
                     g[s] -= lambda * di / r;
@@ -194,7 +194,7 @@ fn length_term(params: &Params, dims: [usize; 3], yn: &[f64], mask: &dyn Fn(usiz
             }
         }
     }
-    total
+    total.value()
 }
 
 /// `sign(v)` with `sign(0) = 0` (PyTorch's subgradient of `|v|` at 0).
@@ -205,5 +205,33 @@ fn sign0(v: f64) -> f64 {
         -1.0
     } else {
         0.0
+    }
+}
+
+/// Neumaier's compensated sum: the reference's totals carry an error of a few ulps of the
+/// result whatever the tensor size, so finite differences of the energy stay meaningful.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sum {
+    sum: f64,
+    comp: f64,
+}
+
+impl Sum {
+    fn of(values: impl Iterator<Item = f64>) -> f64 {
+        let mut s = Sum::default();
+        values.for_each(|v| s.add(v));
+        s.value()
+    }
+    fn add(&mut self, v: f64) {
+        let t = self.sum + v;
+        if Float::abs(self.sum) >= Float::abs(v) {
+            self.comp += (self.sum - t) + v;
+        } else {
+            self.comp += (v - t) + self.sum;
+        }
+        self.sum = t;
+    }
+    fn value(&self) -> f64 {
+        self.sum + self.comp
     }
 }
