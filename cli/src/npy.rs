@@ -77,7 +77,10 @@ impl FloatData {
     }
 }
 
-fn open(path: &Path, what: &'static str) -> Result<(npyz::NpyFile<BufReader<File>>, String, Vec<usize>), NpyError> {
+/// An opened `.npy`: the reader, its dtype descriptor (e.g. `<f4`) and its shape.
+type Opened = (npyz::NpyFile<BufReader<File>>, String, Vec<usize>);
+
+fn open(path: &Path, what: &'static str) -> Result<Opened, NpyError> {
     let read_err = |source| NpyError::Read { what, path: path.to_owned(), source };
     let file = File::open(path).map_err(read_err)?;
     let npy = npyz::NpyFile::new(BufReader::new(file)).map_err(read_err)?;
@@ -86,7 +89,7 @@ fn open(path: &Path, what: &'static str) -> Result<(npyz::NpyFile<BufReader<File
     }
     let descr = match npy.dtype() {
         npyz::DType::Plain(ts) => ts.to_string(),
-        other => format!("{}", other.descr()),
+        other => other.descr().to_string(),
     };
     let shape = npy.shape().iter().map(|&d| d as usize).collect();
     Ok((npy, descr, shape))

@@ -172,7 +172,7 @@ fn bad_input_exits_non_zero_with_a_message_and_no_output() {
     // Unsupported rank and dtype.
     write(&f.path("r3.npy"), &[3, 4, 5], &d.logits[..60]);
     fails(&f, &["energy", "--image", &x, "--logits", &f.s("r3.npy"), "--grad-out", &g], "rank 3");
-    write(&f.path("i32.npy"), &[2, 3, 3, 4, 5], &vec![1i32; 360]);
+    write(&f.path("i32.npy"), &[2, 3, 3, 4, 5], &[1i32; 360]);
     fails(&f, &["energy", "--image", &x, "--logits", &f.s("i32.npy"), "--grad-out", &g], "expected float32 or float64");
     // NaN, negative probabilities, bad mask values.
     let mut nan = d.logits.clone();
@@ -183,7 +183,7 @@ fn bad_input_exits_non_zero_with_a_message_and_no_output() {
     neg[11] = -0.5;
     write(&f.path("neg.npy"), &[2, 3, 3, 4, 5], &neg);
     fails(&f, &["energy", "--image", &x, "--probs", &f.s("neg.npy"), "--grad-out", &g], "must be >= 0");
-    write(&f.path("m2.npy"), &[2, 3, 4, 5], &vec![2u8; 120]);
+    write(&f.path("m2.npy"), &[2, 3, 4, 5], &[2u8; 120]);
     fails(&f, &["energy", "--image", &x, "--logits", &z, "--mask", &f.s("m2.npy"), "--grad-out", &g], "0 or 1");
     // Missing files, bad parameters, unwritable output.
     fails(&f, &["energy", "--image", &f.s("nope.npy"), "--logits", &z, "--grad-out", &g], "cannot read image");
