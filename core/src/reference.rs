@@ -127,7 +127,12 @@ impl<T: Real> Backend<T> for Reference {
         }
         let fidelity = params.fidelity_weight * fid_total.value() * scale;
         let length = params.lambda * len_total.value() * scale;
-        let e = Energy::new(T::from_f64_lossy(fidelity), T::from_f64_lossy(length));
+        // Each reported number is the f64 value rounded once to T.
+        let e = Energy {
+            fidelity: T::from_f64_lossy(fidelity),
+            length: T::from_f64_lossy(length),
+            total: T::from_f64_lossy(fidelity + length),
+        };
         if !e.total.is_finite() {
             return Err(Error::NonFiniteResult { what: "energy", value: e.total.to_f64_lossless() });
         }
