@@ -1,0 +1,307 @@
+//! The CPU backend against the reference oracle: every feature of the definition, sizes that
+//! split into many blocks and leave remainders, determinism across thread counts, reused
+//! workspaces, gradient checks, and the same typed errors for bad input.
+#![cfg(feature = "cpu")]
+
+use msloss::cpu::{CpuBackend, CpuWorkspace};
+use msloss::gradcheck::{self, Options};
+use msloss::rng::RandomInputs;
+use msloss::{Backend, Energy, Error, Input, LengthKind, Outputs, Params, Real, Reduction, Reference, Scores, Shape};
+
+/// How close two results must be: `|a − b| <= relative·scale + absolute`.
+#[derive(Debug, Clone, Copy)]
+struct Tolerance {
+    relative: f64,
+    absolute: f64,
+}
+
+impl Tolerance {
+    /// For `f64` computations (both sides compute in `f64`; only summation order differs).
+    const F64: Tolerance = Tolerance { relative: 1e-10, absolute: 1e-300 };
+    /// For `f32` inputs and outputs (the accuracy target).
+    const F32: Tolerance = Tolerance { relative: 1e-5, absolute: 1e-30 };
+
+    fn of<T: Real>() -> Self {
+        if T::NAME == "f32" { Self::F32 } else { Self::F64 }
+    }
+
+    /// Compares slices elementwise, relative to the largest magnitude of `want`.
+    fn slices<T: Real>(&self, what: &str, case: &str, got: &[T], want: &[T]) {
+        assert_eq!(got.len(), want.len(), "{case}: {what} lengths");
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.to_f64_lossless().abs()));
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let (g, w) = (g.to_f64_lossless(), w.to_f64_lossless());
+            let diff = (g - w).abs();
+            assert!(
+                diff <= self.relative * scale + self.absolute,
+                "{case}: {what}[{i}] got {g:e}, want {w:e}, diff {diff:e} (scale {scale:e})"
+            );
+        }
+    }
+
+    /// Compares the three parts of an energy, each relative to the total's magnitude.
+    fn energy<T: Real>(&self, case: &str, got: Energy<T>, want: Energy<T>) {
+        let scale = want.fidelity.to_f64_lossless().abs() + want.length.to_f64_lossless().abs();
+        for (what, g, w) in [
+            ("fidelity", got.fidelity, want.fidelity),
+            ("length", got.length, want.length),
+            ("total", got.total, want.total),
+        ] {
+            let (g, w) = (g.to_f64_lossless(), w.to_f64_lossless());
+            let diff = (g - w).abs();
+            assert!(
+                diff <= self.relative * scale + self.absolute,
+                "{case}: {what} got {g:e}, want {w:e}, diff {diff:e}"
+            );
+        }
+    }
+}
+
+/// One request: shape, options and seed.
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    shape: Shape,
+    logits: bool,
+    mask: bool,
+    params: Params,
+    seed: u64,
+}
+
+/// Results of one evaluation: energy, gradient and centroids.
+type Results<T> = (Energy<T>, Vec<T>, Vec<T>);
+
+fn eval<T: Real, B: Backend<T>>(backend: &B, ws: &mut B::Workspace, case: &Case, data: &RandomInputs<T>) -> Results<T> {
+    let scores = if case.logits { Scores::Logits(&data.logits[..]) } else { Scores::Probs(&data.probs[..]) };
+    let mask = case.mask.then_some(&data.mask[..]);
+    let input = Input::new(case.shape, scores, &data.image, mask).expect("inputs fit the shape");
+    let mut grad = vec![T::nan(); case.shape.scores_len()];
+    let mut cent = vec![T::nan(); case.shape.centroids_len()];
+    let e = backend
+        .evaluate(&input, &case.params, Outputs { grad: Some(&mut grad), centroids: Some(&mut cent) }, ws)
+        .unwrap_or_else(|e| panic!("{case:?}: {e}"));
+    (e, grad, cent)
+}
+
+/// Compares the CPU backend with the reference on one case.
+fn compare<T: Real>(backend: &CpuBackend, ws: &mut CpuWorkspace, case: &Case) {
+    let data = RandomInputs::<T>::new(case.shape, case.seed);
+    let (e, g, c) = eval(backend, ws, case, &data);
+    let (er, gr, cr) = eval(&Reference, &mut Reference.workspace(), case, &data);
+    let name = format!("{} {case:?} blocks of {}", T::NAME, backend.block_pixels());
+    let tol = Tolerance::of::<T>();
+    tol.energy(&name, e, er);
+    tol.slices("gradient", &name, &g, &gr);
+    tol.slices("centroids", &name, &c, &cr);
+    // Energy alone agrees with the energy of a full evaluation.
+    let scores = if case.logits { Scores::Logits(&data.logits[..]) } else { Scores::Probs(&data.probs[..]) };
+    let input = Input::new(case.shape, scores, &data.image, case.mask.then_some(&data.mask[..])).expect("fits");
+    let alone = backend.energy(&input, &case.params, ws).expect("valid input");
+    assert_eq!(alone, e, "{name}: energy alone differs from energy with gradient");
+}
+
+fn shape(b: usize, n: usize, c: usize, d: usize, h: usize, w: usize) -> Shape {
+    Shape::new(b, n, c, d, h, w).expect("valid test shape")
+}
+
+/// Every length kind × reduction × input kind × mask on 2D and 3D shapes, some of which split
+/// into many blocks with remainders (odd sizes, blocks of a few rows).
+#[test]
+fn matches_reference_on_every_feature() {
+    let shapes = [
+        shape(2, 3, 2, 1, 13, 11), // odd sizes
+        shape(1, 2, 1, 1, 1, 17),  // a single row
+        shape(1, 4, 3, 1, 9, 1),   // a single column
+        shape(2, 2, 3, 3, 5, 7),   // 3D
+        shape(1, 5, 1, 4, 3, 2),   // 3D, thin
+    ];
+    let mut seed = 10;
+    for &s in &shapes {
+        for &blocks in &[20, 1 << 20] {
+            let cpu = CpuBackend::with_threads(2).with_block_pixels(blocks);
+            let mut ws = Backend::<f64>::workspace(&cpu);
+            let mut ws32 = Backend::<f32>::workspace(&cpu);
+            for length in LengthKind::ALL {
+                for reduction in [Reduction::Sum, Reduction::Mean] {
+                    for (logits, mask) in [(true, false), (false, true), (true, true), (false, false)] {
+                        seed += 1;
+                        let params = Params::default().with_lambda(0.3).with_length(length).with_reduction(reduction);
+                        let case = Case { shape: s, logits, mask, params, seed };
+                        compare::<f64>(&cpu, &mut ws, &case);
+                        compare::<f32>(&cpu, &mut ws32, &case);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Other parameters: fidelity weight, a large ε_c (the gradient correction matters), tiny δ.
+#[test]
+fn matches_reference_with_other_parameters() {
+    let cpu = CpuBackend::new().with_block_pixels(32);
+    let mut ws = Backend::<f64>::workspace(&cpu);
+    let s = shape(2, 3, 2, 2, 6, 9);
+    for (i, params) in [
+        Params { fidelity_weight: 0.25, centroid_eps: 0.5, ..Params::default() },
+        Params { length: LengthKind::Charbonnier, delta: 1e-4, lambda: 2.0, ..Params::default() },
+        Params { lambda: 0.0, ..Params::default() },
+        Params { fidelity_weight: 0.0, lambda: 1.0, length: LengthKind::L2, ..Params::default() },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for logits in [true, false] {
+            compare::<f64>(&cpu, &mut ws, &Case { shape: s, logits, mask: true, params, seed: 100 + i as u64 });
+        }
+    }
+}
+
+/// Larger images with many blocks of many rows, and classes up to 21.
+#[test]
+fn matches_reference_on_larger_images() {
+    let cpu = CpuBackend::with_threads(3).with_block_pixels(500);
+    let mut ws = Backend::<f32>::workspace(&cpu);
+    for (i, s) in
+        [shape(2, 21, 3, 1, 24, 37), shape(1, 2, 3, 1, 97, 64), shape(1, 3, 1, 5, 17, 19)].into_iter().enumerate()
+    {
+        let params = Params::default().with_lambda(0.05);
+        compare::<f32>(&cpu, &mut ws, &Case { shape: s, logits: true, mask: i == 1, params, seed: 7 + i as u64 });
+    }
+}
+
+/// Bitwise-identical results for 1, 2, 3 and 7 threads and for rayon's global pool.
+#[test]
+fn deterministic_across_thread_counts() {
+    let s = shape(3, 4, 3, 2, 19, 23);
+    for (length, logits) in [(LengthKind::L1, true), (LengthKind::Charbonnier, false)] {
+        let case = Case { shape: s, logits, mask: true, params: Params::default().with_length(length), seed: 5 };
+        let data = RandomInputs::<f32>::new(s, case.seed);
+        let run = |cpu: CpuBackend| {
+            let cpu = cpu.with_block_pixels(40);
+            let mut ws = Backend::<f32>::workspace(&cpu);
+            let first = eval(&cpu, &mut ws, &case, &data);
+            let again = eval(&cpu, &mut ws, &case, &data);
+            assert!(bits(&first) == bits(&again), "run to run");
+            first
+        };
+        let want = run(CpuBackend::with_threads(1));
+        for t in [2, 3, 7] {
+            assert!(bits(&run(CpuBackend::with_threads(t))) == bits(&want), "{t} threads differ from 1");
+        }
+        assert!(bits(&run(CpuBackend::new())) == bits(&want), "global pool differs from 1 thread");
+    }
+}
+
+fn bits(r: &Results<f32>) -> Vec<u32> {
+    let e = [r.0.fidelity, r.0.length, r.0.total];
+    e.iter().chain(&r.1).chain(&r.2).map(|v| v.to_bits()).collect()
+}
+
+/// One workspace reused across shapes (larger, smaller, 3D, other N and C) gives the same bits
+/// as a fresh one each time.
+#[test]
+fn reused_workspace_gives_fresh_results() {
+    let cpu = CpuBackend::with_threads(2).with_block_pixels(64);
+    let mut dirty = Backend::<f64>::workspace(&cpu);
+    let shapes =
+        [shape(2, 5, 3, 1, 30, 31), shape(1, 2, 1, 1, 4, 5), shape(2, 3, 2, 4, 6, 7), shape(1, 7, 4, 1, 9, 40)];
+    for round in 0..2 {
+        for (i, &s) in shapes.iter().enumerate() {
+            let case = Case { shape: s, logits: i % 2 == 0, mask: i != 1, params: Params::default(), seed: i as u64 };
+            let data = RandomInputs::<f64>::new(s, case.seed + round);
+            let (e1, g1, c1) = eval(&cpu, &mut dirty, &case, &data);
+            let (e2, g2, c2) = eval(&cpu, &mut Backend::<f64>::workspace(&cpu), &case, &data);
+            assert_eq!(e1, e2, "round {round} shape {s}");
+            assert!(g1.iter().zip(&g2).all(|(a, b)| a.to_bits() == b.to_bits()), "gradient, shape {s}");
+            assert!(c1.iter().zip(&c2).all(|(a, b)| a.to_bits() == b.to_bits()), "centroids, shape {s}");
+        }
+    }
+}
+
+/// The analytic gradient against central differences of the f64 reference energy.
+#[test]
+fn gradcheck_passes() {
+    let cpu = CpuBackend::with_threads(2).with_block_pixels(8);
+    for (i, (length, logits, mask, s)) in [
+        (LengthKind::L2, true, true, shape(1, 3, 2, 1, 5, 6)),
+        (LengthKind::Charbonnier, false, true, shape(2, 2, 1, 2, 3, 4)),
+        (LengthKind::L1, true, false, shape(1, 3, 2, 1, 6, 5)),
+        (LengthKind::Charbonnier, true, true, shape(1, 3, 2, 1, 40, 30)), // directional
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let data = RandomInputs::<f64>::new(s, 40 + i as u64);
+        let scores = if logits { Scores::Logits(&data.logits[..]) } else { Scores::Probs(&data.probs[..]) };
+        let input = Input::new(s, scores, &data.image, mask.then_some(&data.mask[..])).expect("fits");
+        let params = Params { centroid_eps: 1e-2, ..Params::default().with_lambda(0.2).with_length(length) };
+        let report = gradcheck::check(&cpu, &input, &params, &Options::default()).expect("valid input");
+        assert!(report.passes(1e-6), "{length:?} logits={logits} {s}: {report:?}");
+    }
+}
+
+/// Bad input: the same typed error as the reference, whatever block holds the bad value.
+#[test]
+fn bad_input_gives_the_references_errors() {
+    let s = shape(2, 3, 2, 1, 8, 9);
+    let data = RandomInputs::<f32>::new(s, 3);
+    let cpu = CpuBackend::with_threads(2).with_block_pixels(9);
+    let params = Params::default();
+    let both = |scores: Scores<'_, f32>, image: &[f32], mask: Option<&[f32]>, params: &Params| -> (Error, Error) {
+        let input = Input::new(s, scores, image, mask).expect("lengths fit");
+        let mut g = vec![0.0f32; s.scores_len()];
+        let got = cpu.energy_and_grad(&input, params, &mut g, &mut Backend::<f32>::workspace(&cpu));
+        let want = Reference.energy_and_grad(&input, params, &mut g, &mut Reference.workspace());
+        (got.expect_err("cpu must refuse"), want.expect_err("reference must refuse"))
+    };
+    // Compared through Debug: the errors carry the offending value, and NaN != NaN.
+    let check = |(got, want): (Error, Error)| assert_eq!(format!("{got:?}"), format!("{want:?}"));
+
+    for (at, v) in [(5usize, f32::NAN), (300, f32::INFINITY), (431, f32::NEG_INFINITY)] {
+        let mut z = data.logits.clone();
+        z[at] = v;
+        z[at - 2] = f32::NAN; // the first one is reported
+        check(both(Scores::Logits(&z), &data.image, None, &params));
+        check(both(Scores::Probs(&z), &data.image, None, &params));
+    }
+    let mut p = data.probs.clone();
+    p[100] = -0.5;
+    p[200] = -1.0;
+    check(both(Scores::Probs(&p), &data.image, None, &params));
+    let mut x = data.image.clone();
+    x[77] = f32::NAN;
+    check(both(Scores::Logits(&data.logits), &x, None, &params));
+    let mut m = data.mask.clone();
+    m[90] = 0.5;
+    check(both(Scores::Logits(&data.logits), &data.image, Some(&m), &params));
+    m[90] = f32::NAN;
+    check(both(Scores::Logits(&data.logits), &data.image, Some(&m), &params));
+    let zeros = vec![0.0f32; s.mask_len()];
+    let mean = params.with_reduction(Reduction::Mean);
+    let (got, want) = both(Scores::Logits(&data.logits), &data.image, Some(&zeros), &mean);
+    assert_eq!((&got, &want), (&Error::EmptyMask, &Error::EmptyMask));
+    // The sum reduction over an empty mask is fine: everything is zero.
+    let input = Input::new(s, Scores::Logits(&data.logits), &data.image, Some(&zeros)).expect("fits");
+    let e = cpu.energy(&input, &params, &mut Backend::<f32>::workspace(&cpu)).expect("valid");
+    assert_eq!(e.total, 0.0);
+    // Parameters and output buffers.
+    check(both(Scores::Logits(&data.logits), &data.image, None, &Params { delta: 0.0, ..params }));
+    check(both(Scores::Logits(&data.logits), &data.image, None, &Params { lambda: f64::NAN, ..params }));
+    let input = Input::new(s, Scores::Logits(&data.logits), &data.image, None).expect("fits");
+    let mut short = vec![0.0f32; 5];
+    let got = cpu.energy_and_grad(&input, &params, &mut short, &mut Backend::<f32>::workspace(&cpu));
+    let want = Reference.energy_and_grad(&input, &params, &mut short, &mut Reference.workspace());
+    check((got.expect_err("short gradient"), want.expect_err("short gradient")));
+}
+
+/// Energies too large for f32 are refused rather than returned as infinity.
+#[test]
+fn overflow_is_an_error() {
+    let s = shape(1, 2, 1, 1, 4, 4);
+    let data = RandomInputs::<f32>::new(s, 9);
+    let image: Vec<f32> = data.image.iter().map(|v| v * 3e19).collect();
+    let input = Input::new(s, Scores::Logits(&data.logits), &image, None).expect("fits");
+    let cpu = CpuBackend::new();
+    let got = cpu.energy(&input, &Params::default(), &mut Backend::<f32>::workspace(&cpu));
+    assert!(matches!(got, Err(Error::NonFiniteResult { .. })), "{got:?}");
+}
