@@ -1,0 +1,3 @@
+//! Benches of the wgpu backend (to come).
+
+fn main() {}

@@ -1,0 +1,63 @@
+// Shared by every msloss kernel (prepended to each entry file): constants, the evaluation's
+// uniform block and small helpers. The Rust side mirrors every constant and struct here in
+// msloss-shaders/src/lib.rs; the crate's tests parse this file with naga and compare.
+//
+// Layout conventions (row-major, contiguous, f32):
+//   scores, y, grad  [B, N, S]      image  [B, C, S]      mask  [B, S]      S = D·H·W
+//   centroids        [B, N, C]
+// Every kernel runs with a folded 2D dispatch grid: the linear workgroup index is
+// wid.y · nwg.x + wid.x, and work past the end is masked off (never an early return before a
+// barrier). Each invocation's loops are bounded by N, C or log2(WG): no loop grows with the
+// image size (Mesa's lavapipe silently stops a shader after 65,535 loop iterations).
+
+const WG: u32 = 256u;
+// Elements one workgroup reduces: two per invocation, summed pairwise, then a tree.
+const TILE: u32 = 512u;
+
+const FLAG_LOGITS: u32 = 1u;
+const FLAG_MASK: u32 = 2u;
+const FLAG_GRAD: u32 = 4u;
+const FLAG_MEAN: u32 = 8u;
+
+const LENGTH_L1: u32 = 0u;
+const LENGTH_L2: u32 = 1u;
+const LENGTH_CHARBONNIER: u32 = 2u;
+
+const STATUS_SCORES_NONFINITE: u32 = 1u;
+const STATUS_NEGATIVE_PROBABILITY: u32 = 2u;
+const STATUS_IMAGE_NONFINITE: u32 = 4u;
+const STATUS_BAD_MASK: u32 = 8u;
+const STATUS_EMPTY_MASK: u32 = 16u;
+const STATUS_RESULT_NONFINITE: u32 = 32u;
+
+struct Dims {
+    batch: u32,
+    classes: u32,
+    channels: u32,
+    depth: u32,
+    height: u32,
+    width: u32,
+    // D·H·W
+    spatial: u32,
+    // Workgroups per row in class_sums: ceil(S / TILE).
+    tiles: u32,
+    // Rows of class_sums: B·N·(C+1) class rows, then B mask-count rows.
+    rows: u32,
+    flags: u32,
+    length_kind: u32,
+    // Workgroups of loss_grad: ceil(B·N·S / WG).
+    loss_groups: u32,
+    lambda: f32,
+    weight: f32,
+    delta: f32,
+    eps: f32,
+}
+
+fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.y * nwg.x + wid.x;
+}
+
+// Finite test on the bits: immune to fast-math assumptions about NaN.
+fn is_finite_f32(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
+}

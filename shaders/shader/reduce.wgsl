@@ -1,0 +1,54 @@
+// reduce: one level of a multi-level row sum. Row r of `src` (len_in elements from
+// src_offset + r·len_in) is summed by tiles of TILE elements into row r of `dst`
+// (len_out = ceil(len_in / TILE) elements from dst_offset + r·len_out). Levels repeat until
+// len_out = 1; the order of every addition is fixed, so results are the same bits run to run.
+
+struct ReduceParams {
+    rows: u32,
+    len_in: u32,
+    len_out: u32,
+    src_offset: u32,
+    dst_offset: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: ReduceParams;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+
+var<workgroup> shared_sum: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let g = linear_group(wid, nwg);
+    let r = g / params.len_out;
+    let t = g % params.len_out;
+    let live = r < params.rows;
+    let i0 = t * TILE + lid;
+    let i1 = i0 + WG;
+    let row = params.src_offset + r * params.len_in;
+    var v = 0.0;
+    if live && i0 < params.len_in {
+        v = src[row + i0];
+    }
+    if live && i1 < params.len_in {
+        v += src[row + i1];
+    }
+    shared_sum[lid] = v;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        if lid < stride {
+            shared_sum[lid] += shared_sum[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    if live && lid == 0u {
+        dst[params.dst_offset + r * params.len_out + t] = shared_sum[0];
+    }
+}

@@ -1,0 +1,329 @@
+//! # msloss-shaders
+//!
+//! The WGSL compute shaders of msloss's GPU backend (`msloss-wgpu`), one file per entry point
+//! under `shader/`, with the shared code (`shader/common.wgsl`: constants, the [`Dims`] uniform
+//! block, helpers) prepended to each. Every kernel is described by a [`Kernel`]: its source,
+//! entry point, workgroup size and binding table, which the backend turns into bind group
+//! layouts. The crate's tests parse every shader with naga, validate it, and check the
+//! workgroup sizes, the bindings and the uniform structs' layouts against this file, so the
+//! Rust side and the WGSL cannot drift apart.
+//!
+//! ## The pipeline
+//! For one evaluation (`S = D·H·W`, `WG` = [`WORKGROUP_SIZE`], `TILE` = [`TILE`]):
+//! 1. [`Kernel::Prepare`] — per pixel: input checks into a status word; softmax of logits.
+//! 2. [`Kernel::ClassSums`] — per (row, tile): `Σ m·y`, `Σ m·y·x_k` and `Σ m` over a tile.
+//! 3. [`Kernel::Reduce`] — repeated: row sums over tiles of partials until one value per row.
+//! 4. [`Kernel::Centroids`] — per (b, n, k): centroids, the ε-correction, the reduction scale.
+//! 5. [`Kernel::LossGrad`] — per score element: energy terms (tree-summed per workgroup) and
+//!    `∂E/∂y`; then [`Kernel::Reduce`] again over the energy partials.
+//! 6. [`Kernel::Jacobian`] — for logits, the softmax backward in place.
+//! 7. [`Kernel::Finalize`] — weights, reduction, the energy record and its status word.
+//!
+//! No loop in any invocation grows with the image size (a pixel is visited by a bounded number
+//! of invocations, sums are multi-level trees), which keeps every invocation far below the
+//! 65,535-iteration budget of Mesa's lavapipe, and every sum is taken in a fixed order.
+#![no_std]
+
+use Binding::{StorageRead as R, StorageReadWrite as Rw, Uniform as U};
+
+/// Invocations per workgroup of every kernel except [`Kernel::Finalize`] (which runs one).
+pub const WORKGROUP_SIZE: u32 = 256;
+
+/// Elements one workgroup sums in [`Kernel::ClassSums`] and [`Kernel::Reduce`]: two per
+/// invocation, added pairwise, then a tree over the workgroup.
+pub const TILE: u32 = 2 * WORKGROUP_SIZE;
+
+/// Bits of [`Dims::flags`].
+pub mod flags {
+    /// The scores are logits (softmax applied); otherwise probabilities.
+    pub const LOGITS: u32 = 1;
+    /// A mask buffer is bound; otherwise every pixel is valid.
+    pub const MASK: u32 = 2;
+    /// The gradient is written.
+    pub const GRAD: u32 = 4;
+    /// The mean reduction (divide by the valid-pixel count); otherwise the sum.
+    pub const MEAN: u32 = 8;
+}
+
+/// Values of [`Dims::length_kind`].
+pub mod length_kind {
+    /// `Σ |d|`.
+    pub const L1: u32 = 0;
+    /// `Σ d²`.
+    pub const L2: u32 = 1;
+    /// `Σ (sqrt(Σ_a d_a² + δ²) − δ)`.
+    pub const CHARBONNIER: u32 = 2;
+}
+
+/// Bits of the status word (the fourth word of the energy record).
+pub mod status {
+    /// A score is NaN or infinite.
+    pub const SCORES_NONFINITE: u32 = 1;
+    /// A probability is negative.
+    pub const NEGATIVE_PROBABILITY: u32 = 2;
+    /// An image value is NaN or infinite.
+    pub const IMAGE_NONFINITE: u32 = 4;
+    /// A mask value is neither 0 nor 1.
+    pub const BAD_MASK: u32 = 8;
+    /// The mean reduction over a mask with no valid pixel.
+    pub const EMPTY_MASK: u32 = 16;
+    /// The energy came out non-finite.
+    pub const RESULT_NONFINITE: u32 = 32;
+}
+
+/// The uniform block every kernel but [`Kernel::Reduce`] reads (`struct Dims` in
+/// `common.wgsl`; the tests check the two layouts agree).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Dims {
+    /// `B`.
+    pub batch: u32,
+    /// `N`.
+    pub classes: u32,
+    /// `C`.
+    pub channels: u32,
+    /// `D`.
+    pub depth: u32,
+    /// `H`.
+    pub height: u32,
+    /// `W`.
+    pub width: u32,
+    /// `S = D·H·W`.
+    pub spatial: u32,
+    /// Tiles per row of [`Kernel::ClassSums`]: `ceil(S / TILE)`.
+    pub tiles: u32,
+    /// Rows of [`Kernel::ClassSums`]: `B·N·(C+1) + B`.
+    pub rows: u32,
+    /// [`flags`] bits.
+    pub flags: u32,
+    /// One of [`length_kind`].
+    pub length_kind: u32,
+    /// Workgroups of [`Kernel::LossGrad`]: `ceil(B·N·S / WORKGROUP_SIZE)`.
+    pub loss_groups: u32,
+    /// λ.
+    pub lambda: f32,
+    /// The fidelity weight `w`.
+    pub weight: f32,
+    /// Charbonnier's δ.
+    pub delta: f32,
+    /// ε_c.
+    pub eps: f32,
+}
+
+/// Member names of [`Dims`] in order, as in the WGSL struct.
+pub const DIMS_MEMBERS: [&str; 16] = [
+    "batch",
+    "classes",
+    "channels",
+    "depth",
+    "height",
+    "width",
+    "spatial",
+    "tiles",
+    "rows",
+    "flags",
+    "length_kind",
+    "loss_groups",
+    "lambda",
+    "weight",
+    "delta",
+    "eps",
+];
+
+impl Dims {
+    /// The block as the bytes a uniform buffer holds (native-endian 32-bit words; WGSL hosts
+    /// are little-endian).
+    pub fn to_bytes(&self) -> [u8; 64] {
+        let words: [u32; 16] = [
+            self.batch,
+            self.classes,
+            self.channels,
+            self.depth,
+            self.height,
+            self.width,
+            self.spatial,
+            self.tiles,
+            self.rows,
+            self.flags,
+            self.length_kind,
+            self.loss_groups,
+            self.lambda.to_bits(),
+            self.weight.to_bits(),
+            self.delta.to_bits(),
+            self.eps.to_bits(),
+        ];
+        words_to_bytes(words)
+    }
+}
+
+/// The uniform block of one [`Kernel::Reduce`] level (`struct ReduceParams` in `reduce.wgsl`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReduceParams {
+    /// Rows summed independently.
+    pub rows: u32,
+    /// Elements per input row.
+    pub len_in: u32,
+    /// Elements per output row: `ceil(len_in / TILE)`.
+    pub len_out: u32,
+    /// First input element.
+    pub src_offset: u32,
+    /// First output element.
+    pub dst_offset: u32,
+}
+
+/// Member names of [`ReduceParams`] in order (the WGSL struct adds three padding words).
+pub const REDUCE_PARAMS_MEMBERS: [&str; 5] = ["rows", "len_in", "len_out", "src_offset", "dst_offset"];
+
+impl ReduceParams {
+    /// The block as uniform-buffer bytes (padded to 32).
+    pub fn to_bytes(&self) -> [u8; 32] {
+        words_to_bytes([self.rows, self.len_in, self.len_out, self.src_offset, self.dst_offset, 0, 0, 0])
+    }
+}
+
+fn words_to_bytes<const W: usize, const B: usize>(words: [u32; W]) -> [u8; B] {
+    let mut out = [0u8; B];
+    for (chunk, w) in out.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&w.to_ne_bytes());
+    }
+    out
+}
+
+/// How a kernel binds one resource (all in bind group 0, bindings numbered from 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Binding {
+    /// `var<uniform>`.
+    Uniform,
+    /// `var<storage, read>`.
+    StorageRead,
+    /// `var<storage, read_write>`.
+    StorageReadWrite,
+}
+
+/// The shared code prepended to every kernel.
+pub const COMMON: &str = include_str!("../shader/common.wgsl");
+
+/// [`Kernel::Prepare`]'s source.
+pub const PREPARE: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/prepare.wgsl"));
+/// [`Kernel::ClassSums`]'s source.
+pub const CLASS_SUMS: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/class_sums.wgsl"));
+/// [`Kernel::Reduce`]'s source.
+pub const REDUCE: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/reduce.wgsl"));
+/// [`Kernel::Centroids`]'s source.
+pub const CENTROIDS: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/centroids.wgsl"));
+/// [`Kernel::LossGrad`]'s source.
+pub const LOSS_GRAD: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/loss_grad.wgsl"));
+/// [`Kernel::Jacobian`]'s source.
+pub const JACOBIAN: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/jacobian.wgsl"));
+/// [`Kernel::Finalize`]'s source.
+pub const FINALIZE: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/finalize.wgsl"));
+
+/// Every compute kernel of the backend. Pipelines are created once per kernel and cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Input checks and softmax.
+    Prepare,
+    /// First level of the class sums.
+    ClassSums,
+    /// One level of a row-sum reduction.
+    Reduce,
+    /// Centroids, ε-corrections, reduction scale.
+    Centroids,
+    /// Energy terms and `∂E/∂y`.
+    LossGrad,
+    /// Softmax backward.
+    Jacobian,
+    /// The energy record.
+    Finalize,
+}
+
+impl Kernel {
+    /// All kernels, in pipeline order.
+    pub const ALL: [Kernel; 7] = [
+        Kernel::Prepare,
+        Kernel::ClassSums,
+        Kernel::Reduce,
+        Kernel::Centroids,
+        Kernel::LossGrad,
+        Kernel::Jacobian,
+        Kernel::Finalize,
+    ];
+
+    /// The most bindings of any kernel.
+    pub const MAX_BINDINGS: usize = 8;
+
+    /// A label for pipelines and errors (the file name without `.wgsl`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kernel::Prepare => "prepare",
+            Kernel::ClassSums => "class_sums",
+            Kernel::Reduce => "reduce",
+            Kernel::Centroids => "centroids",
+            Kernel::LossGrad => "loss_grad",
+            Kernel::Jacobian => "jacobian",
+            Kernel::Finalize => "finalize",
+        }
+    }
+
+    /// The full WGSL source (shared code included).
+    pub const fn source(self) -> &'static str {
+        match self {
+            Kernel::Prepare => PREPARE,
+            Kernel::ClassSums => CLASS_SUMS,
+            Kernel::Reduce => REDUCE,
+            Kernel::Centroids => CENTROIDS,
+            Kernel::LossGrad => LOSS_GRAD,
+            Kernel::Jacobian => JACOBIAN,
+            Kernel::Finalize => FINALIZE,
+        }
+    }
+
+    /// The entry point's name.
+    pub const fn entry_point(self) -> &'static str {
+        "main"
+    }
+
+    /// The workgroup size along x (y and z are 1).
+    pub const fn workgroup_size(self) -> u32 {
+        match self {
+            Kernel::Finalize => 1,
+            _ => WORKGROUP_SIZE,
+        }
+    }
+
+    /// The bindings of group 0, by binding number.
+    pub const fn bindings(self) -> &'static [Binding] {
+        match self {
+            // dims, scores, image, mask, y, status
+            Kernel::Prepare => &[U, R, R, R, Rw, Rw],
+            // dims, y, image, mask, partials
+            Kernel::ClassSums => &[U, R, R, R, Rw],
+            // params, src, dst
+            Kernel::Reduce => &[U, R, Rw],
+            // dims, sums, totals, centroids, stats
+            Kernel::Centroids => &[U, R, R, Rw, Rw],
+            // dims, y, image, mask, centroids, stats, grad, partials
+            Kernel::LossGrad => &[U, R, R, R, R, R, Rw, Rw],
+            // dims, y, grad
+            Kernel::Jacobian => &[U, R, Rw],
+            // dims, totals, status, energy
+            Kernel::Finalize => &[U, R, R, Rw],
+        }
+    }
+
+    /// How many storage buffers the kernel binds (the device limit
+    /// `max_storage_buffers_per_shader_stage` must reach the largest).
+    pub const fn storage_buffers(self) -> u32 {
+        let b = self.bindings();
+        let mut i = 0;
+        let mut n = 0;
+        while i < b.len() {
+            if !matches!(b[i], Binding::Uniform) {
+                n += 1;
+            }
+            i += 1;
+        }
+        n
+    }
+}
