@@ -113,6 +113,7 @@ fn matches_reference_on_every_feature() {
         shape(1, 4, 3, 1, 9, 1),   // a single column
         shape(2, 2, 3, 3, 5, 7),   // 3D
         shape(1, 5, 1, 4, 3, 2),   // 3D, thin
+        shape(1, 2, 5, 1, 6, 5),   // more channels than the specialised kernels
     ];
     let mut seed = 10;
     for &s in &shapes {

@@ -1,47 +1,58 @@
 //! A branch-free `exp` for non-positive arguments that the compiler vectorises.
 //!
-//! `std`'s `f64::exp` is a call into the platform's maths library, one element at a time; the
-//! softmax runs it `B·N·D·H·W` times per pass, which would dominate the loss. This version uses
-//! only multiplies, adds, integer bit operations and a select, so loops over slices of it become
-//! SIMD code. Accuracy: within about 2 ulp of the correctly rounded result on `[-745, 0]`,
-//! including the subnormal range, and exactly `0` below it — the same underflow as `f64::exp`.
+//! `std`'s `exp` is a call into the platform's maths library, one element at a time; the
+//! softmax runs it `B·N·D·H·W` times per pass, which would dominate the loss. These versions
+//! use only multiplies, adds, integer bit operations and selects, so loops over slices of them
+//! become SIMD code: Cody–Waite reduction `x = k·ln 2 + r`, a polynomial for `e^r`, and `2^k`
+//! built in the exponent bits. Accuracy: a couple of ulp of the correctly rounded result on the
+//! whole range, subnormal results included, and exactly `0` where `exp` underflows.
 
-/// `1.5 · 2^52`: adding it rounds a value of magnitude below `2^51` to an integer, which then
-/// sits in the low bits of the sum's representation.
-const ROUND: f64 = 6_755_399_441_055_744.0;
-/// `ln 2` split so that `k · LN2_HI` is exact for `|k| < 2^11`.
-/// (fdlibm's split: the high part has 21 trailing zero bits.)
-const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
-const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
-/// Below this `exp` underflows to zero (the smallest subnormal is `e^-744.44`).
-const UNDERFLOW: f64 = -745.2;
-/// The exponent offset that keeps the scale `2^(k + BIAS_SHIFT)` normal for every `k >= -1075`.
-const BIAS_SHIFT: i64 = 60;
-/// `2^-60`, undoing the shift (the product rounds correctly into the subnormal range).
-const UNSHIFT: f64 = 8.673_617_379_884_035e-19;
+use core::any::TypeId;
 
-/// Taylor coefficients `1/j!` for `j = 13, 12, ..., 2` (Horner order); `|r| <= ln 2 / 2`
-/// leaves a truncation error below `2e-17` relative.
-const COEFFS: [f64; 12] = [
-    1.0 / 6_227_020_800.0,
-    1.0 / 479_001_600.0,
-    1.0 / 39_916_800.0,
-    1.0 / 3_628_800.0,
-    1.0 / 362_880.0,
-    1.0 / 40_320.0,
-    1.0 / 5_040.0,
-    1.0 / 720.0,
-    1.0 / 120.0,
-    1.0 / 24.0,
-    1.0 / 6.0,
-    0.5,
-];
+use msloss_core::Real;
 
-/// `e^x` for `x <= 0` (finite). Larger `x` would overflow the scale and is not supported.
+/// `e^x` for `x <= 0` (finite) in `T`: the `f32` algorithm for `f32`, the `f64` one otherwise
+/// (the type test is resolved at compile time).
 #[inline(always)]
-pub(crate) fn exp_nonpos(x: f64) -> f64 {
+pub(crate) fn exp_nonpos<T: Real>(x: T) -> T {
+    if TypeId::of::<T>() == TypeId::of::<f32>() {
+        // Both conversions are exact for f32 and vanish in the generated code.
+        T::from_f64_lossy(f64::from(exp_nonpos_f32(x.to_f64_lossless() as f32)))
+    } else {
+        T::from_f64_lossy(exp_nonpos_f64(x.to_f64_lossless()))
+    }
+}
+
+/// `e^x` for `x <= 0` in `f64`, within about 2 ulp.
+#[inline(always)]
+pub(crate) fn exp_nonpos_f64(x: f64) -> f64 {
+    /// `1.5 · 2^52`: adding it rounds to an integer held in the low bits of the sum.
+    const ROUND: f64 = 6_755_399_441_055_744.0;
+    /// `ln 2` split so that `k · LN2_HI` is exact (fdlibm's split).
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+    /// Below this `exp` rounds to zero.
+    const UNDERFLOW: f64 = -745.2;
+    /// `2^(k + SHIFT)` stays normal for every `k >= -1075`; `UNSHIFT = 2^-SHIFT` undoes it
+    /// with one correctly rounded product.
+    const SHIFT: i64 = 60;
+    const UNSHIFT: f64 = 8.673_617_379_884_035e-19;
+    /// `1/j!`, `j = 13..=2`: truncation error below `2e-17` for `|r| <= ln 2 / 2`.
+    const COEFFS: [f64; 12] = [
+        1.0 / 6_227_020_800.0,
+        1.0 / 479_001_600.0,
+        1.0 / 39_916_800.0,
+        1.0 / 3_628_800.0,
+        1.0 / 362_880.0,
+        1.0 / 40_320.0,
+        1.0 / 5_040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+    ];
     let xc = if x < UNDERFLOW { UNDERFLOW } else { x };
-    // k = round(x / ln 2), kept both as a float and in the low bits of `t`.
     let t = xc * core::f64::consts::LOG2_E + ROUND;
     let k = t - ROUND;
     let r = (xc - k * LN2_HI) - k * LN2_LO;
@@ -51,33 +62,76 @@ pub(crate) fn exp_nonpos(x: f64) -> f64 {
     }
     let p = (p * r + 1.0) * r + 1.0;
     let ki = t.to_bits().wrapping_sub(ROUND.to_bits()) as i64;
-    let scale = f64::from_bits(((ki + 1023 + BIAS_SHIFT) as u64) << 52);
+    let scale = f64::from_bits(((ki + 1023 + SHIFT) as u64) << 52);
+    let e = (p * scale) * UNSHIFT;
+    if x < UNDERFLOW { 0.0 } else { e }
+}
+
+/// `e^x` for `x <= 0` in `f32`, within about 2 ulp (Cephes' `expf` polynomial).
+#[inline(always)]
+pub(crate) fn exp_nonpos_f32(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const UNDERFLOW: f32 = -104.0;
+    const SHIFT: i32 = 30;
+    const UNSHIFT: f32 = 9.313_226e-10; // 2^-30
+    const COEFFS: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+    let xc = if x < UNDERFLOW { UNDERFLOW } else { x };
+    let t = xc * core::f32::consts::LOG2_E + ROUND;
+    let k = t - ROUND;
+    let r = (xc - k * LN2_HI) - k * LN2_LO;
+    let mut p = COEFFS[0];
+    for c in &COEFFS[1..] {
+        p = p * r + c;
+    }
+    let p = p * (r * r) + r + 1.0;
+    let ki = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    let scale = f32::from_bits(((ki + 127 + SHIFT) as u32) << 23);
     let e = (p * scale) * UNSHIFT;
     if x < UNDERFLOW { 0.0 } else { e }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::exp_nonpos;
+    use super::{exp_nonpos, exp_nonpos_f32, exp_nonpos_f64};
 
     #[test]
-    fn matches_std_exp_across_the_range() {
+    fn f64_matches_std_across_the_range() {
         let mut worst: f64 = 0.0;
         let mut x: f64 = 0.0;
         while x > -745.0 {
-            let want = x.exp();
-            let got = exp_nonpos(x);
+            let (want, got) = (x.exp(), exp_nonpos_f64(x));
             if want > f64::MIN_POSITIVE {
                 worst = worst.max(((got - want) / want).abs());
             } else {
-                // Subnormal results: within a couple of units of the last place.
                 assert!((got - want).abs() <= 2.0 * 4.9e-324, "x={x} got={got} want={want}");
             }
             x -= 0.013_7;
         }
         assert!(worst < 1e-15, "worst relative error {worst:e}");
-        assert_eq!(exp_nonpos(0.0), 1.0);
-        assert_eq!(exp_nonpos(-746.0), 0.0);
-        assert_eq!(exp_nonpos(-1e300), 0.0);
+        assert_eq!(exp_nonpos_f64(0.0), 1.0);
+        assert_eq!(exp_nonpos_f64(-746.0), 0.0);
+        assert_eq!(exp_nonpos_f64(-1e300), 0.0);
+    }
+
+    #[test]
+    fn f32_matches_std_across_the_range() {
+        let mut worst: f64 = 0.0;
+        let mut x: f32 = 0.0;
+        while x > -104.0 {
+            let (want, got) = (f64::from(x).exp(), f64::from(exp_nonpos_f32(x)));
+            if want > f64::from(f32::MIN_POSITIVE) {
+                worst = worst.max(((got - want) / want).abs());
+            } else {
+                assert!((got - want).abs() <= 2.0 * 1.5e-45, "x={x} got={got} want={want}");
+            }
+            x -= 0.001_37;
+        }
+        assert!(worst < 3.0 * f64::from(f32::EPSILON), "worst relative error {worst:e}");
+        assert_eq!(exp_nonpos_f32(0.0), 1.0);
+        assert_eq!(exp_nonpos_f32(-105.0), 0.0);
+        assert_eq!(exp_nonpos::<f32>(-1.0), exp_nonpos_f32(-1.0));
+        assert_eq!(exp_nonpos::<f64>(-1.0), exp_nonpos_f64(-1.0));
     }
 }

@@ -1,12 +1,16 @@
 //! The per-block kernels of the two fused passes.
 //!
 //! Work is split into blocks of whole rows (a row is one line along `W`, indexed by `(d, h)`)
-//! of one sample. Every quantity is computed in `f64` on rows converted from `T` — the data
-//! stay in `T` in memory, so the traffic is that of `T`, while the softmax, the signs of the L1
-//! differences and every sum are as accurate as the `f64` reference's. Inner loops run over
-//! whole rows with no branches, so the compiler vectorises them; sums use [`LANES`] independent
-//! accumulators (the compiler may not reorder a floating-point sum, but it vectorises one that
-//! is already split into lanes).
+//! of one sample. Arithmetic is in `T`; inner loops run over whole rows with no branches, so
+//! the compiler vectorises them. Sums run in [`LANES`] independent accumulators of `T` (the
+//! compiler may not reorder a floating-point sum, but it vectorises one already split into
+//! lanes) over chunks of [`CHUNK`] elements, and the chunks' sums are added in `f64`, so the
+//! rounding error of a sum does not grow with the image size.
+//!
+//! The one place where `T`'s rounding could change a result by more than a rounding error is
+//! the sign of an L1 difference `y_t − y_s` close to zero: there the subgradient jumps by `2λ`.
+//! Differences of softmax outputs within their error bound of zero are therefore recomputed
+//! exactly as the `f64` reference computes them (rare: a few per million pairs in `f32`).
 //!
 //! Pass 1 ([`pass1`]) computes the softmax of each row and the block's partial sums of
 //! `A_n = Σ m·y_n` and `M_nk = Σ m·y_n·x_k`, and flags invalid values. Pass 2 ([`pass2`])
@@ -22,7 +26,9 @@ use msloss_core::{LengthKind, Real};
 use crate::exp::exp_nonpos;
 
 /// Independent accumulators per sum.
-pub(crate) const LANES: usize = 8;
+pub(crate) const LANES: usize = 16;
+/// Elements per partial sum in `T` before it is added in `f64`.
+pub(crate) const CHUNK: usize = 256;
 /// Cached rows of probabilities (3 are needed at once).
 const Y_SLOTS: usize = 4;
 /// Cached rows of fluxes (3 are needed at once).
@@ -58,19 +64,19 @@ impl<T> Problem<'_, T> {
     }
 }
 
-/// The constants of pass 2.
+/// The constants of pass 2, in `T`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Pass2<'a> {
+pub(crate) struct Pass2<'a, T> {
     /// Centroids `[B, N, C]`.
-    pub(crate) centroids: &'a [f64],
+    pub(crate) centroids: &'a [T],
     /// `2·ε_c/(A_bn + ε_c)`, `[B, N]`.
-    pub(crate) corr: &'a [f64],
-    pub(crate) fidelity_weight: f64,
-    pub(crate) lambda: f64,
-    pub(crate) delta: f64,
+    pub(crate) corr: &'a [T],
+    pub(crate) fidelity_weight: T,
+    pub(crate) lambda: T,
+    pub(crate) delta: T,
     pub(crate) length: LengthKind,
     /// The reduction's factor applied to the gradient.
-    pub(crate) scale: f64,
+    pub(crate) scale: T,
 }
 
 /// One block: rows `r0..r1` of sample `b`.
@@ -116,46 +122,41 @@ impl<T> GradRows<T> {
 
 /// One thread's scratch: cached rows of probabilities and fluxes, and row temporaries.
 #[derive(Debug, Default)]
-pub(crate) struct Scratch {
+pub(crate) struct Scratch<T> {
     n: usize,
-    c: usize,
     w: usize,
     /// `Y_SLOTS` rows of `[y_0, …, y_{N−1}, m]`, each `W` long.
-    y: Vec<f64>,
+    y: Vec<T>,
     y_key: [usize; Y_SLOTS],
     y_stamp: [u64; Y_SLOTS],
-    /// `F_SLOTS` rows of `[φ_W, φ_H, φ_D]` per class, each `W` long.
-    flux: Vec<f64>,
+    /// `F_SLOTS` rows of `[own, φ_H, φ_D]` per class, each `W` long (see [`own_flux`]).
+    flux: Vec<T>,
     f_key: [usize; F_SLOTS],
     f_stamp: [u64; F_SLOTS],
     /// The length summed over a flux row's own forward differences.
     f_value: [f64; F_SLOTS],
     clock: u64,
-    /// Image rows `[C, W]`.
-    x: Vec<f64>,
     /// `∂E/∂y` of one row, `[N, W]`.
-    g: Vec<f64>,
-    t1: Vec<f64>,
-    t2: Vec<f64>,
-    t3: Vec<f64>,
-    zero: Vec<f64>,
+    g: Vec<T>,
+    t1: Vec<T>,
+    t2: Vec<T>,
+    t3: Vec<T>,
+    zero: Vec<T>,
 }
 
-impl Scratch {
+impl<T: Real> Scratch<T> {
     /// Sizes the buffers for a shape (allocates only when they grow) and forgets cached rows.
-    pub(crate) fn prepare(&mut self, n: usize, c: usize, w: usize) {
+    pub(crate) fn prepare(&mut self, n: usize, w: usize) {
         self.n = n;
-        self.c = c;
         self.w = w;
-        self.y.resize(Y_SLOTS * (n + 1) * w, 0.0);
-        self.flux.resize(F_SLOTS * 3 * n * w, 0.0);
-        self.x.resize(c * w, 0.0);
-        self.g.resize(n * w, 0.0);
+        self.y.resize(Y_SLOTS * (n + 1) * w, T::zero());
+        self.flux.resize(F_SLOTS * 3 * n * w, T::zero());
+        self.g.resize(n * w, T::zero());
         for t in [&mut self.t1, &mut self.t2, &mut self.t3] {
-            t.resize(w, 0.0);
+            t.resize(w, T::zero());
         }
         self.zero.clear();
-        self.zero.resize(w, 0.0);
+        self.zero.resize(w, T::zero());
         self.forget();
     }
 
@@ -171,7 +172,7 @@ impl Scratch {
     /// The slot of probability row `r` of sample `b`, computing it if absent. Slots used since
     /// the clock last ticked are never evicted.
     #[inline(always)]
-    fn y_slot<T: Real>(&mut self, p: &Problem<'_, T>, b: usize, r: usize) -> usize {
+    fn y_slot(&mut self, p: &Problem<'_, T>, b: usize, r: usize) -> usize {
         if let Some(i) = self.y_key.iter().position(|&k| k == r) {
             self.y_stamp[i] = self.clock;
             return i;
@@ -187,7 +188,7 @@ impl Scratch {
 
     /// The slot of flux row `r` of sample `b`, computing it if absent.
     #[inline(always)]
-    fn flux_slot<T: Real>(&mut self, p: &Problem<'_, T>, k: &Pass2<'_>, b: usize, r: usize, fclock: u64) -> usize {
+    fn flux_slot(&mut self, p: &Problem<'_, T>, k: &Pass2<'_, T>, b: usize, r: usize, fclock: u64) -> usize {
         if let Some(i) = self.f_key.iter().position(|&key| key == r) {
             self.f_stamp[i] = fclock;
             return i;
@@ -199,29 +200,36 @@ impl Scratch {
         self.clock += 1;
         let (dd, hh) = (r / p.h, r % p.h);
         let y0 = self.y_slot(p, b, r);
-        let yh = (hh + 1 < p.h).then(|| self.y_slot(p, b, r + 1));
-        let yd = (dd + 1 < p.d).then(|| self.y_slot(p, b, r + p.h));
+        // (No closures here: they would not inherit the caller's target features.)
+        let yh = if hh + 1 < p.h { Some(self.y_slot(p, b, r + 1)) } else { None };
+        let yd = if dd + 1 < p.d { Some(self.y_slot(p, b, r + p.h)) } else { None };
         let (n, w) = (self.n, self.w);
         let ylen = (n + 1) * w;
-        let row = |s: usize, cls: usize| &self.y[s * ylen + cls * w..s * ylen + (cls + 1) * w];
+        let y = &self.y;
         let flen = 3 * n * w;
         let mut value = 0.0;
         let out = &mut self.flux[fi * flen..(fi + 1) * flen];
-        for cls in 0..n {
-            let (fw, rest) = out[cls * 3 * w..(cls + 1) * 3 * w].split_at_mut(w);
+        for (cls, fl) in out.chunks_exact_mut(3 * w).enumerate() {
+            let (fw, rest) = fl.split_at_mut(w);
             let (fh, fd) = rest.split_at_mut(w);
-            value += flux_row(
-                k,
-                (row(y0, cls), row(y0, n)),
-                yh.map(|s| (row(s, cls), row(s, n))),
-                yd.map(|s| (row(s, cls), row(s, n))),
-                [fw, fh, fd],
-                &mut self.t3,
-            );
+            let next = |slot: Option<usize>| match slot {
+                Some(s) => Some((line(y, ylen, w, s, cls), line(y, ylen, w, s, n))),
+                None => None,
+            };
+            let rows =
+                Rows { y0: line(y, ylen, w, y0, cls), m0: line(y, ylen, w, y0, n), next_h: next(yh), next_d: next(yd) };
+            let exact = Exact { p, b, cls, s0: r * w };
+            value += flux_row(k, rows, exact, [fw, fh, fd], &mut self.t3);
         }
         self.f_value[fi] = value;
         fi
     }
+}
+
+/// Line `i` (a class or the mask) of cached row `slot`.
+#[inline(always)]
+fn line<T>(y: &[T], ylen: usize, w: usize, slot: usize, i: usize) -> &[T] {
+    &y[slot * ylen + i * w..slot * ylen + (i + 1) * w]
 }
 
 /// The least recently used slot not stamped `now`.
@@ -236,40 +244,40 @@ fn lru(stamps: &[u64], now: u64) -> usize {
     best
 }
 
-/// Loads row `r` of sample `b` as `[y_0, …, y_{N−1}, m]` in `f64`: the softmax of the logits
-/// (stable: the maximum is subtracted first) or the probabilities as given, and the mask row
-/// (ones without a mask).
+/// Loads row `r` of sample `b` as `[y_0, …, y_{N−1}, m]`: the softmax of the logits (stable:
+/// the maximum is subtracted first) or the probabilities as given, and the mask row (ones
+/// without a mask).
 #[inline(always)]
-fn load_probs<T: Real>(p: &Problem<'_, T>, b: usize, r: usize, dst: &mut [f64], mx: &mut [f64], sum: &mut [f64]) {
+fn load_probs<T: Real>(p: &Problem<'_, T>, b: usize, r: usize, dst: &mut [T], mx: &mut [T], sum: &mut [T]) {
     let (n, w, sp) = (p.n, p.w, p.sp());
     let (ys, m) = dst.split_at_mut(n * w);
-    for (cls, y) in ys.chunks_exact_mut(w).enumerate() {
-        let src = &p.scores[(b * n + cls) * sp + r * w..][..w];
-        widen(y, src);
-    }
     match p.mask {
-        Some(mask) => widen(m, &mask[b * sp + r * w..][..w]),
-        None => m.fill(1.0),
+        Some(mask) => m.copy_from_slice(&mask[b * sp + r * w..][..w]),
+        None => m.fill(T::one()),
     }
+    let src = |cls: usize| &p.scores[(b * n + cls) * sp + r * w..][..w];
     if !p.logits {
+        for (cls, y) in ys.chunks_exact_mut(w).enumerate() {
+            y.copy_from_slice(src(cls));
+        }
         return;
     }
-    mx.copy_from_slice(&ys[..w]);
-    for y in ys.chunks_exact(w).skip(1) {
-        for (a, &v) in mx.iter_mut().zip(y) {
+    mx.copy_from_slice(src(0));
+    for cls in 1..n {
+        for (a, &v) in mx.iter_mut().zip(src(cls)) {
             *a = if v > *a { v } else { *a };
         }
     }
-    sum.fill(0.0);
-    for y in ys.chunks_exact_mut(w) {
-        for ((v, &a), s) in y.iter_mut().zip(mx.iter()).zip(sum.iter_mut()) {
-            let e = exp_nonpos(*v - a);
+    sum.fill(T::zero());
+    for (cls, y) in ys.chunks_exact_mut(w).enumerate() {
+        for (((v, &z), &a), s) in y.iter_mut().zip(src(cls)).zip(mx.iter()).zip(sum.iter_mut()) {
+            let e = exp_nonpos(z - a);
             *v = e;
             *s += e;
         }
     }
     for s in sum.iter_mut() {
-        *s = 1.0 / *s;
+        *s = T::one() / *s;
     }
     for y in ys.chunks_exact_mut(w) {
         for (v, &inv) in y.iter_mut().zip(sum.iter()) {
@@ -278,73 +286,80 @@ fn load_probs<T: Real>(p: &Problem<'_, T>, b: usize, r: usize, dst: &mut [f64], 
     }
 }
 
-/// `dst = src` converted to `f64`.
+/// Adds `T` lanes in a fixed pairwise order, in `f64`.
 #[inline(always)]
-fn widen<T: Real>(dst: &mut [f64], src: &[T]) {
-    for (o, v) in dst.iter_mut().zip(src) {
-        *o = v.to_f64_lossless();
-    }
-}
-
-/// `Σ a` in [`LANES`] lanes, lanes added in a fixed order.
-#[inline(always)]
-pub(crate) fn sum(a: &[f64]) -> f64 {
-    let mut acc = [0.0; LANES];
-    let chunks = a.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for ch in chunks {
-        for l in 0..LANES {
-            acc[l] += ch[l];
+fn fold<T: Real>(acc: [T; LANES]) -> f64 {
+    let mut v = acc.map(|a| a.to_f64_lossless());
+    let mut half = LANES / 2;
+    while half > 0 {
+        for l in 0..half {
+            v[l] += v[l + half];
         }
+        half /= 2;
     }
-    for (l, v) in rest.iter().enumerate() {
-        acc[l] += v;
-    }
-    fold(acc)
+    v[0]
 }
 
-/// `Σ a·b` in [`LANES`] lanes.
+/// `Σ a`: lanes of `T` within chunks of [`CHUNK`], chunks added in `f64`.
 #[inline(always)]
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0; LANES];
-    let ca = a.chunks_exact(LANES);
-    let cb = b.chunks_exact(LANES);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
+pub(crate) fn sum<T: Real>(a: &[T]) -> f64 {
+    let mut total = 0.0;
+    for chunk in a.chunks(CHUNK) {
+        let mut acc = [T::zero(); LANES];
+        let lanes = chunk.chunks_exact(LANES);
+        let rest = lanes.remainder();
+        for ch in lanes {
+            for (a, &v) in acc.iter_mut().zip(ch) {
+                *a += v;
+            }
         }
+        for (a, &v) in acc.iter_mut().zip(rest) {
+            *a += v;
+        }
+        total += fold(acc);
     }
-    for (l, (x, y)) in ra.iter().zip(rb).enumerate() {
-        acc[l] += x * y;
-    }
-    fold(acc)
+    total
 }
 
-/// Pairwise sum of the lanes.
+/// `Σ a·b`, summed as in [`sum`].
 #[inline(always)]
-fn fold(acc: [f64; LANES]) -> f64 {
-    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+fn dot<T: Real>(a: &[T], b: &[T]) -> f64 {
+    let mut total = 0.0;
+    for (ca, cb) in a.chunks(CHUNK).zip(b.chunks(CHUNK)) {
+        let mut acc = [T::zero(); LANES];
+        let la = ca.chunks_exact(LANES);
+        let lb = cb.chunks_exact(LANES);
+        let (ra, rb) = (la.remainder(), lb.remainder());
+        for (x, y) in la.zip(lb) {
+            for ((a, &xv), &yv) in acc.iter_mut().zip(x).zip(y) {
+                *a += xv * yv;
+            }
+        }
+        for ((a, &xv), &yv) in acc.iter_mut().zip(ra).zip(rb) {
+            *a += xv * yv;
+        }
+        total += fold(acc);
+    }
+    total
 }
 
-/// Marks values that fail the input checks: returns a non-finite number if `src` holds a
-/// non-finite value (`v·0` is NaN exactly then), and the smallest value seen in `min`.
+/// Input checks fused into pass 1: returns a non-finite number if `src` holds a non-finite
+/// value (`v·0` is NaN exactly then), and lowers `min` to the smallest value seen.
 #[inline(always)]
-fn check_values<T: Real>(src: &[T], min: &mut f64) -> f64 {
-    let mut acc = [0.0; LANES];
+fn check_values<T: Real>(src: &[T], min: &mut T) -> f64 {
+    let mut acc = [T::zero(); LANES];
     let mut lo = [*min; LANES];
-    let chunks = src.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for ch in chunks {
+    let lanes = src.chunks_exact(LANES);
+    let rest = lanes.remainder();
+    for ch in lanes {
         for l in 0..LANES {
-            let v = ch[l].to_f64_lossless();
-            acc[l] += v * 0.0;
+            let v = ch[l];
+            acc[l] += v * T::zero();
             lo[l] = if v < lo[l] { v } else { lo[l] };
         }
     }
-    for (l, v) in rest.iter().enumerate() {
-        let v = v.to_f64_lossless();
-        acc[l] += v * 0.0;
+    for (l, &v) in rest.iter().enumerate() {
+        acc[l] += v * T::zero();
         lo[l] = if v < lo[l] { v } else { lo[l] };
     }
     *min = lo.iter().fold(*min, |m, &v| if v < m { v } else { m });
@@ -354,35 +369,31 @@ fn check_values<T: Real>(src: &[T], min: &mut f64) -> f64 {
 /// Pass 1 over one block: fills `part` with `[P1_HEAD checks and count, A_0..A_{N−1},
 /// M_00..M_{N−1,C−1}]` of the block.
 #[inline(always)]
-pub(crate) fn pass1<T: Real>(p: &Problem<'_, T>, blk: Block, s: &mut Scratch, part: &mut [f64]) {
+pub(crate) fn pass1<T: Real>(p: &Problem<'_, T>, blk: Block, s: &mut Scratch<T>, part: &mut [f64]) {
     part.fill(0.0);
     let (n, c, w, sp) = (p.n, p.c, p.w, p.sp());
     let b = blk.b;
-    let mut min_prob = 0.0;
-    let mut ignored = 0.0;
+    let mut min_prob = T::zero();
+    let mut ignored = T::zero();
+    let len = (n + 1) * w;
     for r in blk.r0..blk.r1 {
         // Checks on the raw inputs (fused here instead of a separate validation pass).
-        let scores = &p.scores[b * n * sp..(b + 1) * n * sp];
         for cls in 0..n {
-            part[0] += check_values(&scores[cls * sp + r * w..][..w], &mut min_prob);
+            part[0] += check_values(&p.scores[(b * n + cls) * sp + r * w..][..w], &mut min_prob);
         }
         for k in 0..c {
             part[2] += check_values(&p.image[(b * c + k) * sp + r * w..][..w], &mut ignored);
         }
-        let len = (n + 1) * w;
         load_probs(p, b, r, &mut s.y[..len], &mut s.t1, &mut s.t2);
         let (ys, m) = s.y[..len].split_at(n * w);
         if p.mask.is_some() {
             for (t, &v) in s.t3.iter_mut().zip(m) {
-                *t = (v * (1.0 - v)).abs();
+                *t = (v * (T::one() - v)).abs();
             }
             part[3] += sum(&s.t3);
             part[4] += sum(m);
         } else {
             part[4] += w as f64;
-        }
-        for k in 0..c {
-            widen(&mut s.x[k * w..(k + 1) * w], &p.image[(b * c + k) * sp + r * w..][..w]);
         }
         for (cls, y) in ys.chunks_exact(w).enumerate() {
             for ((t, &v), &mv) in s.t1.iter_mut().zip(y).zip(m) {
@@ -390,86 +401,277 @@ pub(crate) fn pass1<T: Real>(p: &Problem<'_, T>, blk: Block, s: &mut Scratch, pa
             }
             part[P1_HEAD + cls] += sum(&s.t1);
             for k in 0..c {
-                part[P1_HEAD + n + cls * c + k] += dot(&s.t1, &s.x[k * w..(k + 1) * w]);
+                part[P1_HEAD + n + cls * c + k] += dot(&s.t1, &p.image[(b * c + k) * sp + r * w..][..w]);
             }
         }
     }
-    part[1] = if p.logits { 0.0 } else { min_prob };
+    part[1] = if p.logits { 0.0 } else { min_prob.to_f64_lossless() };
 }
 
-/// The fluxes `φ_a = λ·∂ℓ/∂d_a` of one class's row along W, H and D, given the row and its
-/// mask, and the next rows along H and D (with their masks) where they exist; returns the
-/// length `Σ ℓ` over the row's own forward differences (before `λ`).
+/// A line of probabilities and its mask line.
+type Line<'a, T> = (&'a [T], &'a [T]);
+
+/// The probability rows a flux row is computed from: the row and its mask, and the next rows
+/// along H and D with their masks, where they exist.
+#[derive(Clone, Copy)]
+struct Rows<'a, T> {
+    y0: &'a [T],
+    m0: &'a [T],
+    next_h: Option<(&'a [T], &'a [T])>,
+    next_d: Option<(&'a [T], &'a [T])>,
+}
+
+/// Where a flux row's class map comes from, to recompute doubtful L1 signs exactly.
+#[derive(Clone, Copy)]
+struct Exact<'a, 'p, T> {
+    p: &'a Problem<'p, T>,
+    b: usize,
+    cls: usize,
+    /// The row's first pixel within the sample.
+    s0: usize,
+}
+
+impl<T: Real> Exact<'_, '_, T> {
+    /// `y_cls` at pixel `s` exactly as the reference computes it (same operations, same order).
+    fn y(&self, s: usize) -> f64 {
+        let (n, sp) = (self.p.n, self.p.sp());
+        let at = |m: usize| self.p.scores[(self.b * n + m) * sp + s].to_f64_lossless();
+        let max = (0..n).map(at).fold(f64::NEG_INFINITY, f64::max);
+        let mut sum = 0.0;
+        let mut mine = 0.0;
+        for m in 0..n {
+            let e = (at(m) - max).exp();
+            if m == self.cls {
+                mine = e;
+            }
+            sum += e;
+        }
+        mine / sum
+    }
+
+    /// `λ·sign(y_t − y_s)` for the pair `(s0 + i, s0 + i + stride)`, from the reference's `y`.
+    fn flux(&self, i: usize, stride: usize, lam: T) -> T {
+        let s = self.s0 + i;
+        let d = self.y(s + stride) - self.y(s);
+        if d > 0.0 {
+            lam
+        } else if d < 0.0 {
+            -lam
+        } else {
+            T::zero()
+        }
+    }
+}
+
+/// L1 or L2 along one axis: `out = φ` of the pairs `(y0[i], y1[i])`, `t = ℓ`; returns the
+/// length and how many L1 differences lie within `T`'s rounding of zero (`tol` relative).
 #[inline(always)]
-fn flux_row(
-    k: &Pass2<'_>,
-    (y0, m0): (&[f64], &[f64]),
-    next_h: Option<(&[f64], &[f64])>,
-    next_d: Option<(&[f64], &[f64])>,
-    [fw, fh, fd]: [&mut [f64]; 3],
-    t: &mut [f64],
+fn axis<T: Real>(
+    l1: bool,
+    (y0, m0): (&[T], &[T]),
+    (y1, m1): (&[T], &[T]),
+    out: &mut [T],
+    t: &mut [T],
+    lam: T,
+    tol: T,
+) -> (f64, u32) {
+    let mut doubtful = 0u32;
+    let two_lam = lam + lam;
+    for ((((o, v), (&a, &ma)), &bv), &mb) in out.iter_mut().zip(t.iter_mut()).zip(y0.iter().zip(m0)).zip(y1).zip(m1) {
+        let wt = ma * mb;
+        let d = (bv - a) * wt;
+        if l1 {
+            *v = d.abs();
+            *o = if d > T::zero() {
+                lam
+            } else if d < T::zero() {
+                -lam
+            } else {
+                T::zero()
+            };
+            doubtful += u32::from((d.abs() <= tol * (a + bv)) & (wt != T::zero()));
+        } else {
+            *v = d * d;
+            *o = two_lam * d;
+        }
+    }
+    (sum(&t[..out.len()]), doubtful)
+}
+
+/// The fluxes `φ_a = λ·∂ℓ/∂d_a` of one class's row along W, H and D (zero where a pair is
+/// missing or masked); returns the length `Σ ℓ` over the row's own forward differences
+/// (before `λ`).
+#[inline(always)]
+fn flux_row<T: Real>(
+    k: &Pass2<'_, T>,
+    rows: Rows<'_, T>,
+    exact: Exact<'_, '_, T>,
+    fluxes: [&mut [T]; 3],
+    t: &mut [T],
 ) -> f64 {
+    let [fw, fh, fd] = fluxes;
+    let Rows { y0, m0, next_h, next_d } = rows;
     let w = y0.len();
     let lam = k.lambda;
-    // Masked differences first: d = (y_t − y_s)·m_s·m_t, zero where the pair is missing.
-    for i in 0..w - 1 {
-        fw[i] = (y0[i + 1] - y0[i]) * (m0[i] * m0[i + 1]);
-    }
-    fw[w - 1] = 0.0;
-    let diff = |out: &mut [f64], next: Option<(&[f64], &[f64])>| match next {
-        Some((y1, m1)) => {
-            for i in 0..w {
-                out[i] = (y1[i] - y0[i]) * (m0[i] * m1[i]);
-            }
-        }
-        None => out.fill(0.0),
-    };
-    diff(fh, next_h);
-    diff(fd, next_d);
     match k.length {
-        LengthKind::L1 => {
+        LengthKind::L1 | LengthKind::L2 => {
+            let l1 = k.length == LengthKind::L1;
+            // Softmax outputs carry a relative error below (N + 4)·ε; given probabilities are exact.
+            let tol = if l1 && exact.p.logits {
+                T::from_f64_lossy(2.0 * (exact.p.n + 4) as f64) * T::epsilon()
+            } else {
+                -T::one()
+            };
             let mut total = 0.0;
-            for f in [fw, fh, fd] {
-                for (v, o) in t.iter_mut().zip(f.iter_mut()) {
-                    let d = *o;
-                    *v = d.abs();
-                    *o = if d > 0.0 {
-                        lam
-                    } else if d < 0.0 {
-                        -lam
-                    } else {
-                        0.0
-                    };
+            let strides = [1, w, exact.p.h * w];
+            let axes: [(&mut [T], Option<Line<'_, T>>); 3] =
+                [(&mut fw[..w - 1], Some((&y0[1..], &m0[1..]))), (fh, next_h), (fd, next_d)];
+            for ((out, next), stride) in axes.into_iter().zip(strides) {
+                let Some(next) = next else {
+                    out.fill(T::zero());
+                    continue;
+                };
+                let (value, doubtful) = axis(l1, (y0, m0), next, out, t, lam, tol);
+                total += value;
+                if doubtful > 0 {
+                    let (y1, m1) = next;
+                    for i in 0..out.len() {
+                        let d = y1[i] - y0[i];
+                        if d.abs() <= tol * (y0[i] + y1[i]) && m0[i] * m1[i] != T::zero() {
+                            out[i] = exact.flux(i, stride, lam);
+                        }
+                    }
                 }
-                total += sum(t);
             }
-            total
-        }
-        LengthKind::L2 => {
-            let mut total = 0.0;
-            for f in [fw, fh, fd] {
-                for (v, o) in t.iter_mut().zip(f.iter_mut()) {
-                    let d = *o;
-                    *v = d * d;
-                    *o = 2.0 * lam * d;
-                }
-                total += sum(t);
-            }
+            fw[w - 1] = T::zero();
+            own_flux([fw, fh, fd], t);
             total
         }
         LengthKind::Charbonnier => {
-            let d2 = k.delta * k.delta;
-            for i in 0..w {
-                let r = (fw[i] * fw[i] + fh[i] * fh[i] + fd[i] * fd[i] + d2).sqrt();
-                t[i] = r - k.delta;
-                let q = lam / r;
-                fw[i] *= q;
-                fh[i] *= q;
-                fd[i] *= q;
+            // Masked differences first, zero where the pair is missing.
+            for (((o, &a), &b), (&ma, &mb)) in fw.iter_mut().zip(y0).zip(&y0[1..]).zip(m0.iter().zip(&m0[1..])) {
+                *o = (b - a) * (ma * mb);
             }
-            sum(t)
+            fw[w - 1] = T::zero();
+            for (out, next) in [(&mut *fh, next_h), (&mut *fd, next_d)] {
+                match next {
+                    Some((y1, m1)) => {
+                        for (((o, &a), &b), (&ma, &mb)) in out.iter_mut().zip(y0).zip(y1).zip(m0.iter().zip(m1)) {
+                            *o = (b - a) * (ma * mb);
+                        }
+                    }
+                    None => out.fill(T::zero()),
+                }
+            }
+            let (delta, d2) = (k.delta, k.delta * k.delta);
+            for (((v, a), b), c) in t.iter_mut().zip(fw.iter_mut()).zip(fh.iter_mut()).zip(fd.iter_mut()) {
+                let r = (*a * *a + *b * *b + *c * *c + d2).sqrt();
+                *v = r - delta;
+                let q = lam / r;
+                *a *= q;
+                *b *= q;
+                *c *= q;
+            }
+            let total = sum(t);
+            own_flux([fw, fh, fd], t);
+            total
         }
     }
+}
+
+/// Replaces the W fluxes of a row by the row's own share of the length gradient,
+/// `φ_W(s − 1) − φ_W(s) − φ_H(s) − φ_D(s)` (the shares from the rows before are added later).
+#[inline(always)]
+fn own_flux<T: Real>([fw, fh, fd]: [&mut [T]; 3], t: &mut [T]) {
+    let w = fw.len();
+    t.copy_from_slice(fw);
+    fw[0] = -t[0] - fh[0] - fd[0];
+    for ((((o, &prev), &cur), &h), &d) in fw[1..].iter_mut().zip(&t[..w - 1]).zip(&t[1..]).zip(&fh[1..]).zip(&fd[1..]) {
+        *o = prev - cur - h - d;
+    }
+}
+
+/// One class's lines of the current row, for [`class_line`].
+#[derive(Clone, Copy)]
+struct ClassLine<'a, T> {
+    y: &'a [T],
+    m: &'a [T],
+    /// The row's own share of the length gradient.
+    own: &'a [T],
+    /// `φ_H` of the row above (zeros at the top).
+    up: &'a [T],
+    /// `φ_D` of the row in the previous slice (zeros in the first slice).
+    back: &'a [T],
+}
+
+/// The fidelity `Σ m·y·‖x − c‖²` of one class's row, and (with `GRAD`) `g = ∂E/∂y` of it:
+/// `w·m·(‖x − c‖² − corr·⟨c, x − c⟩)` plus the length's share; one fused loop for `C`
+/// channels (`image` starts at channel 0 of the row; channel `k` is `k·sp` further).
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "the lines and constants of one class row")]
+fn class_line<T: Real, const C: usize, const GRAD: bool>(
+    l: ClassLine<'_, T>,
+    image: &[T],
+    sp: usize,
+    cent: &[T],
+    wf: T,
+    cr: T,
+    g: &mut [T],
+    tmp: &mut [T],
+) -> f64 {
+    let w = l.y.len();
+    let xs: [&[T]; C] = core::array::from_fn(|k| &image[k * sp..k * sp + w]);
+    let cs: [T; C] = core::array::from_fn(|k| cent[k]);
+    let (y, m, own, up, back, g, tmp) =
+        (&l.y[..w], &l.m[..w], &l.own[..w], &l.up[..w], &l.back[..w], &mut g[..w], &mut tmp[..w]);
+    for i in 0..w {
+        let mut d2 = T::zero();
+        let mut dc = T::zero();
+        for k in 0..C {
+            let e = xs[k][i] - cs[k];
+            d2 += e * e;
+            dc += cs[k] * e;
+        }
+        tmp[i] = m[i] * y[i] * d2;
+        if GRAD {
+            g[i] = wf * m[i] * (d2 - cr * dc) + own[i] + up[i] + back[i];
+        }
+    }
+    sum(tmp)
+}
+
+/// [`class_line`] for any number of channels (and always the gradient), channel by channel.
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "the lines and constants of one class row")]
+fn class_line_any<T: Real>(
+    l: ClassLine<'_, T>,
+    image: &[T],
+    sp: usize,
+    cent: &[T],
+    wf: T,
+    cr: T,
+    g: &mut [T],
+    [dist2, dot_c, tmp]: [&mut [T]; 3],
+) -> f64 {
+    let w = l.y.len();
+    dist2.fill(T::zero());
+    dot_c.fill(T::zero());
+    for (k, &ck) in cent.iter().enumerate() {
+        for ((d2, dc), &xv) in dist2.iter_mut().zip(dot_c.iter_mut()).zip(&image[k * sp..k * sp + w]) {
+            let e = xv - ck;
+            *d2 += e * e;
+            *dc += ck * e;
+        }
+    }
+    for (((t, &d2), &yv), &mv) in tmp.iter_mut().zip(dist2.iter()).zip(l.y).zip(l.m) {
+        *t = mv * yv * d2;
+    }
+    for (((((gv, &mv), &d2), &dc), (&o, &u)), &bk) in
+        g.iter_mut().zip(l.m).zip(dist2.iter()).zip(dot_c.iter()).zip(l.own.iter().zip(l.up)).zip(l.back)
+    {
+        *gv = wf * mv * (d2 - cr * dc) + o + u + bk;
+    }
+    sum(tmp)
 }
 
 /// Pass 2 over one block: fidelity, length and (where `grad` is given) the gradient of its
@@ -477,9 +679,9 @@ fn flux_row(
 #[inline(always)]
 pub(crate) fn pass2<T: Real>(
     p: &Problem<'_, T>,
-    k: &Pass2<'_>,
+    k: &Pass2<'_, T>,
     blk: Block,
-    s: &mut Scratch,
+    s: &mut Scratch<T>,
     grad: Option<GradRows<T>>,
     part: &mut [f64],
 ) {
@@ -490,74 +692,55 @@ pub(crate) fn pass2<T: Real>(
     let cent = &k.centroids[b * n * c..(b + 1) * n * c];
     let corr = &k.corr[b * n..(b + 1) * n];
     let mut fclock = 0;
+    let (ylen, flen) = ((n + 1) * w, 3 * n * w);
     for r in blk.r0..blk.r1 {
         let (dd, hh) = (r / p.h, r % p.h);
         fclock += 1;
         let f_cur = s.flux_slot(p, k, b, r, fclock);
         part[1] += s.f_value[f_cur];
-        let f_up = (grad.is_some() && hh > 0).then(|| s.flux_slot(p, k, b, r - 1, fclock));
-        let f_back = (grad.is_some() && dd > 0).then(|| s.flux_slot(p, k, b, r - p.h, fclock));
+        let f_up = if grad.is_some() && hh > 0 { Some(s.flux_slot(p, k, b, r - 1, fclock)) } else { None };
+        let f_back = if grad.is_some() && dd > 0 { Some(s.flux_slot(p, k, b, r - p.h, fclock)) } else { None };
         s.clock += 1;
         let yi = s.y_slot(p, b, r);
-        for kk in 0..c {
-            widen(&mut s.x[kk * w..(kk + 1) * w], &p.image[(b * c + kk) * sp + r * w..][..w]);
-        }
-        let ylen = (n + 1) * w;
-        let flen = 3 * n * w;
         let yrow = &s.y[yi * ylen..(yi + 1) * ylen];
-        let m = &yrow[n * w..];
+        let (ys, m) = yrow.split_at(n * w);
         let (dist2, dot_c, tmp) = (&mut s.t1, &mut s.t2, &mut s.t3);
-        for cls in 0..n {
-            let y = &yrow[cls * w..(cls + 1) * w];
-            dist2.fill(0.0);
-            dot_c.fill(0.0);
-            for kk in 0..c {
-                let ck = cent[cls * c + kk];
-                for ((d2, dc), &xv) in dist2.iter_mut().zip(dot_c.iter_mut()).zip(&s.x[kk * w..(kk + 1) * w]) {
-                    let e = xv - ck;
-                    *d2 += e * e;
-                    *dc += ck * e;
-                }
-            }
-            for (((t, &d2), &yv), &mv) in tmp.iter_mut().zip(dist2.iter()).zip(y).zip(m) {
-                *t = mv * yv * d2;
-            }
-            part[0] += sum(tmp);
-            if grad.is_none() {
-                continue;
-            }
-            let g = &mut s.g[cls * w..(cls + 1) * w];
-            let (wf, cr) = (k.fidelity_weight, corr[cls]);
-            for i in 0..w {
-                g[i] = wf * m[i] * (dist2[i] - cr * dot_c[i]);
-            }
-            // Length: Σ_a (φ_a(s − e_a) − φ_a(s)).
-            let fl = |slot: usize, axis: usize| {
-                let o = slot * flen + cls * 3 * w + axis * w;
-                &s.flux[o..o + w]
+        for (cls, (y, g)) in ys.chunks_exact(w).zip(s.g.chunks_exact_mut(w)).enumerate() {
+            let fl = |slot: usize, axis: usize| line(&s.flux, flen, w, slot, 3 * cls + axis);
+            let lines = ClassLine {
+                y,
+                m,
+                own: fl(f_cur, 0),
+                up: match f_up {
+                    Some(f) => fl(f, 1),
+                    None => &s.zero[..w],
+                },
+                back: match f_back {
+                    Some(f) => fl(f, 2),
+                    None => &s.zero[..w],
+                },
             };
-            let (fw, fh, fd) = (fl(f_cur, 0), fl(f_cur, 1), fl(f_cur, 2));
-            g[0] -= fw[0];
-            for i in 1..w {
-                g[i] += fw[i - 1] - fw[i];
-            }
-            let up = f_up.map_or(&s.zero[..w], |f| fl(f, 1));
-            for i in 0..w {
-                g[i] += up[i] - fh[i];
-            }
-            if p.d > 1 {
-                let back = f_back.map_or(&s.zero[..w], |f| fl(f, 2));
-                for i in 0..w {
-                    g[i] += back[i] - fd[i];
-                }
-            }
+            let cent = &cent[cls * c..(cls + 1) * c];
+            let image = &p.image[b * c * sp + r * w..];
+            let (wf, cr) = (k.fidelity_weight, corr[cls]);
+            let fid = match (c, grad.is_some()) {
+                (1, true) => class_line::<T, 1, true>(lines, image, sp, cent, wf, cr, g, tmp),
+                (1, false) => class_line::<T, 1, false>(lines, image, sp, cent, wf, cr, g, tmp),
+                (2, true) => class_line::<T, 2, true>(lines, image, sp, cent, wf, cr, g, tmp),
+                (2, false) => class_line::<T, 2, false>(lines, image, sp, cent, wf, cr, g, tmp),
+                (3, true) => class_line::<T, 3, true>(lines, image, sp, cent, wf, cr, g, tmp),
+                (3, false) => class_line::<T, 3, false>(lines, image, sp, cent, wf, cr, g, tmp),
+                (4, true) => class_line::<T, 4, true>(lines, image, sp, cent, wf, cr, g, tmp),
+                (4, false) => class_line::<T, 4, false>(lines, image, sp, cent, wf, cr, g, tmp),
+                _ => class_line_any(lines, image, sp, cent, wf, cr, g, [&mut *dist2, &mut *dot_c, &mut *tmp]),
+            };
+            part[0] += fid;
         }
         let Some(gr) = grad else { continue };
         let scale = k.scale;
-        let ys = &yrow[..n * w];
         if p.logits {
             // ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m).
-            dist2.fill(0.0);
+            dist2.fill(T::zero());
             for (y, g) in ys.chunks_exact(w).zip(s.g.chunks_exact(w)) {
                 for ((t, &yv), &gv) in dist2.iter_mut().zip(y).zip(g) {
                     *t += yv * gv;
@@ -568,8 +751,8 @@ pub(crate) fn pass2<T: Real>(
                 let out = unsafe { gr.row(p, b, cls, r) };
                 for (((o, &yv), &gv), (t, &mean)) in out.iter_mut().zip(y).zip(g).zip(tmp.iter_mut().zip(dist2.iter()))
                 {
-                    let v = T::from_f64_lossy(scale * yv * (gv - mean));
-                    *t = v.to_f64_lossless() * 0.0;
+                    let v = scale * yv * (gv - mean);
+                    *t = v * T::zero();
                     *o = v;
                 }
                 part[2] += sum(tmp);
@@ -579,8 +762,8 @@ pub(crate) fn pass2<T: Real>(
                 // SAFETY: as above.
                 let out = unsafe { gr.row(p, b, cls, r) };
                 for ((o, &gv), t) in out.iter_mut().zip(g).zip(tmp.iter_mut()) {
-                    let v = T::from_f64_lossy(scale * gv);
-                    *t = v.to_f64_lossless() * 0.0;
+                    let v = scale * gv;
+                    *t = v * T::zero();
                     *o = v;
                 }
                 part[2] += sum(tmp);

@@ -41,6 +41,7 @@
 //! # Ok::<(), msloss_core::Error>(())
 //! ```
 
+use std::any::Any;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use msloss_core::{Backend, Energy, Error, Input, Outputs, Params, Real, Reduction};
@@ -131,15 +132,39 @@ impl CpuBackend {
 /// Reusable scratch of [`CpuBackend`]: per-thread rows and per-block partial sums.
 ///
 /// Grows to the largest shape seen; calls with a shape it already fits allocate nothing.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct CpuWorkspace {
-    scratch: Vec<Mutex<Scratch>>,
+    /// One `Scratch<T>` per thread, typed by the last call's float type.
+    scratch: Vec<Mutex<Option<Box<dyn Any + Send>>>>,
     part1: Vec<f64>,
     part2: Vec<f64>,
     /// Per-sample totals of pass 1, `[B, N·(1 + C)]`.
     sums: Vec<f64>,
     centroids: Vec<f64>,
     corr: Vec<f64>,
+    /// `centroids` and `corr` in the call's float type.
+    consts: Option<Box<dyn Any + Send>>,
+}
+
+impl core::fmt::Debug for CpuWorkspace {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CpuWorkspace")
+            .field("threads", &self.scratch.len())
+            .field("part1", &self.part1.len())
+            .field("part2", &self.part2.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The workspace's scratch of one thread as `Scratch<T>`, replacing it if it held another type.
+fn typed<T: Real>(slot: &mut Option<Box<dyn Any + Send>>) -> &mut Scratch<T> {
+    if !slot.as_ref().is_some_and(|b| b.is::<Scratch<T>>()) {
+        *slot = Some(Box::new(Scratch::<T>::default()));
+    }
+    match slot.as_mut().and_then(|b| b.downcast_mut::<Scratch<T>>()) {
+        Some(s) => s,
+        None => unreachable!("the slot was just given a Scratch<T>"),
+    }
 }
 
 /// How a shape is cut into blocks.
@@ -180,7 +205,7 @@ impl Isa {
     }
 }
 
-fn pass1_dispatch<T: Real>(isa: Isa, p: &Problem<'_, T>, blk: Block, s: &mut Scratch, part: &mut [f64]) {
+fn pass1_dispatch<T: Real>(isa: Isa, p: &Problem<'_, T>, blk: Block, s: &mut Scratch<T>, part: &mut [f64]) {
     match isa {
         Isa::Generic => kernel::pass1(p, blk, s, part),
         #[cfg(target_arch = "x86_64")]
@@ -192,9 +217,9 @@ fn pass1_dispatch<T: Real>(isa: Isa, p: &Problem<'_, T>, blk: Block, s: &mut Scr
 fn pass2_dispatch<T: Real>(
     isa: Isa,
     p: &Problem<'_, T>,
-    k: &Pass2<'_>,
+    k: &Pass2<'_, T>,
     blk: Block,
-    s: &mut Scratch,
+    s: &mut Scratch<T>,
     grad: Option<GradRows<T>>,
     part: &mut [f64],
 ) {
@@ -208,7 +233,7 @@ fn pass2_dispatch<T: Real>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn pass1_avx2<T: Real>(p: &Problem<'_, T>, blk: Block, s: &mut Scratch, part: &mut [f64]) {
+fn pass1_avx2<T: Real>(p: &Problem<'_, T>, blk: Block, s: &mut Scratch<T>, part: &mut [f64]) {
     kernel::pass1(p, blk, s, part);
 }
 
@@ -216,9 +241,9 @@ fn pass1_avx2<T: Real>(p: &Problem<'_, T>, blk: Block, s: &mut Scratch, part: &m
 #[target_feature(enable = "avx2,fma")]
 fn pass2_avx2<T: Real>(
     p: &Problem<'_, T>,
-    k: &Pass2<'_>,
+    k: &Pass2<'_, T>,
     blk: Block,
-    s: &mut Scratch,
+    s: &mut Scratch<T>,
     grad: Option<GradRows<T>>,
     part: &mut [f64],
 ) {
@@ -227,17 +252,17 @@ fn pass2_avx2<T: Real>(
 
 /// Runs `f` on every block in parallel, each with its thread's scratch and its own slot of
 /// `parts` (`stride` values per block).
-fn for_blocks(
+fn for_blocks<T: Real>(
     parts: &mut [f64],
     stride: usize,
-    scratch: &[Mutex<Scratch>],
+    scratch: &[Mutex<Option<Box<dyn Any + Send>>>],
     plan: Plan,
-    f: impl Fn(Block, &mut Scratch, &mut [f64]) + Sync,
+    f: impl Fn(Block, &mut Scratch<T>, &mut [f64]) + Sync,
 ) {
     parts.par_chunks_mut(stride).enumerate().for_each(|(i, part)| {
         let slot = rayon::current_thread_index().unwrap_or(0) % scratch.len();
         let mut s = scratch[slot].lock().unwrap_or_else(PoisonError::into_inner);
-        f(plan.block(i), &mut s, part);
+        f(plan.block(i), typed::<T>(&mut s), part);
     });
 }
 
@@ -266,6 +291,19 @@ impl<T: Real> Backend<T> for CpuBackend {
         params.validate()?;
         out.check(input.shape())?;
         self.run(|threads| evaluate(self.block_pixels, threads, input, params, out, ws))
+    }
+}
+
+/// The pass-2 constants `(centroids, corr)` in `T`, kept in the workspace between calls.
+type Consts<T> = (Vec<T>, Vec<T>);
+
+fn typed_consts<T: Real>(slot: &mut Option<Box<dyn Any + Send>>) -> &mut Consts<T> {
+    if !slot.as_ref().is_some_and(|b| b.is::<Consts<T>>()) {
+        *slot = Some(Box::new(Consts::<T>::default()));
+    }
+    match slot.as_mut().and_then(|b| b.downcast_mut::<Consts<T>>()) {
+        Some(s) => s,
+        None => unreachable!("the slot was just given the constants"),
     }
 }
 
@@ -298,10 +336,10 @@ fn evaluate<T: Real>(
     // Workspace: one scratch per thread, partials per block.
     let threads = threads.max(1);
     if ws.scratch.len() < threads {
-        ws.scratch.resize_with(threads, Default::default);
+        ws.scratch.resize_with(threads, || Mutex::new(None));
     }
     for s in &mut ws.scratch {
-        s.get_mut().unwrap_or_else(PoisonError::into_inner).prepare(n, c, w);
+        typed::<T>(s.get_mut().unwrap_or_else(PoisonError::into_inner)).prepare(n, w);
     }
     let stride1 = P1_HEAD + n * (1 + c);
     ws.part1.resize(blocks * stride1, 0.0);
@@ -362,15 +400,20 @@ fn evaluate<T: Real>(
         }
     }
 
-    // Pass 2.
+    // Pass 2, with its constants in T.
+    let consts = typed_consts::<T>(&mut ws.consts);
+    consts.0.clear();
+    consts.0.extend(ws.centroids.iter().map(|&v| T::from_f64_lossy(v)));
+    consts.1.clear();
+    consts.1.extend(ws.corr.iter().map(|&v| T::from_f64_lossy(v)));
     let k = Pass2 {
-        centroids: &ws.centroids,
-        corr: &ws.corr,
-        fidelity_weight: params.fidelity_weight,
-        lambda: params.lambda,
-        delta: params.delta,
+        centroids: &consts.0,
+        corr: &consts.1,
+        fidelity_weight: T::from_f64_lossy(params.fidelity_weight),
+        lambda: T::from_f64_lossy(params.lambda),
+        delta: T::from_f64_lossy(params.delta),
         length: params.length,
-        scale,
+        scale: T::from_f64_lossy(scale),
     };
     let grad = out.grad.as_deref_mut().map(GradRows::new);
     for_blocks(&mut ws.part2[..blocks * P2_LEN], P2_LEN, scratch, plan, |blk, s, part| {

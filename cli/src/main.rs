@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod backends;
+mod bench;
 mod energy;
 mod gradcheck;
 mod npy;
@@ -24,6 +25,8 @@ enum Command {
     Energy(energy::Args),
     /// Check a backend's analytic gradient against central differences in f64.
     Gradcheck(gradcheck::Args),
+    /// Time loss and gradient on seeded inputs (prints one JSON object).
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Energy(a) => energy::run(a).map(|()| true),
         Command::Gradcheck(a) => gradcheck::run(a),
+        Command::Bench(a) => bench::run(a).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
