@@ -1,0 +1,188 @@
+//! The device-resident path used the way a trainer uses it: create buffers on the device,
+//! upload once, build a plan, record into its own encoder next to its own work, submit, read
+//! back. It must give the host path's numbers (the same kernels) and the reference's.
+
+mod common;
+
+use common::{Tolerance, assert_energy_close, assert_slice_close, backend, reference};
+use msloss_core::rng::RandomInputs;
+use msloss_core::{Backend, Input, LengthKind, Outputs, Params, Reduction, Scores, Shape};
+use msloss_wgpu::{DeviceBuffers, ENERGY_BYTES, ScoresKind, WgpuBackend, decode_energy};
+use wgpu::BufferUsages as U;
+
+fn upload(b: &WgpuBackend, data: &[f32], usage: U) -> wgpu::Buffer {
+    let buf = b.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("test input"),
+        size: 4 * data.len() as u64,
+        usage: usage | U::COPY_DST,
+        mapped_at_creation: false,
+    });
+    b.queue().write_buffer(&buf, 0, bytemuck::cast_slice(data));
+    buf
+}
+
+fn empty(b: &WgpuBackend, bytes: u64, usage: U) -> wgpu::Buffer {
+    b.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("test output"),
+        size: bytes,
+        usage,
+        mapped_at_creation: false,
+    })
+}
+
+/// Copies `src` to a mappable buffer after `encoder`'s work, submits, waits, and reads it.
+fn read_back(b: &WgpuBackend, mut encoder: wgpu::CommandEncoder, srcs: &[&wgpu::Buffer]) -> Vec<Vec<u8>> {
+    let stagings: Vec<wgpu::Buffer> = srcs.iter().map(|s| empty(b, s.size(), U::MAP_READ | U::COPY_DST)).collect();
+    for (s, st) in srcs.iter().zip(&stagings) {
+        encoder.copy_buffer_to_buffer(s, 0, st, 0, s.size());
+    }
+    b.queue().submit([encoder.finish()]);
+    for st in &stagings {
+        st.map_async(wgpu::MapMode::Read, .., |r| r.expect("map"));
+    }
+    b.device().poll(wgpu::PollType::wait_indefinitely()).expect("poll");
+    stagings
+        .iter()
+        .map(|st| {
+            let v = st.get_mapped_range(..).expect("mapped").to_vec();
+            st.unmap();
+            v
+        })
+        .collect()
+}
+
+fn floats(bytes: &[u8]) -> Vec<f32> {
+    bytemuck::pod_collect_to_vec(bytes)
+}
+
+#[test]
+fn trainer_loop_matches_host_path_and_reference() {
+    let Some(b) = backend() else { return };
+    let shape = Shape::new(2, 3, 2, 4, 20, 18).unwrap();
+    let data = RandomInputs::<f32>::new(shape, 21);
+    for (kind, masked, length, reduction) in [
+        (ScoresKind::Logits, true, LengthKind::Charbonnier, Reduction::Mean),
+        (ScoresKind::Probs, false, LengthKind::L1, Reduction::Sum),
+        (ScoresKind::Logits, false, LengthKind::L2, Reduction::Sum),
+    ] {
+        let params = Params::default().with_lambda(0.05).with_length(length).with_reduction(reduction);
+        let scores = if kind == ScoresKind::Logits { &data.logits } else { &data.probs };
+        let buffers = DeviceBuffers {
+            scores: upload(b, scores, U::STORAGE),
+            kind,
+            image: upload(b, &data.image, U::STORAGE),
+            mask: masked.then(|| upload(b, &data.mask, U::STORAGE)),
+            grad: Some(empty(b, 4 * shape.scores_len() as u64, U::STORAGE | U::COPY_SRC | U::COPY_DST)),
+            centroids: Some(empty(b, 4 * shape.centroids_len() as u64, U::STORAGE | U::COPY_SRC)),
+            energy: empty(b, ENERGY_BYTES, U::STORAGE | U::COPY_SRC),
+        };
+        let plan = b.plan(shape, &params, &buffers).unwrap();
+        // Two steps of a "training loop": the trainer's own pass before, the loss, read back.
+        let mut results = Vec::new();
+        for _ in 0..2 {
+            let mut encoder = b.device().create_command_encoder(&Default::default());
+            if let Some(g) = &buffers.grad {
+                encoder.clear_buffer(g, 0, None); // stands in for the trainer's own work
+            }
+            plan.encode(&mut encoder);
+            let grad = buffers.grad.as_ref().unwrap();
+            let cent = buffers.centroids.as_ref().unwrap();
+            results.push(read_back(b, encoder, &[&buffers.energy, grad, cent]));
+        }
+        assert_eq!(results[0], results[1], "two steps give the same bits");
+        let e = decode_energy(&results[0][0]).unwrap();
+        let g = floats(&results[0][1]);
+        let c = floats(&results[0][2]);
+
+        let sc = if kind == ScoresKind::Logits { Scores::Logits(scores) } else { Scores::Probs(scores) };
+        let input = Input::new(shape, sc, &data.image, masked.then_some(&data.mask[..])).unwrap();
+        // The host path: the same kernels, the same bits.
+        let mut hg = vec![0.0f32; shape.scores_len()];
+        let mut hc = vec![0.0f32; shape.centroids_len()];
+        let mut ws = Backend::<f32>::workspace(b);
+        let he =
+            b.evaluate(&input, &params, Outputs { grad: Some(&mut hg), centroids: Some(&mut hc) }, &mut ws).unwrap();
+        assert_eq!(e, he);
+        assert_eq!(g, hg);
+        assert_eq!(c, hc);
+        // And the reference.
+        let (re, rg, rc) = reference(&input, &params);
+        assert_energy_close(e, re, Tolerance::GPU, "device path");
+        assert_slice_close(&g, &rg, Tolerance::GPU, "device path gradient");
+        assert_slice_close(&c, &rc, Tolerance::GPU, "device path centroids");
+    }
+}
+
+/// `WgpuBackend::encode` caches its plan and follows parameter and buffer changes.
+#[test]
+fn encode_with_cached_plan() {
+    let Some(b) = backend() else { return };
+    let shape = Shape::new_2d(1, 2, 1, 30, 40).unwrap();
+    let data = RandomInputs::<f32>::new(shape, 22);
+    let buffers = DeviceBuffers {
+        scores: upload(b, &data.logits, U::STORAGE),
+        kind: ScoresKind::Logits,
+        image: upload(b, &data.image, U::STORAGE),
+        mask: None,
+        grad: None,
+        centroids: None,
+        energy: empty(b, ENERGY_BYTES, U::STORAGE | U::COPY_SRC),
+    };
+    let input = Input::new(shape, Scores::Logits(&data.logits), &data.image, None).unwrap();
+    for p in [Params::default(), Params::default().with_lambda(0.3), Params::default()] {
+        let mut encoder = b.device().create_command_encoder(&Default::default());
+        b.encode(&mut encoder, shape, &p, &buffers).unwrap();
+        let e = decode_energy(&read_back(b, encoder, &[&buffers.energy])[0]).unwrap();
+        let (re, _, _) = reference(&input, &p);
+        assert_energy_close(e, re, Tolerance::GPU, "encode");
+    }
+}
+
+/// Inputs checked on the device come back as errors from `decode_energy`.
+#[test]
+fn device_side_input_errors() {
+    let Some(b) = backend() else { return };
+    let shape = Shape::new_2d(1, 2, 1, 8, 8).unwrap();
+    let data = RandomInputs::<f32>::new(shape, 23);
+    let run = |scores: &[f32], kind, image: &[f32], mask: Option<&[f32]>, params: Params| {
+        let buffers = DeviceBuffers {
+            scores: upload(b, scores, U::STORAGE),
+            kind,
+            image: upload(b, image, U::STORAGE),
+            mask: mask.map(|m| upload(b, m, U::STORAGE)),
+            grad: Some(empty(b, 4 * shape.scores_len() as u64, U::STORAGE)),
+            centroids: None,
+            energy: empty(b, ENERGY_BYTES, U::STORAGE | U::COPY_SRC),
+        };
+        let plan = b.plan(shape, &params, &buffers).unwrap();
+        let mut encoder = b.device().create_command_encoder(&Default::default());
+        plan.encode(&mut encoder);
+        decode_energy(&read_back(b, encoder, &[&buffers.energy])[0])
+    };
+    let p = Params::default();
+    let mut bad = data.logits.clone();
+    bad[17] = f32::NAN;
+    let e = run(&bad, ScoresKind::Logits, &data.image, None, p).unwrap_err();
+    assert!(e.to_string().contains("scores contain NaN"), "{e}");
+    let mut bad = data.probs.clone();
+    bad[3] = -0.5;
+    let e = run(&bad, ScoresKind::Probs, &data.image, None, p).unwrap_err();
+    assert!(e.to_string().contains("negative"), "{e}");
+    let mut bad = data.image.clone();
+    bad[0] = f32::INFINITY;
+    let e = run(&data.probs, ScoresKind::Probs, &bad, None, p).unwrap_err();
+    assert!(e.to_string().contains("image contains NaN"), "{e}");
+    let mut bad = data.mask.clone();
+    bad[5] = 0.5;
+    let e = run(&data.probs, ScoresKind::Probs, &data.image, Some(&bad), p).unwrap_err();
+    assert!(e.to_string().contains("mask value"), "{e}");
+    let zeros = vec![0.0f32; shape.mask_len()];
+    let e =
+        run(&data.probs, ScoresKind::Probs, &data.image, Some(&zeros), p.with_reduction(Reduction::Mean)).unwrap_err();
+    assert!(matches!(e, msloss_wgpu::WgpuError::Core(msloss_core::Error::EmptyMask)), "{e}");
+    // The sum over an empty mask is a valid zero.
+    let e = run(&data.probs, ScoresKind::Probs, &data.image, Some(&zeros), p).unwrap();
+    assert_eq!(e.total, 0.0);
+    // A record of the wrong length.
+    assert!(matches!(decode_energy(&[0u8; 12]), Err(msloss_wgpu::WgpuError::EnergyRecord { expected: 16, got: 12 })));
+}
