@@ -26,38 +26,28 @@ fn mask_at(b: u32, s: u32) -> f32 {
     return 1.0;
 }
 
-// Extent, stride and coordinate of pixel s along axis a (0: D, 1: H, 2: W).
-fn axis_extent(a: u32) -> u32 {
-    switch a {
-        case 0u: { return dims.depth; }
-        case 1u: { return dims.height; }
-        default: { return dims.width; }
-    }
+// Extents, strides and coordinates along the axes (0: D, 1: H, 2: W); coordinates are
+// computed once per invocation and stepped, not re-derived by division per neighbour.
+fn extents() -> vec3<u32> {
+    return vec3<u32>(dims.depth, dims.height, dims.width);
 }
 
-fn axis_stride(a: u32) -> u32 {
-    switch a {
-        case 0u: { return dims.height * dims.width; }
-        case 1u: { return dims.width; }
-        default: { return 1u; }
-    }
+fn strides() -> vec3<u32> {
+    return vec3<u32>(dims.height * dims.width, dims.width, 1u);
 }
 
-fn axis_coord(s: u32, a: u32) -> u32 {
-    switch a {
-        case 0u: { return s / (dims.height * dims.width); }
-        case 1u: { return (s / dims.width) % dims.height; }
-        default: { return s % dims.width; }
-    }
+fn coords_of(s: u32) -> vec3<u32> {
+    return vec3<u32>(s / (dims.height * dims.width), (s / dims.width) % dims.height, s % dims.width);
 }
 
-// The forward difference y(s + e_a) − y(s) of the class map starting at `base`, as (d, 1), or
-// (0, 0) where the pair is missing (edge) or invalid (either pixel masked out).
-fn forward_diff(b: u32, base: u32, s: u32, a: u32) -> vec2<f32> {
-    if axis_coord(s, a) + 1u >= axis_extent(a) {
+// The forward difference y(s + e_a) − y(s) of the class map starting at `base` (pixel s at
+// coordinates q), as (d, 1), or (0, 0) where the pair is missing (edge) or invalid (either
+// pixel masked out).
+fn forward_diff(b: u32, base: u32, s: u32, q: vec3<u32>, a: u32) -> vec2<f32> {
+    if q[a] + 1u >= extents()[a] {
         return vec2<f32>(0.0, 0.0);
     }
-    let t = s + axis_stride(a);
+    let t = s + strides()[a];
     if mask_at(b, s) != 1.0 || mask_at(b, t) != 1.0 {
         return vec2<f32>(0.0, 0.0);
     }
@@ -73,10 +63,10 @@ fn pair_slope(d: f32) -> f32 {
 }
 
 // Charbonnier's r(p) = sqrt(Σ_a d_a(p)² + δ²).
-fn charbonnier_r(b: u32, base: u32, p: u32) -> f32 {
+fn charbonnier_r(b: u32, base: u32, p: u32, q: vec3<u32>) -> f32 {
     var sq = 0.0;
     for (var a = 0u; a < 3u; a++) {
-        let d = forward_diff(b, base, p, a).x;
+        let d = forward_diff(b, base, p, q, a).x;
         sq += d * d;
     }
     return sqrt(sq + dims.delta * dims.delta);
@@ -100,6 +90,7 @@ fn main(
         let b = bn / dims.classes;
         let base = bn * sp;
         let ms = mask_at(b, s);
+        let q = coords_of(s);
         let ys = y[i];
         var dist2 = 0.0;
         var dot = 0.0;
@@ -117,7 +108,7 @@ fn main(
             var sq = 0.0;
             var dsum = 0.0;
             for (var a = 0u; a < 3u; a++) {
-                let d = forward_diff(b, base, s, a).x;
+                let d = forward_diff(b, base, s, q, a).x;
                 sq += d * d;
                 dsum += d;
             }
@@ -126,17 +117,19 @@ fn main(
             len = sq / (r + dims.delta);
             own = dsum / r;
             for (var a = 0u; a < 3u; a++) {
-                if axis_coord(s, a) > 0u {
-                    let p = s - axis_stride(a);
-                    let dp = forward_diff(b, base, p, a);
+                if q[a] > 0u {
+                    let p = s - strides()[a];
+                    var qp = q;
+                    qp[a] -= 1u;
+                    let dp = forward_diff(b, base, p, qp, a);
                     if dp.y != 0.0 {
-                        back += dp.x / charbonnier_r(b, base, p);
+                        back += dp.x / charbonnier_r(b, base, p, qp);
                     }
                 }
             }
         } else {
             for (var a = 0u; a < 3u; a++) {
-                let d = forward_diff(b, base, s, a);
+                let d = forward_diff(b, base, s, q, a);
                 if d.y != 0.0 {
                     if dims.length_kind == LENGTH_L1 {
                         len += abs(d.x);
@@ -145,8 +138,10 @@ fn main(
                     }
                     own += pair_slope(d.x);
                 }
-                if axis_coord(s, a) > 0u {
-                    let dp = forward_diff(b, base, s - axis_stride(a), a);
+                if q[a] > 0u {
+                    var qp = q;
+                    qp[a] -= 1u;
+                    let dp = forward_diff(b, base, s - strides()[a], qp, a);
                     if dp.y != 0.0 {
                         back += pair_slope(dp.x);
                     }
