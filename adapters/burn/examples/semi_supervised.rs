@@ -1,0 +1,395 @@
+//! The paper's semi- and unsupervised claims, reproduced small on CPU.
+//!
+//! A small U-Net-like CNN segments procedurally generated images (several shapes in two
+//! intensity classes on a background, with per-image gain, illumination gradient and noise;
+//! the ground truth is known). Three runs with the same seed, initial weights and step budget:
+//!
+//! - (a) `ce_only`: cross-entropy on 5% of the training images (the labelled ones);
+//! - (b) `ce_plus_ms`: the same cross-entropy + β·Mumford–Shah on all training images;
+//! - (c) `ms_only`: Mumford–Shah alone, no labels; its classes are matched to the truth by
+//!   the optimal one-to-one assignment (exhaustive over the N! permutations — what the
+//!   Hungarian algorithm computes — on the test set's confusion matrix).
+//!
+//! Each is scored on a held-out test set: Dice and IoU per class from the pooled confusion
+//! matrix, averaged over the classes (background included).
+//!
+//! ```text
+//! cargo run --release -p msloss-burn --example semi_supervised -- [--seed S] [--json results.json] [--steps N]
+//! ```
+
+use std::time::{Duration, Instant};
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{PaddingConfig2d, Relu};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use msloss_burn::{MsLoss, SemiSupervised, Timing};
+use msloss_core::rng::SplitMix64;
+use msloss_core::{LengthKind, Params, Reduction};
+
+/// Image side.
+const SIZE: usize = 32;
+/// Classes: background, "grey" objects, "bright" objects.
+const CLASSES: usize = 3;
+const N_TRAIN: usize = 200;
+const N_TEST: usize = 100;
+/// 5% of the training images carry labels.
+const N_LABELLED: usize = N_TRAIN / 20;
+const LABELLED_BATCH: usize = 4;
+const UNLABELLED_BATCH: usize = 8;
+/// Weight α of the cross-entropy in `α·CE + β·MS`.
+const ALPHA: f64 = 1.0;
+
+// ---------------------------------------------------------------------------------------------
+// The data set.
+
+/// Images `[n, 1, SIZE, SIZE]` in `[0, 1]`-ish and labels `[n, SIZE, SIZE]` in `0..CLASSES`.
+struct Data {
+    images: Vec<f32>,
+    labels: Vec<u8>,
+    n: usize,
+}
+
+impl Data {
+    /// `n` images drawn from `rng`.
+    fn generate(n: usize, rng: &mut SplitMix64) -> Self {
+        let px = SIZE * SIZE;
+        let mut images = vec![0.0f32; n * px];
+        let mut labels = vec![0u8; n * px];
+        for i in 0..n {
+            let lab = &mut labels[i * px..(i + 1) * px];
+            // Which shape covers each pixel (0: background; a later shape covers an earlier one).
+            let mut owner = vec![0usize; px];
+            // Class intensities before gain: background, grey, bright; each shape varies a little.
+            let class_level = [rng.range(0.05, 0.2), rng.range(0.45, 0.55), rng.range(0.8, 0.95)];
+            let shapes = 2 + rng.below(3);
+            let mut level = vec![class_level[0]];
+            for s in 1..=shapes {
+                let class = 1 + rng.below(2);
+                level.push(class_level[class] + rng.range(-0.04, 0.04));
+                let (cy, cx) = (rng.range(5.0, 27.0), rng.range(5.0, 27.0));
+                let r = rng.range(3.5, 7.5);
+                let kind = rng.below(3);
+                let (ry, rx) = (r * rng.range(0.6, 1.2), r * rng.range(0.6, 1.2));
+                for y in 0..SIZE {
+                    for x in 0..SIZE {
+                        let (dy, dx) = (y as f64 + 0.5 - cy, x as f64 + 0.5 - cx);
+                        let inside = match kind {
+                            0 => (dy / ry).powi(2) + (dx / rx).powi(2) <= 1.0, // ellipse
+                            1 => dy.abs() <= ry && dx.abs() <= rx,             // rectangle
+                            _ => dy.abs() <= ry && dx.abs() <= (dy + ry) * 0.5 * rx / ry, // triangle
+                        };
+                        if inside {
+                            lab[y * SIZE + x] = class as u8;
+                            owner[y * SIZE + x] = s;
+                        }
+                    }
+                }
+            }
+            // Per-image gain and offset, an illumination gradient, and noise.
+            let gain = rng.range(0.7, 1.3);
+            let offset = rng.range(-0.05, 0.05);
+            let (gy, gx) = (rng.range(-0.1, 0.1), rng.range(-0.1, 0.1));
+            let img = &mut images[i * px..(i + 1) * px];
+            for y in 0..SIZE {
+                for x in 0..SIZE {
+                    let s = y * SIZE + x;
+                    let base = level[owner[s]];
+                    let illum = gy * (y as f64 / SIZE as f64 - 0.5) + gx * (x as f64 / SIZE as f64 - 0.5);
+                    img[s] = (gain * base + offset + illum + 0.06 * rng.normal()) as f32;
+                }
+            }
+        }
+        Self { images, labels, n }
+    }
+
+    /// The images `idx` as a `[b, 1, SIZE, SIZE]` tensor.
+    fn image_batch(&self, idx: &[usize], device: &Device) -> Tensor<4> {
+        let px = SIZE * SIZE;
+        let v: Vec<f32> = idx.iter().flat_map(|&i| self.images[i * px..(i + 1) * px].iter().copied()).collect();
+        Tensor::from_data(TensorData::new(v, [idx.len(), 1, SIZE, SIZE]), (device, DType::F32))
+    }
+
+    /// One-hot labels `[b, CLASSES, SIZE, SIZE]` of the images `idx`.
+    fn one_hot_batch(&self, idx: &[usize], device: &Device) -> Tensor<4> {
+        let px = SIZE * SIZE;
+        let mut v = vec![0.0f32; idx.len() * CLASSES * px];
+        for (j, &i) in idx.iter().enumerate() {
+            for s in 0..px {
+                v[(j * CLASSES + self.labels[i * px + s] as usize) * px + s] = 1.0;
+            }
+        }
+        Tensor::from_data(TensorData::new(v, [idx.len(), CLASSES, SIZE, SIZE]), (device, DType::F32))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model: a two-level U-Net.
+
+#[derive(Module, Debug)]
+struct UNet {
+    enc1a: Conv2d,
+    enc1b: Conv2d,
+    pool: MaxPool2d,
+    enc2a: Conv2d,
+    enc2b: Conv2d,
+    up: ConvTranspose2d,
+    dec1: Conv2d,
+    head: Conv2d,
+    relu: Relu,
+}
+
+impl UNet {
+    fn new(width: usize, device: &Device) -> Self {
+        let conv = |i, o| Conv2dConfig::new([i, o], [3, 3]).with_padding(PaddingConfig2d::Same).init(device);
+        Self {
+            enc1a: conv(1, width),
+            enc1b: conv(width, width),
+            pool: MaxPool2dConfig::new([2, 2]).init(),
+            enc2a: conv(width, 2 * width),
+            enc2b: conv(2 * width, 2 * width),
+            up: ConvTranspose2dConfig::new([2 * width, width], [2, 2]).with_stride([2, 2]).init(device),
+            dec1: conv(2 * width, width),
+            head: Conv2dConfig::new([width, CLASSES], [1, 1]).init(device),
+            relu: Relu::new(),
+        }
+    }
+
+    /// Logits `[b, CLASSES, SIZE, SIZE]`.
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let r = |t| self.relu.forward(t);
+        let e1 = r(self.enc1b.forward(r(self.enc1a.forward(x))));
+        let e2 = r(self.enc2b.forward(r(self.enc2a.forward(self.pool.forward(e1.clone())))));
+        let u = r(self.up.forward(e2));
+        let d = r(self.dec1.forward(Tensor::cat(vec![e1, u], 1)));
+        self.head.forward(d)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training and scoring.
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Mode {
+    CeOnly,
+    CePlusMs,
+    MsOnly,
+}
+
+impl Mode {
+    fn key(self) -> &'static str {
+        match self {
+            Mode::CeOnly => "ce_only",
+            Mode::CePlusMs => "ce_plus_ms",
+            Mode::MsOnly => "ms_only",
+        }
+    }
+}
+
+#[derive(Default)]
+struct RunStats {
+    wall: Duration,
+    ms: Timing,
+    ms_calls: u32,
+}
+
+fn train(mode: Mode, train: &Data, args: &Args, device: &Device) -> Result<(UNet, RunStats), msloss_burn::Error> {
+    let (seed, steps) = (args.seed, args.steps);
+    device.seed(seed);
+    let mut model = UNet::new(12, device);
+    let mut optim = AdamConfig::new().init();
+    let params = Params::default().with_lambda(args.lambda).with_length(LengthKind::L1).with_reduction(Reduction::Mean);
+    let (alpha, beta) = match mode {
+        Mode::CeOnly => (ALPHA, 0.0),
+        Mode::CePlusMs => (ALPHA, args.beta),
+        Mode::MsOnly => (0.0, args.beta),
+    };
+    let objective = SemiSupervised::new(alpha, beta, MsLoss::new(params));
+    // The same batches in every run: one generator for the sampling, seeded alike.
+    let mut rng = SplitMix64::new(seed ^ 0x5EED);
+    let mut stats = RunStats::default();
+    let start = Instant::now();
+    for step in 0..steps {
+        let labelled: Vec<usize> = (0..LABELLED_BATCH).map(|_| rng.below(N_LABELLED)).collect();
+        let any: Vec<usize> = (0..UNLABELLED_BATCH).map(|_| rng.below(train.n)).collect();
+        let total = match mode {
+            Mode::CeOnly => {
+                let logits = model.forward(train.image_batch(&labelled, device));
+                let w = Tensor::<4>::ones([LABELLED_BATCH, 1, SIZE, SIZE], (device, DType::F32));
+                msloss_burn::masked_cross_entropy(logits, train.one_hot_batch(&labelled, device), w) * alpha
+            }
+            Mode::CePlusMs | Mode::MsOnly => {
+                // One batch: the labelled images first (CE weight 1), then images from the
+                // whole training set (weight 0); the Mumford–Shah term sees all of them.
+                let idx: Vec<usize> =
+                    if mode == Mode::CePlusMs { labelled.iter().chain(&any).copied().collect() } else { any.clone() };
+                let image = train.image_batch(&idx, device);
+                let logits = model.forward(image.clone());
+                let labels = (mode == Mode::CePlusMs).then(|| {
+                    let w: Vec<f32> = (0..idx.len())
+                        .flat_map(|j| [if j < LABELLED_BATCH { 1.0 } else { 0.0 }; SIZE * SIZE])
+                        .collect();
+                    let w = Tensor::from_data(TensorData::new(w, [idx.len(), 1, SIZE, SIZE]), (device, DType::F32));
+                    (train.one_hot_batch(&idx, device), w)
+                });
+                let parts = objective.forward(logits, image, None, labels)?;
+                let (_, t) = objective.ms.last();
+                stats.ms.download += t.download;
+                stats.ms.compute += t.compute;
+                stats.ms.upload += t.upload;
+                stats.ms_calls += 1;
+                parts.total
+            }
+        };
+        if step % 50 == 0 || step + 1 == steps {
+            let v = total.to_data().try_into_vec_as::<f64>().map_or(f64::NAN, |v| v[0]);
+            eprintln!("  {:>10} step {step:>4}: loss {v:.5}", mode.key());
+        }
+        let grads = GradientsParams::from_grads(total.backward(), &model);
+        model = optim.step(args.lr, model, grads);
+    }
+    stats.wall = start.elapsed();
+    Ok((model, stats))
+}
+
+/// The pooled confusion matrix `[truth][prediction]` on `data`.
+fn confusion(model: &UNet, data: &Data, device: &Device) -> [[u64; CLASSES]; CLASSES] {
+    let model = model.valid();
+    let mut m = [[0u64; CLASSES]; CLASSES];
+    let px = SIZE * SIZE;
+    for chunk in (0..data.n).collect::<Vec<_>>().chunks(25) {
+        let logits = model.forward(data.image_batch(chunk, &device.clone().without_autodiff()));
+        let pred = logits.argmax(1).to_data().try_into_vec_as::<i64>().unwrap_or_default();
+        for (j, &i) in chunk.iter().enumerate() {
+            for s in 0..px {
+                let p = pred.get(j * px + s).copied().unwrap_or(0) as usize;
+                m[data.labels[i * px + s] as usize][p.min(CLASSES - 1)] += 1;
+            }
+        }
+    }
+    m
+}
+
+/// The prediction relabelling `perm[p] = t` maximising the matched pixels.
+fn best_matching(m: &[[u64; CLASSES]; CLASSES]) -> [usize; CLASSES] {
+    let score = |p: &[usize; CLASSES]| (0..CLASSES).map(|k| m[p[k]][k]).sum::<u64>();
+    // Heap's algorithm enumerates the N! permutations (N = 3 here: exact and instant).
+    let mut perm: [usize; CLASSES] = core::array::from_fn(|k| k);
+    let mut best = (perm, score(&perm));
+    let mut c = [0usize; CLASSES];
+    let mut i = 1;
+    while i < CLASSES {
+        if c[i] < i {
+            perm.swap(if i % 2 == 0 { 0 } else { c[i] }, i);
+            if score(&perm) > best.1 {
+                best = (perm, score(&perm));
+            }
+            c[i] += 1;
+            i = 1;
+        } else {
+            c[i] = 0;
+            i += 1;
+        }
+    }
+    best.0
+}
+
+/// Mean Dice and mean IoU over the classes, predictions relabelled by `perm`.
+fn scores(m: &[[u64; CLASSES]; CLASSES], perm: [usize; CLASSES]) -> (f64, f64) {
+    let mut r = [[0u64; CLASSES]; CLASSES];
+    for t in 0..CLASSES {
+        for p in 0..CLASSES {
+            r[t][perm[p]] += m[t][p];
+        }
+    }
+    let (mut dice, mut iou) = (0.0, 0.0);
+    for (k, row) in r.iter().enumerate() {
+        let tp = row[k] as f64;
+        let truth: f64 = row.iter().sum::<u64>() as f64;
+        let pred: f64 = (0..CLASSES).map(|t| r[t][k]).sum::<u64>() as f64;
+        dice += if truth + pred > 0.0 { 2.0 * tp / (truth + pred) } else { 1.0 };
+        iou += if truth + pred - tp > 0.0 { tp / (truth + pred - tp) } else { 1.0 };
+    }
+    (dice / CLASSES as f64, iou / CLASSES as f64)
+}
+
+/// The command line; the defaults are the hyper-parameters reported in BENCHMARKS.md.
+struct Args {
+    seed: u64,
+    json: Option<String>,
+    steps: usize,
+    /// Adam's learning rate.
+    lr: f64,
+    /// Weight β of the Mumford–Shah loss.
+    beta: f64,
+    /// λ of the length term (mean reduction, L1 length as published).
+    lambda: f64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args { seed: 1, json: None, steps: 300, lr: 3e-3, beta: 20.0, lambda: 1e-4 };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--seed" => args.seed = value("--seed")?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--steps" => args.steps = value("--steps")?.parse().map_err(|e| format!("--steps: {e}"))?,
+            "--json" => args.json = Some(value("--json")?),
+            "--lr" => args.lr = value("--lr")?.parse().map_err(|e| format!("--lr: {e}"))?,
+            "--beta" => args.beta = value("--beta")?.parse().map_err(|e| format!("--beta: {e}"))?,
+            "--lambda" => args.lambda = value("--lambda")?.parse().map_err(|e| format!("--lambda: {e}"))?,
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; expected --seed S, --json FILE, --steps N, --lr X, --beta X, --lambda X"
+                ));
+            }
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse_args()?;
+    let device = Device::flex().autodiff();
+    let mut rng = SplitMix64::new(args.seed);
+    let train_set = Data::generate(N_TRAIN, &mut rng);
+    let test_set = Data::generate(N_TEST, &mut rng);
+    eprintln!(
+        "data: {N_TRAIN} training images ({N_LABELLED} labelled), {N_TEST} test images, {SIZE}x{SIZE}, {CLASSES} classes; \
+         {} steps, Adam lr {}, alpha {ALPHA}, beta {}, lambda {} (L1, mean), seed {}",
+        args.steps, args.lr, args.beta, args.lambda, args.seed
+    );
+    let mut rows = Vec::new();
+    for mode in [Mode::CeOnly, Mode::CePlusMs, Mode::MsOnly] {
+        let (model, stats) = train(mode, &train_set, &args, &device)?;
+        let m = confusion(&model, &test_set, &device);
+        let perm = if mode == Mode::MsOnly { best_matching(&m) } else { core::array::from_fn(|k| k) };
+        let (dice, miou) = scores(&m, perm);
+        rows.push((mode, dice, miou, stats, perm));
+    }
+    println!(
+        "\n| run | test Dice | test mIoU | train time | MS host round trip (download / msloss / upload), per call |"
+    );
+    println!("|---|---|---|---|---|");
+    for (mode, dice, miou, s, perm) in &rows {
+        let per = |d: Duration| if s.ms_calls > 0 { d.as_secs_f64() * 1e3 / f64::from(s.ms_calls) } else { 0.0 };
+        let rt = if s.ms_calls > 0 {
+            format!("{:.3} / {:.3} / {:.3} ms", per(s.ms.download), per(s.ms.compute), per(s.ms.upload))
+        } else {
+            "—".into()
+        };
+        let matched = if *mode == Mode::MsOnly { format!(" (classes matched {perm:?})") } else { String::new() };
+        println!("| {}{matched} | {dice:.4} | {miou:.4} | {:.1} s | {rt} |", mode.key(), s.wall.as_secs_f64());
+    }
+    if let Some(path) = &args.json {
+        let obj: serde_json::Map<String, serde_json::Value> = rows
+            .iter()
+            .map(|(mode, dice, miou, _, _)| (mode.key().to_string(), serde_json::json!({ "dice": dice, "miou": miou })))
+            .collect();
+        std::fs::write(path, serde_json::to_string_pretty(&serde_json::Value::Object(obj))? + "\n")?;
+        eprintln!("wrote {path}");
+    }
+    Ok(())
+}
