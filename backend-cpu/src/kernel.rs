@@ -26,7 +26,7 @@ use msloss_core::{LengthKind, Real};
 use crate::exp::exp_nonpos;
 
 /// Independent accumulators per sum.
-pub(crate) const LANES: usize = 16;
+pub(crate) const LANES: usize = 8;
 /// Elements per partial sum in `T` before it is added in `f64`.
 pub(crate) const CHUNK: usize = 256;
 /// Cached rows of probabilities (3 are needed at once).
@@ -352,10 +352,11 @@ fn check_values<T: Real>(src: &[T], min: &mut T) -> f64 {
     let lanes = src.chunks_exact(LANES);
     let rest = lanes.remainder();
     for ch in lanes {
-        for l in 0..LANES {
-            let v = ch[l];
-            acc[l] += v * T::zero();
-            lo[l] = if v < lo[l] { v } else { lo[l] };
+        for (a, &v) in acc.iter_mut().zip(ch) {
+            *a += v * T::zero();
+        }
+        for (o, &v) in lo.iter_mut().zip(ch) {
+            *o = if v < *o { v } else { *o };
         }
     }
     for (l, &v) in rest.iter().enumerate() {
@@ -395,13 +396,25 @@ pub(crate) fn pass1<T: Real>(p: &Problem<'_, T>, blk: Block, s: &mut Scratch<T>,
         } else {
             part[4] += w as f64;
         }
+        let image = &p.image[b * c * sp + r * w..];
         for (cls, y) in ys.chunks_exact(w).enumerate() {
-            for ((t, &v), &mv) in s.t1.iter_mut().zip(y).zip(m) {
-                *t = mv * v;
-            }
-            part[P1_HEAD + cls] += sum(&s.t1);
-            for k in 0..c {
-                part[P1_HEAD + n + cls * c + k] += dot(&s.t1, &p.image[(b * c + k) * sp + r * w..][..w]);
+            let (area, rest) = part[P1_HEAD..].split_at_mut(n);
+            let moments = &mut rest[cls * c..(cls + 1) * c];
+            let area = &mut area[cls];
+            match c {
+                1 => class_moments::<T, 1>(y, m, image, sp, area, moments),
+                2 => class_moments::<T, 2>(y, m, image, sp, area, moments),
+                3 => class_moments::<T, 3>(y, m, image, sp, area, moments),
+                4 => class_moments::<T, 4>(y, m, image, sp, area, moments),
+                _ => {
+                    for ((t, &v), &mv) in s.t1.iter_mut().zip(y).zip(m) {
+                        *t = mv * v;
+                    }
+                    *area += sum(&s.t1);
+                    for (k, mk) in moments.iter_mut().enumerate() {
+                        *mk += dot(&s.t1, &image[k * sp..k * sp + w]);
+                    }
+                }
             }
         }
     }
@@ -410,6 +423,56 @@ pub(crate) fn pass1<T: Real>(p: &Problem<'_, T>, blk: Block, s: &mut Scratch<T>,
 
 /// A line of probabilities and its mask line.
 type Line<'a, T> = (&'a [T], &'a [T]);
+
+/// Adds `Σ m·y` to `area` and `Σ m·y·x_k` to `moments[k]` for one class's row, in one loop
+/// over the row with lanes of `T` for all `1 + C` sums (`image` starts at channel 0 of the row).
+#[inline(always)]
+fn class_moments<T: Real, const C: usize>(
+    y: &[T],
+    m: &[T],
+    image: &[T],
+    sp: usize,
+    area: &mut f64,
+    moments: &mut [f64],
+) {
+    let w = y.len();
+    let xs: [&[T]; C] = core::array::from_fn(|k| &image[k * sp..k * sp + w]);
+    let m = &m[..w];
+    for start in (0..w).step_by(CHUNK) {
+        let end = (start + CHUNK).min(w);
+        let mut a = [T::zero(); LANES];
+        let mut mk = [[T::zero(); LANES]; C];
+        let mut my = [T::zero(); LANES];
+        let mut i = start;
+        // Each statement is one elementwise operation on LANES values, which the compiler
+        // turns into one SIMD instruction.
+        while i + LANES <= end {
+            for ((o, &mv), &yv) in my.iter_mut().zip(&m[i..i + LANES]).zip(&y[i..i + LANES]) {
+                *o = mv * yv;
+            }
+            for (o, &v) in a.iter_mut().zip(&my) {
+                *o += v;
+            }
+            for (acc, x) in mk.iter_mut().zip(&xs) {
+                for ((o, &v), &xv) in acc.iter_mut().zip(&my).zip(&x[i..i + LANES]) {
+                    *o += v * xv;
+                }
+            }
+            i += LANES;
+        }
+        for (l, j) in (i..end).enumerate() {
+            let v = m[j] * y[j];
+            a[l] += v;
+            for (acc, x) in mk.iter_mut().zip(&xs) {
+                acc[l] += v * x[j];
+            }
+        }
+        *area += fold(a);
+        for (out, acc) in moments.iter_mut().zip(mk) {
+            *out += fold(acc);
+        }
+    }
+}
 
 /// The probability rows a flux row is computed from: the row and its mask, and the next rows
 /// along H and D with their masks, where they exist.
@@ -746,28 +809,30 @@ pub(crate) fn pass2<T: Real>(
                     *t += yv * gv;
                 }
             }
+            // A non-finite g_n (overflow) makes Σ y·g non-finite too (0·∞ is NaN).
+            for (t, &mean) in tmp.iter_mut().zip(dist2.iter()) {
+                *t = mean * T::zero();
+            }
+            part[2] += sum(tmp);
             for (cls, (y, g)) in ys.chunks_exact(w).zip(s.g.chunks_exact(w)).enumerate() {
                 // SAFETY: row r of this block's sample belongs to this block only.
                 let out = unsafe { gr.row(p, b, cls, r) };
-                for (((o, &yv), &gv), (t, &mean)) in out.iter_mut().zip(y).zip(g).zip(tmp.iter_mut().zip(dist2.iter()))
-                {
-                    let v = scale * yv * (gv - mean);
-                    *t = v * T::zero();
-                    *o = v;
+                for (((o, &yv), &gv), &mean) in out.iter_mut().zip(y).zip(g).zip(dist2.iter()) {
+                    *o = scale * yv * (gv - mean);
                 }
-                part[2] += sum(tmp);
             }
         } else {
+            tmp.fill(T::zero());
             for (cls, g) in s.g.chunks_exact(w).enumerate() {
                 // SAFETY: as above.
                 let out = unsafe { gr.row(p, b, cls, r) };
                 for ((o, &gv), t) in out.iter_mut().zip(g).zip(tmp.iter_mut()) {
                     let v = scale * gv;
-                    *t = v * T::zero();
+                    *t += v * T::zero();
                     *o = v;
                 }
-                part[2] += sum(tmp);
             }
+            part[2] += sum(tmp);
         }
     }
 }
