@@ -7,6 +7,8 @@
 //!
 //! ## Features
 //! - `cpu` (default): the fused multithreaded CPU backend, [`cpu::CpuBackend`].
+//! - `wgpu`: the GPU backend (WGSL through wgpu: Vulkan, Metal, DX12, WebGPU),
+//!   [`wgpu::WgpuBackend`], with a device-resident API for trainers.
 //!
 //! ## Example
 //! ```
@@ -29,3 +31,7 @@ pub use msloss_core::*;
 /// The CPU backend (feature `cpu`).
 #[cfg(feature = "cpu")]
 pub use msloss_cpu as cpu;
+
+/// The GPU backend (feature `wgpu`).
+#[cfg(feature = "wgpu")]
+pub use msloss_wgpu as wgpu;
