@@ -8,7 +8,7 @@
 //! ## Features
 //! - `cpu` (default): the fused multithreaded CPU backend, [`cpu::CpuBackend`].
 //! - `wgpu`: the GPU backend (WGSL through wgpu: Vulkan, Metal, DX12, WebGPU),
-//!   [`wgpu::WgpuBackend`], with a device-resident API for trainers.
+//!   `wgpu::WgpuBackend`, with a device-resident API for trainers.
 //!
 //! ## Example
 //! ```
