@@ -1,0 +1,131 @@
+//! Seeded k-means++ on pixel intensities, the segmenter's initialisation.
+//!
+//! Several k-means++ starts (each a seeded stream) are refined by Lloyd iterations on a
+//! deterministic subsample of the pixels, and the start with the lowest within-cluster sum of
+//! squares is kept: the result depends on the seed, never on luck between runs.
+
+use msloss_core::rng::SplitMix64;
+
+use crate::Volume;
+
+/// At most this many pixels are clustered (an evenly strided subsample of larger images).
+pub const MAX_SAMPLES: usize = 1 << 16;
+const LLOYD_ITERS: usize = 50;
+
+/// The clustering: centroids `[K, C]` and the mean squared distance of a pixel to its nearest
+/// centroid (summed over channels), an estimate of the within-phase noise variance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clusters {
+    /// Centroids, `K·C` values, row `k` the centroid of cluster `k`.
+    pub centroids: Vec<f64>,
+    /// Mean over the sample of the squared distance to the nearest centroid.
+    pub within_variance: f64,
+}
+
+/// The subsample as `[S, C]` rows.
+fn sample(vol: &Volume) -> Vec<f64> {
+    let n = vol.pixels();
+    let c = vol.channels();
+    let stride = n.div_ceil(MAX_SAMPLES).max(1);
+    let mut out = Vec::with_capacity(c * n.div_ceil(stride));
+    for s in (0..n).step_by(stride) {
+        for ch in 0..c {
+            out.push(f64::from(vol.channel(ch)[s]));
+        }
+    }
+    out
+}
+
+fn dist2(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+/// Index and squared distance of the centroid nearest to `p`.
+pub(crate) fn nearest(p: &[f64], centroids: &[f64], c: usize) -> (usize, f64) {
+    let mut best = (0, f64::INFINITY);
+    for (k, cen) in centroids.chunks_exact(c).enumerate() {
+        let d = dist2(p, cen);
+        if d < best.1 {
+            best = (k, d);
+        }
+    }
+    best
+}
+
+/// k-means++ seeding then Lloyd iterations; returns the centroids and the inertia.
+fn one_start(pts: &[f64], c: usize, k: usize, rng: &mut SplitMix64) -> (Vec<f64>, f64) {
+    let s = pts.len() / c;
+    let mut cen = Vec::with_capacity(k * c);
+    let first = rng.below(s);
+    cen.extend_from_slice(&pts[first * c..(first + 1) * c]);
+    let mut d2: Vec<f64> = pts.chunks_exact(c).map(|p| dist2(p, &cen[0..c])).collect();
+    for _ in 1..k {
+        let total: f64 = d2.iter().sum();
+        let pick = if total > 0.0 {
+            let mut r = rng.uniform() * total;
+            let mut pick = s - 1;
+            for (i, &d) in d2.iter().enumerate() {
+                if r < d {
+                    pick = i;
+                    break;
+                }
+                r -= d;
+            }
+            pick
+        } else {
+            rng.below(s)
+        };
+        let new = pts[pick * c..(pick + 1) * c].to_vec();
+        for (p, d) in pts.chunks_exact(c).zip(d2.iter_mut()) {
+            *d = d.min(dist2(p, &new));
+        }
+        cen.extend_from_slice(&new);
+    }
+    let mut sums = vec![0.0; k * c];
+    let mut counts = vec![0usize; k];
+    let mut inertia = f64::INFINITY;
+    for _ in 0..LLOYD_ITERS {
+        sums.iter_mut().for_each(|v| *v = 0.0);
+        counts.iter_mut().for_each(|v| *v = 0);
+        let mut total = 0.0;
+        for p in pts.chunks_exact(c) {
+            let (j, d) = nearest(p, &cen, c);
+            total += d;
+            counts[j] += 1;
+            for ch in 0..c {
+                sums[j * c + ch] += p[ch];
+            }
+        }
+        for j in 0..k {
+            if counts[j] > 0 {
+                for ch in 0..c {
+                    cen[j * c + ch] = sums[j * c + ch] / counts[j] as f64;
+                }
+            }
+        }
+        let done = total >= inertia * (1.0 - 1e-9);
+        inertia = total;
+        if done {
+            break;
+        }
+    }
+    (cen, inertia)
+}
+
+/// Clusters the pixel intensities of `vol` into `k` groups with `starts` seeded k-means++ starts,
+/// keeping the best.
+pub fn kmeans(vol: &Volume, k: usize, starts: usize, seed: u64) -> Clusters {
+    let c = vol.channels();
+    let pts = sample(vol);
+    let s = pts.len() / c;
+    let mut best: Option<(Vec<f64>, f64)> = None;
+    for start in 0..starts.max(1) {
+        let mut rng = SplitMix64::new(seed ^ (0xA076_1D64_78BD_642F_u64.wrapping_mul(start as u64 + 1)));
+        let (cen, inertia) = one_start(&pts, c, k, &mut rng);
+        if best.as_ref().is_none_or(|b| inertia < b.1) {
+            best = Some((cen, inertia));
+        }
+    }
+    let (centroids, inertia) = best.unwrap_or_default();
+    Clusters { centroids, within_variance: inertia / s.max(1) as f64 }
+}

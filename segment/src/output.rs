@@ -1,0 +1,380 @@
+//! Outputs: label maps (indexed PNG or `.npy`), boundary overlays, energy plots, JSON summaries,
+//! written all-or-nothing; and label-map input for scoring.
+
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+
+use crate::{SegmentError, Segmentation, Volume};
+
+/// The first ten colours: Tableau 10 (distinct, colour-blind aware); further labels get evenly
+/// spread golden-angle hues.
+const TAB10: [[u8; 3]; 10] = [
+    [31, 119, 180],
+    [255, 127, 14],
+    [44, 160, 44],
+    [214, 39, 40],
+    [148, 103, 189],
+    [140, 86, 75],
+    [227, 119, 194],
+    [127, 127, 127],
+    [188, 189, 34],
+    [23, 190, 207],
+];
+
+/// The palette of `k` labels, one RGB colour each.
+pub fn palette(k: usize) -> Vec<[u8; 3]> {
+    (0..k)
+        .map(|i| {
+            TAB10.get(i).copied().unwrap_or_else(|| {
+                let hue = (i as f64 * 137.508).rem_euclid(360.0);
+                hsv(hue, 0.65, 0.9)
+            })
+        })
+        .collect()
+}
+
+fn hsv(h: f64, s: f64, v: f64) -> [u8; 3] {
+    let c = v * s;
+    let x = c * (1.0 - ((h / 60.0).rem_euclid(2.0) - 1.0).abs());
+    let (r, g, b) = match (h / 60.0) as u32 {
+        0 => (c, x, 0.0),
+        1 => (x, c, 0.0),
+        2 => (0.0, c, x),
+        3 => (0.0, x, c),
+        4 => (x, 0.0, c),
+        _ => (c, 0.0, x),
+    };
+    let m = v - c;
+    [((r + m) * 255.0) as u8, ((g + m) * 255.0) as u8, ((b + m) * 255.0) as u8]
+}
+
+/// What kind of file a path names, by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `.png`.
+    Png,
+    /// `.npy`.
+    Npy,
+    /// `.svg`.
+    Svg,
+    /// `.json`.
+    Json,
+}
+
+impl Format {
+    /// The format of `path`, if it is one of `allowed`.
+    ///
+    /// # Errors
+    /// [`SegmentError::Unsupported`] naming the allowed extensions.
+    pub fn of(path: &Path, allowed: &[Format]) -> Result<Format, SegmentError> {
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        let found = match ext.as_deref() {
+            Some("png") => Some(Format::Png),
+            Some("npy") => Some(Format::Npy),
+            Some("svg") => Some(Format::Svg),
+            Some("json") => Some(Format::Json),
+            _ => None,
+        };
+        match found {
+            Some(f) if allowed.contains(&f) => Ok(f),
+            _ => {
+                let names: Vec<&str> = allowed.iter().map(|f| f.extension()).collect();
+                Err(SegmentError::unsupported(
+                    path,
+                    format!("unsupported output; expected a .{} file", names.join(" or .")),
+                ))
+            }
+        }
+    }
+    /// The extension, without the dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Png => "png",
+            Format::Npy => "npy",
+            Format::Svg => "svg",
+            Format::Json => "json",
+        }
+    }
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Checks, before any work, that a file can be created next to `path` (its folder exists and is
+/// writable) and that `path` is not a folder.
+///
+/// # Errors
+/// [`SegmentError::Write`].
+pub fn check_writable(path: &Path) -> Result<(), SegmentError> {
+    if path.is_dir() {
+        return Err(SegmentError::write(path, "it is a directory"));
+    }
+    tempfile::NamedTempFile::new_in(parent_dir(path)).map(drop).map_err(|e| SegmentError::write(path, e))
+}
+
+/// Writes every `(path, bytes)` pair, all or nothing: each goes to a temporary file in its
+/// target's folder, and only when all are complete are they renamed into place; if a rename
+/// fails, the files already renamed are removed.
+///
+/// # Errors
+/// [`SegmentError::Write`] for the first file that fails.
+pub fn write_all(files: Vec<(PathBuf, Vec<u8>)>) -> Result<(), SegmentError> {
+    let mut staged = Vec::with_capacity(files.len());
+    for (path, bytes) in files {
+        let mut tmp = tempfile::NamedTempFile::new_in(parent_dir(&path)).map_err(|e| SegmentError::write(&path, e))?;
+        tmp.write_all(&bytes).and_then(|()| tmp.flush()).map_err(|e| SegmentError::write(&path, e))?;
+        staged.push((tmp, path));
+    }
+    let mut done: Vec<PathBuf> = Vec::new();
+    for (tmp, path) in staged {
+        if let Err(e) = tmp.persist(&path) {
+            for p in &done {
+                // Best effort: the error below is what the caller needs to see.
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(SegmentError::write(&path, e.error));
+        }
+        done.push(path);
+    }
+    Ok(())
+}
+
+fn png_bytes(
+    path: &Path,
+    w: usize,
+    h: usize,
+    color: png::ColorType,
+    palette: Option<Vec<u8>>,
+    data: &[u8],
+) -> Result<Vec<u8>, SegmentError> {
+    let err = |e: png::EncodingError| SegmentError::write(path, e);
+    let mut buf = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut buf, w as u32, h as u32);
+        enc.set_color(color);
+        enc.set_depth(png::BitDepth::Eight);
+        if let Some(p) = palette {
+            enc.set_palette(p);
+        }
+        let mut writer = enc.write_header().map_err(err)?;
+        writer.write_image_data(data).map_err(err)?;
+        writer.finish().map_err(err)?;
+    }
+    Ok(buf)
+}
+
+/// The label map as an indexed 8-bit PNG with [`palette`] colours (2D only).
+///
+/// # Errors
+/// [`SegmentError::Unsupported`] for a 3D result; [`SegmentError::Write`] if encoding fails.
+pub fn label_png(seg: &Segmentation, path: &Path) -> Result<Vec<u8>, SegmentError> {
+    let [d, h, w] = seg.dims;
+    if d > 1 {
+        return Err(SegmentError::unsupported(path, "a 3D label map needs an .npy output"));
+    }
+    let pal: Vec<u8> = palette(seg.phases).into_iter().flatten().collect();
+    png_bytes(path, w, h, png::ColorType::Indexed, Some(pal), &seg.labels)
+}
+
+/// The label map as an `.npy` of `uint8`, `[H, W]` for 2D and `[D, H, W]` for 3D.
+///
+/// # Errors
+/// [`SegmentError::Write`] if encoding fails.
+pub fn label_npy(seg: &Segmentation, path: &Path) -> Result<Vec<u8>, SegmentError> {
+    let [d, h, w] = seg.dims;
+    let shape: Vec<u64> = if d > 1 { vec![d as u64, h as u64, w as u64] } else { vec![h as u64, w as u64] };
+    let mut buf = Vec::new();
+    {
+        use npyz::WriterBuilder;
+        let mut writer = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&shape)
+            .writer(&mut buf)
+            .begin_nd()
+            .map_err(|e| SegmentError::write(path, e))?;
+        writer.extend(seg.labels.iter().copied()).map_err(|e| SegmentError::write(path, e))?;
+        writer.finish().map_err(|e| SegmentError::write(path, e))?;
+    }
+    Ok(buf)
+}
+
+/// An RGB PNG of the input (for a volume, its middle slice) with each phase tinted by its
+/// [`palette`] colour at 30% and the phase boundaries drawn in solid colour.
+///
+/// The input is shown with its intensities stretched from their minimum to their maximum.
+///
+/// # Errors
+/// [`SegmentError::Write`] if encoding fails.
+pub fn overlay_png(vol: &Volume, seg: &Segmentation, path: &Path) -> Result<Vec<u8>, SegmentError> {
+    let [d, h, w] = seg.dims;
+    let z = d / 2;
+    let plane = h * w;
+    let c = vol.channels();
+    let (lo, hi) = vol.data().iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let pal = palette(seg.phases);
+    let labels = &seg.labels[z * plane..(z + 1) * plane];
+    let mut rgb = vec![0u8; 3 * plane];
+    for y in 0..h {
+        for x in 0..w {
+            let s = y * w + x;
+            let l = labels[s];
+            let boundary = (x + 1 < w && labels[s + 1] != l)
+                || (x > 0 && labels[s - 1] != l)
+                || (y + 1 < h && labels[s + w] != l)
+                || (y > 0 && labels[s - w] != l);
+            let col = pal[usize::from(l)];
+            for ch in 0..3 {
+                let src = vol.channel(if c == 3 { ch } else { 0 })[z * plane + s];
+                let base = f64::from((src - lo) / span) * 255.0;
+                let tint = f64::from(col[ch]);
+                let v = if boundary { tint } else { 0.7 * base + 0.3 * tint };
+                rgb[3 * s + ch] = v.round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    png_bytes(path, w, h, png::ColorType::Rgb, None, &rgb)
+}
+
+/// An SVG line plot of the total energy per step.
+///
+/// # Errors
+/// [`SegmentError::Write`] if drawing fails.
+pub fn energy_svg(history: &[f64], path: &Path) -> Result<Vec<u8>, SegmentError> {
+    let err = |e: &dyn std::fmt::Display| SegmentError::write(path, e);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (640, 400)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let (lo, hi) = history.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        let (lo, hi) = if lo.is_finite() && hi > lo { (lo, hi) } else { (lo.min(0.0), lo.max(0.0) + 1.0) };
+        let pad = 0.05 * (hi - lo);
+        let steps = history.len().max(2);
+        let mut chart = ChartBuilder::on(&root)
+            .caption("Mumford–Shah energy per step", ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(80)
+            .build_cartesian_2d(1usize..steps, (lo - pad)..(hi + pad))
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("energy (mean reduction)")
+            .y_label_formatter(&|v| format!("{v:.3e}"))
+            .draw()
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(LineSeries::new(history.iter().enumerate().map(|(i, &e)| (i + 1, e)), &BLUE))
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    Ok(svg.into_bytes())
+}
+
+/// A label map read for scoring: its dimensions and labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelMap {
+    /// The dimensions (`[H, W]` for images; the array's shape for `.npy`).
+    pub dims: Vec<usize>,
+    /// The labels, row-major.
+    pub labels: Vec<u64>,
+}
+
+/// Reads a label map: a PNG (indexed or grey: the raw index or value; colour: each distinct
+/// colour one label), another image format (as grey values, unscaled), or an `.npy` of integers
+/// or bools.
+///
+/// # Errors
+/// [`SegmentError::Read`], [`SegmentError::Decode`], [`SegmentError::Unsupported`].
+pub fn load_labels(path: &Path) -> Result<LabelMap, SegmentError> {
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let read_err = |source| SegmentError::Read { path: path.to_owned(), source };
+    match ext.as_deref() {
+        Some("npy") => {
+            let file = File::open(path).map_err(read_err)?;
+            let npy = npyz::NpyFile::new(BufReader::new(file)).map_err(read_err)?;
+            let dims: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+            let descr = match npy.dtype() {
+                npyz::DType::Plain(ts) => ts.to_string(),
+                other => other.descr().to_string(),
+            };
+            macro_rules! ints {
+                ($t:ty) => {
+                    npy.into_vec::<$t>().map_err(read_err)?.into_iter().map(|v| v as u64).collect()
+                };
+            }
+            let labels: Vec<u64> = match descr.get(1..).unwrap_or("") {
+                "u1" => ints!(u8),
+                "u2" => ints!(u16),
+                "u4" => ints!(u32),
+                "u8" => ints!(u64),
+                "i1" => ints!(i8),
+                "i2" => ints!(i16),
+                "i4" => ints!(i32),
+                "i8" => ints!(i64),
+                "b1" => npy.into_vec::<bool>().map_err(read_err)?.into_iter().map(u64::from).collect(),
+                _ => {
+                    return Err(SegmentError::unsupported(
+                        path,
+                        format!("label arrays must have an integer or bool dtype, got {descr}"),
+                    ));
+                }
+            };
+            Ok(LabelMap { dims, labels })
+        }
+        Some("png") => load_png_labels(path),
+        _ => {
+            let img = image::ImageReader::open(path)
+                .map_err(read_err)?
+                .with_guessed_format()
+                .map_err(read_err)?
+                .decode()
+                .map_err(|source| SegmentError::Decode { path: path.to_owned(), source })?;
+            let dims = vec![img.height() as usize, img.width() as usize];
+            let labels = img.to_luma16().into_raw().into_iter().map(u64::from).collect();
+            Ok(LabelMap { dims, labels })
+        }
+    }
+}
+
+fn load_png_labels(path: &Path) -> Result<LabelMap, SegmentError> {
+    let file = File::open(path).map_err(|source| SegmentError::Read { path: path.to_owned(), source })?;
+    let decode = |e: png::DecodingError| SegmentError::unsupported(path, format!("cannot decode the PNG: {e}"));
+    let mut decoder = png::Decoder::new(BufReader::new(file));
+    decoder.set_transformations(png::Transformations::IDENTITY);
+    let mut reader = decoder.read_info().map_err(decode)?;
+    let size = reader.output_buffer_size().ok_or_else(|| SegmentError::unsupported(path, "the PNG is too large"))?;
+    let mut buf = vec![0u8; size];
+    let info = reader.next_frame(&mut buf).map_err(decode)?;
+    let (w, h) = (info.width as usize, info.height as usize);
+    let samples = info.color_type.samples();
+    let bits = info.bit_depth as usize;
+    let mut labels = Vec::with_capacity(w * h);
+    for y in 0..h {
+        let row = &buf[y * info.line_size..(y + 1) * info.line_size];
+        for x in 0..w {
+            let sample = |i: usize| -> u64 {
+                let bit = (x * samples + i) * bits;
+                match bits {
+                    16 => u64::from(u16::from_be_bytes([row[bit / 8], row[bit / 8 + 1]])),
+                    8 => u64::from(row[bit / 8]),
+                    _ => u64::from((row[bit / 8] >> (8 - bits - bit % 8)) & ((1u8 << bits) - 1)),
+                }
+            };
+            let label = match info.color_type {
+                png::ColorType::Rgb | png::ColorType::Rgba => (sample(0) << 32) | (sample(1) << 16) | sample(2),
+                _ => sample(0),
+            };
+            labels.push(label);
+        }
+    }
+    Ok(LabelMap { dims: vec![h, w], labels })
+}

@@ -1,0 +1,182 @@
+//! Images and volumes: the [`Volume`] type and loading from image files and `.npy` arrays.
+//!
+//! ## Intensity scaling
+//! - 8-bit images and `uint8` arrays are divided by 255, 16-bit images and `uint16` arrays by
+//!   65535, so intensities lie in `[0, 1]`;
+//! - float images (TIFF) and `float32`/`float64` arrays are taken as they are;
+//! - other integer arrays (`int8` … `int64`, `uint32`, `uint64`) are converted to float as they are.
+//!
+//! The segmentation does not depend on the scale: the default λ is set relative to the image's
+//! own within-phase variance (see [`crate::SegmentConfig::lambda`]). An alpha channel is dropped;
+//! grey images have one channel, colour images three.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use crate::SegmentError;
+
+/// An image or volume of `C` channels over `D×H×W` pixels, stored `[C, D, H, W]` row-major in
+/// `f32` (a 2D image has `D = 1`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Volume {
+    channels: usize,
+    dims: [usize; 3],
+    data: Vec<f32>,
+}
+
+impl Volume {
+    /// A volume from its data, `[C, D, H, W]` row-major.
+    ///
+    /// # Errors
+    /// [`SegmentError::BadImage`] when an extent is zero, the data length does not match, or a
+    /// value is not finite.
+    pub fn new(
+        channels: usize,
+        depth: usize,
+        height: usize,
+        width: usize,
+        data: Vec<f32>,
+    ) -> Result<Self, SegmentError> {
+        let dims = [depth, height, width];
+        if channels == 0 || dims.contains(&0) {
+            return Err(SegmentError::BadImage(format!(
+                "the image is empty: {channels} channels over {depth}×{height}×{width} pixels (every extent must be >= 1)"
+            )));
+        }
+        let expected = channels
+            .checked_mul(depth)
+            .and_then(|v| v.checked_mul(height))
+            .and_then(|v| v.checked_mul(width))
+            .ok_or_else(|| SegmentError::BadImage("the image is too large to address".into()))?;
+        if expected != data.len() {
+            return Err(SegmentError::BadImage(format!(
+                "{channels}×{depth}×{height}×{width} needs {expected} values but {} came",
+                data.len()
+            )));
+        }
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(SegmentError::BadImage(format!("value {} at flat index {i} is not finite", data[i])));
+        }
+        Ok(Self { channels, dims, data })
+    }
+
+    /// Loads an image (PNG, JPEG, TIFF; grey or colour; 8 or 16 bit, or float TIFF) or an `.npy`
+    /// array `[H, W]`, `[C, H, W]` or `[C, D, H, W]`, chosen by the file's extension (`.npy`) or
+    /// its content. Intensities are scaled as the [module docs](self) say.
+    ///
+    /// # Errors
+    /// [`SegmentError::Read`], [`SegmentError::Decode`], [`SegmentError::Unsupported`] or
+    /// [`SegmentError::BadImage`].
+    pub fn load(path: &Path) -> Result<Self, SegmentError> {
+        let is_npy = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy"));
+        if is_npy { load_npy(path) } else { load_image(path) }
+    }
+
+    /// `C`.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+    /// `[D, H, W]`.
+    pub fn dims(&self) -> [usize; 3] {
+        self.dims
+    }
+    /// `D·H·W`.
+    pub fn pixels(&self) -> usize {
+        self.dims.iter().product()
+    }
+    /// Whether `D > 1`.
+    pub fn is_3d(&self) -> bool {
+        self.dims[0] > 1
+    }
+    /// The data, `[C, D, H, W]`.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+    /// Channel `c`'s plane (or volume), `D·H·W` values.
+    pub fn channel(&self, c: usize) -> &[f32] {
+        let n = self.pixels();
+        &self.data[c * n..(c + 1) * n]
+    }
+}
+
+fn load_image(path: &Path) -> Result<Volume, SegmentError> {
+    let decode = |source| SegmentError::Decode { path: path.to_owned(), source };
+    let reader = image::ImageReader::open(path)
+        .map_err(|source| SegmentError::Read { path: path.to_owned(), source })?
+        .with_guessed_format()
+        .map_err(|source| SegmentError::Read { path: path.to_owned(), source })?;
+    if reader.format().is_none() {
+        return Err(SegmentError::unsupported(
+            path,
+            "not a recognised image format; expected PNG, JPEG or TIFF, or an .npy array",
+        ));
+    }
+    let img = reader.decode().map_err(decode)?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if img.color().has_color() {
+        // `to_rgb32f` divides integer samples by the type's maximum.
+        let rgb = img.to_rgb32f();
+        let n = w * h;
+        let mut data = vec![0.0f32; 3 * n];
+        for (i, px) in rgb.pixels().enumerate() {
+            for c in 0..3 {
+                data[c * n + i] = px.0[c];
+            }
+        }
+        Volume::new(3, 1, h, w, data)
+    } else {
+        let grey = img.to_luma32f();
+        Volume::new(1, 1, h, w, grey.into_raw())
+    }
+}
+
+fn load_npy(path: &Path) -> Result<Volume, SegmentError> {
+    let read_err = |source| SegmentError::Read { path: path.to_owned(), source };
+    let file = File::open(path).map_err(read_err)?;
+    let npy = npyz::NpyFile::new(BufReader::new(file)).map_err(read_err)?;
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    if npy.order() == npyz::Order::Fortran && shape.len() > 1 {
+        return Err(SegmentError::unsupported(path, "the array is in Fortran order; expected C (row-major) order"));
+    }
+    let (c, d, h, w) = match shape[..] {
+        [h, w] => (1, 1, h, w),
+        [c, h, w] => (c, 1, h, w),
+        [c, d, h, w] => (c, d, h, w),
+        _ => {
+            return Err(SegmentError::unsupported(
+                path,
+                format!("the array has shape {shape:?}; expected [H, W], [C, H, W] or [C, D, H, W]"),
+            ));
+        }
+    };
+    let descr = match npy.dtype() {
+        npyz::DType::Plain(ts) => ts.to_string(),
+        other => other.descr().to_string(),
+    };
+    macro_rules! conv {
+        ($t:ty, $scale:expr) => {
+            npy.into_vec::<$t>().map_err(read_err)?.into_iter().map(|v| (v as f64 * $scale) as f32).collect()
+        };
+    }
+    let data: Vec<f32> = match descr.get(1..).unwrap_or("") {
+        "f4" => npy.into_vec::<f32>().map_err(read_err)?,
+        "f8" => conv!(f64, 1.0),
+        "u1" => conv!(u8, 1.0 / 255.0),
+        "u2" => conv!(u16, 1.0 / 65535.0),
+        "i1" => conv!(i8, 1.0),
+        "i2" => conv!(i16, 1.0),
+        "i4" => conv!(i32, 1.0),
+        "i8" => conv!(i64, 1.0),
+        "u4" => conv!(u32, 1.0),
+        "u8" => conv!(u64, 1.0),
+        "b1" => npy.into_vec::<bool>().map_err(read_err)?.into_iter().map(|v| if v { 1.0 } else { 0.0 }).collect(),
+        _ => {
+            return Err(SegmentError::unsupported(
+                path,
+                format!("the array has dtype {descr}; expected a float, integer or bool type"),
+            ));
+        }
+    };
+    Volume::new(c, d, h, w, data)
+}

@@ -1,0 +1,151 @@
+//! Metrics on hand-computed cases; input loading and scaling; outputs and their all-or-nothing
+//! writing.
+
+use std::path::Path;
+
+use msloss_cpu::CpuBackend;
+use msloss_segment::output::{self, Format};
+use msloss_segment::synth::{SynthSpec, generate};
+use msloss_segment::{SegmentConfig, SegmentError, Volume, metrics, segment};
+
+fn write_npy<T: npyz::AutoSerialize>(
+    path: &Path,
+    shape: &[u64],
+    data: impl IntoIterator<Item = T>,
+) -> std::io::Result<()> {
+    use npyz::WriterBuilder;
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut w = npyz::WriteOptions::new().default_dtype().shape(shape).writer(file).begin_nd()?;
+    w.extend(data)?;
+    w.finish()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-12
+}
+
+#[test]
+fn metrics_hand_computed() {
+    // pred [0,0,1,1] vs truth [0,0,0,1]: contingency p0∩t0 = 2, p1∩t0 = 1, p1∩t1 = 1.
+    // Matching p0→t0, p1→t1: IoU(t0) = 2/(2+3−2) = 2/3, IoU(t1) = 1/(2+1−1) = 1/2.
+    // Pairs: Σn² − n = 2, Σa² − n (pred) = 4, Σb² − n (truth) = 6: P = 1/2, R = 1/3, F = 0.4.
+    let q = metrics::evaluate(&[0u8, 0, 1, 1], &[0u8, 0, 0, 1]).expect("same size");
+    assert!(close(q.iou[0], 2.0 / 3.0) && close(q.iou[1], 0.5), "{q:?}");
+    assert!(close(q.mean_iou, 7.0 / 12.0), "{q:?}");
+    assert!(close(q.adapted_rand_error, 0.6), "{q:?}");
+    assert!(close(q.accuracy, 0.75));
+    assert_eq!(q.matched, vec![Some(0), Some(1)]);
+}
+
+#[test]
+fn metrics_invariant_to_renaming_and_handle_missing_classes() {
+    let truth: Vec<u32> = (0..300).map(|i| (i / 100) as u32).collect();
+    let renamed: Vec<u32> = truth.iter().map(|&t| [7, 2, 40][t as usize]).collect();
+    let q = metrics::evaluate(&renamed, &truth).expect("same size");
+    assert!(close(q.mean_iou, 1.0) && close(q.adapted_rand_error, 0.0), "{q:?}");
+    assert_eq!(q.matched, vec![Some(7), Some(2), Some(40)]);
+    // One predicted class for three true ones: two classes get IoU 0.
+    let q = metrics::evaluate(&vec![5u32; 300], &truth).expect("same size");
+    assert_eq!(q.matched.iter().filter(|m| m.is_none()).count(), 2);
+    assert!(close(q.mean_iou, (1.0 / 3.0) / 3.0), "{q:?}");
+    assert!(matches!(metrics::evaluate(&[0u8; 3], &[0u8; 4]), Err(SegmentError::ShapeMismatch { .. })));
+    assert!(matches!(metrics::evaluate::<u8, u8>(&[], &[]), Err(SegmentError::BadImage(_))));
+}
+
+#[test]
+fn loads_16_bit_grey_and_8_bit_colour_png_scaled_to_unit_range() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let grey = dir.path().join("grey16.png");
+    image::ImageBuffer::<image::Luma<u16>, _>::from_raw(2, 1, vec![0u16, 65535])
+        .expect("buffer")
+        .save(&grey)
+        .expect("save");
+    let v = Volume::load(&grey).expect("loads");
+    assert_eq!((v.channels(), v.dims()), (1, [1, 1, 2]));
+    assert_eq!(v.data(), &[0.0, 1.0]);
+    let rgb = dir.path().join("rgb.png");
+    image::RgbImage::from_raw(1, 2, vec![255, 0, 51, 0, 255, 0]).expect("buffer").save(&rgb).expect("save");
+    let v = Volume::load(&rgb).expect("loads");
+    assert_eq!((v.channels(), v.dims()), (3, [1, 2, 1]));
+    // [C, D, H, W]: red = [1, 0], green = [0, 1], blue = [0.2, 0].
+    assert_eq!(v.data(), &[1.0, 0.0, 0.0, 1.0, 0.2, 0.0]);
+}
+
+#[test]
+fn loads_npy_volumes_and_rejects_bad_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("vol.npy");
+    let data: Vec<u8> = (0..2 * 3 * 4 * 5).map(|i| (i % 256) as u8).collect();
+    write_npy(&path, &[2u64, 3, 4, 5], data.iter().copied()).expect("write");
+    let v = Volume::load(&path).expect("loads");
+    assert_eq!((v.channels(), v.dims()), (2, [3, 4, 5]));
+    assert_eq!(v.data()[7], 7.0 / 255.0);
+
+    let bad_rank = dir.path().join("rank5.npy");
+    write_npy(&bad_rank, &[1u64, 1, 1, 1, 2], [0.0f32, 1.0]).expect("write");
+    assert!(matches!(Volume::load(&bad_rank), Err(SegmentError::Unsupported { .. })));
+    let text = dir.path().join("notes.png");
+    std::fs::write(&text, "not an image").expect("write");
+    let err = Volume::load(&text).unwrap_err();
+    assert!(matches!(err, SegmentError::Unsupported { .. } | SegmentError::Decode { .. }), "{err}");
+    let missing = dir.path().join("missing.png");
+    assert!(matches!(Volume::load(&missing), Err(SegmentError::Read { .. })));
+    let empty = dir.path().join("empty.npy");
+    write_npy(&empty, &[1u64, 0, 3], std::iter::empty::<f32>()).expect("write");
+    assert!(matches!(Volume::load(&empty), Err(SegmentError::BadImage(_))));
+}
+
+#[test]
+fn outputs_round_trip_and_write_all_or_nothing() {
+    let img = generate(&SynthSpec { phases: 3, dims: [1, 24, 32], ..SynthSpec::default() }).expect("valid");
+    let seg = segment(&CpuBackend::new(), &img.volume, &SegmentConfig::default().with_phases(3), |_| {}).expect("ok");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let png = dir.path().join("labels.png");
+    let npy = dir.path().join("labels.npy");
+    let overlay = dir.path().join("overlay.png");
+    let svg = dir.path().join("energy.svg");
+    output::write_all(vec![
+        (png.clone(), output::label_png(&seg, &png).expect("png")),
+        (npy.clone(), output::label_npy(&seg, &npy).expect("npy")),
+        (overlay.clone(), output::overlay_png(&img.volume, &seg, &overlay).expect("overlay")),
+        (svg.clone(), output::energy_svg(&seg.history, &svg).expect("svg")),
+    ])
+    .expect("written");
+    for p in [&png, &npy] {
+        let back = output::load_labels(p).expect("reads back");
+        assert_eq!(back.dims, vec![24, 32]);
+        assert!(back.labels.iter().zip(&seg.labels).all(|(a, &b)| *a == u64::from(b)), "{p:?} differs");
+    }
+    let o = image::open(&overlay).expect("overlay decodes");
+    assert_eq!((o.width(), o.height()), (32, 24));
+    assert!(std::fs::read_to_string(&svg).expect("svg").contains("<svg"));
+
+    // A second set whose last file cannot be written: nothing of it may be left behind.
+    let good = dir.path().join("again.png");
+    let bad = dir.path().join("no such dir").join("x.svg");
+    let err = output::write_all(vec![(good.clone(), vec![1, 2, 3]), (bad.clone(), vec![4])]).unwrap_err();
+    assert!(matches!(err, SegmentError::Write { .. }), "{err}");
+    assert!(!good.exists(), "a partial output was left behind");
+    assert!(output::check_writable(&bad).is_err());
+    assert!(output::check_writable(dir.path()).is_err(), "a directory is not a writable file");
+    let leftovers = std::fs::read_dir(dir.path()).expect("list").count();
+    assert_eq!(leftovers, 4, "temporary files were left behind");
+
+    assert!(output::label_png(&seg, Path::new("x.png")).is_ok());
+    assert_eq!(Format::of(Path::new("a.PNG"), &[Format::Png, Format::Npy]).ok(), Some(Format::Png));
+    assert!(Format::of(Path::new("a.jpg"), &[Format::Png, Format::Npy]).is_err());
+}
+
+#[test]
+fn volume_label_map_needs_npy() {
+    let img = generate(&SynthSpec { phases: 2, colour: false, dims: [4, 6, 5], ..SynthSpec::default() }).expect("ok");
+    let seg = segment(&CpuBackend::new(), &img.volume, &SegmentConfig::default(), |_| {}).expect("ok");
+    assert!(matches!(output::label_png(&seg, Path::new("v.png")), Err(SegmentError::Unsupported { .. })));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = dir.path().join("v.npy");
+    output::write_all(vec![(p.clone(), output::label_npy(&seg, &p).expect("npy"))]).expect("written");
+    assert_eq!(output::load_labels(&p).expect("reads").dims, vec![4, 6, 5]);
+    // The overlay shows the middle slice.
+    let o = output::overlay_png(&img.volume, &seg, &p).expect("overlay");
+    assert_eq!(image::load_from_memory(&o).expect("decodes").width(), 5);
+}
