@@ -13,7 +13,7 @@ use crate::{WgpuBackend, WgpuError};
 /// mask or of a gradient changes).
 #[derive(Debug, Default)]
 pub struct WgpuWorkspace {
-    host: Option<HostPlan>,
+    host: Option<Box<HostPlan>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +97,7 @@ impl Backend<f32> for WgpuBackend {
                 h.plan.set_params(params)?;
                 h
             }
-            slot => slot.insert(HostPlan::new(self, key, params)?),
+            slot => slot.insert(Box::new(HostPlan::new(self, key, params)?)),
         };
         let bufs = host.plan.buffers().clone();
         let device = host.plan.device().clone();

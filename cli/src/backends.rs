@@ -1,7 +1,8 @@
 //! Backend selection: one enum over every backend the binary was built with, itself a `Backend`.
 
 use msloss::cpu::{CpuBackend, CpuWorkspace};
-use msloss::{Backend, Energy, Input, Outputs, Params, Real, Reference, ReferenceWorkspace};
+use msloss::wgpu::{WgpuBackend, WgpuWorkspace};
+use msloss::{Backend, Energy, Input, Outputs, Params, Real, Reference, ReferenceWorkspace, Scores};
 
 /// The `--backend` choices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -10,6 +11,8 @@ pub(crate) enum BackendChoice {
     Reference,
     /// The fused multithreaded CPU backend.
     Cpu,
+    /// The GPU backend (wgpu: Vulkan, Metal, DX12; f32 only).
+    Wgpu,
 }
 
 /// Any backend, chosen at run time.
@@ -19,6 +22,8 @@ pub(crate) enum AnyBackend {
     Reference(Reference),
     /// See [`BackendChoice::Cpu`].
     Cpu(CpuBackend),
+    /// See [`BackendChoice::Wgpu`].
+    Wgpu(WgpuBackend),
 }
 
 /// The workspace of an [`AnyBackend`].
@@ -28,6 +33,8 @@ pub(crate) enum AnyWorkspace {
     Reference(ReferenceWorkspace),
     /// CPU scratch.
     Cpu(CpuWorkspace),
+    /// GPU buffers.
+    Wgpu(WgpuWorkspace),
 }
 
 impl AnyBackend {
@@ -42,6 +49,7 @@ impl AnyBackend {
                 }
                 None => CpuBackend::new(),
             }),
+            BackendChoice::Wgpu => AnyBackend::Wgpu(WgpuBackend::new()?),
         })
     }
 }
@@ -54,6 +62,7 @@ impl<T: Real> Backend<T> for AnyBackend {
         match self {
             AnyBackend::Reference(b) => Backend::<T>::name(b),
             AnyBackend::Cpu(b) => Backend::<T>::name(b),
+            AnyBackend::Wgpu(b) => Backend::<f32>::name(b),
         }
     }
 
@@ -61,6 +70,7 @@ impl<T: Real> Backend<T> for AnyBackend {
         match self {
             AnyBackend::Reference(b) => AnyWorkspace::Reference(b.workspace()),
             AnyBackend::Cpu(b) => AnyWorkspace::Cpu(Backend::<T>::workspace(b)),
+            AnyBackend::Wgpu(b) => AnyWorkspace::Wgpu(Backend::<f32>::workspace(b)),
         }
     }
 
@@ -74,7 +84,42 @@ impl<T: Real> Backend<T> for AnyBackend {
         match (self, ws) {
             (AnyBackend::Reference(b), AnyWorkspace::Reference(w)) => Ok(b.evaluate(input, params, out, w)?),
             (AnyBackend::Cpu(b), AnyWorkspace::Cpu(w)) => Ok(b.evaluate(input, params, out, w)?),
+            (AnyBackend::Wgpu(b), AnyWorkspace::Wgpu(w)) => wgpu_evaluate(b, input, params, out, w),
             _ => anyhow::bail!("internal: a workspace from another backend was passed"),
         }
     }
+}
+
+/// The GPU backend computes in `f32` only: `f32` requests pass through (the copies below are
+/// exact for `f32`), anything else is refused with a hint.
+fn wgpu_evaluate<T: Real>(
+    b: &WgpuBackend,
+    input: &Input<'_, T>,
+    params: &Params,
+    out: Outputs<'_, T>,
+    ws: &mut WgpuWorkspace,
+) -> anyhow::Result<Energy<T>> {
+    anyhow::ensure!(
+        T::NAME == "f32",
+        "the wgpu backend computes in f32, but the data is {}; use float32 arrays (or --dtype f32)",
+        T::NAME
+    );
+    let to32 = |v: &[T]| -> Vec<f32> { v.iter().map(|x| x.to_f64_lossless() as f32).collect() };
+    let scores = to32(input.scores().data());
+    let image = to32(input.image());
+    let mask = input.mask().map(to32);
+    let s = if input.scores().is_logits() { Scores::Logits(&scores[..]) } else { Scores::Probs(&scores[..]) };
+    let input32 = Input::new(input.shape(), s, &image, mask.as_deref())?;
+    let mut grad = out.grad.as_ref().map(|g| vec![0.0f32; g.len()]);
+    let mut cent = out.centroids.as_ref().map(|c| vec![0.0f32; c.len()]);
+    let e = b.evaluate(&input32, params, Outputs { grad: grad.as_deref_mut(), centroids: cent.as_deref_mut() }, ws)?;
+    let back = |dst: Option<&mut [T]>, src: Option<Vec<f32>>| {
+        if let (Some(d), Some(s)) = (dst, src) {
+            d.iter_mut().zip(s).for_each(|(d, s)| *d = T::from_f64_lossy(f64::from(s)));
+        }
+    };
+    back(out.grad, grad);
+    back(out.centroids, cent);
+    let t = |v: f32| T::from_f64_lossy(f64::from(v));
+    Ok(Energy { fidelity: t(e.fidelity), length: t(e.length), total: t(e.total) })
 }
