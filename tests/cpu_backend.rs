@@ -306,3 +306,34 @@ fn overflow_is_an_error() {
     let got = cpu.energy(&input, &Params::default(), &mut Backend::<f32>::workspace(&cpu));
     assert!(matches!(got, Err(Error::NonFiniteResult { .. })), "{got:?}");
 }
+
+/// The accuracy target at 2048² in f32: energy within 1e-5 relative of the f64
+/// reference on the same (f32) values, gradient within 1e-5 of its largest magnitude. Large, so
+/// ignored by default: `cargo test --release --test cpu_backend -- --ignored --nocapture`.
+#[test]
+#[ignore = "large; run in release with --ignored"]
+fn f32_accuracy_at_2048() {
+    let s = shape(1, 4, 3, 1, 2048, 2048);
+    for (length, mask) in [(LengthKind::L1, false), (LengthKind::L1, true), (LengthKind::Charbonnier, true)] {
+        let data = RandomInputs::<f32>::new(s, 2048);
+        let params = Params::default().with_length(length);
+        let case = Case { shape: s, logits: true, mask, params, seed: 2048 };
+        let (e, g, _) = eval(&CpuBackend::new(), &mut CpuWorkspace::default(), &case, &data);
+        let wide = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+        let data64 = RandomInputs {
+            logits: wide(&data.logits),
+            probs: wide(&data.probs),
+            image: wide(&data.image),
+            mask: wide(&data.mask),
+        };
+        let (er, gr, _) = eval(&Reference, &mut Reference.workspace(), &case, &data64);
+        let e_rel = (f64::from(e.total) - er.total).abs() / er.total.abs();
+        let scale = gr.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let g_err = g.iter().zip(&gr).fold(0.0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs()));
+        println!(
+            "2048² f32 {length:?} mask={mask}: energy rel error {e_rel:.2e}, gradient max error / max |grad| {:.2e}",
+            g_err / scale
+        );
+        assert!(e_rel <= 1e-5 && g_err <= 1e-5 * scale, "{length:?} mask={mask}: {e_rel:e} {:e}", g_err / scale);
+    }
+}

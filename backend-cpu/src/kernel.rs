@@ -71,6 +71,12 @@ pub(crate) struct Pass2<'a, T> {
     pub(crate) centroids: &'a [T],
     /// `2·ε_c/(A_bn + ε_c)`, `[B, N]`.
     pub(crate) corr: &'a [T],
+    /// A common centre `ĉ_b` of each sample's centroids, `[B, C]` (see [`ClassConsts`]).
+    pub(crate) center: &'a [T],
+    /// `δ_bn = c_bn − ĉ_b`, `[B, N, C]`.
+    pub(crate) offsets: &'a [T],
+    /// `‖δ_bn‖²`, `[B, N]`.
+    pub(crate) kappa: &'a [T],
     pub(crate) fidelity_weight: T,
     pub(crate) lambda: T,
     pub(crate) delta: T,
@@ -141,6 +147,7 @@ pub(crate) struct Scratch<T> {
     t1: Vec<T>,
     t2: Vec<T>,
     t3: Vec<T>,
+    t4: Vec<T>,
     zero: Vec<T>,
 }
 
@@ -152,7 +159,7 @@ impl<T: Real> Scratch<T> {
         self.y.resize(Y_SLOTS * (n + 1) * w, T::zero());
         self.flux.resize(F_SLOTS * 3 * n * w, T::zero());
         self.g.resize(n * w, T::zero());
-        for t in [&mut self.t1, &mut self.t2, &mut self.t3] {
+        for t in [&mut self.t1, &mut self.t2, &mut self.t3, &mut self.t4] {
             t.resize(w, T::zero());
         }
         self.zero.clear();
@@ -667,37 +674,62 @@ struct ClassLine<'a, T> {
     back: &'a [T],
 }
 
+/// One class's constants in pass 2.
+///
+/// For logits, the softmax Jacobian subtracts `Σ_m y_m·g_m` from every `g_n`, and when the
+/// classes' centroids are close the fidelity parts `‖x − c_n‖²` of the `g_n` nearly cancel
+/// there: in `f32` that would lose several digits. So for logits `g_n` is computed without the
+/// part common to all classes, `‖x − ĉ‖²` for a common centre `ĉ` (which the Jacobian removes
+/// exactly, as `Σ_m y_m = 1`): `‖x − c_n‖² − ‖x − ĉ‖² = ‖δ_n‖² − 2⟨x − ĉ, δ_n⟩` with
+/// `δ_n = c_n − ĉ`, small when the centroids are close, and accurate.
+#[derive(Clone, Copy)]
+struct ClassConsts<'a, T> {
+    cent: &'a [T],
+    center: &'a [T],
+    delta: &'a [T],
+    kappa: T,
+    wf: T,
+    cr: T,
+    /// Whether `g` leaves out `w·m·‖x − ĉ‖²` (logits).
+    shifted: bool,
+}
+
 /// The fidelity `Σ m·y·‖x − c‖²` of one class's row, and (with `GRAD`) `g = ∂E/∂y` of it:
-/// `w·m·(‖x − c‖² − corr·⟨c, x − c⟩)` plus the length's share; one fused loop for `C`
-/// channels (`image` starts at channel 0 of the row; channel `k` is `k·sp` further).
+/// `w·m·(‖x − c‖² − corr·⟨c, x − c⟩)` (less `w·m·‖x − ĉ‖²` when `shifted`) plus the length's
+/// share; one fused loop for `C` channels (`image` starts at channel 0 of the row; channel `k`
+/// is `k·sp` further).
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "the lines and constants of one class row")]
 fn class_line<T: Real, const C: usize, const GRAD: bool>(
     l: ClassLine<'_, T>,
     image: &[T],
     sp: usize,
-    cent: &[T],
-    wf: T,
-    cr: T,
+    k: ClassConsts<'_, T>,
     g: &mut [T],
     tmp: &mut [T],
 ) -> f64 {
     let w = l.y.len();
-    let xs: [&[T]; C] = core::array::from_fn(|k| &image[k * sp..k * sp + w]);
-    let cs: [T; C] = core::array::from_fn(|k| cent[k]);
+    let xs: [&[T]; C] = core::array::from_fn(|i| &image[i * sp..i * sp + w]);
+    let cs: [T; C] = core::array::from_fn(|i| k.cent[i]);
+    let hs: [T; C] = core::array::from_fn(|i| k.center[i]);
+    let ds: [T; C] = core::array::from_fn(|i| k.delta[i]);
+    let two = T::one() + T::one();
+    let (wf, cr, kappa) = (k.wf, k.cr, k.kappa);
     let (y, m, own, up, back, g, tmp) =
         (&l.y[..w], &l.m[..w], &l.own[..w], &l.up[..w], &l.back[..w], &mut g[..w], &mut tmp[..w]);
     for i in 0..w {
         let mut d2 = T::zero();
         let mut dc = T::zero();
-        for k in 0..C {
-            let e = xs[k][i] - cs[k];
+        let mut q = T::zero();
+        for c in 0..C {
+            let e = xs[c][i] - cs[c];
             d2 += e * e;
-            dc += cs[k] * e;
+            dc += cs[c] * e;
+            q += (xs[c][i] - hs[c]) * ds[c];
         }
         tmp[i] = m[i] * y[i] * d2;
         if GRAD {
-            g[i] = wf * m[i] * (d2 - cr * dc) + own[i] + up[i] + back[i];
+            let base = if k.shifted { kappa - two * q } else { d2 };
+            g[i] = wf * m[i] * (base - cr * dc) + own[i] + up[i] + back[i];
         }
     }
     sum(tmp)
@@ -705,32 +737,35 @@ fn class_line<T: Real, const C: usize, const GRAD: bool>(
 
 /// [`class_line`] for any number of channels (and always the gradient), channel by channel.
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "the lines and constants of one class row")]
 fn class_line_any<T: Real>(
     l: ClassLine<'_, T>,
     image: &[T],
     sp: usize,
-    cent: &[T],
-    wf: T,
-    cr: T,
+    k: ClassConsts<'_, T>,
     g: &mut [T],
-    [dist2, dot_c, tmp]: [&mut [T]; 3],
+    [dist2, dot_c, tmp, q]: [&mut [T]; 4],
 ) -> f64 {
     let w = l.y.len();
+    let (wf, cr) = (k.wf, k.cr);
     dist2.fill(T::zero());
     dot_c.fill(T::zero());
-    for (k, &ck) in cent.iter().enumerate() {
-        for ((d2, dc), &xv) in dist2.iter_mut().zip(dot_c.iter_mut()).zip(&image[k * sp..k * sp + w]) {
+    q.fill(k.kappa);
+    for (c, ((&ck, &hc), &dcen)) in k.cent.iter().zip(k.center).zip(k.delta).enumerate() {
+        for (((d2, dc), qv), &xv) in
+            dist2.iter_mut().zip(dot_c.iter_mut()).zip(q.iter_mut()).zip(&image[c * sp..c * sp + w])
+        {
             let e = xv - ck;
             *d2 += e * e;
             *dc += ck * e;
+            *qv -= (xv - hc) * (dcen + dcen);
         }
     }
     for (((t, &d2), &yv), &mv) in tmp.iter_mut().zip(dist2.iter()).zip(l.y).zip(l.m) {
         *t = mv * yv * d2;
     }
+    let base: &[T] = if k.shifted { q } else { dist2 };
     for (((((gv, &mv), &d2), &dc), (&o, &u)), &bk) in
-        g.iter_mut().zip(l.m).zip(dist2.iter()).zip(dot_c.iter()).zip(l.own.iter().zip(l.up)).zip(l.back)
+        g.iter_mut().zip(l.m).zip(base).zip(dot_c.iter()).zip(l.own.iter().zip(l.up)).zip(l.back)
     {
         *gv = wf * mv * (d2 - cr * dc) + o + u + bk;
     }
@@ -767,7 +802,7 @@ pub(crate) fn pass2<T: Real>(
         let yi = s.y_slot(p, b, r);
         let yrow = &s.y[yi * ylen..(yi + 1) * ylen];
         let (ys, m) = yrow.split_at(n * w);
-        let (dist2, dot_c, tmp) = (&mut s.t1, &mut s.t2, &mut s.t3);
+        let (dist2, dot_c, tmp, t4) = (&mut s.t1, &mut s.t2, &mut s.t3, &mut s.t4);
         for (cls, (y, g)) in ys.chunks_exact(w).zip(s.g.chunks_exact_mut(w)).enumerate() {
             let fl = |slot: usize, axis: usize| line(&s.flux, flen, w, slot, 3 * cls + axis);
             let lines = ClassLine {
@@ -783,19 +818,26 @@ pub(crate) fn pass2<T: Real>(
                     None => &s.zero[..w],
                 },
             };
-            let cent = &cent[cls * c..(cls + 1) * c];
             let image = &p.image[b * c * sp + r * w..];
-            let (wf, cr) = (k.fidelity_weight, corr[cls]);
+            let kc = ClassConsts {
+                cent: &cent[cls * c..(cls + 1) * c],
+                center: &k.center[b * c..(b + 1) * c],
+                delta: &k.offsets[(b * n + cls) * c..(b * n + cls + 1) * c],
+                kappa: k.kappa[b * n + cls],
+                wf: k.fidelity_weight,
+                cr: corr[cls],
+                shifted: p.logits,
+            };
             let fid = match (c, grad.is_some()) {
-                (1, true) => class_line::<T, 1, true>(lines, image, sp, cent, wf, cr, g, tmp),
-                (1, false) => class_line::<T, 1, false>(lines, image, sp, cent, wf, cr, g, tmp),
-                (2, true) => class_line::<T, 2, true>(lines, image, sp, cent, wf, cr, g, tmp),
-                (2, false) => class_line::<T, 2, false>(lines, image, sp, cent, wf, cr, g, tmp),
-                (3, true) => class_line::<T, 3, true>(lines, image, sp, cent, wf, cr, g, tmp),
-                (3, false) => class_line::<T, 3, false>(lines, image, sp, cent, wf, cr, g, tmp),
-                (4, true) => class_line::<T, 4, true>(lines, image, sp, cent, wf, cr, g, tmp),
-                (4, false) => class_line::<T, 4, false>(lines, image, sp, cent, wf, cr, g, tmp),
-                _ => class_line_any(lines, image, sp, cent, wf, cr, g, [&mut *dist2, &mut *dot_c, &mut *tmp]),
+                (1, true) => class_line::<T, 1, true>(lines, image, sp, kc, g, tmp),
+                (1, false) => class_line::<T, 1, false>(lines, image, sp, kc, g, tmp),
+                (2, true) => class_line::<T, 2, true>(lines, image, sp, kc, g, tmp),
+                (2, false) => class_line::<T, 2, false>(lines, image, sp, kc, g, tmp),
+                (3, true) => class_line::<T, 3, true>(lines, image, sp, kc, g, tmp),
+                (3, false) => class_line::<T, 3, false>(lines, image, sp, kc, g, tmp),
+                (4, true) => class_line::<T, 4, true>(lines, image, sp, kc, g, tmp),
+                (4, false) => class_line::<T, 4, false>(lines, image, sp, kc, g, tmp),
+                _ => class_line_any(lines, image, sp, kc, g, [&mut *dist2, &mut *dot_c, &mut *tmp, &mut *t4]),
             };
             part[0] += fid;
         }

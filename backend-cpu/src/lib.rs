@@ -294,8 +294,15 @@ impl<T: Real> Backend<T> for CpuBackend {
     }
 }
 
-/// The pass-2 constants `(centroids, corr)` in `T`, kept in the workspace between calls.
-type Consts<T> = (Vec<T>, Vec<T>);
+/// The pass-2 constants in `T`, kept in the workspace between calls.
+#[derive(Debug, Default)]
+struct Consts<T> {
+    centroids: Vec<T>,
+    corr: Vec<T>,
+    center: Vec<T>,
+    delta: Vec<T>,
+    kappa: Vec<T>,
+}
 
 fn typed_consts<T: Real>(slot: &mut Option<Box<dyn Any + Send>>) -> &mut Consts<T> {
     if !slot.as_ref().is_some_and(|b| b.is::<Consts<T>>()) {
@@ -402,13 +409,38 @@ fn evaluate<T: Real>(
 
     // Pass 2, with its constants in T.
     let consts = typed_consts::<T>(&mut ws.consts);
-    consts.0.clear();
-    consts.0.extend(ws.centroids.iter().map(|&v| T::from_f64_lossy(v)));
-    consts.1.clear();
-    consts.1.extend(ws.corr.iter().map(|&v| T::from_f64_lossy(v)));
+    let lossy = |v: &f64| T::from_f64_lossy(*v);
+    consts.centroids.clear();
+    consts.centroids.extend(ws.centroids.iter().map(lossy));
+    consts.corr.clear();
+    consts.corr.extend(ws.corr.iter().map(lossy));
+    // The common centre of each sample's centroids (their mean), and the offsets from it.
+    consts.center.clear();
+    consts.delta.clear();
+    consts.kappa.clear();
+    for b in 0..bsz {
+        let cent = &ws.centroids[b * n * c..(b + 1) * n * c];
+        for k in 0..c {
+            let mean = (0..n).map(|cls| cent[cls * c + k]).sum::<f64>() / n as f64;
+            consts.center.push(T::from_f64_lossy(mean));
+        }
+        for cls in 0..n {
+            let mut kappa = 0.0;
+            for k in 0..c {
+                let mean = consts.center[b * c + k].to_f64_lossless();
+                let d = cent[cls * c + k] - mean;
+                consts.delta.push(T::from_f64_lossy(d));
+                kappa += d * d;
+            }
+            consts.kappa.push(T::from_f64_lossy(kappa));
+        }
+    }
     let k = Pass2 {
-        centroids: &consts.0,
-        corr: &consts.1,
+        centroids: &consts.centroids,
+        corr: &consts.corr,
+        center: &consts.center,
+        offsets: &consts.delta,
+        kappa: &consts.kappa,
         fidelity_weight: T::from_f64_lossy(params.fidelity_weight),
         lambda: T::from_f64_lossy(params.lambda),
         delta: T::from_f64_lossy(params.delta),
