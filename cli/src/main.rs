@@ -7,9 +7,11 @@ use clap::{Parser, Subcommand};
 mod backends;
 mod bench;
 mod energy;
+mod eval;
 mod gradcheck;
 mod npy;
 mod params;
+mod segment;
 
 /// msloss: the multiphase Mumford–Shah segmentation loss, its exact gradient, and tools around it.
 #[derive(Debug, Parser)]
@@ -27,6 +29,10 @@ enum Command {
     Gradcheck(gradcheck::Args),
     /// Time loss and gradient on seeded inputs (prints one JSON object).
     Bench(bench::Args),
+    /// Segment an image or volume into K phases by minimising the energy (no network needed).
+    Segment(segment::Args),
+    /// Score a label map against a ground truth: per-class IoU, mean IoU, adapted Rand error (JSON).
+    Eval(eval::Args),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +41,8 @@ fn main() -> ExitCode {
         Command::Energy(a) => energy::run(a).map(|()| true),
         Command::Gradcheck(a) => gradcheck::run(a),
         Command::Bench(a) => bench::run(a).map(|()| true),
+        Command::Segment(a) => segment::run(a).map(|()| true),
+        Command::Eval(a) => eval::run(a).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

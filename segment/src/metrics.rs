@@ -23,8 +23,8 @@ pub struct Quality {
     /// predicted labels than true ones).
     pub matched: Vec<Option<u64>>,
     /// The IoU of each true class with its matched predicted class.
-    pub iou: Vec<f64>,
-    /// The mean of `iou`.
+    pub per_class_iou: Vec<f64>,
+    /// The mean of `per_class_iou`.
     pub mean_iou: f64,
     /// The fraction of pixels whose predicted label is matched to their true label.
     pub accuracy: f64,
@@ -105,7 +105,7 @@ where
     Ok(Quality {
         classes: tmap.keys().copied().collect(),
         matched: matched.iter().map(|m| m.map(|i| pkeys[i])).collect(),
-        iou,
+        per_class_iou: iou,
         mean_iou,
         accuracy: agree as f64 / n,
         adapted_rand_error: 1.0 - f,

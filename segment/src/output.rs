@@ -130,6 +130,14 @@ pub fn write_all(files: Vec<(PathBuf, Vec<u8>)>) -> Result<(), SegmentError> {
     for (path, bytes) in files {
         let mut tmp = tempfile::NamedTempFile::new_in(parent_dir(&path)).map_err(|e| SegmentError::write(&path, e))?;
         tmp.write_all(&bytes).and_then(|()| tmp.flush()).map_err(|e| SegmentError::write(&path, e))?;
+        // Temporary files are created private (0600); outputs get the usual 0644.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| SegmentError::write(&path, e))?;
+        }
         staged.push((tmp, path));
     }
     let mut done: Vec<PathBuf> = Vec::new();
@@ -146,6 +154,45 @@ pub fn write_all(files: Vec<(PathBuf, Vec<u8>)>) -> Result<(), SegmentError> {
     Ok(())
 }
 
+/// An image as a 16-bit PNG (grey or RGB; values clamped to `[0, 1]` and scaled by 65535), or a
+/// volume as an `.npy` of `float32` `[C, D, H, W]`, by `format`.
+///
+/// # Errors
+/// [`SegmentError::Unsupported`] for a volume as PNG; [`SegmentError::Write`] if encoding fails.
+pub fn volume_bytes(vol: &Volume, format: Format, path: &Path) -> Result<Vec<u8>, SegmentError> {
+    let [d, h, w] = vol.dims();
+    let c = vol.channels();
+    match format {
+        Format::Png if d == 1 && (c == 1 || c == 3) => {
+            let n = h * w;
+            let mut bytes = Vec::with_capacity(2 * c * n);
+            for s in 0..n {
+                for ch in 0..c {
+                    let v = (f64::from(vol.channel(ch)[s]).clamp(0.0, 1.0) * 65535.0).round() as u16;
+                    bytes.extend_from_slice(&v.to_be_bytes());
+                }
+            }
+            let color = if c == 1 { png::ColorType::Grayscale } else { png::ColorType::Rgb };
+            png_bytes_depth(path, w, h, color, png::BitDepth::Sixteen, None, &bytes)
+        }
+        Format::Npy => {
+            use npyz::WriterBuilder;
+            let shape = [c as u64, d as u64, h as u64, w as u64];
+            let mut buf = Vec::new();
+            let mut writer = npyz::WriteOptions::new()
+                .default_dtype()
+                .shape(&shape)
+                .writer(&mut buf)
+                .begin_nd()
+                .map_err(|e| SegmentError::write(path, e))?;
+            writer.extend(vol.data().iter().copied()).map_err(|e| SegmentError::write(path, e))?;
+            writer.finish().map_err(|e| SegmentError::write(path, e))?;
+            Ok(buf)
+        }
+        _ => Err(SegmentError::unsupported(path, "only a 2D grey or RGB image can be a PNG; use .npy")),
+    }
+}
+
 fn png_bytes(
     path: &Path,
     w: usize,
@@ -154,12 +201,24 @@ fn png_bytes(
     palette: Option<Vec<u8>>,
     data: &[u8],
 ) -> Result<Vec<u8>, SegmentError> {
+    png_bytes_depth(path, w, h, color, png::BitDepth::Eight, palette, data)
+}
+
+fn png_bytes_depth(
+    path: &Path,
+    w: usize,
+    h: usize,
+    color: png::ColorType,
+    depth: png::BitDepth,
+    palette: Option<Vec<u8>>,
+    data: &[u8],
+) -> Result<Vec<u8>, SegmentError> {
     let err = |e: png::EncodingError| SegmentError::write(path, e);
     let mut buf = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut buf, w as u32, h as u32);
         enc.set_color(color);
-        enc.set_depth(png::BitDepth::Eight);
+        enc.set_depth(depth);
         if let Some(p) = palette {
             enc.set_palette(p);
         }
@@ -170,25 +229,43 @@ fn png_bytes(
     Ok(buf)
 }
 
-/// The label map as an indexed 8-bit PNG with [`palette`] colours (2D only).
+/// The label map of a segmentation as an indexed 8-bit PNG with [`palette`] colours (2D only).
 ///
 /// # Errors
 /// [`SegmentError::Unsupported`] for a 3D result; [`SegmentError::Write`] if encoding fails.
 pub fn label_png(seg: &Segmentation, path: &Path) -> Result<Vec<u8>, SegmentError> {
-    let [d, h, w] = seg.dims;
+    labels_png(&seg.labels, seg.dims, seg.phases, path)
+}
+
+/// Labels `[D, H, W]` (`D = 1`) of `phases` phases as an indexed 8-bit PNG with [`palette`]
+/// colours.
+///
+/// # Errors
+/// [`SegmentError::Unsupported`] for a volume; [`SegmentError::Write`] if encoding fails.
+pub fn labels_png(labels: &[u8], dims: [usize; 3], phases: usize, path: &Path) -> Result<Vec<u8>, SegmentError> {
+    let [d, h, w] = dims;
     if d > 1 {
         return Err(SegmentError::unsupported(path, "a 3D label map needs an .npy output"));
     }
-    let pal: Vec<u8> = palette(seg.phases).into_iter().flatten().collect();
-    png_bytes(path, w, h, png::ColorType::Indexed, Some(pal), &seg.labels)
+    let pal: Vec<u8> = palette(phases.max(1)).into_iter().flatten().collect();
+    png_bytes(path, w, h, png::ColorType::Indexed, Some(pal), labels)
 }
 
-/// The label map as an `.npy` of `uint8`, `[H, W]` for 2D and `[D, H, W]` for 3D.
+/// The label map of a segmentation as an `.npy` of `uint8`, `[H, W]` for 2D and `[D, H, W]`
+/// for 3D.
 ///
 /// # Errors
 /// [`SegmentError::Write`] if encoding fails.
 pub fn label_npy(seg: &Segmentation, path: &Path) -> Result<Vec<u8>, SegmentError> {
-    let [d, h, w] = seg.dims;
+    labels_npy(&seg.labels, seg.dims, path)
+}
+
+/// Labels `[D, H, W]` as an `.npy` of `uint8`, `[H, W]` when `D = 1`.
+///
+/// # Errors
+/// [`SegmentError::Write`] if encoding fails.
+pub fn labels_npy(labels: &[u8], dims: [usize; 3], path: &Path) -> Result<Vec<u8>, SegmentError> {
+    let [d, h, w] = dims;
     let shape: Vec<u64> = if d > 1 { vec![d as u64, h as u64, w as u64] } else { vec![h as u64, w as u64] };
     let mut buf = Vec::new();
     {
@@ -199,7 +276,7 @@ pub fn label_npy(seg: &Segmentation, path: &Path) -> Result<Vec<u8>, SegmentErro
             .writer(&mut buf)
             .begin_nd()
             .map_err(|e| SegmentError::write(path, e))?;
-        writer.extend(seg.labels.iter().copied()).map_err(|e| SegmentError::write(path, e))?;
+        writer.extend(labels.iter().copied()).map_err(|e| SegmentError::write(path, e))?;
         writer.finish().map_err(|e| SegmentError::write(path, e))?;
     }
     Ok(buf)

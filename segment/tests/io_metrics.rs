@@ -30,7 +30,7 @@ fn metrics_hand_computed() {
     // Matching p0→t0, p1→t1: IoU(t0) = 2/(2+3−2) = 2/3, IoU(t1) = 1/(2+1−1) = 1/2.
     // Pairs: Σn² − n = 2, Σa² − n (pred) = 4, Σb² − n (truth) = 6: P = 1/2, R = 1/3, F = 0.4.
     let q = metrics::evaluate(&[0u8, 0, 1, 1], &[0u8, 0, 0, 1]).expect("same size");
-    assert!(close(q.iou[0], 2.0 / 3.0) && close(q.iou[1], 0.5), "{q:?}");
+    assert!(close(q.per_class_iou[0], 2.0 / 3.0) && close(q.per_class_iou[1], 0.5), "{q:?}");
     assert!(close(q.mean_iou, 7.0 / 12.0), "{q:?}");
     assert!(close(q.adapted_rand_error, 0.6), "{q:?}");
     assert!(close(q.accuracy, 0.75));

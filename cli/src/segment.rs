@@ -1,0 +1,245 @@
+//! `msloss segment`: unsupervised multiphase segmentation of an image or volume by minimising the
+//! Mumford–Shah energy over per-pixel logits (see `msloss_segment::segment`).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use msloss::LengthKind;
+use msloss_segment::output::{self, Format};
+use msloss_segment::synth::{self, SynthSpec};
+use msloss_segment::{SegmentConfig, Summary, Volume, metrics, segment};
+
+use crate::backends::{AnyBackend, BackendChoice};
+use crate::params::LengthArg;
+
+/// Arguments of `msloss segment`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The image (PNG, JPEG or TIFF; grey or colour; 8 or 16 bit: divided by 255 or 65535) or an
+    /// .npy array [H,W], [C,H,W] or [C,D,H,W] (uint8/uint16 scaled likewise, floats as they are).
+    /// Without it, a built-in synthetic image with known ground truth is segmented and scored.
+    input: Option<PathBuf>,
+    /// The number of phases K (2 to 255); default 3 for the built-in image.
+    #[arg(long, short = 'k')]
+    phases: Option<usize>,
+    /// Length weight, in units of the image's within-phase variance (so the default suits any
+    /// image size, intensity range and noise level).
+    #[arg(long, default_value_t = SegmentConfig::default().lambda)]
+    lambda: f64,
+    /// How boundaries are measured.
+    #[arg(long, value_enum, default_value_t = LengthArg::Charbonnier)]
+    length: LengthArg,
+    /// The most optimiser (Adam) steps.
+    #[arg(long, default_value_t = SegmentConfig::default().max_iters)]
+    iters: usize,
+    /// Stop when the relative energy change stays below this for 3 steps.
+    #[arg(long, default_value_t = SegmentConfig::default().tol)]
+    tol: f64,
+    /// Adam's learning rate in logit units.
+    #[arg(long, default_value_t = SegmentConfig::default().learning_rate)]
+    lr: f64,
+    /// Which backend evaluates the energy and its gradient.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+    backend: BackendChoice,
+    /// Threads of the CPU backend (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seed of the k-means++ initialisation (and of the built-in image).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write the label map: an indexed PNG (2D) or .npy of uint8 labels; label k is the k-th
+    /// darkest phase.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write the input with phase tints and boundaries (PNG; a volume's middle slice).
+    #[arg(long)]
+    overlay: Option<PathBuf>,
+    /// Write the energy per step as an SVG plot.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Write a JSON summary (phases, steps, energy and parts, centroids, seconds).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Built-in image: width and height.
+    #[arg(long, default_value_t = 256, help_heading = "Built-in image")]
+    size: usize,
+    /// Built-in image: depth (> 1 makes a volume).
+    #[arg(long, default_value_t = 1, help_heading = "Built-in image")]
+    depth: usize,
+    /// Built-in image: noise standard deviation (0 to 0.5).
+    #[arg(long, default_value_t = 0.1, help_heading = "Built-in image")]
+    noise: f64,
+    /// Built-in image: grey instead of colour.
+    #[arg(long, help_heading = "Built-in image")]
+    grey: bool,
+    /// Built-in image: also write it (16-bit PNG for 2D, float32 .npy [C,D,H,W]).
+    #[arg(long, help_heading = "Built-in image")]
+    save_input: Option<PathBuf>,
+    /// Built-in image: also write its true labels (indexed PNG or .npy).
+    #[arg(long, help_heading = "Built-in image")]
+    save_truth: Option<PathBuf>,
+}
+
+/// The outputs asked for, with their formats, checked before any work.
+fn planned_outputs(args: &Args) -> anyhow::Result<Vec<(&Path, Format)>> {
+    if args.input.is_some() {
+        anyhow::ensure!(
+            args.save_input.is_none() && args.save_truth.is_none(),
+            "--save-input and --save-truth apply to the built-in image only (no INPUT)"
+        );
+    }
+    const IMAGE: &[Format] = &[Format::Png, Format::Npy];
+    let wanted: [(&Option<PathBuf>, &[Format]); 6] = [
+        (&args.out, IMAGE),
+        (&args.overlay, &[Format::Png]),
+        (&args.plot, &[Format::Svg]),
+        (&args.json, &[Format::Json]),
+        (&args.save_input, IMAGE),
+        (&args.save_truth, IMAGE),
+    ];
+    let mut plan = Vec::new();
+    for (path, allowed) in wanted {
+        if let Some(p) = path {
+            let f = Format::of(p, allowed)?;
+            output::check_writable(p)?;
+            plan.push((p.as_path(), f));
+        }
+    }
+    for (i, (a, _)) in plan.iter().enumerate() {
+        if plan[..i].iter().any(|(b, _)| b == a) {
+            anyhow::bail!("{} is named for two outputs", a.display());
+        }
+    }
+    Ok(plan)
+}
+
+/// Runs `msloss segment`.
+pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let plan = planned_outputs(args)?;
+    let (vol, truth, name) = match &args.input {
+        Some(p) => {
+            anyhow::ensure!(args.phases.is_some(), "give the number of phases with --phases K (K >= 2)");
+            (Volume::load(p)?, None, p.display().to_string())
+        }
+        None => {
+            let spec = SynthSpec {
+                phases: args.phases.unwrap_or(3),
+                colour: !args.grey,
+                dims: [args.depth, args.size, args.size],
+                noise: args.noise,
+                ramp: 0.05,
+                seed: args.seed,
+            };
+            let s = synth::generate(&spec).context("cannot make the built-in image")?;
+            (s.volume, Some(s.truth), "built-in synthetic image".to_owned())
+        }
+    };
+    let phases = args.phases.unwrap_or(3);
+    let cfg = SegmentConfig {
+        phases,
+        lambda: args.lambda,
+        length: match args.length {
+            LengthArg::L1 => LengthKind::L1,
+            LengthArg::L2 => LengthKind::L2,
+            LengthArg::Charbonnier => LengthKind::Charbonnier,
+        },
+        max_iters: args.iters,
+        tol: args.tol,
+        learning_rate: args.lr,
+        seed: args.seed,
+        ..SegmentConfig::default()
+    };
+    cfg.validate(vol.pixels())?;
+    if vol.is_3d()
+        && let Some((p, Format::Png)) = plan.iter().find(|(p, _)| Some(*p) == args.out.as_deref())
+    {
+        anyhow::bail!("{} : a volume's label map must be written as .npy", p.display());
+    }
+    let backend = AnyBackend::new(args.backend, args.threads)?;
+    let backend_name = msloss::Backend::<f32>::name(&backend);
+
+    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(cfg.max_iters as u64) };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] energy {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let seg = segment(&backend, &vol, &cfg, |p| {
+        bar.set_position(p.iteration as u64);
+        bar.set_message(format!("{:.6e}", p.energy.total));
+    })?;
+    bar.finish_and_clear();
+
+    let quality = truth.as_ref().map(|t| metrics::evaluate(&seg.labels, t)).transpose()?;
+    let mut files = Vec::new();
+    for &(path, format) in &plan {
+        let bytes = if Some(path) == args.out.as_deref() {
+            match format {
+                Format::Png => output::label_png(&seg, path)?,
+                _ => output::label_npy(&seg, path)?,
+            }
+        } else if Some(path) == args.overlay.as_deref() {
+            output::overlay_png(&vol, &seg, path)?
+        } else if Some(path) == args.plot.as_deref() {
+            output::energy_svg(&seg.history, path)?
+        } else if Some(path) == args.save_input.as_deref() {
+            output::volume_bytes(&vol, format, path)?
+        } else if Some(path) == args.save_truth.as_deref() {
+            let Some(t) = truth.as_deref() else { continue };
+            match format {
+                Format::Png => output::labels_png(t, vol.dims(), phases, path)?,
+                _ => output::labels_npy(t, vol.dims(), path)?,
+            }
+        } else {
+            continue; // the JSON summary, below
+        };
+        files.push((path.to_owned(), bytes));
+    }
+    let summary = Summary::new(&seg, &vol, &cfg, backend_name, t0.elapsed().as_secs_f64());
+    if let Some(p) = &args.json {
+        let mut v = serde_json::to_value(&summary)?;
+        if let serde_json::Value::Object(m) = &mut v {
+            m.insert("input".into(), name.clone().into());
+            if let Some(q) = &quality {
+                m.insert("quality".into(), serde_json::to_value(q)?);
+            }
+        }
+        files.push((p.clone(), serde_json::to_vec_pretty(&v)?));
+    }
+    output::write_all(files)?;
+
+    if !args.quiet {
+        let [c, d, h, w] = summary.shape;
+        let size = if d > 1 { format!("{d}×{h}×{w}") } else { format!("{h}×{w}") };
+        let kind = if c == 3 { "colour".to_owned() } else { format!("{c}-channel") };
+        println!("segmented {name} ({size}, {kind}) into {phases} phases on the {backend_name} backend");
+        let stop = if seg.converged { "converged" } else { "step limit" };
+        println!(
+            "  {} steps ({stop}); energy {:.6e} = fidelity {:.6e} + length {:.6e}; {:.3} s",
+            seg.iterations, seg.energy.total, seg.energy.fidelity, seg.energy.length, summary.seconds.total
+        );
+        for (k, cen) in summary.centroids.iter().enumerate() {
+            let cen: Vec<String> = cen.iter().map(|v| format!("{v:.3}")).collect();
+            println!("  phase {k}: {:>8} pixels, centroid [{}]", seg.pixels_per_phase[k], cen.join(", "));
+        }
+        if let Some(q) = &quality {
+            let per: Vec<String> = q.per_class_iou.iter().map(|v| format!("{v:.4}")).collect();
+            println!(
+                "  against the truth: mean IoU {:.4} (per phase {}), adapted Rand error {:.4}",
+                q.mean_iou,
+                per.join(", "),
+                q.adapted_rand_error
+            );
+        }
+        for (p, _) in &plan {
+            println!("  wrote {}", p.display());
+        }
+    }
+    Ok(())
+}
