@@ -157,6 +157,36 @@ fn matches_reference_with_other_parameters() {
     }
 }
 
+/// One-hot probabilities (hard labels): many exactly equal neighbours and zeros, where an L1
+/// difference is exactly zero.
+#[test]
+fn one_hot_probabilities_match_reference() {
+    let s = shape(2, 3, 2, 2, 9, 10);
+    let mut data = RandomInputs::<f64>::new(s, 77);
+    let sp = s.spatial();
+    for b in 0..s.batch() {
+        for px in 0..sp {
+            // Blocky labels: the class of a pixel depends on its coarse position.
+            let hot = (px / 7 + b) % s.classes();
+            for n in 0..s.classes() {
+                data.probs[(b * s.classes() + n) * sp + px] = if n == hot { 1.0 } else { 0.0 };
+            }
+        }
+    }
+    let cpu = CpuBackend::with_threads(2).with_block_pixels(30);
+    for length in LengthKind::ALL {
+        for mask in [false, true] {
+            let case = Case { shape: s, logits: false, mask, params: Params::default().with_length(length), seed: 0 };
+            let (e, g, c) = eval(&cpu, &mut cpu.workspace(), &case, &data);
+            let (er, gr, cr) = eval(&Reference, &mut Reference.workspace(), &case, &data);
+            let name = format!("one-hot {length:?} mask={mask}");
+            Tolerance::F64.energy(&name, e, er);
+            Tolerance::F64.slices("gradient", &name, &g, &gr);
+            Tolerance::F64.slices("centroids", &name, &c, &cr);
+        }
+    }
+}
+
 /// Larger images with many blocks of many rows, and classes up to 21.
 #[test]
 fn matches_reference_on_larger_images() {

@@ -226,7 +226,7 @@ impl<T: Real> Scratch<T> {
             let rows =
                 Rows { y0: line(y, ylen, w, y0, cls), m0: line(y, ylen, w, y0, n), next_h: next(yh), next_d: next(yd) };
             let exact = Exact { p, b, cls, s0: r * w };
-            value += flux_row(k, rows, exact, [fw, fh, fd], &mut self.t3);
+            value += flux_row(k, rows, exact, [fw, fh, fd], &mut self.t3, &self.zero);
         }
         self.f_value[fi] = value;
         fi
@@ -559,7 +559,7 @@ fn axis<T: Real>(
             } else {
                 T::zero()
             };
-            doubtful += u32::from((d.abs() <= tol * (a + bv)) & (wt != T::zero()));
+            doubtful += u32::from((tol > T::zero()) & (d.abs() <= tol * (a + bv)) & (wt != T::zero()));
         } else {
             *v = d * d;
             *o = two_lam * d;
@@ -578,6 +578,7 @@ fn flux_row<T: Real>(
     exact: Exact<'_, '_, T>,
     fluxes: [&mut [T]; 3],
     t: &mut [T],
+    zero: &[T],
 ) -> f64 {
     let [fw, fh, fd] = fluxes;
     let Rows { y0, m0, next_h, next_d } = rows;
@@ -586,12 +587,25 @@ fn flux_row<T: Real>(
     match k.length {
         LengthKind::L1 | LengthKind::L2 => {
             let l1 = k.length == LengthKind::L1;
-            // Softmax outputs carry a relative error below (N + 4)·ε; given probabilities are exact.
+            // Softmax outputs carry a relative error below (N + 4)·ε; given probabilities are
+            // exact (and a difference of two floats rounds to zero only when they are equal).
             let tol = if l1 && exact.p.logits {
                 T::from_f64_lossy(2.0 * (exact.p.n + 4) as f64) * T::epsilon()
             } else {
-                -T::one()
+                T::zero()
             };
+            // The fused loop first; the exact path below only where an L1 sign is in doubt.
+            let (yh, mh) = next_h.unwrap_or((zero, zero));
+            let (yd, md) = next_d.unwrap_or((zero, zero));
+            let lines = [(y0, m0), (yh, mh), (yd, md)];
+            let fused = if l1 {
+                flux_fused::<T, true>(lam, tol, lines, [&mut *fw, &mut *fh, &mut *fd], t)
+            } else {
+                flux_fused::<T, false>(lam, tol, lines, [&mut *fw, &mut *fh, &mut *fd], t)
+            };
+            if let Some(total) = fused {
+                return total;
+            }
             let mut total = 0.0;
             let strides = [1, w, exact.p.h * w];
             let axes: [(&mut [T], Option<Line<'_, T>>); 3] =
@@ -607,7 +621,7 @@ fn flux_row<T: Real>(
                     let (y1, m1) = next;
                     for i in 0..out.len() {
                         let d = y1[i] - y0[i];
-                        if d.abs() <= tol * (y0[i] + y1[i]) && m0[i] * m1[i] != T::zero() {
+                        if tol > T::zero() && d.abs() <= tol * (y0[i] + y1[i]) && m0[i] * m1[i] != T::zero() {
                             out[i] = exact.flux(i, stride, lam);
                         }
                     }
@@ -647,6 +661,78 @@ fn flux_row<T: Real>(
             total
         }
     }
+}
+
+/// `(φ, ℓ, doubtful)` of one pair `(a, b)` with masks `(ma, mb)`: the flux `λ·sign(d)` (L1) or
+/// `2λ·d` (L2) of `d = (b − a)·ma·mb`, its length term, and whether an L1 sign is within `tol`
+/// (relative) of flipping.
+#[inline(always)]
+fn pair<T: Real, const L1: bool>(a: T, b: T, ma: T, mb: T, lam: T, tol: T) -> (T, T, u32) {
+    let wt = ma * mb;
+    let d = (b - a) * wt;
+    if L1 {
+        let phi = if d > T::zero() {
+            lam
+        } else if d < T::zero() {
+            -lam
+        } else {
+            T::zero()
+        };
+        let doubt = (tol > T::zero()) & (d.abs() <= tol * (a + b)) & (wt != T::zero());
+        (phi, d.abs(), u32::from(doubt))
+    } else {
+        ((lam + lam) * d, d * d, 0)
+    }
+}
+
+/// L1 or L2 fluxes of one class's row in one loop: writes `[own, φ_H, φ_D]` (see [`own_flux`])
+/// and returns the row's length, or `None` (outputs unfinished) when some L1 sign is in doubt.
+/// Absent next rows are given as zero lines (a zero mask makes every pair missing).
+#[inline(always)]
+fn flux_fused<T: Real, const L1: bool>(
+    lam: T,
+    tol: T,
+    [(y0, m0), (yh, mh), (yd, md)]: [Line<'_, T>; 3],
+    [own, fh, fd]: [&mut [T]; 3],
+    t: &mut [T],
+) -> Option<f64> {
+    let w = y0.len();
+    let (mut doubt, z) = (0u32, T::zero());
+    // The first and last pixels, where the W pair before or after is missing.
+    let edge = |i: usize, before: bool, after: bool, own: &mut [T], fh: &mut [T], fd: &mut [T], t: &mut [T]| {
+        let (pb, _, _) = if before { pair::<T, L1>(y0[i - 1], y0[i], m0[i - 1], m0[i], lam, tol) } else { (z, z, 0) };
+        let (pw, vw, dw) = if after { pair::<T, L1>(y0[i], y0[i + 1], m0[i], m0[i + 1], lam, tol) } else { (z, z, 0) };
+        let (ph, vh, dh) = pair::<T, L1>(y0[i], yh[i], m0[i], mh[i], lam, tol);
+        let (pd, vd, dd) = pair::<T, L1>(y0[i], yd[i], m0[i], md[i], lam, tol);
+        own[i] = pb - pw - ph - pd;
+        fh[i] = ph;
+        fd[i] = pd;
+        t[i] = vw + vh + vd;
+        dw + dh + dd
+    };
+    doubt += edge(0, false, w > 1, own, fh, fd, t);
+    if w > 1 {
+        doubt += edge(w - 1, true, false, own, fh, fd, t);
+    }
+    if w > 2 {
+        let n = w - 2;
+        let (prev, cur, next) = (&y0[..n], &y0[1..=n], &y0[2..n + 2]);
+        let (mp, mc, mn) = (&m0[..n], &m0[1..=n], &m0[2..n + 2]);
+        let (yh, mh, yd, md) = (&yh[1..=n], &mh[1..=n], &yd[1..=n], &md[1..=n]);
+        let (own, fh, fd, t) = (&mut own[1..=n], &mut fh[1..=n], &mut fd[1..=n], &mut t[1..=n]);
+        for i in 0..n {
+            let (pb, _, _) = pair::<T, L1>(prev[i], cur[i], mp[i], mc[i], lam, tol);
+            let (pw, vw, dw) = pair::<T, L1>(cur[i], next[i], mc[i], mn[i], lam, tol);
+            let (ph, vh, dh) = pair::<T, L1>(cur[i], yh[i], mc[i], mh[i], lam, tol);
+            let (pd, vd, dd) = pair::<T, L1>(cur[i], yd[i], mc[i], md[i], lam, tol);
+            own[i] = pb - pw - ph - pd;
+            fh[i] = ph;
+            fd[i] = pd;
+            t[i] = vw + vh + vd;
+            doubt += dw + dh + dd;
+        }
+    }
+    if doubt > 0 { None } else { Some(sum(&t[..w])) }
 }
 
 /// Replaces the W fluxes of a row by the row's own share of the length gradient,
