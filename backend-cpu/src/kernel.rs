@@ -780,7 +780,8 @@ struct ClassConsts<'a, T> {
     shifted: bool,
 }
 
-/// The fidelity `Σ m·y·‖x − c‖²` of one class's row, and (with `GRAD`) `g = ∂E/∂y` of it:
+/// Adds the fidelity terms `m·y·‖x − c‖²` of one class's row into `tmp`, and (with `GRAD`)
+/// writes `g = ∂E/∂y` of it:
 /// `w·m·(‖x − c‖² − corr·⟨c, x − c⟩)` (less `w·m·‖x − ĉ‖²` when `shifted`) plus the length's
 /// share; one fused loop for `C` channels (`image` starts at channel 0 of the row; channel `k`
 /// is `k·sp` further).
@@ -792,7 +793,7 @@ fn class_line<T: Real, const C: usize, const GRAD: bool>(
     k: ClassConsts<'_, T>,
     g: &mut [T],
     tmp: &mut [T],
-) -> f64 {
+) {
     let w = l.y.len();
     let xs: [&[T]; C] = core::array::from_fn(|i| &image[i * sp..i * sp + w]);
     let cs: [T; C] = core::array::from_fn(|i| k.cent[i]);
@@ -812,13 +813,12 @@ fn class_line<T: Real, const C: usize, const GRAD: bool>(
             dc += cs[c] * e;
             q += (xs[c][i] - hs[c]) * ds[c];
         }
-        tmp[i] = m[i] * y[i] * d2;
+        tmp[i] += m[i] * y[i] * d2;
         if GRAD {
             let base = if k.shifted { kappa - two * q } else { d2 };
             g[i] = wf * m[i] * (base - cr * dc) + own[i] + up[i] + back[i];
         }
     }
-    sum(tmp)
 }
 
 /// [`class_line`] for any number of channels (and always the gradient), channel by channel.
@@ -830,7 +830,7 @@ fn class_line_any<T: Real>(
     k: ClassConsts<'_, T>,
     g: &mut [T],
     [dist2, dot_c, tmp, q]: [&mut [T]; 4],
-) -> f64 {
+) {
     let w = l.y.len();
     let (wf, cr) = (k.wf, k.cr);
     dist2.fill(T::zero());
@@ -847,7 +847,7 @@ fn class_line_any<T: Real>(
         }
     }
     for (((t, &d2), &yv), &mv) in tmp.iter_mut().zip(dist2.iter()).zip(l.y).zip(l.m) {
-        *t = mv * yv * d2;
+        *t += mv * yv * d2;
     }
     let base: &[T] = if k.shifted { q } else { dist2 };
     for (((((gv, &mv), &d2), &dc), (&o, &u)), &bk) in
@@ -855,7 +855,6 @@ fn class_line_any<T: Real>(
     {
         *gv = wf * mv * (d2 - cr * dc) + o + u + bk;
     }
-    sum(tmp)
 }
 
 /// Pass 2 over one block: fidelity, length and (where `grad` is given) the gradient of its
@@ -889,6 +888,8 @@ pub(crate) fn pass2<T: Real>(
         let yrow = &s.y[yi * ylen..(yi + 1) * ylen];
         let (ys, m) = yrow.split_at(n * w);
         let (dist2, dot_c, tmp, t4) = (&mut s.t1, &mut s.t2, &mut s.t3, &mut s.t4);
+        // The fidelity terms of all classes are added up per pixel in `tmp`, then summed once.
+        tmp.fill(T::zero());
         for (cls, (y, g)) in ys.chunks_exact(w).zip(s.g.chunks_exact_mut(w)).enumerate() {
             let fl = |slot: usize, axis: usize| line(&s.flux, flen, w, slot, 3 * cls + axis);
             let lines = ClassLine {
@@ -914,7 +915,7 @@ pub(crate) fn pass2<T: Real>(
                 cr: corr[cls],
                 shifted: p.logits,
             };
-            let fid = match (c, grad.is_some()) {
+            match (c, grad.is_some()) {
                 (1, true) => class_line::<T, 1, true>(lines, image, sp, kc, g, tmp),
                 (1, false) => class_line::<T, 1, false>(lines, image, sp, kc, g, tmp),
                 (2, true) => class_line::<T, 2, true>(lines, image, sp, kc, g, tmp),
@@ -925,8 +926,8 @@ pub(crate) fn pass2<T: Real>(
                 (4, false) => class_line::<T, 4, false>(lines, image, sp, kc, g, tmp),
                 _ => class_line_any(lines, image, sp, kc, g, [&mut *dist2, &mut *dot_c, &mut *tmp, &mut *t4]),
             };
-            part[0] += fid;
         }
+        part[0] += sum(tmp);
         let Some(gr) = grad else { continue };
         let scale = k.scale;
         if p.logits {
