@@ -176,7 +176,7 @@ impl Sizes {
             ("the scores (B·N·D·H·W)", b * n * s),
             ("the image (B·C·D·H·W)", b * c * s),
             ("the centroids (B·N·C)", b * n * c),
-            ("the class-sum partials (B·(N·(C+1)+1)·ceil(S/512))", rows * tiles),
+            ("the class-sum partials (B·(N·(C+1)+1)·ceil(S/TILE))", rows * tiles),
         ] {
             if count > INDEX_MAX {
                 return Err(WgpuError::IndexOverflow { what, count, max: INDEX_MAX });

@@ -3,8 +3,9 @@
 //   r < B·N·(C+1):  (b, n, k) with k = 0 giving A_bn = Σ_s m·y and k >= 1 the moment
 //                   Σ_s m·y·x_{k-1};
 //   r >= B·N·(C+1): the valid-pixel count Σ_s m of sample r − B·N·(C+1).
-// Workgroup (r, t) sums the TILE pixels of tile t into partials[r·tiles + t]: two loads per
-// invocation added pairwise, then a fixed-order tree. No loop depends on the image size.
+// Workgroup (r, t) sums the TILE pixels of tile t into partials[r·tiles + t]: PER_INVOCATION
+// loads per invocation (strided by WG) added pairwise, then a fixed-order tree. No loop depends
+// on the image size.
 
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read> y: array<f32>;
@@ -48,16 +49,15 @@ fn main(
     let r = g / dims.tiles;
     let t = g % dims.tiles;
     let live = r < dims.rows;
-    let s0 = t * TILE + lid;
-    let s1 = s0 + WG;
-    var v = 0.0;
-    if live && s0 < dims.spatial {
-        v = row_value(r, s0);
+    var v: array<f32, PER_INVOCATION>;
+    for (var j = 0u; j < PER_INVOCATION; j++) {
+        let s = t * TILE + j * WG + lid;
+        v[j] = 0.0;
+        if live && s < dims.spatial {
+            v[j] = row_value(r, s);
+        }
     }
-    if live && s1 < dims.spatial {
-        v += row_value(r, s1);
-    }
-    shared_sum[lid] = v;
+    shared_sum[lid] = pairwise8(v);
     workgroupBarrier();
     for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
         if lid < stride {

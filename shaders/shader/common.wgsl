@@ -11,8 +11,10 @@
 // image size (Mesa's lavapipe silently stops a shader after 65,535 loop iterations).
 
 const WG: u32 = 256u;
-// Elements one workgroup reduces: two per invocation, summed pairwise, then a tree.
-const TILE: u32 = 512u;
+// Elements one invocation sums before the workgroup tree (a fixed pairwise tree in registers),
+// and elements one workgroup reduces.
+const PER_INVOCATION: u32 = 8u;
+const TILE: u32 = 2048u;
 
 const FLAG_LOGITS: u32 = 1u;
 const FLAG_MASK: u32 = 2u;
@@ -55,6 +57,11 @@ struct Dims {
 
 fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.y * nwg.x + wid.x;
+}
+
+// The pairwise sum ((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7)): a fixed order.
+fn pairwise8(v: array<f32, 8>) -> f32 {
+    return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
 }
 
 // Finite test on the bits: immune to fast-math assumptions about NaN.

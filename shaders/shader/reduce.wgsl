@@ -30,17 +30,16 @@ fn main(
     let r = g / params.len_out;
     let t = g % params.len_out;
     let live = r < params.rows;
-    let i0 = t * TILE + lid;
-    let i1 = i0 + WG;
     let row = params.src_offset + r * params.len_in;
-    var v = 0.0;
-    if live && i0 < params.len_in {
-        v = src[row + i0];
+    var v: array<f32, PER_INVOCATION>;
+    for (var j = 0u; j < PER_INVOCATION; j++) {
+        let i = t * TILE + j * WG + lid;
+        v[j] = 0.0;
+        if live && i < params.len_in {
+            v[j] = src[row + i];
+        }
     }
-    if live && i1 < params.len_in {
-        v += src[row + i1];
-    }
-    shared_sum[lid] = v;
+    shared_sum[lid] = pairwise8(v);
     workgroupBarrier();
     for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
         if lid < stride {

@@ -29,9 +29,12 @@ use Binding::{StorageRead as R, StorageReadWrite as Rw, Uniform as U};
 /// Invocations per workgroup of every kernel except [`Kernel::Finalize`] (which runs one).
 pub const WORKGROUP_SIZE: u32 = 256;
 
-/// Elements one workgroup sums in [`Kernel::ClassSums`] and [`Kernel::Reduce`]: two per
-/// invocation, added pairwise, then a tree over the workgroup.
-pub const TILE: u32 = 2 * WORKGROUP_SIZE;
+/// Elements one invocation of [`Kernel::ClassSums`] and [`Kernel::Reduce`] sums (strided by
+/// the workgroup size, added as a fixed pairwise tree) before the workgroup's tree.
+pub const PER_INVOCATION: u32 = 8;
+
+/// Elements one workgroup sums in [`Kernel::ClassSums`] and [`Kernel::Reduce`].
+pub const TILE: u32 = PER_INVOCATION * WORKGROUP_SIZE;
 
 /// Bits of [`Dims::flags`].
 pub mod flags {

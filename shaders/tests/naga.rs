@@ -120,11 +120,12 @@ fn wgsl_const(module: &naga::Module, name: &str) -> u32 {
 
 #[test]
 fn constants_match() {
-    use msloss_shaders::{TILE, WORKGROUP_SIZE, flags, length_kind, status};
+    use msloss_shaders::{PER_INVOCATION, TILE, WORKGROUP_SIZE, flags, length_kind, status};
     let (module, _) = parse(Kernel::LossGrad);
     let expected = [
         ("WG", WORKGROUP_SIZE),
         ("TILE", TILE),
+        ("PER_INVOCATION", PER_INVOCATION),
         ("FLAG_LOGITS", flags::LOGITS),
         ("FLAG_MASK", flags::MASK),
         ("FLAG_GRAD", flags::GRAD),
