@@ -62,7 +62,7 @@
 //! let staging = buffer(4, U::MAP_READ | U::COPY_DST);
 //! encoder.copy_buffer_to_buffer(&energy, 0, &staging, 0, ENERGY_BYTES);
 //! queue.submit([encoder.finish()]);
-//! staging.map_async(wgpu::MapMode::Read, .., |r| r.expect("map"));
+//! staging.map_async(wgpu::MapMode::Read, .., |_| ()); // get_mapped_range errs if mapping failed
 //! device.poll(wgpu::PollType::wait_indefinitely())?;
 //! let e = decode_energy(&staging.get_mapped_range(..)?)?;
 //! println!("energy {} (fidelity {}, length {})", e.total, e.fidelity, e.length);
