@@ -35,6 +35,5 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             .collect::<serde_json::Map<_, _>>(),
         "pixels": pred.labels.len(),
     });
-    println!("{}", serde_json::to_string_pretty(&json)?);
-    Ok(())
+    crate::segment::print_stdout(&(serde_json::to_string_pretty(&json)? + "\n"))
 }

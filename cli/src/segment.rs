@@ -1,6 +1,8 @@
 //! `msloss segment`: unsupervised multiphase segmentation of an image or volume by minimising the
 //! Mumford–Shah energy over per-pixel logits (see `msloss_segment::segment`).
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -215,31 +217,48 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     output::write_all(files)?;
 
     if !args.quiet {
+        let mut r = String::new();
         let [c, d, h, w] = summary.shape;
         let size = if d > 1 { format!("{d}×{h}×{w}") } else { format!("{h}×{w}") };
-        let kind = if c == 3 { "colour".to_owned() } else { format!("{c}-channel") };
-        println!("segmented {name} ({size}, {kind}) into {phases} phases on the {backend_name} backend");
+        let kind = match c {
+            1 => "grey".to_owned(),
+            3 => "colour".to_owned(),
+            _ => format!("{c} channels"),
+        };
+        writeln!(r, "segmented {name} ({size}, {kind}) into {phases} phases on the {backend_name} backend")?;
         let stop = if seg.converged { "converged" } else { "step limit" };
-        println!(
+        writeln!(
+            r,
             "  {} steps ({stop}); energy {:.6e} = fidelity {:.6e} + length {:.6e}; {:.3} s",
             seg.iterations, seg.energy.total, seg.energy.fidelity, seg.energy.length, summary.seconds.total
-        );
+        )?;
         for (k, cen) in summary.centroids.iter().enumerate() {
             let cen: Vec<String> = cen.iter().map(|v| format!("{v:.3}")).collect();
-            println!("  phase {k}: {:>8} pixels, centroid [{}]", seg.pixels_per_phase[k], cen.join(", "));
+            writeln!(r, "  phase {k}: {:>8} pixels, centroid [{}]", seg.pixels_per_phase[k], cen.join(", "))?;
         }
         if let Some(q) = &quality {
             let per: Vec<String> = q.per_class_iou.iter().map(|v| format!("{v:.4}")).collect();
-            println!(
+            writeln!(
+                r,
                 "  against the truth: mean IoU {:.4} (per phase {}), adapted Rand error {:.4}",
                 q.mean_iou,
                 per.join(", "),
                 q.adapted_rand_error
-            );
+            )?;
         }
         for (p, _) in &plan {
-            println!("  wrote {}", p.display());
+            writeln!(r, "  wrote {}", p.display())?;
         }
+        print_stdout(&r)?;
     }
     Ok(())
+}
+
+/// Writes `text` to stdout; a closed pipe (`msloss … | head`) is not an error.
+pub(crate) fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
