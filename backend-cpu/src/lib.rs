@@ -18,7 +18,8 @@
 //! added in block order, so results are bitwise identical for any thread count and from run to
 //! run. Arithmetic is in `T` (eight `f32` lanes per AVX2 vector); the inner loops are
 //! branch-free over rows and vectorise (the softmax uses its own vectorisable `exp`), and on
-//! x86-64 a copy compiled for AVX2 and FMA is picked at run time where the CPU has them.
+//! x86-64 a copy compiled for AVX-512 (F, VL, DQ, BW) or for AVX2 and FMA is picked at run time
+//! where the CPU has them (`MSLOSS_CPU_NO_AVX512` set in the environment keeps to AVX2).
 //!
 //! ## Accuracy
 //! `f32` results stay within about `1e-6` of the `f64` reference (relative to the energy and to
@@ -209,13 +210,35 @@ enum Isa {
     Generic,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Isa {
+    /// The best copy this CPU runs, detected once per process. Setting the environment variable
+    /// `MSLOSS_CPU_NO_AVX512` (before the first evaluation) keeps to AVX2, for comparisons.
+    fn get() -> Self {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(Isa::detect)
+    }
+
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return Isa::Avx2;
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if std::env::var_os("MSLOSS_CPU_NO_AVX512").is_none()
+                && has!("avx512f")
+                && has!("avx512vl")
+                && has!("avx512dq")
+                && has!("avx512bw")
+                && has!("avx2")
+                && has!("fma")
+            {
+                return Isa::Avx512;
+            }
+            if has!("avx2") && has!("fma") {
+                return Isa::Avx2;
+            }
         }
         Isa::Generic
     }
@@ -227,6 +250,9 @@ fn pass1_dispatch<T: Real>(isa: Isa, p: &Problem<'_, T>, blk: Block, s: &mut Scr
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only chosen when the CPU reports AVX2 and FMA.
         Isa::Avx2 => unsafe { pass1_avx2(p, blk, s, part) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only chosen when the CPU reports these AVX-512 subsets.
+        Isa::Avx512 => unsafe { pass1_avx512(p, blk, s, part) },
     }
 }
 
@@ -244,6 +270,9 @@ fn pass2_dispatch<T: Real>(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `pass1_dispatch`.
         Isa::Avx2 => unsafe { pass2_avx2(p, k, blk, s, grad, part) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx512 => unsafe { pass2_avx512(p, k, blk, s, grad, part) },
     }
 }
 
@@ -256,6 +285,25 @@ fn pass1_avx2<T: Real>(p: &Problem<'_, T>, blk: Block, s: &mut Scratch<T>, part:
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn pass2_avx2<T: Real>(
+    p: &Problem<'_, T>,
+    k: &Pass2<'_, T>,
+    blk: Block,
+    s: &mut Scratch<T>,
+    grad: Option<GradRows<T>>,
+    part: &mut [f64],
+) {
+    kernel::pass2(p, k, blk, s, grad, part);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+fn pass1_avx512<T: Real>(p: &Problem<'_, T>, blk: Block, s: &mut Scratch<T>, part: &mut [f64]) {
+    kernel::pass1(p, blk, s, part);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+fn pass2_avx512<T: Real>(
     p: &Problem<'_, T>,
     k: &Pass2<'_, T>,
     blk: Block,
@@ -354,7 +402,7 @@ fn evaluate<T: Real>(
     };
     let plan = Plan::new(d * h, w, block_pixels);
     let blocks = bsz * plan.blocks_per_sample;
-    let isa = Isa::detect();
+    let isa = Isa::get();
 
     // Workspace: one scratch per thread, partials per block.
     let threads = threads.max(1);
