@@ -11,8 +11,9 @@ use crate::WgpuError;
 /// The largest `N` (classes) the kernels accept: the softmax and its backward loop over the
 /// classes (`3·N` iterations), far below lavapipe's 65,535-iteration budget.
 pub const MAX_CLASSES: usize = 4096;
-/// The largest `C` (image channels) the kernels accept (the fidelity loops over the channels).
-pub const MAX_CHANNELS: usize = 4096;
+/// The largest `C` (image channels) the kernels accept: `loss_grad` loops over the channels for
+/// each of its 8 elements per invocation (about `8·(C + 40)` iterations).
+pub const MAX_CHANNELS: usize = 2048;
 
 /// One cached compute pipeline with its bind group layout.
 #[derive(Debug, Clone)]

@@ -170,8 +170,7 @@ impl Sizes {
         let tiles = ceil_div(s, TILE as u64);
         let class_rows = b * n * (c + 1);
         let rows = class_rows + b;
-        let sizes =
-            Sizes { b, n, c, s, tiles, rows, class_rows, loss_groups: ceil_div(b * n * s, WORKGROUP_SIZE as u64) };
+        let sizes = Sizes { b, n, c, s, tiles, rows, class_rows, loss_groups: ceil_div(b * n * s, TILE as u64) };
         for (what, count) in [
             ("the scores (B·N·D·H·W)", b * n * s),
             ("the image (B·C·D·H·W)", b * c * s),

@@ -82,13 +82,14 @@ fn weights_and_small_eps() {
     }
 }
 
-/// 1024²: 512 tiles per class row and 8192 loss workgroups (the loss sums take two reduce
-/// levels after the workgroup trees); a kernel that looped over the pixels of a (b, n) in one invocation would run a
-/// million iterations and be cut off by lavapipe at 65,535.
+/// 1024² with five classes: 512 tiles per class row, 2560 loss workgroups (so the loss sums
+/// take two reduce levels after the in-register and workgroup trees); a kernel that looped over
+/// the pixels of a (b, n) in one invocation would run a million iterations and be cut off by
+/// lavapipe at 65,535.
 #[test]
 fn large_2d_1024_squared() {
     let Some(b) = backend() else { return };
-    let shape = Shape::new_2d(1, 2, 1, 1024, 1024).unwrap();
+    let shape = Shape::new_2d(1, 5, 1, 1024, 1024).unwrap();
     let data = RandomInputs::<f32>::new(shape, 7);
     let input = Input::new(shape, Scores::Logits(&data.logits), &data.image, Some(&data.mask)).unwrap();
     let p = params(LengthKind::L1, Reduction::Sum);
@@ -98,6 +99,22 @@ fn large_2d_1024_squared() {
     assert_energy_close(e, e_ref, Tolerance::GPU, "1024²");
     assert_slice_close(&g, &g_ref, Tolerance::GPU, "1024² gradient");
     assert_slice_close(&c, &c_ref, Tolerance::GPU, "1024² centroids");
+}
+
+/// Many small samples: the valid-pixel count (one value per sample) needs two reduce levels.
+#[test]
+fn many_samples_multi_level_count() {
+    let Some(b) = backend() else { return };
+    let shape = Shape::new(5000, 2, 1, 1, 1, 3).unwrap();
+    let data = RandomInputs::<f32>::new(shape, 13);
+    let input = Input::new(shape, Scores::Probs(&data.probs), &data.image, Some(&data.mask)).unwrap();
+    let p = params(LengthKind::L2, Reduction::Mean);
+    let mut ws = Backend::<f32>::workspace(b);
+    let (e_ref, g_ref, c_ref) = reference(&input, &p);
+    let (e, g, c) = gpu(b, &input, &p, &mut ws);
+    assert_energy_close(e, e_ref, Tolerance::GPU, "B = 5000");
+    assert_slice_close(&g, &g_ref, Tolerance::GPU, "B = 5000 gradient");
+    assert_slice_close(&c, &c_ref, Tolerance::GPU, "B = 5000 centroids");
 }
 
 /// 64³ with a mask, Charbonnier and the mean reduction (the valid-pixel count is a sum too).
@@ -121,7 +138,7 @@ fn large_3d_64_cubed() {
 #[test]
 fn large_plans_are_multi_level() {
     let Some(b) = backend() else { return };
-    let shape = Shape::new_2d(1, 2, 1, 1024, 1024).unwrap();
+    let shape = Shape::new_2d(1, 5, 1, 1024, 1024).unwrap();
     let dev = b.device();
     let buf = |elems: usize| {
         dev.create_buffer(&wgpu::BufferDescriptor {
@@ -143,11 +160,13 @@ fn large_plans_are_multi_level() {
     let plan = b.plan(shape, &Params::default(), &buffers).unwrap();
     let d = plan.dispatches();
     let reduces = d.iter().filter(|(k, _, _)| *k == "reduce").count();
-    // class sums: 512 → 1; count: 1 → 1; loss: 8192 → 4 → 1.
+    // class sums: 512 → 1; count: 1 → 1; loss: 2560 → 2 → 1.
     assert_eq!(reduces, 4, "{d:?}");
     let class = d.iter().find(|(k, _, _)| *k == "class_sums").unwrap();
-    // 5 rows × 512 tiles.
-    assert_eq!(u64::from(class.1) * u64::from(class.2), 5 * 512, "{d:?}");
+    // 5·(1+1) + 1 rows × 512 tiles.
+    assert_eq!(u64::from(class.1) * u64::from(class.2), 11 * 512, "{d:?}");
+    let loss = d.iter().find(|(k, _, _)| *k == "loss_grad").unwrap();
+    assert_eq!(u64::from(loss.1) * u64::from(loss.2), 2560, "{d:?}");
 }
 
 #[test]
@@ -211,4 +230,25 @@ fn workspace_reuse() {
     // Energy alone (no gradient buffer) agrees with energy-and-gradient.
     let e = b.energy(&ia, &p1, &mut ws).unwrap();
     assert_eq!(e, gpu(b, &ia, &p1, &mut ws).0);
+}
+
+/// The largest class and channel counts the kernels accept: the per-invocation loops over N and
+/// C run to completion (lavapipe cuts a shader off after 65,535 loop iterations).
+#[test]
+fn extents_at_the_limits() {
+    let Some(b) = backend() else { return };
+    let mut ws = Backend::<f32>::workspace(b);
+    for shape in [
+        Shape::new_2d(1, msloss_wgpu::MAX_CLASSES, 1, 2, 2).unwrap(),
+        Shape::new_2d(1, 2, msloss_wgpu::MAX_CHANNELS, 3, 3).unwrap(),
+    ] {
+        let data = RandomInputs::<f32>::new(shape, 14);
+        let input = Input::new(shape, Scores::Logits(&data.logits), &data.image, None).unwrap();
+        let p = params(LengthKind::Charbonnier, Reduction::Sum);
+        let (e_ref, g_ref, c_ref) = reference(&input, &p);
+        let (e, g, c) = gpu(b, &input, &p, &mut ws);
+        assert_energy_close(e, e_ref, Tolerance::GPU, &format!("{shape}"));
+        assert_slice_close(&g, &g_ref, Tolerance::GPU, &format!("{shape} gradient"));
+        assert_slice_close(&c, &c_ref, Tolerance::GPU, &format!("{shape} centroids"));
+    }
 }

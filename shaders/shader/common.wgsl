@@ -47,7 +47,7 @@ struct Dims {
     rows: u32,
     flags: u32,
     length_kind: u32,
-    // Workgroups of loss_grad: ceil(B·N·S / WG).
+    // Workgroups of loss_grad: ceil(B·N·S / TILE).
     loss_groups: u32,
     lambda: f32,
     weight: f32,

@@ -1,11 +1,12 @@
-// loss_grad: one invocation per score element (b, n, s). Computes
+// loss_grad: PER_INVOCATION score elements (b, n, s) per invocation, strided by WG within a
+// workgroup's TILE. Computes for each
 //   the fidelity term   m·y·‖x_s − c_bn‖²
 //   the length term     over the forward differences that start at s
 //   ∂E/∂y_bns           w·m·(‖x − c‖² − corr·⟨c, x − c⟩) plus the length (sub)gradient, times
 //                       the reduction's scale,
 // writes the gradient (when FLAG_GRAD is set) and sums the two energy terms of the workgroup by
 // a fixed-order tree into partials[g] (fidelity) and partials[loss_groups + g] (length).
-// Loops: C, plus a constant number over the three axes.
+// Loops: PER_INVOCATION × (C plus a constant number over the three axes).
 
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read> y: array<f32>;
@@ -72,6 +73,81 @@ fn charbonnier_r(b: u32, base: u32, p: u32, q: vec3<u32>) -> f32 {
     return sqrt(sq + dims.delta * dims.delta);
 }
 
+// One score element i = (b·N + n)·S + s: writes its gradient (when FLAG_GRAD is set) and
+// returns its (fidelity, length) energy terms.
+fn element(i: u32) -> vec2<f32> {
+    let sp = dims.spatial;
+    let s = i % sp;
+    let bn = i / sp;
+    let b = bn / dims.classes;
+    let base = bn * sp;
+    let ms = mask_at(b, s);
+    let q = coords_of(s);
+    let ys = y[i];
+    var dist2 = 0.0;
+    var dot = 0.0;
+    for (var k = 0u; k < dims.channels; k++) {
+        let ck = centroids[bn * dims.channels + k];
+        let d = image[(b * dims.channels + k) * sp + s] - ck;
+        dist2 += d * d;
+        dot += ck * d;
+    }
+    let fid = ms * ys * dist2;
+    var len = 0.0;
+    var g = dims.weight * ms * (dist2 - stats[bn] * dot);
+    var own = 0.0;
+    var back = 0.0;
+    if dims.length_kind == LENGTH_CHARBONNIER {
+        var sq = 0.0;
+        var dsum = 0.0;
+        for (var a = 0u; a < 3u; a++) {
+            let d = forward_diff(b, base, s, q, a).x;
+            sq += d * d;
+            dsum += d;
+        }
+        let r = sqrt(sq + dims.delta * dims.delta);
+        // r − δ without cancellation.
+        len = sq / (r + dims.delta);
+        own = dsum / r;
+        for (var a = 0u; a < 3u; a++) {
+            if q[a] > 0u {
+                let p = s - strides()[a];
+                var qp = q;
+                qp[a] -= 1u;
+                let dp = forward_diff(b, base, p, qp, a);
+                if dp.y != 0.0 {
+                    back += dp.x / charbonnier_r(b, base, p, qp);
+                }
+            }
+        }
+    } else {
+        for (var a = 0u; a < 3u; a++) {
+            let d = forward_diff(b, base, s, q, a);
+            if d.y != 0.0 {
+                if dims.length_kind == LENGTH_L1 {
+                    len += abs(d.x);
+                } else {
+                    len += d.x * d.x;
+                }
+                own += pair_slope(d.x);
+            }
+            if q[a] > 0u {
+                var qp = q;
+                qp[a] -= 1u;
+                let dp = forward_diff(b, base, s - strides()[a], qp, a);
+                if dp.y != 0.0 {
+                    back += pair_slope(dp.x);
+                }
+            }
+        }
+    }
+    g += dims.lambda * (back - own);
+    if (dims.flags & FLAG_GRAD) != 0u {
+        grad[i] = g * stats[dims.batch * dims.classes];
+    }
+    return vec2<f32>(fid, len);
+}
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -79,82 +155,21 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let g_index = linear_group(wid, nwg);
-    let i = g_index * WG + lid;
-    let sp = dims.spatial;
-    let live = g_index < dims.loss_groups && i < dims.batch * dims.classes * sp;
-    var fid = 0.0;
-    var len = 0.0;
-    if live {
-        let s = i % sp;
-        let bn = i / sp;
-        let b = bn / dims.classes;
-        let base = bn * sp;
-        let ms = mask_at(b, s);
-        let q = coords_of(s);
-        let ys = y[i];
-        var dist2 = 0.0;
-        var dot = 0.0;
-        for (var k = 0u; k < dims.channels; k++) {
-            let ck = centroids[bn * dims.channels + k];
-            let d = image[(b * dims.channels + k) * sp + s] - ck;
-            dist2 += d * d;
-            dot += ck * d;
-        }
-        fid = ms * ys * dist2;
-        var g = dims.weight * ms * (dist2 - stats[bn] * dot);
-        var own = 0.0;
-        var back = 0.0;
-        if dims.length_kind == LENGTH_CHARBONNIER {
-            var sq = 0.0;
-            var dsum = 0.0;
-            for (var a = 0u; a < 3u; a++) {
-                let d = forward_diff(b, base, s, q, a).x;
-                sq += d * d;
-                dsum += d;
-            }
-            let r = sqrt(sq + dims.delta * dims.delta);
-            // r − δ without cancellation.
-            len = sq / (r + dims.delta);
-            own = dsum / r;
-            for (var a = 0u; a < 3u; a++) {
-                if q[a] > 0u {
-                    let p = s - strides()[a];
-                    var qp = q;
-                    qp[a] -= 1u;
-                    let dp = forward_diff(b, base, p, qp, a);
-                    if dp.y != 0.0 {
-                        back += dp.x / charbonnier_r(b, base, p, qp);
-                    }
-                }
-            }
-        } else {
-            for (var a = 0u; a < 3u; a++) {
-                let d = forward_diff(b, base, s, q, a);
-                if d.y != 0.0 {
-                    if dims.length_kind == LENGTH_L1 {
-                        len += abs(d.x);
-                    } else {
-                        len += d.x * d.x;
-                    }
-                    own += pair_slope(d.x);
-                }
-                if q[a] > 0u {
-                    var qp = q;
-                    qp[a] -= 1u;
-                    let dp = forward_diff(b, base, s - strides()[a], qp, a);
-                    if dp.y != 0.0 {
-                        back += pair_slope(dp.x);
-                    }
-                }
-            }
-        }
-        g += dims.lambda * (back - own);
-        if (dims.flags & FLAG_GRAD) != 0u {
-            grad[i] = g * stats[dims.batch * dims.classes];
+    let n_elems = dims.batch * dims.classes * dims.spatial;
+    var fid: array<f32, PER_INVOCATION>;
+    var len: array<f32, PER_INVOCATION>;
+    for (var j = 0u; j < PER_INVOCATION; j++) {
+        let i = g_index * TILE + j * WG + lid;
+        fid[j] = 0.0;
+        len[j] = 0.0;
+        if g_index < dims.loss_groups && i < n_elems {
+            let e = element(i);
+            fid[j] = e.x;
+            len[j] = e.y;
         }
     }
-    shared_fid[lid] = fid;
-    shared_len[lid] = len;
+    shared_fid[lid] = pairwise8(fid);
+    shared_len[lid] = pairwise8(len);
     workgroupBarrier();
     for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
         if lid < stride {

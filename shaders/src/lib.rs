@@ -101,7 +101,7 @@ pub struct Dims {
     pub flags: u32,
     /// One of [`length_kind`].
     pub length_kind: u32,
-    /// Workgroups of [`Kernel::LossGrad`]: `ceil(B·N·S / WORKGROUP_SIZE)`.
+    /// Workgroups of [`Kernel::LossGrad`]: `ceil(B·N·S / TILE)`.
     pub loss_groups: u32,
     /// λ.
     pub lambda: f32,
