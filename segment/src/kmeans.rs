@@ -129,3 +129,37 @@ pub fn kmeans(vol: &Volume, k: usize, starts: usize, seed: u64) -> Clusters {
     let (centroids, inertia) = best.unwrap_or_default();
     Clusters { centroids, within_variance: inertia / s.max(1) as f64 }
 }
+
+/// The mean over the subsample of `vol` of the squared distance of a pixel to its nearest
+/// centroid (summed over channels).
+pub fn within_variance(vol: &Volume, centroids: &[f64]) -> f64 {
+    let c = vol.channels();
+    let pts = sample(vol);
+    let s = pts.len() / c;
+    pts.chunks_exact(c).map(|p| nearest(p, centroids, c).1).sum::<f64>() / s.max(1) as f64
+}
+
+/// `vol` averaged over a 3-pixel box along every axis of extent > 1 (edges clamped): a cheap
+/// denoised copy, whose intensity histogram separates phases that noise makes overlap.
+pub fn box_smooth(vol: &Volume) -> Volume {
+    let [d, h, w] = vol.dims();
+    let n = vol.pixels();
+    let mut data = vol.data().to_vec();
+    let mut tmp = vec![0.0f32; n];
+    for (extent, stride) in [(d, h * w), (h, w), (w, 1)] {
+        if extent < 2 {
+            continue;
+        }
+        for plane in data.chunks_exact_mut(n) {
+            for (s, t) in tmp.iter_mut().enumerate() {
+                let i = (s / stride) % extent;
+                let lo = if i > 0 { s - stride } else { s };
+                let hi = if i + 1 < extent { s + stride } else { s };
+                *t = (plane[lo] + plane[s] + plane[hi]) / 3.0;
+            }
+            plane.copy_from_slice(&tmp);
+        }
+    }
+    // Same extents and finite values as `vol`, so this cannot fail; fall back to `vol` regardless.
+    Volume::new(vol.channels(), d, h, w, data).unwrap_or_else(|_| vol.clone())
+}

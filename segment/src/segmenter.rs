@@ -5,7 +5,7 @@ use std::time::Instant;
 use msloss_core::{Backend, Energy, Input, LengthKind, Outputs, Params, Reduction, Scores, Shape};
 use rayon::prelude::*;
 
-use crate::kmeans::{kmeans, nearest};
+use crate::kmeans::{box_smooth, kmeans, nearest, within_variance};
 use crate::{SegmentError, Volume};
 
 /// Initial logits are clamped to `[-INIT_CLAMP, 0]` (after subtracting each pixel's maximum), so
@@ -25,7 +25,7 @@ const ADAM_EPS: f64 = 1e-8;
 /// | field | default | meaning |
 /// |---|---|---|
 /// | `phases` | 2 | the number of phases `K` (2 to 255, at most the pixel count) |
-/// | `lambda` | 8 | the length weight, in units of the within-phase variance `σ̂²` |
+/// | `lambda` | 6 | the length weight, in units of the within-phase variance `σ̂²` |
 /// | `length` | [`LengthKind::Charbonnier`] | how boundaries are measured (isotropic, smooth) |
 /// | `max_iters` | 300 | the most optimiser steps |
 /// | `tol` | `1e-4` | stop when the relative energy change stays below this for 3 steps |
@@ -39,7 +39,11 @@ pub struct SegmentConfig {
     /// The length weight relative to the image: the loss runs with the mean reduction and
     /// `λ = lambda · σ̂²`, where `σ̂²` is the mean squared distance of a pixel to its nearest
     /// k-means centroid (summed over channels). Scaled so, the default gives the same balance of
-    /// boundary length and noise on any image size, intensity range and noise level.
+    /// boundary length and noise on any image size, intensity range and noise level. The default
+    /// 6 with the Charbonnier length was chosen on the synthetic suite (64×64, 2–5 phases, grey
+    /// and colour, noise 0.1 and 0.2): the worst mean IoU there is 0.98 at noise 0.1 and 0.93 at
+    /// noise 0.2; the anisotropic L1 length needed more steps and did slightly worse; λ = 4 is
+    /// better on colour, 8–12 on grey images with many phases.
     pub lambda: f64,
     /// The length kind.
     pub length: LengthKind,
@@ -60,7 +64,7 @@ impl Default for SegmentConfig {
     fn default() -> Self {
         Self {
             phases: 2,
-            lambda: 8.0,
+            lambda: 6.0,
             length: LengthKind::Charbonnier,
             max_iters: 300,
             tol: 1e-4,
@@ -156,9 +160,13 @@ fn backend_err<B: Backend<f32>>(backend: &B, e: B::Error) -> SegmentError {
 /// of [`Backend::energy_and_grad`] for [`Scores::Logits`]), so no finite differences or
 /// autograd are involved.
 ///
-/// - *Initialisation*: seeded k-means++ with several starts on the intensities (see
-///   [`crate::kmeans`]); the logits start as the Gaussian-mixture log-posterior
-///   `z_n = −‖x − c_n‖² / (2σ̂²)`, clamped to 6 below each pixel's maximum.
+/// - *Initialisation*: seeded k-means++ with several starts (see [`crate::kmeans`]) on the
+///   intensities of a denoised copy of the image (a 3-pixel box mean along each axis, whose
+///   histogram separates phases that noise makes overlap: on grey images with 4 phases at noise
+///   0.2 this lifts the mean IoU from about 0.65 to 0.97); the logits start as the
+///   Gaussian-mixture log-posterior of the denoised pixel, `z_n = −‖x̄ − c_n‖² / (2σ̄²)` (`σ̄²` the
+///   denoised copy's within-cluster variance), clamped to 6 below each pixel's maximum. The
+///   energy itself is always that of the original image.
 /// - *Optimiser*: Adam. The gradient's scale varies over orders of magnitude with the image size,
 ///   the intensity range and between saturated and undecided pixels; Adam's per-coordinate
 ///   normalisation makes each logit move at most about `learning_rate` per step whatever that
@@ -185,15 +193,17 @@ pub fn segment<B: Backend<f32>>(
     let [d, h, w] = vol.dims();
     let t0 = Instant::now();
 
-    let clusters = kmeans(vol, k, cfg.starts, cfg.seed);
+    let smoothed = box_smooth(vol);
+    let clusters = kmeans(&smoothed, k, cfg.starts, cfg.seed);
     let sigma2 = clusters.within_variance.max(MIN_VARIANCE);
-    let lambda = cfg.lambda * clusters.within_variance;
+    let raw_variance = within_variance(vol, &clusters.centroids);
+    let lambda = cfg.lambda * raw_variance;
     let params = Params { lambda, length: cfg.length, reduction: Reduction::Mean, ..Params::default() };
     let shape = Shape::new(1, k, c, d, h, w).map_err(|e| SegmentError::BadImage(e.to_string()))?;
 
     let mut logits = vec![0.0f32; k * n];
     {
-        let img = vol.data();
+        let img = smoothed.data();
         let cen = &clusters.centroids;
         let mut cols: Vec<&mut [f32]> = logits.chunks_mut(n).collect();
         let mut px = vec![0.0f64; c];
@@ -312,7 +322,7 @@ pub fn segment<B: Backend<f32>>(
         energy,
         history,
         lambda,
-        within_variance: clusters.within_variance,
+        within_variance: raw_variance,
         init_seconds,
         optimise_seconds,
     })
