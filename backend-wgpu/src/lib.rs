@@ -16,7 +16,7 @@
 //! ## Guarantees
 //! - Every feature of the core definition: `N` classes, `C` channels, 2D and 3D, masks, the
 //!   three length kinds, both reductions, logits and probabilities, centroids.
-//! - Deterministic: every sum is a fixed-order tree (two elements per invocation, a workgroup
+//! - Deterministic: every sum is a fixed-order tree (eight elements per invocation, a workgroup
 //!   tree, then as many levels of tree over workgroup partials as the size needs); no float
 //!   atomics. Two runs give the same bits.
 //! - Accuracy: `f32` throughout, pairwise sums; energies agree with the `f64` reference to

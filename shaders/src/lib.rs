@@ -14,7 +14,7 @@
 //! 2. [`Kernel::ClassSums`] — per (row, tile): `Σ m·y`, `Σ m·y·x_k` and `Σ m` over a tile.
 //! 3. [`Kernel::Reduce`] — repeated: row sums over tiles of partials until one value per row.
 //! 4. [`Kernel::Centroids`] — per (b, n, k): centroids, the ε-correction, the reduction scale.
-//! 5. [`Kernel::LossGrad`] — per score element: energy terms (tree-summed per workgroup) and
+//! 5. [`Kernel::LossGrad`] — eight score elements per invocation: energy terms (tree-summed per workgroup) and
 //!    `∂E/∂y`; then [`Kernel::Reduce`] again over the energy partials.
 //! 6. [`Kernel::Jacobian`] — for logits, the softmax backward in place.
 //! 7. [`Kernel::Finalize`] — weights, reduction, the energy record and its status word.
