@@ -157,3 +157,18 @@ fn errors_are_send_and_sync() {
     is_send_sync::<WgpuError>();
     is_send_sync::<WgpuBackend>();
 }
+
+/// A device whose limits fall short is refused with the limit's name (no GPU needed).
+#[test]
+fn missing_limits_are_named() {
+    let e = msloss_wgpu::check_limits(&wgpu::Limits::downlevel_webgl2_defaults()).unwrap_err();
+    assert!(
+        matches!(e, WgpuError::MissingLimit { name: "max_storage_buffers_per_shader_stage", required: 7, got: 0 }),
+        "{e}"
+    );
+    let mut l = wgpu::Limits::default();
+    l.max_compute_workgroup_storage_size = 1024;
+    let e = msloss_wgpu::check_limits(&l).unwrap_err();
+    assert!(e.to_string().contains("max_compute_workgroup_storage_size is 1024"), "{e}");
+    assert!(msloss_wgpu::check_limits(&wgpu::Limits::default()).is_ok());
+}
