@@ -166,8 +166,7 @@ fn missing_limits_are_named() {
         matches!(e, WgpuError::MissingLimit { name: "max_storage_buffers_per_shader_stage", required: 7, got: 0 }),
         "{e}"
     );
-    let mut l = wgpu::Limits::default();
-    l.max_compute_workgroup_storage_size = 1024;
+    let l = wgpu::Limits { max_compute_workgroup_storage_size: 1024, ..wgpu::Limits::default() };
     let e = msloss_wgpu::check_limits(&l).unwrap_err();
     assert!(e.to_string().contains("max_compute_workgroup_storage_size is 1024"), "{e}");
     assert!(msloss_wgpu::check_limits(&wgpu::Limits::default()).is_ok());
