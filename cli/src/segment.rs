@@ -20,7 +20,7 @@ use crate::params::LengthArg;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// The image (PNG, JPEG or TIFF; grey or colour; 8 or 16 bit: divided by 255 or 65535) or an
-    /// .npy array [H,W], [C,H,W] or [C,D,H,W] (uint8/uint16 scaled likewise, floats as they are).
+    /// .npy array `[H,W]`, `[C,H,W]` or `[C,D,H,W]` (uint8/uint16 scaled likewise, floats as they are).
     /// Without it, a built-in synthetic image with known ground truth is segmented and scored.
     input: Option<PathBuf>,
     /// The number of phases K (2 to 255); default 3 for the built-in image.
@@ -79,7 +79,7 @@ pub(crate) struct Args {
     /// Built-in image: grey instead of colour.
     #[arg(long, help_heading = "Built-in image")]
     grey: bool,
-    /// Built-in image: also write it (16-bit PNG for 2D, float32 .npy [C,D,H,W]).
+    /// Built-in image: also write it (16-bit PNG for 2D, float32 .npy `[C,D,H,W]`).
     #[arg(long, help_heading = "Built-in image")]
     save_input: Option<PathBuf>,
     /// Built-in image: also write its true labels (indexed PNG or .npy).
@@ -161,7 +161,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     if vol.is_3d()
         && let Some((p, Format::Png)) = plan.iter().find(|(p, _)| Some(*p) == args.out.as_deref())
     {
-        anyhow::bail!("{} : a volume's label map must be written as .npy", p.display());
+        anyhow::bail!("{}: a volume's label map must be written as .npy", p.display());
     }
     let backend = AnyBackend::new(args.backend, args.threads)?;
     let backend_name = msloss::Backend::<f32>::name(&backend);
