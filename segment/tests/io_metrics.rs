@@ -72,6 +72,23 @@ fn loads_16_bit_grey_and_8_bit_colour_png_scaled_to_unit_range() {
 }
 
 #[test]
+fn loads_jpeg_and_16_bit_tiff() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jpg = dir.path().join("grey.jpg");
+    image::GrayImage::from_raw(8, 8, vec![200u8; 64]).expect("buffer").save(&jpg).expect("save");
+    let v = Volume::load(&jpg).expect("loads");
+    assert_eq!((v.channels(), v.dims()), (1, [1, 8, 8]));
+    assert!(v.data().iter().all(|&x| (x - 200.0 / 255.0).abs() < 0.02), "{:?}", &v.data()[..4]);
+    let tif = dir.path().join("rgb16.tif");
+    let px: Vec<u16> = (0..4 * 3).map(|i| if i % 3 == 1 { 65535 } else { 0 }).collect();
+    image::ImageBuffer::<image::Rgb<u16>, _>::from_raw(2, 2, px).expect("buffer").save(&tif).expect("save");
+    let v = Volume::load(&tif).expect("loads");
+    assert_eq!((v.channels(), v.dims()), (3, [1, 2, 2]));
+    assert_eq!(v.channel(0), &[0.0; 4]);
+    assert_eq!(v.channel(1), &[1.0; 4]);
+}
+
+#[test]
 fn loads_npy_volumes_and_rejects_bad_files() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("vol.npy");
