@@ -374,8 +374,9 @@ impl WgpuBackend {
     }
 
     /// Records one evaluation into the caller's `encoder`, reusing the plan of the previous call
-    /// when the shape, parameters and buffers are the same (otherwise building a new one with
-    /// [`WgpuBackend::plan`]). Nothing is submitted and nothing is read back: submit the encoder,
+    /// when the shape and buffers are the same (new parameters are written with
+    /// [`Plan::set_params`], so the `set_params` caveat applies), otherwise building a new one
+    /// with [`WgpuBackend::plan`]. Nothing is submitted and nothing is read back: submit the encoder,
     /// then copy `buffers.energy` to a mappable buffer and [`decode_energy`] it (or leave the
     /// gradient on the device for the next kernel).
     ///
@@ -389,14 +390,20 @@ impl WgpuBackend {
         buffers: &DeviceBuffers,
     ) -> Result<(), WgpuError> {
         let mut cache = self.inner.encode_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let reuse = cache.as_ref().is_some_and(|p| p.shape == shape && p.params == *params && p.buffers == *buffers);
-        if !reuse {
-            *cache = Some(self.plan(shape, params, buffers)?);
-        } else {
-            self.check_health()?;
-        }
-        if let Some(plan) = cache.as_ref() {
-            plan.encode(encoder);
+        match cache.as_mut() {
+            // Same shape and buffers: keep the bind groups, update the parameters if they changed.
+            Some(p) if p.shape == shape && p.buffers == *buffers => {
+                self.check_health()?;
+                if p.params != *params {
+                    p.set_params(params)?;
+                }
+                p.encode(encoder);
+            }
+            _ => {
+                let p = self.plan(shape, params, buffers)?;
+                p.encode(encoder);
+                *cache = Some(p);
+            }
         }
         Ok(())
     }
