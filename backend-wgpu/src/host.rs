@@ -2,7 +2,7 @@
 
 use std::sync::mpsc;
 
-use msloss_core::{Backend, Energy, Error, Input, Outputs, Params, Shape, check_request};
+use msloss_core::{Backend, Energy, Error, Input, Outputs, Params, Scores, Shape, check_request};
 
 use crate::context::scoped;
 use crate::plan::{DeviceBuffers, ENERGY_BYTES, Plan, ScoresKind, decode_energy};
@@ -83,12 +83,80 @@ impl Backend<f32> for WgpuBackend {
         &self,
         input: &Input<'_, f32>,
         params: &Params,
-        mut out: Outputs<'_, f32>,
+        out: Outputs<'_, f32>,
         ws: &mut WgpuWorkspace,
     ) -> Result<Energy<f32>, WgpuError> {
         // The host path checks values on the host, where it can name the offending index.
-        check_request(input, params, &out)?;
+        let valid = check_request(input, params, &out)?;
         self.check_health()?;
+        let shape = input.shape();
+        let per_call = self.max_batch(shape)?;
+        if per_call < shape.batch() {
+            return self.evaluate_split(input, params, out, ws, per_call, valid);
+        }
+        self.evaluate_whole(input, params, out, ws)
+    }
+}
+
+impl WgpuBackend {
+    /// A batch too large for one dispatch sequence, `per_call` samples at a time: each chunk
+    /// with the sum reduction, the totals added in `f64`, then the mean's `1/V` applied on the
+    /// host (to the gradient too).
+    fn evaluate_split(
+        &self,
+        input: &Input<'_, f32>,
+        params: &Params,
+        mut out: Outputs<'_, f32>,
+        ws: &mut WgpuWorkspace,
+        per_call: usize,
+        valid: usize,
+    ) -> Result<Energy<f32>, WgpuError> {
+        let shape = input.shape();
+        let (n, c, sp) = (shape.classes(), shape.channels(), shape.spatial());
+        let sum_params = Params { reduction: msloss_core::Reduction::Sum, ..*params };
+        let (mut fidelity, mut length) = (0.0f64, 0.0f64);
+        let mut b0 = 0;
+        while b0 < shape.batch() {
+            let nb = per_call.min(shape.batch() - b0);
+            let sub = shape.with_batch(nb)?;
+            let cut = |per: usize| b0 * per..(b0 + nb) * per;
+            let scores = input.scores().data();
+            let sc = &scores[cut(n * sp)];
+            let sc = if input.scores().is_logits() { Scores::Logits(sc) } else { Scores::Probs(sc) };
+            let image = &input.image()[cut(c * sp)];
+            let mask = input.mask().map(|m| &m[cut(sp)]);
+            let sub_input = Input::new(sub, sc, image, mask)?;
+            let grad = out.grad.as_deref_mut().map(|g| &mut g[cut(n * sp)]);
+            let centroids = out.centroids.as_deref_mut().map(|g| &mut g[cut(n * c)]);
+            let e = self.evaluate_whole(&sub_input, &sum_params, Outputs { grad, centroids }, ws)?;
+            fidelity += f64::from(e.fidelity);
+            length += f64::from(e.length);
+            b0 += nb;
+        }
+        let scale = match params.reduction {
+            msloss_core::Reduction::Sum => 1.0,
+            msloss_core::Reduction::Mean => 1.0 / valid as f64,
+        };
+        if let Some(g) = out.grad.as_deref_mut() {
+            let s = scale as f32;
+            g.iter_mut().for_each(|v| *v *= s);
+        }
+        let (fidelity, length) = (fidelity * scale, length * scale);
+        let e = Energy { fidelity: fidelity as f32, length: length as f32, total: (fidelity + length) as f32 };
+        if !e.total.is_finite() {
+            return Err(Error::NonFiniteResult { what: "energy", value: fidelity + length }.into());
+        }
+        Ok(e)
+    }
+
+    /// One dispatch sequence over the whole input (already checked).
+    fn evaluate_whole(
+        &self,
+        input: &Input<'_, f32>,
+        params: &Params,
+        mut out: Outputs<'_, f32>,
+        ws: &mut WgpuWorkspace,
+    ) -> Result<Energy<f32>, WgpuError> {
         let shape = input.shape();
         let kind = if input.scores().is_logits() { ScoresKind::Logits } else { ScoresKind::Probs };
         let key = HostKey { shape, kind, mask: input.mask().is_some(), grad: out.grad.is_some() };

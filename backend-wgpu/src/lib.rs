@@ -24,9 +24,10 @@
 //!   hold both to `1e-5`). The valid-pixel count of the mean reduction is summed in `f32` too:
 //!   exact while every partial sum stays below 2²⁴ pixels, within `1e-7` relative beyond.
 //! - Any size the device allows: dispatch grids folded into 2D within
-//!   `max_compute_workgroups_per_dimension`; shapes whose indices would overflow `u32`, or whose
-//!   buffers exceed `max_storage_buffer_binding_size`, are refused with an error naming the
-//!   limit. `N` and `C` are at most [`MAX_CLASSES`] and [`MAX_CHANNELS`] (each invocation loops
+//!   `max_compute_workgroups_per_dimension`; on the host path a batch whose buffers exceed
+//!   `max_storage_buffer_binding_size` is split by sample (totals added in `f64`, the mean's
+//!   `1/V` applied on the host); what cannot be split (one sample beyond the limit, the
+//!   device-resident path, indices beyond `u32`) is refused with an error naming the limit. `N` and `C` are at most [`MAX_CLASSES`] and [`MAX_CHANNELS`] (each invocation loops
 //!   over them; no loop grows with the image, which keeps lavapipe's 65,535-iteration budget).
 //! - Errors, not panics: no adapter, missing limits, wgpu validation and out-of-memory errors
 //!   (caught with error scopes), a lost device, a caller's buffer of the wrong size or usage —

@@ -185,6 +185,106 @@ impl Sizes {
     }
 }
 
+/// Buffer sizes and reduction levels of one shape, checked against the device's limits.
+#[derive(Debug, Clone)]
+struct Layout {
+    sz: Sizes,
+    scores_bytes: u64,
+    image_bytes: u64,
+    mask_bytes: u64,
+    cent_bytes: u64,
+    scratch_len: u64,
+    class_levels: Vec<(u64, u64)>,
+    count_levels: Vec<(u64, u64)>,
+    loss_levels: Vec<(u64, u64)>,
+}
+
+impl WgpuBackend {
+    /// The layout of `shape` on this device.
+    ///
+    /// # Errors
+    /// [`WgpuError::ExtentTooLarge`], [`WgpuError::IndexOverflow`],
+    /// [`WgpuError::BufferTooLarge`] or [`WgpuError::GridTooLarge`].
+    fn layout(&self, shape: Shape) -> Result<Layout, WgpuError> {
+        let sz = Sizes::new(shape)?;
+        let limits = &self.inner.limits;
+        let f = 4u64;
+        let class_levels = levels(sz.tiles);
+        let count_levels = levels(sz.b);
+        let loss_levels = levels(sz.loss_groups);
+        let scratch_len = [(sz.rows, &class_levels), (1, &count_levels), (2, &loss_levels)]
+            .iter()
+            .flat_map(|(rows, lv)| lv.iter().map(move |(_, out)| rows * out))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let lay = Layout {
+            sz,
+            scores_bytes: sz.b * sz.n * sz.s * f,
+            image_bytes: sz.b * sz.c * sz.s * f,
+            mask_bytes: sz.b * sz.s * f,
+            cent_bytes: sz.b * sz.n * sz.c * f,
+            scratch_len,
+            class_levels,
+            count_levels,
+            loss_levels,
+        };
+        let binding_limit = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        for (what, bytes) in [
+            ("the scores", lay.scores_bytes),
+            ("the image", lay.image_bytes),
+            ("the mask", lay.mask_bytes),
+            ("the class-sum partials", sz.rows * sz.tiles * f),
+            ("the reduction scratch", scratch_len * f),
+            ("the loss partials", 2 * sz.loss_groups * f),
+        ] {
+            if bytes > binding_limit {
+                let limit_name = if limits.max_storage_buffer_binding_size <= limits.max_buffer_size {
+                    "max_storage_buffer_binding_size"
+                } else {
+                    "max_buffer_size"
+                };
+                return Err(WgpuError::BufferTooLarge { what, bytes, limit_name, limit: binding_limit });
+            }
+        }
+        let md = u64::from(limits.max_compute_workgroups_per_dimension);
+        for (kernel, groups) in [
+            (Kernel::Prepare, ceil_div(sz.b * sz.s, WORKGROUP_SIZE as u64)),
+            (Kernel::ClassSums, sz.rows * sz.tiles),
+            (Kernel::LossGrad, sz.loss_groups),
+        ] {
+            if groups > md * md {
+                return Err(WgpuError::GridTooLarge {
+                    kernel: kernel.name(),
+                    groups,
+                    max: limits.max_compute_workgroups_per_dimension,
+                });
+            }
+        }
+        Ok(lay)
+    }
+
+    /// The most samples of `shape` one dispatch sequence can hold on this device (the host path
+    /// splits larger batches), or the error that even one sample meets.
+    pub(crate) fn max_batch(&self, shape: Shape) -> Result<usize, WgpuError> {
+        if self.layout(shape).is_ok() {
+            return Ok(shape.batch());
+        }
+        self.layout(shape.with_batch(1)?)?;
+        // Every size grows with B: the largest that fits, by bisection (fits(lo), !fits(hi)).
+        let (mut lo, mut hi) = (1, shape.batch());
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if self.layout(shape.with_batch(mid)?).is_ok() {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+}
+
 impl WgpuBackend {
     /// Builds a [`Plan`] for `shape` on the caller's `buffers` with `params`: checks every
     /// buffer's usage and size, the device's limits, creates the scratch buffers, uniforms and
@@ -200,9 +300,11 @@ impl WgpuBackend {
     pub fn plan(&self, shape: Shape, params: &Params, buffers: &DeviceBuffers) -> Result<Plan, WgpuError> {
         params.validate()?;
         self.check_health()?;
-        let sz = Sizes::new(shape)?;
-        let limits = &self.inner.limits;
+        let lay = self.layout(shape)?;
+        let Layout { sz, scores_bytes, image_bytes, mask_bytes, cent_bytes, scratch_len, .. } = lay;
+        let (class_levels, count_levels, loss_levels) = (&lay.class_levels, &lay.count_levels, &lay.loss_levels);
         let f = 4u64;
+        let logits = buffers.kind == ScoresKind::Logits;
         let check_caller = |what: &'static str, buf: &wgpu::Buffer, bytes: u64| -> Result<(), WgpuError> {
             if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
                 return Err(WgpuError::BufferUsage { what, needed: wgpu::BufferUsages::STORAGE, got: buf.usage() });
@@ -212,39 +314,6 @@ impl WgpuBackend {
             }
             Ok(())
         };
-        let scores_bytes = sz.b * sz.n * sz.s * f;
-        let image_bytes = sz.b * sz.c * sz.s * f;
-        let mask_bytes = sz.b * sz.s * f;
-        let cent_bytes = sz.b * sz.n * sz.c * f;
-        // Reduction chains and their scratch.
-        let class_levels = levels(sz.tiles);
-        let count_levels = levels(sz.b);
-        let loss_levels = levels(sz.loss_groups);
-        let scratch_len = [(sz.rows, &class_levels), (1, &count_levels), (2, &loss_levels)]
-            .iter()
-            .flat_map(|(rows, lv)| lv.iter().map(move |(_, out)| rows * out))
-            .max()
-            .unwrap_or(1)
-            .max(1);
-        let logits = buffers.kind == ScoresKind::Logits;
-        let binding_limit = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
-        for (what, bytes) in [
-            ("the scores", scores_bytes),
-            ("the image", image_bytes),
-            ("the mask", mask_bytes),
-            ("the class-sum partials", sz.rows * sz.tiles * f),
-            ("the reduction scratch", scratch_len * f),
-            ("the loss partials", 2 * sz.loss_groups * f),
-        ] {
-            if bytes > binding_limit {
-                let limit_name = if limits.max_storage_buffer_binding_size <= limits.max_buffer_size {
-                    "max_storage_buffer_binding_size"
-                } else {
-                    "max_buffer_size"
-                };
-                return Err(WgpuError::BufferTooLarge { what, bytes, limit_name, limit: binding_limit });
-            }
-        }
         let scores_name = if buffers.kind == ScoresKind::Logits { "logits" } else { "probabilities" };
         check_caller(scores_name, &buffers.scores, scores_bytes)?;
         check_caller("image", &buffers.image, image_bytes)?;
@@ -324,8 +393,8 @@ impl WgpuBackend {
                 sz.rows * sz.tiles,
                 &[dims_res.clone(), y_read.clone(), image.clone(), mask.clone(), whole(&partials)],
             )?;
-            b.chain(&partials, 0, sz.rows, &class_levels, &sums, 0)?;
-            b.chain(&sums, sz.class_rows, 1, &count_levels, &totals, 0)?;
+            b.chain(&partials, 0, sz.rows, class_levels, &sums, 0)?;
+            b.chain(&sums, sz.class_rows, 1, count_levels, &totals, 0)?;
             // 4. centroids, ε-corrections, scale
             b.push(
                 Kernel::Centroids,
@@ -347,7 +416,7 @@ impl WgpuBackend {
                     whole(&loss_partials),
                 ],
             )?;
-            b.chain(&loss_partials, 0, 2, &loss_levels, &totals, 1)?;
+            b.chain(&loss_partials, 0, 2, loss_levels, &totals, 1)?;
             // 6. softmax backward
             if logits && buffers.grad.is_some() {
                 b.push(Kernel::Jacobian, pixel_groups, &[dims_res.clone(), y_read.clone(), grad.clone()])?;

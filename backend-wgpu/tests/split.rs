@@ -1,0 +1,86 @@
+//! Batches larger than the device's `max_storage_buffer_binding_size` are split by sample on the
+//! host path (same numbers as the reference) and refused, naming the limit, where they cannot be
+//! (the device-resident path; one sample beyond the limit).
+
+mod common;
+
+use common::{Tolerance, assert_energy_close, assert_slice_close, backend, gpu, reference};
+use msloss_core::rng::RandomInputs;
+use msloss_core::{Backend, Input, LengthKind, Params, Reduction, Scores, Shape};
+use msloss_wgpu::{DeviceBuffers, ENERGY_BYTES, ScoresKind, WgpuBackend, WgpuError};
+
+const LIMIT: u64 = 256 << 10;
+
+/// A backend on a device opened with a 256 KiB storage-binding limit.
+fn small_device() -> WgpuBackend {
+    pollster::block_on(async {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance.request_adapter(&wgpu::RequestAdapterOptions::default()).await.expect("adapter");
+        let limits = wgpu::Limits { max_storage_buffer_binding_size: LIMIT, ..adapter.limits() };
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor { required_limits: limits, ..Default::default() })
+            .await
+            .expect("device");
+        assert_eq!(device.limits().max_storage_buffer_binding_size, LIMIT);
+        WgpuBackend::from_device(device, queue).expect("backend")
+    })
+}
+
+#[test]
+fn host_path_splits_large_batches() {
+    if backend().is_none() {
+        return;
+    }
+    let b = small_device();
+    // 128 KiB of logits per sample: two samples per dispatch sequence, chunks 2 + 2 + 1.
+    let shape = Shape::new_2d(5, 2, 1, 128, 128).unwrap();
+    let data = RandomInputs::<f32>::new(shape, 41);
+    let mut ws = Backend::<f32>::workspace(&b);
+    for (logits, reduction) in [(true, Reduction::Mean), (false, Reduction::Sum)] {
+        let scores = if logits { Scores::Logits(&data.logits) } else { Scores::Probs(&data.probs) };
+        let input = Input::new(shape, scores, &data.image, Some(&data.mask)).unwrap();
+        let p = Params::default().with_lambda(0.05).with_length(LengthKind::Charbonnier).with_reduction(reduction);
+        let (e_ref, g_ref, c_ref) = reference(&input, &p);
+        let (e, g, c) = gpu(&b, &input, &p, &mut ws);
+        let what = format!("split {} {}", scores.name(), reduction.name());
+        assert_energy_close(e, e_ref, Tolerance::GPU, &what);
+        assert_slice_close(&g, &g_ref, Tolerance::GPU, &format!("{what} gradient"));
+        assert_slice_close(&c, &c_ref, Tolerance::GPU, &format!("{what} centroids"));
+    }
+}
+
+#[test]
+fn beyond_the_limit_is_refused_with_its_name() {
+    if backend().is_none() {
+        return;
+    }
+    let b = small_device();
+    // One sample of 512² logits is 2 MiB: nothing to split.
+    let shape = Shape::new_2d(1, 2, 1, 512, 512).unwrap();
+    let data = RandomInputs::<f32>::new(shape, 42);
+    let input = Input::new(shape, Scores::Logits(&data.logits), &data.image, None).unwrap();
+    let e = b.energy(&input, &Params::default(), &mut Backend::<f32>::workspace(&b)).unwrap_err();
+    assert!(matches!(e, WgpuError::BufferTooLarge { limit_name: "max_storage_buffer_binding_size", .. }), "{e}");
+    assert!(e.to_string().contains("262144"), "{e}");
+    // The device-resident path does not split: the caller's tensors are one binding each.
+    let shape = Shape::new_2d(5, 2, 1, 128, 128).unwrap();
+    let buf = |elems: usize| {
+        b.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 4 * elems as u64,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let bufs = DeviceBuffers {
+        scores: buf(shape.scores_len()),
+        kind: ScoresKind::Logits,
+        image: buf(shape.image_len()),
+        mask: None,
+        grad: None,
+        centroids: None,
+        energy: buf(ENERGY_BYTES as usize / 4),
+    };
+    let e = b.plan(shape, &Params::default(), &bufs).unwrap_err();
+    assert!(matches!(e, WgpuError::BufferTooLarge { what: "the scores", .. }), "{e}");
+}
