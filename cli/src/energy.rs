@@ -11,16 +11,16 @@ use crate::params::ParamArgs;
 /// Arguments of `msloss energy`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The image, [B,C,H,W] or [B,C,D,H,W], float32 or float64.
+    /// The image, (B,C,H,W) or (B,C,D,H,W), float32 or float64.
     #[arg(long)]
     image: PathBuf,
-    /// Logits [B,N,H,W] or [B,N,D,H,W] (softmax over N); float32 or float64.
+    /// Logits (B,N,H,W) or (B,N,D,H,W) (softmax over N); float32 or float64.
     #[arg(long, required_unless_present = "probs", conflicts_with = "probs")]
     logits: Option<PathBuf>,
-    /// Probabilities [B,N,H,W] or [B,N,D,H,W] (finite, >= 0).
+    /// Probabilities (B,N,H,W) or (B,N,D,H,W) (finite, >= 0).
     #[arg(long)]
     probs: Option<PathBuf>,
-    /// Mask [B,H,W] or [B,D,H,W] (also [B,1,...]) of 0/1 values; bool, integer or float.
+    /// Mask (B,H,W) or (B,D,H,W) (also (B,1,...)) of 0/1 values; bool, integer or float.
     #[arg(long)]
     mask: Option<PathBuf>,
     /// The loss parameters.
