@@ -9,7 +9,7 @@ fn readme_library_example() -> Result<(), msloss::Error> {
     let image = [0.1f32, 0.1, 0.9, 0.9];
     let input = Input::new(shape, Scores::Logits(&logits), &image, None)?;
     let backend = msloss::cpu::CpuBackend::new();
-    let mut ws = Backend::<f32>::workspace(&backend);
+    let mut ws = backend.workspace();
     let mut grad = [0.0f32; 8];
     let e = backend.energy_and_grad(&input, &Params::default(), &mut grad, &mut ws)?;
     assert!(e.total > 0.0 && e.length > 0.0);
