@@ -107,7 +107,12 @@ impl CpuBackend {
         let built =
             rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("msloss-cpu-{i}")).build();
         let (pool, pool_error) = match built {
-            Ok(p) => (Some(Arc::new(p)), None),
+            Ok(p) => {
+                // Wait until every worker has started, so that thread start-up (and its
+                // allocations) happens here and not inside the first evaluations.
+                p.broadcast(|_| ());
+                (Some(Arc::new(p)), None)
+            }
             Err(_) => (None, Some("a thread pool of the requested size (the system refused the threads)")),
         };
         Self { threads: Some(threads), pool, pool_error, block_pixels: DEFAULT_BLOCK_PIXELS }

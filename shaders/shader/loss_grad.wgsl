@@ -84,17 +84,29 @@ fn element(i: u32) -> vec2<f32> {
     let ms = mask_at(b, s);
     let q = coords_of(s);
     let ys = y[i];
+    // For logits, the softmax backward ignores a term common to every class of a pixel, so the
+    // gradient uses ‖x − c_n‖² − ‖x − c_b0‖² = ⟨c_b0 − c_n, 2x − c_n − c_b0⟩, computed without
+    // the cancellation that loses f32 digits when the centroids nearly coincide.
+    let c0 = b * dims.classes * dims.channels;
     var dist2 = 0.0;
+    var rel2 = 0.0;
     var dot = 0.0;
     for (var k = 0u; k < dims.channels; k++) {
         let ck = centroids[bn * dims.channels + k];
-        let d = image[(b * dims.channels + k) * sp + s] - ck;
+        let c0k = centroids[c0 + k];
+        let xk = image[(b * dims.channels + k) * sp + s];
+        let d = xk - ck;
         dist2 += d * d;
+        rel2 += (c0k - ck) * ((xk - ck) + (xk - c0k));
         dot += ck * d;
     }
     let fid = ms * ys * dist2;
     var len = 0.0;
-    var g = dims.weight * ms * (dist2 - stats[bn] * dot);
+    var gd = dist2;
+    if (dims.flags & FLAG_LOGITS) != 0u {
+        gd = rel2;
+    }
+    var g = dims.weight * ms * (gd - stats[bn] * dot);
     var own = 0.0;
     var back = 0.0;
     if dims.length_kind == LENGTH_CHARBONNIER {
