@@ -10,7 +10,7 @@ use npyz::WriterBuilder;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum NpyError {
     /// The file cannot be opened or is not a valid `.npy`.
-    #[error("cannot read {what} from {path}: {source}")]
+    #[error("cannot read {what} from {path}")]
     Read {
         /// Which input.
         what: &'static str,
@@ -40,7 +40,7 @@ pub(crate) enum NpyError {
         path: PathBuf,
     },
     /// The output cannot be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         /// The file.
         path: PathBuf,

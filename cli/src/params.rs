@@ -26,19 +26,19 @@ pub(crate) enum ReductionArg {
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ParamArgs {
     /// Weight λ of the length term.
-    #[arg(long, default_value_t = Params::default().lambda)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = Params::default().lambda)]
     pub(crate) lambda: f64,
     /// How the length term measures boundaries.
     #[arg(long, value_enum, default_value_t = LengthArg::L1)]
     pub(crate) length: LengthArg,
     /// Charbonnier's δ (> 0).
-    #[arg(long, default_value_t = Params::default().delta)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = Params::default().delta)]
     pub(crate) delta: f64,
     /// ε_c of the centroid denominator (> 0).
-    #[arg(long, default_value_t = Params::default().centroid_eps)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = Params::default().centroid_eps)]
     pub(crate) centroid_eps: f64,
     /// Weight w of the fidelity term.
-    #[arg(long, default_value_t = Params::default().fidelity_weight)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = Params::default().fidelity_weight)]
     pub(crate) fidelity_weight: f64,
     /// Sum (published) or mean over valid pixels.
     #[arg(long, value_enum, default_value_t = ReductionArg::Sum)]

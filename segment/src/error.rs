@@ -9,7 +9,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum SegmentError {
     /// A file cannot be opened or read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -17,7 +17,7 @@ pub enum SegmentError {
         source: std::io::Error,
     },
     /// An image file cannot be decoded (unsupported or corrupt).
-    #[error("cannot decode {path} as an image (PNG, JPEG or TIFF expected): {source}")]
+    #[error("cannot decode {path} as an image (PNG, JPEG or TIFF expected)")]
     Decode {
         /// The file.
         path: PathBuf,
