@@ -188,7 +188,11 @@ fn bad_input_exits_non_zero_with_a_message_and_no_output() {
     // Missing files, bad parameters, unwritable output.
     fails(&f, &["energy", "--image", &f.s("nope.npy"), "--logits", &z, "--grad-out", &g], "cannot read image");
     fails(&f, &["energy", "--image", &x, "--logits", &z, "--delta", "0", "--grad-out", &g], "delta");
-    fails(&f, &["energy", "--image", &x, "--logits", &z, "--lambda", "-1", "--grad-out", &g], "parameter lambda must be");
+    fails(
+        &f,
+        &["energy", "--image", &x, "--logits", &z, "--lambda", "-1", "--grad-out", &g],
+        "parameter lambda must be",
+    );
     std::fs::write(f.path("not_npy.npy"), b"hello").unwrap();
     fails(&f, &["energy", "--image", &f.s("not_npy.npy"), "--logits", &z, "--grad-out", &g], "cannot read image");
     let out = run(&["energy", "--image", &x, "--logits", &z, "--grad-out", "/nonexistent-dir/g.npy"]);
