@@ -83,6 +83,8 @@ pub(crate) struct Pass2<'a, T> {
     pub(crate) length: LengthKind,
     /// The reduction's factor applied to the gradient.
     pub(crate) scale: T,
+    /// Whether pass 1 stored the probabilities in the gradient buffer (logits and a gradient).
+    pub(crate) cached: bool,
 }
 
 /// One block: rows `r0..r1` of sample `b`.
@@ -124,6 +126,18 @@ impl<T> GradRows<T> {
         // SAFETY: in bounds (checked above); exclusive by the caller's contract.
         unsafe { core::slice::from_raw_parts_mut(self.ptr.add(start), p.w) }
     }
+
+    /// Row `r` of class `n` of sample `b`, to read.
+    ///
+    /// # Safety
+    /// No live mutable reference may cover this row (as for [`GradRows::row`]).
+    #[inline(always)]
+    unsafe fn row_ref<'g>(&self, p: &Problem<'_, T>, b: usize, n: usize, r: usize) -> &'g [T] {
+        let start = (b * p.n + n) * p.sp() + r * p.w;
+        assert!(start + p.w <= self.len, "gradient row {start}+{} out of {}", p.w, self.len);
+        // SAFETY: in bounds (checked above); no writer by the caller's contract.
+        unsafe { core::slice::from_raw_parts(self.ptr.add(start), p.w) }
+    }
 }
 
 /// One thread's scratch: cached rows of probabilities and fluxes, and row temporaries.
@@ -149,6 +163,12 @@ pub(crate) struct Scratch<T> {
     t3: Vec<T>,
     t4: Vec<T>,
     zero: Vec<T>,
+    /// In pass 2 with logits and a gradient: the gradient buffer, which pass 1 filled with the
+    /// probabilities; rows `cache_lo..cache_hi` (this block's rows not yet overwritten by their
+    /// gradient) are copied from it instead of recomputing the softmax. `None` outside pass 2.
+    cache: Option<GradRows<T>>,
+    cache_lo: usize,
+    cache_hi: usize,
 }
 
 impl<T: Real> Scratch<T> {
@@ -189,7 +209,11 @@ impl<T: Real> Scratch<T> {
         self.y_stamp[i] = self.clock;
         let len = (self.n + 1) * self.w;
         let dst = &mut self.y[i * len..(i + 1) * len];
-        load_probs(p, b, r, dst, &mut self.t1, &mut self.t2);
+        match self.cache {
+            // SAFETY: rows `cache_lo..cache_hi` are this block's and are not written while cached.
+            Some(g) if (self.cache_lo..self.cache_hi).contains(&r) => unsafe { copy_cached(p, g, b, r, dst) },
+            _ => load_probs(p, b, r, dst, &mut self.t1, &mut self.t2),
+        }
         i
     }
 
@@ -249,6 +273,25 @@ fn lru(stamps: &[u64], now: u64) -> usize {
         }
     }
     best
+}
+
+/// Loads row `r` of sample `b` as [`load_probs`] does, from the probabilities pass 1 stored in
+/// the gradient buffer (bitwise the same values: the same code computed them).
+///
+/// # Safety
+/// Nothing may be writing these rows of `g` meanwhile.
+#[inline(always)]
+unsafe fn copy_cached<T: Real>(p: &Problem<'_, T>, g: GradRows<T>, b: usize, r: usize, dst: &mut [T]) {
+    let (n, w, sp) = (p.n, p.w, p.sp());
+    let (ys, m) = dst.split_at_mut(n * w);
+    match p.mask {
+        Some(mask) => m.copy_from_slice(&mask[b * sp + r * w..][..w]),
+        None => m.fill(T::one()),
+    }
+    for (cls, y) in ys.chunks_exact_mut(w).enumerate() {
+        // SAFETY: by the caller's contract.
+        y.copy_from_slice(unsafe { g.row_ref(p, b, cls, r) });
+    }
 }
 
 /// Loads row `r` of sample `b` as `[y_0, …, y_{N−1}, m]`: the softmax of the logits (stable:
@@ -375,9 +418,16 @@ fn check_values<T: Real>(src: &[T], min: &mut T) -> f64 {
 }
 
 /// Pass 1 over one block: fills `part` with `[P1_HEAD checks and count, A_0..A_{N−1},
-/// M_00..M_{N−1,C−1}]` of the block.
+/// M_00..M_{N−1,C−1}]` of the block. With `cache`, also stores the probabilities of the
+/// block's rows there (the gradient buffer, for pass 2 to read back).
 #[inline(always)]
-pub(crate) fn pass1<T: Real>(p: &Problem<'_, T>, blk: Block, s: &mut Scratch<T>, part: &mut [f64]) {
+pub(crate) fn pass1<T: Real>(
+    p: &Problem<'_, T>,
+    blk: Block,
+    s: &mut Scratch<T>,
+    cache: Option<GradRows<T>>,
+    part: &mut [f64],
+) {
     part.fill(0.0);
     let (n, c, w, sp) = (p.n, p.c, p.w, p.sp());
     let b = blk.b;
@@ -394,6 +444,12 @@ pub(crate) fn pass1<T: Real>(p: &Problem<'_, T>, blk: Block, s: &mut Scratch<T>,
         }
         load_probs(p, b, r, &mut s.y[..len], &mut s.t1, &mut s.t2);
         let (ys, m) = s.y[..len].split_at(n * w);
+        if let Some(g) = cache {
+            for (cls, y) in ys.chunks_exact(w).enumerate() {
+                // SAFETY: row r of this block's sample belongs to this block only.
+                unsafe { g.row(p, b, cls, r) }.copy_from_slice(y);
+            }
+        }
         if p.mask.is_some() {
             for (t, &v) in s.t3.iter_mut().zip(m) {
                 *t = (v * (T::one() - v)).abs();
@@ -697,22 +753,12 @@ fn flux_fused<T: Real, const L1: bool>(
     t: &mut [T],
 ) -> Option<f64> {
     let w = y0.len();
-    let (mut doubt, z) = (0u32, T::zero());
+    let mut doubt = 0u32;
     // The first and last pixels, where the W pair before or after is missing.
-    let edge = |i: usize, before: bool, after: bool, own: &mut [T], fh: &mut [T], fd: &mut [T], t: &mut [T]| {
-        let (pb, _, _) = if before { pair::<T, L1>(y0[i - 1], y0[i], m0[i - 1], m0[i], lam, tol) } else { (z, z, 0) };
-        let (pw, vw, dw) = if after { pair::<T, L1>(y0[i], y0[i + 1], m0[i], m0[i + 1], lam, tol) } else { (z, z, 0) };
-        let (ph, vh, dh) = pair::<T, L1>(y0[i], yh[i], m0[i], mh[i], lam, tol);
-        let (pd, vd, dd) = pair::<T, L1>(y0[i], yd[i], m0[i], md[i], lam, tol);
-        own[i] = pb - pw - ph - pd;
-        fh[i] = ph;
-        fd[i] = pd;
-        t[i] = vw + vh + vd;
-        dw + dh + dd
-    };
-    doubt += edge(0, false, w > 1, own, fh, fd, t);
+    let lines = [(y0, m0), (yh, mh), (yd, md)];
+    doubt += edge::<T, L1>(lines, lam, tol, 0, false, w > 1, [&mut *own, &mut *fh, &mut *fd, &mut *t]);
     if w > 1 {
-        doubt += edge(w - 1, true, false, own, fh, fd, t);
+        doubt += edge::<T, L1>(lines, lam, tol, w - 1, true, false, [&mut *own, &mut *fh, &mut *fd, &mut *t]);
     }
     if w > 2 {
         let n = w - 2;
@@ -733,6 +779,30 @@ fn flux_fused<T: Real, const L1: bool>(
         }
     }
     if doubt > 0 { None } else { Some(sum(&t[..w])) }
+}
+
+/// One pixel of [`flux_fused`] at an end of the row, where the W pair before (`!before`) or
+/// after (`!after`) is missing; returns its doubtful L1 signs.
+#[inline(always)]
+fn edge<T: Real, const L1: bool>(
+    [(y0, m0), (yh, mh), (yd, md)]: [Line<'_, T>; 3],
+    lam: T,
+    tol: T,
+    i: usize,
+    before: bool,
+    after: bool,
+    [own, fh, fd, t]: [&mut [T]; 4],
+) -> u32 {
+    let z = T::zero();
+    let (pb, _, _) = if before { pair::<T, L1>(y0[i - 1], y0[i], m0[i - 1], m0[i], lam, tol) } else { (z, z, 0) };
+    let (pw, vw, dw) = if after { pair::<T, L1>(y0[i], y0[i + 1], m0[i], m0[i + 1], lam, tol) } else { (z, z, 0) };
+    let (ph, vh, dh) = pair::<T, L1>(y0[i], yh[i], m0[i], mh[i], lam, tol);
+    let (pd, vd, dd) = pair::<T, L1>(y0[i], yd[i], m0[i], md[i], lam, tol);
+    own[i] = pb - pw - ph - pd;
+    fh[i] = ph;
+    fd[i] = pd;
+    t[i] = vw + vh + vd;
+    dw + dh + dd
 }
 
 /// Replaces the W fluxes of a row by the row's own share of the length gradient,
@@ -870,6 +940,8 @@ pub(crate) fn pass2<T: Real>(
 ) {
     part.fill(0.0);
     s.forget();
+    s.cache = if k.cached { grad } else { None };
+    s.cache_hi = blk.r1;
     let (n, c, w, sp) = (p.n, p.c, p.w, p.sp());
     let b = blk.b;
     let cent = &k.centroids[b * n * c..(b + 1) * n * c];
@@ -877,6 +949,8 @@ pub(crate) fn pass2<T: Real>(
     let mut fclock = 0;
     let (ylen, flen) = ((n + 1) * w, 3 * n * w);
     for r in blk.r0..blk.r1 {
+        // Rows before `r` already hold their gradient.
+        s.cache_lo = r;
         let (dd, hh) = (r / p.h, r % p.h);
         fclock += 1;
         let f_cur = s.flux_slot(p, k, b, r, fclock);
@@ -964,4 +1038,5 @@ pub(crate) fn pass2<T: Real>(
             part[2] += sum(tmp);
         }
     }
+    s.cache = None;
 }

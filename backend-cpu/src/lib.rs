@@ -249,15 +249,22 @@ impl Isa {
     }
 }
 
-fn pass1_dispatch<T: Real>(isa: Isa, p: &Problem<'_, T>, blk: Block, s: &mut Scratch<T>, part: &mut [f64]) {
+fn pass1_dispatch<T: Real>(
+    isa: Isa,
+    p: &Problem<'_, T>,
+    blk: Block,
+    s: &mut Scratch<T>,
+    cache: Option<GradRows<T>>,
+    part: &mut [f64],
+) {
     match isa {
-        Isa::Generic => kernel::pass1(p, blk, s, part),
+        Isa::Generic => kernel::pass1(p, blk, s, cache, part),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only chosen when the CPU reports AVX2 and FMA.
-        Isa::Avx2 => unsafe { pass1_avx2(p, blk, s, part) },
+        Isa::Avx2 => unsafe { pass1_avx2(p, blk, s, cache, part) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only chosen when the CPU reports these AVX-512 subsets.
-        Isa::Avx512 => unsafe { pass1_avx512(p, blk, s, part) },
+        Isa::Avx512 => unsafe { pass1_avx512(p, blk, s, cache, part) },
     }
 }
 
@@ -283,8 +290,14 @@ fn pass2_dispatch<T: Real>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn pass1_avx2<T: Real>(p: &Problem<'_, T>, blk: Block, s: &mut Scratch<T>, part: &mut [f64]) {
-    kernel::pass1(p, blk, s, part);
+fn pass1_avx2<T: Real>(
+    p: &Problem<'_, T>,
+    blk: Block,
+    s: &mut Scratch<T>,
+    cache: Option<GradRows<T>>,
+    part: &mut [f64],
+) {
+    kernel::pass1(p, blk, s, cache, part);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -302,8 +315,14 @@ fn pass2_avx2<T: Real>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
-fn pass1_avx512<T: Real>(p: &Problem<'_, T>, blk: Block, s: &mut Scratch<T>, part: &mut [f64]) {
-    kernel::pass1(p, blk, s, part);
+fn pass1_avx512<T: Real>(
+    p: &Problem<'_, T>,
+    blk: Block,
+    s: &mut Scratch<T>,
+    cache: Option<GradRows<T>>,
+    part: &mut [f64],
+) {
+    kernel::pass1(p, blk, s, cache, part);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -424,10 +443,15 @@ fn evaluate<T: Real>(
     ws.centroids.resize(bsz * n * c, 0.0);
     ws.corr.resize(bsz * n, 0.0);
 
-    // Pass 1.
+    // Pass 1. With logits and a gradient requested, it also stores the probabilities in the
+    // gradient buffer (an output, overwritten in pass 2 anyway), so that pass 2 reads them back
+    // instead of recomputing the softmax.
+    let mut out = out;
+    let grad = out.grad.as_deref_mut().map(GradRows::new);
+    let cache = if p.logits { grad } else { None };
     let scratch = &ws.scratch[..threads];
     for_blocks(&mut ws.part1[..blocks * stride1], stride1, scratch, plan, |blk, s, part| {
-        pass1_dispatch(isa, &p, blk, s, part);
+        pass1_dispatch(isa, &p, blk, s, cache, part);
     });
 
     // Reduce in block order; checks first.
@@ -469,7 +493,6 @@ fn evaluate<T: Real>(
             ws.corr[b * n + cls] = 2.0 * eps / (area + eps);
         }
     }
-    let mut out = out;
     if let Some(cs) = out.centroids.as_deref_mut() {
         for (o, v) in cs.iter_mut().zip(&ws.centroids) {
             *o = T::from_f64_lossy(*v);
@@ -515,8 +538,8 @@ fn evaluate<T: Real>(
         delta: T::from_f64_lossy(params.delta),
         length: params.length,
         scale: T::from_f64_lossy(scale),
+        cached: cache.is_some(),
     };
-    let grad = out.grad.as_deref_mut().map(GradRows::new);
     for_blocks(&mut ws.part2[..blocks * P2_LEN], P2_LEN, scratch, plan, |blk, s, part| {
         pass2_dispatch(isa, &p, &k, blk, s, grad, part);
     });
