@@ -15,6 +15,24 @@ pub(crate) enum BackendChoice {
     Wgpu,
 }
 
+/// `--backend` and `--threads`, shared by every subcommand that evaluates the loss.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct BackendArgs {
+    /// Which backend computes (wgpu: f32 only).
+    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+    pub(crate) backend: BackendChoice,
+    /// Threads of the CPU backend (default: all cores).
+    #[arg(long)]
+    pub(crate) threads: Option<usize>,
+}
+
+impl BackendArgs {
+    /// Builds the chosen backend.
+    pub(crate) fn build(&self) -> anyhow::Result<AnyBackend> {
+        AnyBackend::new(self.backend, self.threads)
+    }
+}
+
 /// Any backend, chosen at run time.
 #[derive(Debug)]
 pub(crate) enum AnyBackend {

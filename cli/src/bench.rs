@@ -11,7 +11,7 @@ use std::time::Instant;
 use msloss::rng::RandomInputs;
 use msloss::{Backend, Input, Real, Scores, Shape};
 
-use crate::backends::{AnyBackend, BackendChoice};
+use crate::backends::{AnyBackend, BackendArgs};
 use crate::params::{DtypeArg, InputArg, ParamArgs, parse_shape};
 
 /// Arguments of `msloss bench`.
@@ -20,12 +20,9 @@ pub(crate) struct Args {
     /// The shape B,N,C,H,W or B,N,C,H,W,D (D: depth of a 3D volume).
     #[arg(long, value_parser = parse_shape)]
     shape: Shape,
-    /// Which backend is timed.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
-    backend: BackendChoice,
-    /// Threads of the CPU backend (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    /// The backend and its threads.
+    #[command(flatten)]
+    backend: BackendArgs,
     /// The float type.
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     dtype: DtypeArg,
@@ -49,7 +46,7 @@ pub(crate) struct Args {
 /// Runs `msloss bench`.
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.iters >= 1, "--iters must be >= 1, got {}", args.iters);
-    let backend = AnyBackend::new(args.backend, args.threads)?;
+    let backend = args.backend.build()?;
     let (times, elem) = match args.dtype {
         DtypeArg::F32 => (time::<f32>(args, &backend)?, 4),
         DtypeArg::F64 => (time::<f64>(args, &backend)?, 8),
@@ -61,7 +58,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let median = sorted[sorted.len() / 2];
     let min = sorted[0];
     let shape = format!("{},{},{},{},{},{}", s.batch(), s.classes(), s.channels(), s.height(), s.width(), s.depth());
-    let threads = match args.threads {
+    let threads = match args.backend.threads {
         Some(t) => t,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use msloss::{Backend, Input, Real, Scores, Shape};
 
-use crate::backends::{AnyBackend, BackendChoice};
+use crate::backends::{AnyBackend, BackendArgs};
 use crate::npy::{self, FloatData};
 use crate::params::ParamArgs;
 
@@ -26,12 +26,9 @@ pub(crate) struct Args {
     /// The loss parameters.
     #[command(flatten)]
     params: ParamArgs,
-    /// Which backend computes.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
-    backend: BackendChoice,
-    /// Threads of the CPU backend (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    /// The backend and its threads.
+    #[command(flatten)]
+    backend: BackendArgs,
     /// Where to write ∂E/∂(logits or probabilities), in the scores' dtype and shape.
     #[arg(long)]
     grad_out: Option<PathBuf>,
@@ -50,7 +47,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let image = npy::read_float(&args.image, "image")?;
     let mask = args.mask.as_deref().map(npy::read_mask).transpose()?;
     let shape = Shape::from_dims(&scores.shape, &image.shape, mask.as_ref().map(|m| &m.0[..]))?;
-    let backend = AnyBackend::new(args.backend, args.threads)?;
+    let backend = args.backend.build()?;
     let image = image.data.to_f64();
     let mask = mask.map(|m| m.1);
     let job = Job { shape, logits, image: &image, mask: mask.as_deref(), params, backend: &backend };

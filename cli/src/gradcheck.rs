@@ -4,7 +4,7 @@ use msloss::gradcheck::{self, Mode, Options};
 use msloss::rng::RandomInputs;
 use msloss::{Input, Real, Scores, Shape};
 
-use crate::backends::{AnyBackend, BackendChoice};
+use crate::backends::{AnyBackend, BackendArgs};
 use crate::params::{DtypeArg, InputArg, ParamArgs, parse_shape};
 
 /// Arguments of `msloss gradcheck`.
@@ -13,12 +13,9 @@ pub(crate) struct Args {
     /// The shape B,N,C,H,W or B,N,C,H,W,D (D: depth of a 3D volume).
     #[arg(long, value_parser = parse_shape)]
     shape: Shape,
-    /// Which backend's gradient is checked.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
-    backend: BackendChoice,
-    /// Threads of the CPU backend.
-    #[arg(long)]
-    threads: Option<usize>,
+    /// The backend and its threads.
+    #[command(flatten)]
+    backend: BackendArgs,
     /// The float type the backend computes in.
     #[arg(long, value_enum, default_value_t = DtypeArg::F64)]
     dtype: DtypeArg,
@@ -44,7 +41,7 @@ pub(crate) struct Args {
 
 /// Runs `msloss gradcheck`; returns whether the gradient agreed.
 pub(crate) fn run(args: &Args) -> anyhow::Result<bool> {
-    let backend = AnyBackend::new(args.backend, args.threads)?;
+    let backend = args.backend.build()?;
     match args.dtype {
         DtypeArg::F32 => check::<f32>(args, &backend),
         DtypeArg::F64 => check::<f64>(args, &backend),

@@ -13,7 +13,7 @@ use msloss_segment::output::{self, Format};
 use msloss_segment::synth::{self, SynthSpec};
 use msloss_segment::{SegmentConfig, Summary, Volume, metrics, segment};
 
-use crate::backends::{AnyBackend, BackendChoice};
+use crate::backends::BackendArgs;
 use crate::params::LengthArg;
 
 /// Arguments of `msloss segment`.
@@ -42,12 +42,9 @@ pub(crate) struct Args {
     /// Adam's learning rate in logit units.
     #[arg(long, default_value_t = SegmentConfig::default().learning_rate)]
     lr: f64,
-    /// Which backend evaluates the energy and its gradient.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
-    backend: BackendChoice,
-    /// Threads of the CPU backend (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    /// The backend and its threads.
+    #[command(flatten)]
+    backend: BackendArgs,
     /// Seed of the k-means++ initialisation (and of the built-in image).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -163,7 +160,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     {
         anyhow::bail!("{}: a volume's label map must be written as .npy", p.display());
     }
-    let backend = AnyBackend::new(args.backend, args.threads)?;
+    let backend = args.backend.build()?;
     let backend_name = msloss::Backend::<f32>::name(&backend);
 
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(cfg.max_iters as u64) };
