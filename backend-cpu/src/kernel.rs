@@ -13,9 +13,10 @@
 //! exactly as the `f64` reference computes them (rare: a few per million pairs in `f32`).
 //!
 //! Pass 1 ([`pass1`]) computes the softmax of each row and the block's partial sums of
-//! `A_n = Σ m·y_n` and `M_nk = Σ m·y_n·x_k`, and flags invalid values. Pass 2 ([`pass2`])
-//! recomputes the softmax of the rows it needs (rather than caching `B·N·D·H·W` probabilities,
-//! which would add a write and a read of `N` values per pixel), then computes the fidelity, the length, and the
+//! `A_n = Σ m·y_n` and `M_nk = Σ m·y_n·x_k`, and flags invalid values; with logits and a
+//! gradient it also stores the probabilities in the gradient buffer. Pass 2 ([`pass2`]) reads
+//! back the rows of its block not yet overwritten by their gradient and recomputes the softmax
+//! of any other row it needs, then computes the fidelity, the length, and the
 //! gradient row by row: the length's contribution to a pixel comes from the "fluxes"
 //! `φ_a = λ·∂ℓ/∂d_a` of its own forward differences and of its backward neighbours', so a row
 //! needs the fluxes of the row above and (in 3D) of the row in the previous slice, which a

@@ -9,8 +9,11 @@
 //! Two passes over the data instead of the ten or so of an autograd implementation:
 //! 1. the softmax of each pixel and the per-block sums `A_bn = Σ m·y` and `Σ m·y·x_k`, with the
 //!    input checks fused in;
-//! 2. the softmax again (recomputing it is cheaper than writing and re-reading a cache of
-//!    probabilities), then the fidelity, the length and the gradient of each row in one sweep.
+//! 2. the fidelity, the length and the gradient of each row in one sweep. With logits and a
+//!    gradient requested, pass 1 stores the probabilities in the gradient buffer (an output,
+//!    overwritten row by row in pass 2) and pass 2 reads its block's rows back; rows it needs
+//!    from other blocks, and rows already overwritten, get their softmax recomputed (the same
+//!    code, so the same bits). Otherwise pass 2 recomputes the softmax.
 //!
 //! The work is split into blocks of whole rows of one sample, fixed by the shape alone, and run
 //! in parallel with [rayon](https://docs.rs/rayon) (its work stealing balances the blocks when
@@ -40,6 +43,8 @@
 //! ## Memory
 //! A [`CpuWorkspace`] holds per-thread row scratch (a few rows of `N·W` values) and the partial
 //! sums (`O(B·N·C)` per block); after the first call with a given shape, calls allocate nothing.
+//! On an error found after pass 1 (an invalid input value), the gradient buffer may hold
+//! probabilities.
 //!
 //! ## Example
 //! ```
