@@ -293,55 +293,39 @@ fn pass2_dispatch<T: Real>(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn pass1_avx2<T: Real>(
-    p: &Problem<'_, T>,
-    blk: Block,
-    s: &mut Scratch<T>,
-    cache: Option<GradRows<T>>,
-    part: &mut [f64],
-) {
-    kernel::pass1(p, blk, s, cache, part);
+/// The kernels compiled once more with `features` enabled: `pass1` and `pass2` wrappers that
+/// the dispatchers call only when the CPU reports those features.
+macro_rules! isa_copies {
+    ($pass1:ident, $pass2:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        fn $pass1<T: Real>(
+            p: &Problem<'_, T>,
+            blk: Block,
+            s: &mut Scratch<T>,
+            cache: Option<GradRows<T>>,
+            part: &mut [f64],
+        ) {
+            kernel::pass1(p, blk, s, cache, part);
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        fn $pass2<T: Real>(
+            p: &Problem<'_, T>,
+            k: &Pass2<'_, T>,
+            blk: Block,
+            s: &mut Scratch<T>,
+            grad: Option<GradRows<T>>,
+            part: &mut [f64],
+        ) {
+            kernel::pass2(p, k, blk, s, grad, part);
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn pass2_avx2<T: Real>(
-    p: &Problem<'_, T>,
-    k: &Pass2<'_, T>,
-    blk: Block,
-    s: &mut Scratch<T>,
-    grad: Option<GradRows<T>>,
-    part: &mut [f64],
-) {
-    kernel::pass2(p, k, blk, s, grad, part);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
-fn pass1_avx512<T: Real>(
-    p: &Problem<'_, T>,
-    blk: Block,
-    s: &mut Scratch<T>,
-    cache: Option<GradRows<T>>,
-    part: &mut [f64],
-) {
-    kernel::pass1(p, blk, s, cache, part);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
-fn pass2_avx512<T: Real>(
-    p: &Problem<'_, T>,
-    k: &Pass2<'_, T>,
-    blk: Block,
-    s: &mut Scratch<T>,
-    grad: Option<GradRows<T>>,
-    part: &mut [f64],
-) {
-    kernel::pass2(p, k, blk, s, grad, part);
-}
+isa_copies!(pass1_avx2, pass2_avx2, "avx2,fma");
+isa_copies!(pass1_avx512, pass2_avx512, "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma");
 
 /// Runs `f` on every block in parallel, each with its thread's scratch and its own slot of
 /// `parts` (`stride` values per block).

@@ -175,20 +175,7 @@ pub fn volume_bytes(vol: &Volume, format: Format, path: &Path) -> Result<Vec<u8>
             let color = if c == 1 { png::ColorType::Grayscale } else { png::ColorType::Rgb };
             png_bytes_depth(path, w, h, color, png::BitDepth::Sixteen, None, &bytes)
         }
-        Format::Npy => {
-            use npyz::WriterBuilder;
-            let shape = [c as u64, d as u64, h as u64, w as u64];
-            let mut buf = Vec::new();
-            let mut writer = npyz::WriteOptions::new()
-                .default_dtype()
-                .shape(&shape)
-                .writer(&mut buf)
-                .begin_nd()
-                .map_err(|e| SegmentError::write(path, e))?;
-            writer.extend(vol.data().iter().copied()).map_err(|e| SegmentError::write(path, e))?;
-            writer.finish().map_err(|e| SegmentError::write(path, e))?;
-            Ok(buf)
-        }
+        Format::Npy => npy_bytes(&[c as u64, d as u64, h as u64, w as u64], vol.data(), path),
         _ => Err(SegmentError::unsupported(path, "only a 2D grey or RGB image can be a PNG; use .npy")),
     }
 }
@@ -267,18 +254,21 @@ pub fn label_npy(seg: &Segmentation, path: &Path) -> Result<Vec<u8>, SegmentErro
 pub fn labels_npy(labels: &[u8], dims: [usize; 3], path: &Path) -> Result<Vec<u8>, SegmentError> {
     let [d, h, w] = dims;
     let shape: Vec<u64> = if d > 1 { vec![d as u64, h as u64, w as u64] } else { vec![h as u64, w as u64] };
+    npy_bytes(&shape, labels, path)
+}
+
+/// An `.npy` file of `data` with `shape`, in memory (written to `path` by the caller).
+fn npy_bytes<T: npyz::AutoSerialize + Copy>(shape: &[u64], data: &[T], path: &Path) -> Result<Vec<u8>, SegmentError> {
+    use npyz::WriterBuilder;
     let mut buf = Vec::new();
-    {
-        use npyz::WriterBuilder;
-        let mut writer = npyz::WriteOptions::new()
-            .default_dtype()
-            .shape(&shape)
-            .writer(&mut buf)
-            .begin_nd()
-            .map_err(|e| SegmentError::write(path, e))?;
-        writer.extend(labels.iter().copied()).map_err(|e| SegmentError::write(path, e))?;
-        writer.finish().map_err(|e| SegmentError::write(path, e))?;
-    }
+    let mut writer = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(&mut buf)
+        .begin_nd()
+        .map_err(|e| SegmentError::write(path, e))?;
+    writer.extend(data.iter().copied()).map_err(|e| SegmentError::write(path, e))?;
+    writer.finish().map_err(|e| SegmentError::write(path, e))?;
     Ok(buf)
 }
 
