@@ -117,8 +117,10 @@ fn matches_reference_on_every_feature() {
     ];
     let mut seed = 10;
     for &s in &shapes {
-        for &blocks in &[20, 1 << 20] {
-            let cpu = CpuBackend::with_threads(2).with_block_pixels(blocks);
+        // Small blocks, tiles of 3 columns and streamed stores; then one block, default tiles.
+        for (blocks, tile, stream) in [(20, 3, 0), (1 << 20, usize::MAX, usize::MAX)] {
+            let cpu =
+                CpuBackend::with_threads(2).with_block_pixels(blocks).with_tile_width(tile).with_stream_bytes(stream);
             let mut ws = Backend::<f64>::workspace(&cpu);
             let mut ws32 = Backend::<f32>::workspace(&cpu);
             for length in LengthKind::ALL {
@@ -190,7 +192,7 @@ fn one_hot_probabilities_match_reference() {
 /// Larger images with many blocks of many rows, and classes up to 21.
 #[test]
 fn matches_reference_on_larger_images() {
-    let cpu = CpuBackend::with_threads(3).with_block_pixels(500);
+    let cpu = CpuBackend::with_threads(3).with_block_pixels(500).with_tile_width(16).with_stream_bytes(0);
     let mut ws = Backend::<f32>::workspace(&cpu);
     for (i, s) in
         [shape(2, 21, 3, 1, 24, 37), shape(1, 2, 3, 1, 97, 64), shape(1, 3, 1, 5, 17, 19)].into_iter().enumerate()

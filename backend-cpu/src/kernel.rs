@@ -55,6 +55,11 @@ pub(crate) struct Problem<'a, T> {
     pub(crate) d: usize,
     pub(crate) h: usize,
     pub(crate) w: usize,
+    /// Columns per tile in pass 1 (at least 1, at most `w`).
+    pub(crate) tile: usize,
+    /// Whether pass 1 writes the probabilities it caches in the gradient buffer with
+    /// non-temporal stores (for buffers too large to stay in cache until pass 2).
+    pub(crate) stream: bool,
 }
 
 impl<T> Problem<'_, T> {
@@ -357,12 +362,9 @@ pub(crate) fn sum<T: Real>(a: &[T]) -> f64 {
     let mut total = 0.0;
     for chunk in a.chunks(CHUNK) {
         let mut acc = [T::zero(); LANES];
-        let lanes = chunk.chunks_exact(LANES);
-        let rest = lanes.remainder();
-        for ch in lanes {
-            for (a, &v) in acc.iter_mut().zip(ch) {
-                *a += v;
-            }
+        let (lanes, rest) = chunk.as_chunks::<LANES>();
+        for v in lanes {
+            add_lanes(&mut acc, v);
         }
         for (a, &v) in acc.iter_mut().zip(rest) {
             *a += v;
@@ -378,13 +380,10 @@ fn dot<T: Real>(a: &[T], b: &[T]) -> f64 {
     let mut total = 0.0;
     for (ca, cb) in a.chunks(CHUNK).zip(b.chunks(CHUNK)) {
         let mut acc = [T::zero(); LANES];
-        let la = ca.chunks_exact(LANES);
-        let lb = cb.chunks_exact(LANES);
-        let (ra, rb) = (la.remainder(), lb.remainder());
-        for (x, y) in la.zip(lb) {
-            for ((a, &xv), &yv) in acc.iter_mut().zip(x).zip(y) {
-                *a += xv * yv;
-            }
+        let (la, ra) = ca.as_chunks::<LANES>();
+        let (lb, rb) = cb.as_chunks::<LANES>();
+        for (x, y) in la.iter().zip(lb) {
+            mul_add_lanes(&mut acc, x, y);
         }
         for ((a, &xv), &yv) in acc.iter_mut().zip(ra).zip(rb) {
             *a += xv * yv;
@@ -418,9 +417,19 @@ fn check_values<T: Real>(src: &[T], min: &mut T) -> f64 {
     fold(acc)
 }
 
+/// Columns per tile of pass 1 for `n` classes: the tile's scores and probabilities (about
+/// `8·n·tile` bytes in `f32`) stay in the first-level cache while the softmax sweeps over them.
+pub(crate) fn tile_width(n: usize, w: usize) -> usize {
+    let t = (4096 / n.max(1)).clamp(16, 1024) / 16 * 16;
+    t.min(w)
+}
+
 /// Pass 1 over one block: fills `part` with `[P1_HEAD checks and count, A_0..A_{N−1},
-/// M_00..M_{N−1,C−1}]` of the block. With `cache`, also stores the probabilities of the
-/// block's rows there (the gradient buffer, for pass 2 to read back).
+/// M_00..M_{N−1,C−1}]` of the block. With `cache`, the probabilities of the block's rows are
+/// computed in place in the gradient buffer (for pass 2 to read back); otherwise in scratch.
+///
+/// Each row is done in tiles of `tile` columns, so that the tile's sweeps (checks and maximum,
+/// exponentials, normalisation and moments) run in the first-level cache.
 #[inline(always)]
 pub(crate) fn pass1<T: Real>(
     p: &Problem<'_, T>,
@@ -430,111 +439,308 @@ pub(crate) fn pass1<T: Real>(
     part: &mut [f64],
 ) {
     part.fill(0.0);
+    let (head, rest) = part.split_at_mut(P1_HEAD);
+    let (area, moments) = rest.split_at_mut(p.n);
     let (n, c, w, sp) = (p.n, p.c, p.w, p.sp());
     let b = blk.b;
     let mut min_prob = T::zero();
     let mut ignored = T::zero();
-    let len = (n + 1) * w;
     for r in blk.r0..blk.r1 {
-        // Checks on the raw inputs (fused here instead of a separate validation pass).
-        for cls in 0..n {
-            part[0] += check_values(&p.scores[(b * n + cls) * sp + r * w..][..w], &mut min_prob);
+        // The next row's inputs, ahead of the hardware prefetcher (which loses track of this
+        // many streams: one per class and channel).
+        if r + 1 < blk.r1 {
+            for cls in 0..n {
+                prefetch_line(&p.scores[(b * n + cls) * sp + (r + 1) * w..][..w]);
+            }
+            for k in 0..c {
+                prefetch_line(&p.image[(b * c + k) * sp + (r + 1) * w..][..w]);
+            }
         }
         for k in 0..c {
-            part[2] += check_values(&p.image[(b * c + k) * sp + r * w..][..w], &mut ignored);
+            head[2] += check_values(&p.image[(b * c + k) * sp + r * w..][..w], &mut ignored);
         }
-        load_probs(p, b, r, &mut s.y[..len], &mut s.t1, &mut s.t2);
-        let (ys, m) = s.y[..len].split_at(n * w);
-        if let Some(g) = cache {
-            for (cls, y) in ys.chunks_exact(w).enumerate() {
-                // SAFETY: row r of this block's sample belongs to this block only.
-                unsafe { g.row(p, b, cls, r) }.copy_from_slice(y);
+        let mrow = p.mask.map(|mask| &mask[b * sp + r * w..][..w]);
+        match mrow {
+            Some(m) => {
+                for (t, &v) in s.t3.iter_mut().zip(m) {
+                    *t = (v * (T::one() - v)).abs();
+                }
+                head[3] += sum(&s.t3[..w]);
+                head[4] += sum(m);
             }
+            None => head[4] += w as f64,
         }
-        if p.mask.is_some() {
-            for (t, &v) in s.t3.iter_mut().zip(m) {
-                *t = (v * (T::one() - v)).abs();
+        for a in (0..w).step_by(p.tile) {
+            let len = p.tile.min(w - a);
+            let at = |cls: usize| (b * n + cls) * sp + r * w + a;
+            let image = &p.image[b * c * sp + r * w + a..];
+            let m = mrow.map(|m| &m[a..a + len]);
+            if !p.logits {
+                for cls in 0..n {
+                    let y = &p.scores[at(cls)..][..len];
+                    head[0] += check_values(y, &mut min_prob);
+                    let mom = &mut moments[cls * c..(cls + 1) * c];
+                    tile_moments(y, m, image, sp, &mut area[cls], mom, &mut s.t1[..len]);
+                }
+                continue;
             }
-            part[3] += sum(&s.t3);
-            part[4] += sum(m);
-        } else {
-            part[4] += w as f64;
-        }
-        let image = &p.image[b * c * sp + r * w..];
-        for (cls, y) in ys.chunks_exact(w).enumerate() {
-            let (area, rest) = part[P1_HEAD..].split_at_mut(n);
-            let moments = &mut rest[cls * c..(cls + 1) * c];
-            let area = &mut area[cls];
-            match c {
-                1 => class_moments::<T, 1>(y, m, image, sp, area, moments),
-                2 => class_moments::<T, 2>(y, m, image, sp, area, moments),
-                3 => class_moments::<T, 3>(y, m, image, sp, area, moments),
-                4 => class_moments::<T, 4>(y, m, image, sp, area, moments),
-                _ => {
-                    for ((t, &v), &mv) in s.t1.iter_mut().zip(y).zip(m) {
-                        *t = mv * v;
-                    }
-                    *area += sum(&s.t1);
-                    for (k, mk) in moments.iter_mut().enumerate() {
-                        *mk += dot(&s.t1, &image[k * sp..k * sp + w]);
-                    }
+            // The maximum over classes, with the checks of the logits fused in.
+            let (mx, tot) = (&mut s.t1[..len], &mut s.t2[..len]);
+            mx.copy_from_slice(&p.scores[at(0)..][..len]);
+            for cls in 0..n {
+                head[0] += max_check(&p.scores[at(cls)..][..len], mx);
+            }
+            // The exponentials, into the gradient buffer (cache, unless it is to be streamed) or
+            // scratch, and their sum.
+            let in_place = if p.stream { None } else { cache };
+            tot.fill(T::zero());
+            for cls in 0..n {
+                let z = &p.scores[at(cls)..][..len];
+                // SAFETY: rows of this block belong to this block only; scratch is ours.
+                let y = unsafe { dest(in_place, &mut s.y, p, (b, cls, r), a, len) };
+                for (((v, &zv), &mv), t) in y.iter_mut().zip(z).zip(mx.iter()).zip(tot.iter_mut()) {
+                    let e = exp_nonpos(zv - mv);
+                    *v = e;
+                    *t += e;
+                }
+            }
+            for t in tot.iter_mut() {
+                *t = T::one() / *t;
+            }
+            // Normalise in place (the tile is in cache), then the moments.
+            for cls in 0..n {
+                // SAFETY: as above.
+                let y = unsafe { dest(in_place, &mut s.y, p, (b, cls, r), a, len) };
+                for (v, &inv) in y.iter_mut().zip(tot.iter()) {
+                    *v *= inv;
+                }
+                let mom = &mut moments[cls * c..(cls + 1) * c];
+                tile_moments(y, m, image, sp, &mut area[cls], mom, &mut s.t3[..len]);
+                if let (Some(g), true) = (cache, p.stream) {
+                    // SAFETY: as above.
+                    stream_copy(unsafe { &mut g.row(p, b, cls, r)[a..a + len] }, y);
                 }
             }
         }
     }
-    part[1] = if p.logits { 0.0 } else { min_prob.to_f64_lossless() };
+    if cache.is_some() && p.stream {
+        stream_fence();
+    }
+    head[1] = if p.logits { 0.0 } else { min_prob.to_f64_lossless() };
+}
+
+/// Asks the CPU to bring every cache line of `line` into the second-level cache (a hint: no
+/// effect on results; nothing on targets without a prefetch instruction).
+#[inline(always)]
+fn prefetch_line<T>(line: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        let bytes = core::mem::size_of_val(line);
+        let base = line.as_ptr().cast::<i8>();
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: a prefetch never faults and reads nothing; the address is within `line`.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(base.add(off)) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = line;
+}
+
+/// Prefetches what loading probability row `r` of sample `b` reads: the cached probabilities
+/// in the gradient buffer (`cache`) or the scores, and the mask row.
+#[inline(always)]
+fn prefetch_rows<T: Real>(p: &Problem<'_, T>, cache: Option<GradRows<T>>, b: usize, r: usize) {
+    let (n, w, sp) = (p.n, p.w, p.sp());
+    if r >= p.d * p.h {
+        return;
+    }
+    for cls in 0..n {
+        match cache {
+            // SAFETY: only a prefetch of the row's addresses; nothing is read or written.
+            Some(g) => prefetch_line(unsafe { g.row_ref(p, b, cls, r) }),
+            None => prefetch_line(&p.scores[(b * n + cls) * sp + r * w..][..w]),
+        }
+    }
+    if let Some(mask) = p.mask {
+        prefetch_line(&mask[b * sp + r * w..][..w]);
+    }
+}
+
+/// Copies `src` to `dst` (the same length) with non-temporal stores where the target has them:
+/// the destination's cache lines are written without being read first. Bitwise a plain copy.
+#[inline(always)]
+fn stream_copy<T: Real>(dst: &mut [T], src: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_mm_loadu_ps, _mm_stream_ps};
+        let bytes = core::mem::size_of_val(dst).min(core::mem::size_of_val(src));
+        let (d, s) = (dst.as_mut_ptr().cast::<u8>(), src.as_ptr().cast::<u8>());
+        // Plain copies up to the first 16-byte boundary of `dst` and after the last one.
+        let head = (d.align_offset(16)).min(bytes);
+        let body = (bytes - head) / 16 * 16;
+        // SAFETY: all offsets stay within both slices (`bytes` is the smaller length; `head`
+        // and `head + body` are at most `bytes`); `d + head` is 16-byte aligned, as
+        // `_mm_stream_ps` requires; the loads are unaligned loads; moves of `f32` lanes keep
+        // every bit (NaN payloads included), so any `T` is copied exactly.
+        unsafe {
+            core::ptr::copy_nonoverlapping(s, d, head);
+            let mut off = head;
+            while off < head + body {
+                _mm_stream_ps(d.add(off).cast::<f32>(), _mm_loadu_ps(s.add(off).cast::<f32>()));
+                off += 16;
+            }
+            core::ptr::copy_nonoverlapping(s.add(off), d.add(off), bytes - off);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    dst.copy_from_slice(src);
+}
+
+/// Orders the non-temporal stores of [`stream_copy`] before everything after it.
+#[inline(always)]
+fn stream_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a store fence has no preconditions.
+    unsafe {
+        core::arch::x86_64::_mm_sfence()
+    };
+}
+
+/// Where pass 1 writes the probabilities of class `cls` on columns `a..a + len` of row `r`:
+/// the gradient buffer with `cache`, else line `cls` of the scratch `y`.
+///
+/// # Safety
+/// With `cache`, the row must be this block's and not otherwise borrowed (as for
+/// [`GradRows::row`]).
+#[inline(always)]
+unsafe fn dest<'s, T: Real>(
+    cache: Option<GradRows<T>>,
+    y: &'s mut [T],
+    p: &Problem<'_, T>,
+    (b, cls, r): (usize, usize, usize),
+    a: usize,
+    len: usize,
+) -> &'s mut [T] {
+    match cache {
+        // SAFETY: by the caller's contract.
+        Some(g) => unsafe { &mut g.row(p, b, cls, r)[a..a + len] },
+        None => &mut y[cls * len..(cls + 1) * len],
+    }
+}
+
+/// Raises `mx` to `src` elementwise; returns a non-finite number if `src` holds a non-finite
+/// value (`v·0` is NaN exactly then).
+#[inline(always)]
+fn max_check<T: Real>(src: &[T], mx: &mut [T]) -> f64 {
+    for (o, &v) in mx.iter_mut().zip(src) {
+        *o = if v > *o { v } else { *o };
+    }
+    check_sum(src)
+}
+
+/// `Σ v·0` over `src` (in lanes, folded in `f64`): NaN exactly when `src` holds a non-finite value.
+#[inline(always)]
+fn check_sum<T: Real>(src: &[T]) -> f64 {
+    let mut acc = [T::zero(); LANES];
+    let (lanes, rest) = src.as_chunks::<LANES>();
+    let zero = [T::zero(); LANES];
+    for v in lanes {
+        mul_add_lanes(&mut acc, v, &zero);
+    }
+    for (a, &v) in acc.iter_mut().zip(rest) {
+        *a += v * T::zero();
+    }
+    fold(acc)
+}
+
+/// Moments of one class on one tile: adds `Σ m·y` to `area` and `Σ m·y·x_k` to `moments[k]`
+/// (`m = 1` without a mask; `image` starts at channel 0 of the tile, channel `k` is `k·sp`
+/// further).
+#[inline(always)]
+fn tile_moments<T: Real>(
+    y: &[T],
+    m: Option<&[T]>,
+    image: &[T],
+    sp: usize,
+    area: &mut f64,
+    moments: &mut [f64],
+    tmp: &mut [T],
+) {
+    let my: &[T] = match m {
+        Some(m) => {
+            for ((t, &mv), &yv) in tmp.iter_mut().zip(m).zip(y) {
+                *t = mv * yv;
+            }
+            &tmp[..y.len()]
+        }
+        None => y,
+    };
+    match moments.len() {
+        1 => class_moments::<T, 1>(my, image, sp, area, moments),
+        2 => class_moments::<T, 2>(my, image, sp, area, moments),
+        3 => class_moments::<T, 3>(my, image, sp, area, moments),
+        4 => class_moments::<T, 4>(my, image, sp, area, moments),
+        _ => {
+            *area += sum(my);
+            for (k, mk) in moments.iter_mut().enumerate() {
+                *mk += dot(my, &image[k * sp..k * sp + my.len()]);
+            }
+        }
+    }
 }
 
 /// A line of probabilities and its mask line.
 type Line<'a, T> = (&'a [T], &'a [T]);
 
-/// Adds `Σ m·y` to `area` and `Σ m·y·x_k` to `moments[k]` for one class's row, in one loop
-/// over the row with lanes of `T` for all `1 + C` sums (`image` starts at channel 0 of the row).
+/// Adds `Σ my` to `area` and `Σ my·x_k` to `moments[k]` for one class's masked probabilities
+/// `my`, in one loop with lanes of `T` for all `1 + C` sums (`image` starts at channel 0 of the
+/// same pixels).
 #[inline(always)]
-fn class_moments<T: Real, const C: usize>(
-    y: &[T],
-    m: &[T],
-    image: &[T],
-    sp: usize,
-    area: &mut f64,
-    moments: &mut [f64],
-) {
-    let w = y.len();
+fn class_moments<T: Real, const C: usize>(my: &[T], image: &[T], sp: usize, area: &mut f64, moments: &mut [f64]) {
+    let w = my.len();
     let xs: [&[T]; C] = core::array::from_fn(|k| &image[k * sp..k * sp + w]);
-    let m = &m[..w];
     for start in (0..w).step_by(CHUNK) {
         let end = (start + CHUNK).min(w);
         let mut a = [T::zero(); LANES];
         let mut mk = [[T::zero(); LANES]; C];
-        let mut my = [T::zero(); LANES];
-        let mut i = start;
-        // Each statement is one elementwise operation on LANES values, which the compiler
-        // turns into one SIMD instruction.
-        while i + LANES <= end {
-            for ((o, &mv), &yv) in my.iter_mut().zip(&m[i..i + LANES]).zip(&y[i..i + LANES]) {
-                *o = mv * yv;
+        let (vs, vrest) = my[start..end].as_chunks::<LANES>();
+        let xc: [&[[T; LANES]]; C] = core::array::from_fn(|k| xs[k][start..end].as_chunks::<LANES>().0);
+        for (j, v) in vs.iter().enumerate() {
+            add_lanes(&mut a, v);
+            for k in 0..C {
+                mul_add_lanes(&mut mk[k], v, &xc[k][j]);
             }
-            for (o, &v) in a.iter_mut().zip(&my) {
-                *o += v;
-            }
-            for (acc, x) in mk.iter_mut().zip(&xs) {
-                for ((o, &v), &xv) in acc.iter_mut().zip(&my).zip(&x[i..i + LANES]) {
-                    *o += v * xv;
-                }
-            }
-            i += LANES;
         }
-        for (l, j) in (i..end).enumerate() {
-            let v = m[j] * y[j];
+        let tail = end - vrest.len();
+        for (l, &v) in vrest.iter().enumerate() {
             a[l] += v;
-            for (acc, x) in mk.iter_mut().zip(&xs) {
-                acc[l] += v * x[j];
+            for k in 0..C {
+                mk[k][l] += v * xs[k][tail + l];
             }
         }
         *area += fold(a);
         for (out, acc) in moments.iter_mut().zip(mk) {
             *out += fold(acc);
         }
+    }
+}
+
+/// `acc += v`, lane by lane.
+#[inline(always)]
+fn add_lanes<T: Real>(acc: &mut [T; LANES], v: &[T; LANES]) {
+    for l in 0..LANES {
+        acc[l] += v[l];
+    }
+}
+
+/// `acc += v·x`, lane by lane.
+#[inline(always)]
+fn mul_add_lanes<T: Real>(acc: &mut [T; LANES], v: &[T; LANES], x: &[T; LANES]) {
+    for l in 0..LANES {
+        acc[l] += v[l] * x[l];
     }
 }
 
@@ -952,6 +1158,16 @@ pub(crate) fn pass2<T: Real>(
     for r in blk.r0..blk.r1 {
         // Rows before `r` already hold their gradient.
         s.cache_lo = r;
+        // The inputs of the next rows the sweep will load, ahead of the hardware prefetcher.
+        prefetch_rows(p, s.cache.filter(|_| r + 2 < blk.r1), b, r + 2);
+        if p.d > 1 {
+            prefetch_rows(p, s.cache.filter(|_| r + 1 + p.h < blk.r1), b, r + 1 + p.h);
+        }
+        if r + 1 < p.d * p.h {
+            for k in 0..c {
+                prefetch_line(&p.image[(b * c + k) * sp + (r + 1) * w..][..w]);
+            }
+        }
         let (dd, hh) = (r / p.h, r % p.h);
         fclock += 1;
         let f_cur = s.flux_slot(p, k, b, r, fclock);

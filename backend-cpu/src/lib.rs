@@ -77,6 +77,10 @@ use kernel::{Block, GradRows, P1_HEAD, P2_LEN, Pass2, Problem, Scratch};
 /// The default number of pixels per block (rounded to whole rows).
 pub const DEFAULT_BLOCK_PIXELS: usize = 16_384;
 
+/// The default size in bytes above which a gradient buffer gets the probabilities cached in it
+/// with non-temporal stores (see [`CpuBackend::with_stream_bytes`]).
+pub const DEFAULT_STREAM_BYTES: usize = 24 << 20;
+
 /// The fused multithreaded CPU backend.
 ///
 /// Results depend on the block size (it fixes the summation order) but never on the thread
@@ -89,6 +93,9 @@ pub struct CpuBackend {
     /// Why building the requested pool failed, reported by every evaluation.
     pool_error: Option<&'static str>,
     block_pixels: usize,
+    /// Columns per tile of pass 1 (`None`: chosen from the class count).
+    tile_width: Option<usize>,
+    stream_bytes: usize,
 }
 
 impl Default for CpuBackend {
@@ -100,7 +107,14 @@ impl Default for CpuBackend {
 impl CpuBackend {
     /// A backend using rayon's global pool (all cores), or the pool it is called from.
     pub fn new() -> Self {
-        Self { threads: None, pool: None, pool_error: None, block_pixels: DEFAULT_BLOCK_PIXELS }
+        Self {
+            threads: None,
+            pool: None,
+            pool_error: None,
+            block_pixels: DEFAULT_BLOCK_PIXELS,
+            tile_width: None,
+            stream_bytes: DEFAULT_STREAM_BYTES,
+        }
     }
 
     /// A backend using its own pool of `threads` threads (`0` is taken as `1`).
@@ -120,7 +134,14 @@ impl CpuBackend {
             }
             Err(_) => (None, Some("a thread pool of the requested size (the system refused the threads)")),
         };
-        Self { threads: Some(threads), pool, pool_error, block_pixels: DEFAULT_BLOCK_PIXELS }
+        Self {
+            threads: Some(threads),
+            pool,
+            pool_error,
+            block_pixels: DEFAULT_BLOCK_PIXELS,
+            tile_width: None,
+            stream_bytes: DEFAULT_STREAM_BYTES,
+        }
     }
 
     /// The thread count requested, if any (`None`: rayon's pool).
@@ -135,6 +156,28 @@ impl CpuBackend {
     /// for any thread count at a given block size.
     pub fn with_block_pixels(mut self, pixels: usize) -> Self {
         self.block_pixels = pixels.max(1);
+        self
+    }
+
+    /// The same backend with tiles of `columns` columns (at least one) in the softmax pass
+    /// instead of the default, which keeps a tile of every class in the first-level cache.
+    ///
+    /// Like the block size, the tile width fixes a summation order: results are bitwise
+    /// identical for any thread count at a given tile width.
+    pub fn with_tile_width(mut self, columns: usize) -> Self {
+        self.tile_width = Some(columns.max(1));
+        self
+    }
+
+    /// The same backend with non-temporal stores for the probabilities it caches in gradient
+    /// buffers larger than `bytes` (default [`DEFAULT_STREAM_BYTES`]).
+    ///
+    /// With logits and a gradient, the softmax pass stores the probabilities in the gradient
+    /// buffer and the second pass reads them back. When the buffer is much larger than the
+    /// last-level cache they are evicted in between anyway, and non-temporal stores save
+    /// reading the buffer's old contents from memory first. Results are the same either way.
+    pub fn with_stream_bytes(mut self, bytes: usize) -> Self {
+        self.stream_bytes = bytes;
         self
     }
 
@@ -367,7 +410,7 @@ impl<T: Real> Backend<T> for CpuBackend {
         }
         params.validate()?;
         out.check(input.shape())?;
-        self.run(|threads| evaluate(self.block_pixels, threads, input, params, out, ws))
+        self.run(|threads| evaluate(self, threads, input, params, out, ws))
     }
 }
 
@@ -392,7 +435,7 @@ fn typed_consts<T: Real>(slot: &mut Option<Box<dyn Any + Send>>) -> &mut Consts<
 }
 
 fn evaluate<T: Real>(
-    block_pixels: usize,
+    cfg: &CpuBackend,
     threads: usize,
     input: &Input<'_, T>,
     params: &Params,
@@ -412,8 +455,10 @@ fn evaluate<T: Real>(
         d,
         h,
         w,
+        tile: cfg.tile_width.unwrap_or_else(|| kernel::tile_width(n, w)).clamp(1, w),
+        stream: out.grad.as_ref().is_some_and(|g| core::mem::size_of_val(&**g) > cfg.stream_bytes),
     };
-    let plan = Plan::new(d * h, w, block_pixels);
+    let plan = Plan::new(d * h, w, cfg.block_pixels);
     let blocks = bsz * plan.blocks_per_sample;
     let isa = Isa::get();
 
