@@ -168,6 +168,8 @@ pub(crate) struct Scratch<T> {
     t2: Vec<T>,
     t3: Vec<T>,
     t4: Vec<T>,
+    /// `Σ_n y_n·g_n` of one row (logits).
+    yg: Vec<T>,
     zero: Vec<T>,
     /// In pass 2 with logits and a gradient: the gradient buffer, which pass 1 filled with the
     /// probabilities; rows `cache_lo..cache_hi` (this block's rows not yet overwritten by their
@@ -185,7 +187,7 @@ impl<T: Real> Scratch<T> {
         self.y.resize(Y_SLOTS * (n + 1) * w, T::zero());
         self.flux.resize(F_SLOTS * 3 * n * w, T::zero());
         self.g.resize(n * w, T::zero());
-        for t in [&mut self.t1, &mut self.t2, &mut self.t3, &mut self.t4] {
+        for t in [&mut self.t1, &mut self.t2, &mut self.t3, &mut self.t4, &mut self.yg] {
             t.resize(w, T::zero());
         }
         self.zero.clear();
@@ -861,11 +863,20 @@ fn flux_row<T: Real>(
             let (yh, mh) = next_h.unwrap_or((zero, zero));
             let (yd, md) = next_d.unwrap_or((zero, zero));
             let lines = [(y0, m0), (yh, mh), (yd, md)];
-            let fused = if l1 {
-                flux_fused::<T, true>(lam, tol, lines, [&mut *fw, &mut *fh, &mut *fd], t)
-            } else {
-                flux_fused::<T, false>(lam, tol, lines, [&mut *fw, &mut *fh, &mut *fd], t)
-            };
+            let flags = u8::from(l1) * L1
+                + u8::from(exact.p.mask.is_some()) * MASKED
+                + u8::from(next_h.is_some()) * HAS_H
+                + u8::from(next_d.is_some()) * HAS_D;
+            let outs = [&mut *fw, &mut *fh, &mut *fd];
+            macro_rules! dispatch {
+                ($($f:literal)*) => {
+                    match flags {
+                        $($f => flux_fused::<T, $f>(lam, tol, lines, outs, t),)*
+                        _ => unreachable!("four flag bits"),
+                    }
+                };
+            }
+            let fused = dispatch!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
             if let Some(total) = fused {
                 return total;
             }
@@ -926,14 +937,27 @@ fn flux_row<T: Real>(
     }
 }
 
-/// `(φ, ℓ, doubtful)` of one pair `(a, b)` with masks `(ma, mb)`: the flux `λ·sign(d)` (L1) or
-/// `2λ·d` (L2) of `d = (b − a)·ma·mb`, its length term, and whether an L1 sign is within `tol`
-/// (relative) of flipping.
+/// Flags of [`flux_fused`]: L1 (else L2) length.
+const L1: u8 = 1;
+/// Flag: a mask is given (else every weight is one).
+const MASKED: u8 = 2;
+/// Flag: the row has a next row along H (else its H pairs are missing).
+const HAS_H: u8 = 4;
+/// Flag: the row has a next row along D.
+const HAS_D: u8 = 8;
+
+/// `(φ, ℓ, doubtful)` of one pair `(a, b)` with masks `(ma, mb)` (ignored without
+/// [`MASKED`]): the flux `λ·sign(d)` (L1) or `2λ·d` (L2) of `d = (b − a)·ma·mb`, its length
+/// term, and whether an L1 sign is within `tol` (relative) of flipping.
 #[inline(always)]
-fn pair<T: Real, const L1: bool>(a: T, b: T, ma: T, mb: T, lam: T, tol: T) -> (T, T, u32) {
-    let wt = ma * mb;
-    let d = (b - a) * wt;
-    if L1 {
+fn pair<T: Real, const F: u8>(a: T, b: T, ma: T, mb: T, lam: T, tol: T) -> (T, T, u32) {
+    let (d, live) = if F & MASKED != 0 {
+        let wt = ma * mb;
+        ((b - a) * wt, wt != T::zero())
+    } else {
+        (b - a, true)
+    };
+    if F & L1 != 0 {
         let phi = if d > T::zero() {
             lam
         } else if d < T::zero() {
@@ -941,7 +965,7 @@ fn pair<T: Real, const L1: bool>(a: T, b: T, ma: T, mb: T, lam: T, tol: T) -> (T
         } else {
             T::zero()
         };
-        let doubt = (tol > T::zero()) & (d.abs() <= tol * (a + b)) & (wt != T::zero());
+        let doubt = (tol > T::zero()) & (d.abs() <= tol * (a + b)) & live;
         (phi, d.abs(), u32::from(doubt))
     } else {
         ((lam + lam) * d, d * d, 0)
@@ -950,9 +974,10 @@ fn pair<T: Real, const L1: bool>(a: T, b: T, ma: T, mb: T, lam: T, tol: T) -> (T
 
 /// L1 or L2 fluxes of one class's row in one loop: writes `[own, φ_H, φ_D]` (see [`own_flux`])
 /// and returns the row's length, or `None` (outputs unfinished) when some L1 sign is in doubt.
-/// Absent next rows are given as zero lines (a zero mask makes every pair missing).
+/// The flags `F` say which length, whether masks are read, and which next rows exist (absent
+/// ones may be any lines; their fluxes are zero).
 #[inline(always)]
-fn flux_fused<T: Real, const L1: bool>(
+fn flux_fused<T: Real, const F: u8>(
     lam: T,
     tol: T,
     [(y0, m0), (yh, mh), (yd, md)]: [Line<'_, T>; 3],
@@ -961,11 +986,17 @@ fn flux_fused<T: Real, const L1: bool>(
 ) -> Option<f64> {
     let w = y0.len();
     let mut doubt = 0u32;
+    if F & HAS_H == 0 {
+        fh.fill(T::zero());
+    }
+    if F & HAS_D == 0 {
+        fd.fill(T::zero());
+    }
     // The first and last pixels, where the W pair before or after is missing.
     let lines = [(y0, m0), (yh, mh), (yd, md)];
-    doubt += edge::<T, L1>(lines, lam, tol, 0, false, w > 1, [&mut *own, &mut *fh, &mut *fd, &mut *t]);
+    doubt += edge::<T, F>(lines, lam, tol, 0, false, w > 1, [&mut *own, &mut *fh, &mut *fd, &mut *t]);
     if w > 1 {
-        doubt += edge::<T, L1>(lines, lam, tol, w - 1, true, false, [&mut *own, &mut *fh, &mut *fd, &mut *t]);
+        doubt += edge::<T, F>(lines, lam, tol, w - 1, true, false, [&mut *own, &mut *fh, &mut *fd, &mut *t]);
     }
     if w > 2 {
         let n = w - 2;
@@ -973,14 +1004,21 @@ fn flux_fused<T: Real, const L1: bool>(
         let (mp, mc, mn) = (&m0[..n], &m0[1..=n], &m0[2..n + 2]);
         let (yh, mh, yd, md) = (&yh[1..=n], &mh[1..=n], &yd[1..=n], &md[1..=n]);
         let (own, fh, fd, t) = (&mut own[1..=n], &mut fh[1..=n], &mut fd[1..=n], &mut t[1..=n]);
+        let z = T::zero();
         for i in 0..n {
-            let (pb, _, _) = pair::<T, L1>(prev[i], cur[i], mp[i], mc[i], lam, tol);
-            let (pw, vw, dw) = pair::<T, L1>(cur[i], next[i], mc[i], mn[i], lam, tol);
-            let (ph, vh, dh) = pair::<T, L1>(cur[i], yh[i], mc[i], mh[i], lam, tol);
-            let (pd, vd, dd) = pair::<T, L1>(cur[i], yd[i], mc[i], md[i], lam, tol);
+            let (pb, _, _) = pair::<T, F>(prev[i], cur[i], mp[i], mc[i], lam, tol);
+            let (pw, vw, dw) = pair::<T, F>(cur[i], next[i], mc[i], mn[i], lam, tol);
+            let (ph, vh, dh) =
+                if F & HAS_H != 0 { pair::<T, F>(cur[i], yh[i], mc[i], mh[i], lam, tol) } else { (z, z, 0) };
+            let (pd, vd, dd) =
+                if F & HAS_D != 0 { pair::<T, F>(cur[i], yd[i], mc[i], md[i], lam, tol) } else { (z, z, 0) };
             own[i] = pb - pw - ph - pd;
-            fh[i] = ph;
-            fd[i] = pd;
+            if F & HAS_H != 0 {
+                fh[i] = ph;
+            }
+            if F & HAS_D != 0 {
+                fd[i] = pd;
+            }
             t[i] = vw + vh + vd;
             doubt += dw + dh + dd;
         }
@@ -991,7 +1029,7 @@ fn flux_fused<T: Real, const L1: bool>(
 /// One pixel of [`flux_fused`] at an end of the row, where the W pair before (`!before`) or
 /// after (`!after`) is missing; returns its doubtful L1 signs.
 #[inline(always)]
-fn edge<T: Real, const L1: bool>(
+fn edge<T: Real, const F: u8>(
     [(y0, m0), (yh, mh), (yd, md)]: [Line<'_, T>; 3],
     lam: T,
     tol: T,
@@ -1001,10 +1039,10 @@ fn edge<T: Real, const L1: bool>(
     [own, fh, fd, t]: [&mut [T]; 4],
 ) -> u32 {
     let z = T::zero();
-    let (pb, _, _) = if before { pair::<T, L1>(y0[i - 1], y0[i], m0[i - 1], m0[i], lam, tol) } else { (z, z, 0) };
-    let (pw, vw, dw) = if after { pair::<T, L1>(y0[i], y0[i + 1], m0[i], m0[i + 1], lam, tol) } else { (z, z, 0) };
-    let (ph, vh, dh) = pair::<T, L1>(y0[i], yh[i], m0[i], mh[i], lam, tol);
-    let (pd, vd, dd) = pair::<T, L1>(y0[i], yd[i], m0[i], md[i], lam, tol);
+    let (pb, _, _) = if before { pair::<T, F>(y0[i - 1], y0[i], m0[i - 1], m0[i], lam, tol) } else { (z, z, 0) };
+    let (pw, vw, dw) = if after { pair::<T, F>(y0[i], y0[i + 1], m0[i], m0[i + 1], lam, tol) } else { (z, z, 0) };
+    let (ph, vh, dh) = if F & HAS_H != 0 { pair::<T, F>(y0[i], yh[i], m0[i], mh[i], lam, tol) } else { (z, z, 0) };
+    let (pd, vd, dd) = if F & HAS_D != 0 { pair::<T, F>(y0[i], yd[i], m0[i], md[i], lam, tol) } else { (z, z, 0) };
     own[i] = pb - pw - ph - pd;
     fh[i] = ph;
     fd[i] = pd;
@@ -1063,13 +1101,13 @@ struct ClassConsts<'a, T> {
 /// share; one fused loop for `C` channels (`image` starts at channel 0 of the row; channel `k`
 /// is `k·sp` further).
 #[inline(always)]
-fn class_line<T: Real, const C: usize, const GRAD: bool>(
+fn class_line<T: Real, const C: usize, const F: u8>(
     l: ClassLine<'_, T>,
     image: &[T],
     sp: usize,
     k: ClassConsts<'_, T>,
     g: &mut [T],
-    tmp: &mut [T],
+    [tmp, yg]: [&mut [T]; 2],
 ) {
     let w = l.y.len();
     let xs: [&[T]; C] = core::array::from_fn(|i| &image[i * sp..i * sp + w]);
@@ -1078,8 +1116,8 @@ fn class_line<T: Real, const C: usize, const GRAD: bool>(
     let ds: [T; C] = core::array::from_fn(|i| k.delta[i]);
     let two = T::one() + T::one();
     let (wf, cr, kappa) = (k.wf, k.cr, k.kappa);
-    let (y, m, own, up, back, g, tmp) =
-        (&l.y[..w], &l.m[..w], &l.own[..w], &l.up[..w], &l.back[..w], &mut g[..w], &mut tmp[..w]);
+    let (y, m, own, up, back, g, tmp, yg) =
+        (&l.y[..w], &l.m[..w], &l.own[..w], &l.up[..w], &l.back[..w], &mut g[..w], &mut tmp[..w], &mut yg[..w]);
     for i in 0..w {
         let mut d2 = T::zero();
         let mut dc = T::zero();
@@ -1088,15 +1126,30 @@ fn class_line<T: Real, const C: usize, const GRAD: bool>(
             let e = xs[c][i] - cs[c];
             d2 += e * e;
             dc += cs[c] * e;
-            q += (xs[c][i] - hs[c]) * ds[c];
+            if F & CL_LOGITS != 0 {
+                q += (xs[c][i] - hs[c]) * ds[c];
+            }
         }
-        tmp[i] += m[i] * y[i] * d2;
-        if GRAD {
-            let base = if k.shifted { kappa - two * q } else { d2 };
-            g[i] = wf * m[i] * (base - cr * dc) + own[i] + up[i] + back[i];
+        let wm = if F & CL_MASK != 0 { m[i] } else { T::one() };
+        tmp[i] += if F & CL_MASK != 0 { wm * y[i] * d2 } else { y[i] * d2 };
+        if F & CL_GRAD != 0 {
+            let base = if F & CL_LOGITS != 0 { kappa - two * q } else { d2 };
+            let fid = if F & CL_MASK != 0 { wf * wm * (base - cr * dc) } else { wf * (base - cr * dc) };
+            let gv = fid + own[i] + up[i] + back[i];
+            g[i] = gv;
+            if F & CL_LOGITS != 0 {
+                yg[i] += y[i] * gv;
+            }
         }
     }
 }
+
+/// Flags of [`class_line`]: write the gradient `g` (and, with [`CL_LOGITS`], add `y·g` to `yg`).
+const CL_GRAD: u8 = 1;
+/// Flag: a mask is given.
+const CL_MASK: u8 = 2;
+/// Flag: logits (`g` leaves out the part common to all classes; see [`ClassConsts`]).
+const CL_LOGITS: u8 = 4;
 
 /// [`class_line`] for any number of channels (and always the gradient), channel by channel.
 #[inline(always)]
@@ -1106,7 +1159,7 @@ fn class_line_any<T: Real>(
     sp: usize,
     k: ClassConsts<'_, T>,
     g: &mut [T],
-    [dist2, dot_c, tmp, q]: [&mut [T]; 4],
+    [dist2, dot_c, tmp, q, yg]: [&mut [T]; 5],
 ) {
     let w = l.y.len();
     let (wf, cr) = (k.wf, k.cr);
@@ -1131,6 +1184,11 @@ fn class_line_any<T: Real>(
         g.iter_mut().zip(l.m).zip(base).zip(dot_c.iter()).zip(l.own.iter().zip(l.up)).zip(l.back)
     {
         *gv = wf * mv * (d2 - cr * dc) + o + u + bk;
+    }
+    if k.shifted {
+        for ((s, &yv), &gv) in yg.iter_mut().zip(l.y).zip(g.iter()) {
+            *s += yv * gv;
+        }
     }
 }
 
@@ -1179,8 +1237,11 @@ pub(crate) fn pass2<T: Real>(
         let yrow = &s.y[yi * ylen..(yi + 1) * ylen];
         let (ys, m) = yrow.split_at(n * w);
         let (dist2, dot_c, tmp, t4) = (&mut s.t1, &mut s.t2, &mut s.t3, &mut s.t4);
-        // The fidelity terms of all classes are added up per pixel in `tmp`, then summed once.
+        let yg = &mut s.yg[..w];
+        // The fidelity terms of all classes are added up per pixel in `tmp`, then summed once;
+        // with logits, `Σ_n y_n·g_n` in `yg`.
         tmp.fill(T::zero());
+        yg.fill(T::zero());
         for (cls, (y, g)) in ys.chunks_exact(w).zip(s.g.chunks_exact_mut(w)).enumerate() {
             let fl = |slot: usize, axis: usize| line(&s.flux, flen, w, slot, 3 * cls + axis);
             let lines = ClassLine {
@@ -1206,38 +1267,39 @@ pub(crate) fn pass2<T: Real>(
                 cr: corr[cls],
                 shifted: p.logits,
             };
-            match (c, grad.is_some()) {
-                (1, true) => class_line::<T, 1, true>(lines, image, sp, kc, g, tmp),
-                (1, false) => class_line::<T, 1, false>(lines, image, sp, kc, g, tmp),
-                (2, true) => class_line::<T, 2, true>(lines, image, sp, kc, g, tmp),
-                (2, false) => class_line::<T, 2, false>(lines, image, sp, kc, g, tmp),
-                (3, true) => class_line::<T, 3, true>(lines, image, sp, kc, g, tmp),
-                (3, false) => class_line::<T, 3, false>(lines, image, sp, kc, g, tmp),
-                (4, true) => class_line::<T, 4, true>(lines, image, sp, kc, g, tmp),
-                (4, false) => class_line::<T, 4, false>(lines, image, sp, kc, g, tmp),
-                _ => class_line_any(lines, image, sp, kc, g, [&mut *dist2, &mut *dot_c, &mut *tmp, &mut *t4]),
-            };
+            let flags = u8::from(grad.is_some()) * CL_GRAD
+                + u8::from(p.mask.is_some()) * CL_MASK
+                + u8::from(p.logits) * CL_LOGITS;
+            macro_rules! dispatch {
+                ($($c:literal)*; $($f:literal)*) => {
+                    dispatch!(@c ($($c)*) ($($f)*))
+                };
+                (@c ($($c:literal)*) $fs:tt) => {
+                    match c {
+                        $($c => dispatch!(@f $c $fs),)*
+                        _ => class_line_any(lines, image, sp, kc, g, [&mut *dist2, &mut *dot_c, &mut *tmp, &mut *t4, &mut *yg]),
+                    }
+                };
+                (@f $c:literal ($($f:literal)*)) => {
+                    match flags {
+                        $($f => class_line::<T, $c, $f>(lines, image, sp, kc, g, [&mut *tmp, &mut *yg]),)*
+                        _ => unreachable!("three flag bits"),
+                    }
+                };
+            }
+            dispatch!(1 2 3 4; 0 1 2 3 4 5 6 7);
         }
         part[0] += sum(tmp);
         let Some(gr) = grad else { continue };
         let scale = k.scale;
         if p.logits {
-            // ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m).
-            dist2.fill(T::zero());
-            for (y, g) in ys.chunks_exact(w).zip(s.g.chunks_exact(w)) {
-                for ((t, &yv), &gv) in dist2.iter_mut().zip(y).zip(g) {
-                    *t += yv * gv;
-                }
-            }
-            // A non-finite g_n (overflow) makes Σ y·g non-finite too (0·∞ is NaN).
-            for (t, &mean) in tmp.iter_mut().zip(dist2.iter()) {
-                *t = mean * T::zero();
-            }
-            part[2] += sum(tmp);
+            // ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m). A non-finite g_n (overflow) makes Σ y·g
+            // non-finite too (0·∞ is NaN).
+            part[2] += check_sum(yg);
             for (cls, (y, g)) in ys.chunks_exact(w).zip(s.g.chunks_exact(w)).enumerate() {
                 // SAFETY: row r of this block's sample belongs to this block only.
                 let out = unsafe { gr.row(p, b, cls, r) };
-                for (((o, &yv), &gv), &mean) in out.iter_mut().zip(y).zip(g).zip(dist2.iter()) {
+                for (((o, &yv), &gv), &mean) in out.iter_mut().zip(y).zip(g).zip(yg.iter()) {
                     *o = scale * yv * (gv - mean);
                 }
             }
