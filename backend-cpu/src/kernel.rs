@@ -28,6 +28,8 @@ use crate::exp::exp_nonpos;
 
 /// Independent accumulators per sum.
 pub(crate) const LANES: usize = 8;
+/// Pixels per step of the loops that handle a remainder by redoing the last whole step.
+const VEC: usize = 16;
 /// Elements per partial sum in `T` before it is added in `f64`.
 pub(crate) const CHUNK: usize = 256;
 /// Cached rows of probabilities (3 are needed at once).
@@ -1005,22 +1007,37 @@ fn flux_fused<T: Real, const F: u8>(
         let (yh, mh, yd, md) = (&yh[1..=n], &mh[1..=n], &yd[1..=n], &md[1..=n]);
         let (own, fh, fd, t) = (&mut own[1..=n], &mut fh[1..=n], &mut fd[1..=n], &mut t[1..=n]);
         let z = T::zero();
-        for i in 0..n {
-            let (pb, _, _) = pair::<T, F>(prev[i], cur[i], mp[i], mc[i], lam, tol);
-            let (pw, vw, dw) = pair::<T, F>(cur[i], next[i], mc[i], mn[i], lam, tol);
-            let (ph, vh, dh) =
-                if F & HAS_H != 0 { pair::<T, F>(cur[i], yh[i], mc[i], mh[i], lam, tol) } else { (z, z, 0) };
-            let (pd, vd, dd) =
-                if F & HAS_D != 0 { pair::<T, F>(cur[i], yd[i], mc[i], md[i], lam, tol) } else { (z, z, 0) };
-            own[i] = pb - pw - ph - pd;
-            if F & HAS_H != 0 {
-                fh[i] = ph;
-            }
-            if F & HAS_D != 0 {
-                fd[i] = pd;
-            }
-            t[i] = vw + vh + vd;
-            doubt += dw + dh + dd;
+        // Whole vectors of pixels, then the last `VEC` pixels again (the loop only assigns, so
+        // redoing pixels changes nothing, and a doubt counted twice is still a doubt): no scalar
+        // remainder loop.
+        let full = n / VEC * VEC;
+        // (A macro, not a closure: closures do not inherit the caller's target features.)
+        macro_rules! pixels {
+            ($range:expr) => {
+                for i in $range {
+                    let (pb, _, _) = pair::<T, F>(prev[i], cur[i], mp[i], mc[i], lam, tol);
+                    let (pw, vw, dw) = pair::<T, F>(cur[i], next[i], mc[i], mn[i], lam, tol);
+                    let (ph, vh, dh) =
+                        if F & HAS_H != 0 { pair::<T, F>(cur[i], yh[i], mc[i], mh[i], lam, tol) } else { (z, z, 0) };
+                    let (pd, vd, dd) =
+                        if F & HAS_D != 0 { pair::<T, F>(cur[i], yd[i], mc[i], md[i], lam, tol) } else { (z, z, 0) };
+                    own[i] = pb - pw - ph - pd;
+                    if F & HAS_H != 0 {
+                        fh[i] = ph;
+                    }
+                    if F & HAS_D != 0 {
+                        fd[i] = pd;
+                    }
+                    t[i] = vw + vh + vd;
+                    doubt += dw + dh + dd;
+                }
+            };
+        }
+        pixels!(0..full);
+        if full < n && n >= VEC {
+            pixels!(n - VEC..n);
+        } else {
+            pixels!(full..n);
         }
     }
     if doubt > 0 { None } else { Some(sum(&t[..w])) }
