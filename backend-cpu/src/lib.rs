@@ -15,6 +15,12 @@
 //!    from other blocks, and rows already overwritten, get their softmax recomputed (the same
 //!    code, so the same bits). Otherwise pass 2 recomputes the softmax.
 //!
+//! Pass 1 runs over tiles of columns (a tile of every class fits the first-level cache; see
+//! [`CpuBackend::with_tile_width`]) and, with logits and a gradient, computes the probabilities
+//! in place in the gradient buffer, with non-temporal stores when the buffer is too large to stay
+//! in cache until pass 2 ([`CpuBackend::with_stream_bytes`]). Both passes prefetch the next rows'
+//! inputs in software: one memory stream per class is more than the hardware prefetcher follows.
+//!
 //! The work is split into blocks of whole rows of one sample, fixed by the shape alone, and run
 //! in parallel with [rayon](https://docs.rs/rayon) (its work stealing balances the blocks when
 //! other processes share the cores). Each block's partial sums go into their own slot and are
