@@ -421,10 +421,11 @@ fn check_values<T: Real>(src: &[T], min: &mut T) -> f64 {
     fold(acc)
 }
 
-/// Columns per tile of pass 1 for `n` classes: the tile's scores and probabilities (about
-/// `8·n·tile` bytes in `f32`) stay in the first-level cache while the softmax sweeps over them.
-pub(crate) fn tile_width(n: usize, w: usize) -> usize {
-    let t = (4096 / n.max(1)).clamp(16, 1024) / 16 * 16;
+/// Columns per tile of pass 1 for `n` classes of `elem` bytes: the tile's scores and
+/// probabilities (about `2·elem·n·tile` bytes, 32 KiB) stay in the first-level cache while the
+/// softmax sweeps over them.
+pub(crate) fn tile_width(n: usize, w: usize, elem: usize) -> usize {
+    let t = (16384 / (n.max(1) * elem.max(1))).clamp(16, 1024) / 16 * 16;
     t.min(w)
 }
 

@@ -461,7 +461,7 @@ fn evaluate<T: Real>(
         d,
         h,
         w,
-        tile: cfg.tile_width.unwrap_or_else(|| kernel::tile_width(n, w)).clamp(1, w),
+        tile: cfg.tile_width.unwrap_or_else(|| kernel::tile_width(n, w, core::mem::size_of::<T>())).clamp(1, w),
         stream: out.grad.as_ref().is_some_and(|g| core::mem::size_of_val(&**g) > cfg.stream_bytes),
     };
     let plan = Plan::new(d * h, w, cfg.block_pixels);
