@@ -401,24 +401,15 @@ fn dot<T: Real>(a: &[T], b: &[T]) -> f64 {
 /// value (`v·0` is NaN exactly then), and lowers `min` to the smallest value seen.
 #[inline(always)]
 fn check_values<T: Real>(src: &[T], min: &mut T) -> f64 {
-    let mut acc = [T::zero(); LANES];
     let mut lo = [*min; LANES];
-    let lanes = src.chunks_exact(LANES);
-    let rest = lanes.remainder();
-    for ch in lanes {
-        for (a, &v) in acc.iter_mut().zip(ch) {
-            *a += v * T::zero();
-        }
-        for (o, &v) in lo.iter_mut().zip(ch) {
+    let (lanes, rest) = src.as_chunks::<LANES>();
+    for v in lanes {
+        for (o, &v) in lo.iter_mut().zip(v) {
             *o = if v < *o { v } else { *o };
         }
     }
-    for (l, &v) in rest.iter().enumerate() {
-        acc[l] += v * T::zero();
-        lo[l] = if v < lo[l] { v } else { lo[l] };
-    }
-    *min = lo.iter().fold(*min, |m, &v| if v < m { v } else { m });
-    fold(acc)
+    *min = lo.iter().chain(rest).fold(*min, |m, &v| if v < m { v } else { m });
+    check_sum(src)
 }
 
 /// Columns per tile of pass 1 for `n` classes of `elem` bytes: the tile's scores and
@@ -1231,6 +1222,8 @@ pub(crate) fn pass2<T: Real>(
     let corr = &k.corr[b * n..(b + 1) * n];
     let mut fclock = 0;
     let (ylen, flen) = ((n + 1) * w, 3 * n * w);
+    let flags =
+        u8::from(grad.is_some()) * CL_GRAD + u8::from(p.mask.is_some()) * CL_MASK + u8::from(p.logits) * CL_LOGITS;
     for r in blk.r0..blk.r1 {
         // Rows before `r` already hold their gradient.
         s.cache_lo = r;
@@ -1285,9 +1278,6 @@ pub(crate) fn pass2<T: Real>(
                 cr: corr[cls],
                 shifted: p.logits,
             };
-            let flags = u8::from(grad.is_some()) * CL_GRAD
-                + u8::from(p.mask.is_some()) * CL_MASK
-                + u8::from(p.logits) * CL_LOGITS;
             macro_rules! dispatch {
                 ($($c:literal)*; $($f:literal)*) => {
                     dispatch!(@c ($($c)*) ($($f)*))

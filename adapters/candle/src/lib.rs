@@ -21,7 +21,8 @@
 //! let image = Tensor::rand(0f32, 1.0, (1, 1, 4, 4), &dev)?;
 //! let loss = MsLoss::new(Params::default()).forward(logits.as_tensor(), &image, None)?; // a scalar
 //! let grads = loss.backward()?;
-//! assert_eq!(grads.get(&logits).expect("tracked").dims(), &[1, 2, 4, 4]);
+//! let grad = grads.get(&logits).ok_or_else(|| candle_core::Error::Msg("logits not tracked".into()))?;
+//! assert_eq!(grad.dims(), &[1, 2, 4, 4]);
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
