@@ -173,9 +173,12 @@ pub(crate) struct Scratch<T> {
     /// `Σ_n y_n·g_n` of one row (logits).
     yg: Vec<T>,
     zero: Vec<T>,
+    /// The mask line of a row without a mask.
+    ones: Vec<T>,
     /// In pass 2 with logits and a gradient: the gradient buffer, which pass 1 filled with the
     /// probabilities; rows `cache_lo..cache_hi` (this block's rows not yet overwritten by their
-    /// gradient) are copied from it instead of recomputing the softmax. `None` outside pass 2.
+    /// gradient) are read from it in place instead of recomputing the softmax. `None` outside
+    /// pass 2.
     cache: Option<GradRows<T>>,
     cache_lo: usize,
     cache_hi: usize,
@@ -194,6 +197,8 @@ impl<T: Real> Scratch<T> {
         }
         self.zero.clear();
         self.zero.resize(w, T::zero());
+        self.ones.clear();
+        self.ones.resize(w, T::one());
         self.forget();
     }
 
@@ -204,6 +209,16 @@ impl<T: Real> Scratch<T> {
         self.y_stamp = [0; Y_SLOTS];
         self.f_stamp = [0; F_SLOTS];
         self.clock = 0;
+    }
+
+    /// Where probability row `r` of sample `b` is: in the gradient buffer if pass 1 cached it
+    /// there and it is not yet overwritten, else in a slot (computed if absent).
+    #[inline(always)]
+    fn y_row(&mut self, p: &Problem<'_, T>, b: usize, r: usize) -> YRow {
+        match self.cache {
+            Some(_) if (self.cache_lo..self.cache_hi).contains(&r) => YRow::Cached(r),
+            _ => YRow::Slot(self.y_slot(p, b, r)),
+        }
     }
 
     /// The slot of probability row `r` of sample `b`, computing it if absent. Slots used since
@@ -219,11 +234,7 @@ impl<T: Real> Scratch<T> {
         self.y_stamp[i] = self.clock;
         let len = (self.n + 1) * self.w;
         let dst = &mut self.y[i * len..(i + 1) * len];
-        match self.cache {
-            // SAFETY: rows `cache_lo..cache_hi` are this block's and are not written while cached.
-            Some(g) if (self.cache_lo..self.cache_hi).contains(&r) => unsafe { copy_cached(p, g, b, r, dst) },
-            _ => load_probs(p, b, r, dst, &mut self.t1, &mut self.t2),
-        }
+        load_probs(p, b, r, dst, &mut self.t1, &mut self.t2);
         i
     }
 
@@ -240,25 +251,20 @@ impl<T: Real> Scratch<T> {
         // The probability rows this flux row needs, pinned together.
         self.clock += 1;
         let (dd, hh) = (r / p.h, r % p.h);
-        let y0 = self.y_slot(p, b, r);
+        let y0 = self.y_row(p, b, r);
         // (No closures here: they would not inherit the caller's target features.)
-        let yh = if hh + 1 < p.h { Some(self.y_slot(p, b, r + 1)) } else { None };
-        let yd = if dd + 1 < p.d { Some(self.y_slot(p, b, r + p.h)) } else { None };
+        let yh = if hh + 1 < p.h { Some(self.y_row(p, b, r + 1)) } else { None };
+        let yd = if dd + 1 < p.d { Some(self.y_row(p, b, r + p.h)) } else { None };
         let (n, w) = (self.n, self.w);
-        let ylen = (n + 1) * w;
-        let y = &self.y;
+        let y = YLines { slots: &self.y, ones: &self.ones, cache: self.cache, p, b };
         let flen = 3 * n * w;
         let mut value = 0.0;
         let out = &mut self.flux[fi * flen..(fi + 1) * flen];
         for (cls, fl) in out.chunks_exact_mut(3 * w).enumerate() {
             let (fw, rest) = fl.split_at_mut(w);
             let (fh, fd) = rest.split_at_mut(w);
-            let next = |slot: Option<usize>| match slot {
-                Some(s) => Some((line(y, ylen, w, s, cls), line(y, ylen, w, s, n))),
-                None => None,
-            };
-            let rows =
-                Rows { y0: line(y, ylen, w, y0, cls), m0: line(y, ylen, w, y0, n), next_h: next(yh), next_d: next(yd) };
+            let next = |row: Option<YRow>| row.map(|row| (y.line(row, cls), y.line(row, n)));
+            let rows = Rows { y0: y.line(y0, cls), m0: y.line(y0, n), next_h: next(yh), next_d: next(yd) };
             let exact = Exact { p, b, cls, s0: r * w };
             value += flux_row(k, rows, exact, [fw, fh, fd], &mut self.t3, &self.zero);
         }
@@ -273,6 +279,46 @@ fn line<T>(y: &[T], ylen: usize, w: usize, slot: usize, i: usize) -> &[T] {
     &y[slot * ylen + i * w..slot * ylen + (i + 1) * w]
 }
 
+/// Where a probability row is (see [`Scratch::y_row`]).
+#[derive(Debug, Clone, Copy)]
+enum YRow {
+    /// Slot `i` of the scratch rows, `[y_0, …, y_{N−1}, m]`.
+    Slot(usize),
+    /// Row `r` of the gradient buffer, where pass 1 cached it (the mask from the input).
+    Cached(usize),
+}
+
+/// The probability rows of one sample, wherever they are (see [`YRow`]).
+#[derive(Clone, Copy)]
+struct YLines<'a, T> {
+    slots: &'a [T],
+    ones: &'a [T],
+    cache: Option<GradRows<T>>,
+    p: &'a Problem<'a, T>,
+    b: usize,
+}
+
+impl<'a, T: Real> YLines<'a, T> {
+    /// Line `i` of a row: class `i < N`, or the mask (ones without a mask) for `i = N`.
+    #[inline(always)]
+    fn line(&self, row: YRow, i: usize) -> &'a [T] {
+        let (n, w, sp) = (self.p.n, self.p.w, self.p.sp());
+        match row {
+            YRow::Slot(slot) => line(self.slots, (n + 1) * w, w, slot, i),
+            YRow::Cached(r) if i == n => match self.p.mask {
+                Some(mask) => &mask[self.b * sp + r * w..][..w],
+                None => &self.ones[..w],
+            },
+            YRow::Cached(r) => match self.cache {
+                // SAFETY: `Scratch::y_row` hands out `Cached` rows only within
+                // `cache_lo..cache_hi`: this block's rows that nothing writes while they are read.
+                Some(g) => unsafe { g.row_ref(self.p, self.b, i, r) },
+                None => unreachable!("a cached row without a cache"),
+            },
+        }
+    }
+}
+
 /// The least recently used slot not stamped `now`.
 #[inline(always)]
 fn lru(stamps: &[u64], now: u64) -> usize {
@@ -283,25 +329,6 @@ fn lru(stamps: &[u64], now: u64) -> usize {
         }
     }
     best
-}
-
-/// Loads row `r` of sample `b` as [`load_probs`] does, from the probabilities pass 1 stored in
-/// the gradient buffer (bitwise the same values: the same code computed them).
-///
-/// # Safety
-/// Nothing may be writing these rows of `g` meanwhile.
-#[inline(always)]
-unsafe fn copy_cached<T: Real>(p: &Problem<'_, T>, g: GradRows<T>, b: usize, r: usize, dst: &mut [T]) {
-    let (n, w, sp) = (p.n, p.w, p.sp());
-    let (ys, m) = dst.split_at_mut(n * w);
-    match p.mask {
-        Some(mask) => m.copy_from_slice(&mask[b * sp + r * w..][..w]),
-        None => m.fill(T::one()),
-    }
-    for (cls, y) in ys.chunks_exact_mut(w).enumerate() {
-        // SAFETY: by the caller's contract.
-        y.copy_from_slice(unsafe { g.row_ref(p, b, cls, r) });
-    }
 }
 
 /// Loads row `r` of sample `b` as `[y_0, …, y_{N−1}, m]`: the softmax of the logits (stable:
@@ -969,7 +996,8 @@ fn pair<T: Real, const F: u8>(a: T, b: T, ma: T, mb: T, lam: T, tol: T) -> (T, T
 /// L1 or L2 fluxes of one class's row in one loop: writes `[own, φ_H, φ_D]` (see [`own_flux`])
 /// and returns the row's length, or `None` (outputs unfinished) when some L1 sign is in doubt.
 /// The flags `F` say which length, whether masks are read, and which next rows exist (absent
-/// ones may be any lines; their fluxes are zero).
+/// ones may be any lines; the flux lines along their axes are not written, and the fluxes
+/// enter `own` as zero).
 #[inline(always)]
 fn flux_fused<T: Real, const F: u8>(
     lam: T,
@@ -980,12 +1008,8 @@ fn flux_fused<T: Real, const F: u8>(
 ) -> Option<f64> {
     let w = y0.len();
     let mut doubt = 0u32;
-    if F & HAS_H == 0 {
-        fh.fill(T::zero());
-    }
-    if F & HAS_D == 0 {
-        fd.fill(T::zero());
-    }
+    // Without a next row along an axis the row's fluxes along it are left as they were: only
+    // the next row reads them (as its `up` or `back` line), and that row does not exist.
     // The first and last pixels, where the W pair before or after is missing.
     let lines = [(y0, m0), (yh, mh), (yd, md)];
     doubt += edge::<T, F>(lines, lam, tol, 0, false, w > 1, [&mut *own, &mut *fh, &mut *fd, &mut *t]);
@@ -1221,7 +1245,7 @@ pub(crate) fn pass2<T: Real>(
     let cent = &k.centroids[b * n * c..(b + 1) * n * c];
     let corr = &k.corr[b * n..(b + 1) * n];
     let mut fclock = 0;
-    let (ylen, flen) = ((n + 1) * w, 3 * n * w);
+    let flen = 3 * n * w;
     let flags =
         u8::from(grad.is_some()) * CL_GRAD + u8::from(p.mask.is_some()) * CL_MASK + u8::from(p.logits) * CL_LOGITS;
     for r in blk.r0..blk.r1 {
@@ -1244,16 +1268,17 @@ pub(crate) fn pass2<T: Real>(
         let f_up = if grad.is_some() && hh > 0 { Some(s.flux_slot(p, k, b, r - 1, fclock)) } else { None };
         let f_back = if grad.is_some() && dd > 0 { Some(s.flux_slot(p, k, b, r - p.h, fclock)) } else { None };
         s.clock += 1;
-        let yi = s.y_slot(p, b, r);
-        let yrow = &s.y[yi * ylen..(yi + 1) * ylen];
-        let (ys, m) = yrow.split_at(n * w);
+        let yr = s.y_row(p, b, r);
+        let ys = YLines { slots: &s.y, ones: &s.ones, cache: s.cache, p, b };
+        let m = ys.line(yr, n);
         let (dist2, dot_c, tmp, t4) = (&mut s.t1, &mut s.t2, &mut s.t3, &mut s.t4);
         let yg = &mut s.yg[..w];
         // The fidelity terms of all classes are added up per pixel in `tmp`, then summed once;
         // with logits, `Σ_n y_n·g_n` in `yg`.
         tmp.fill(T::zero());
         yg.fill(T::zero());
-        for (cls, (y, g)) in ys.chunks_exact(w).zip(s.g.chunks_exact_mut(w)).enumerate() {
+        for (cls, g) in s.g.chunks_exact_mut(w).enumerate() {
+            let y = ys.line(yr, cls);
             let fl = |slot: usize, axis: usize| line(&s.flux, flen, w, slot, 3 * cls + axis);
             let lines = ClassLine {
                 y,
@@ -1304,11 +1329,25 @@ pub(crate) fn pass2<T: Real>(
             // ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m). A non-finite g_n (overflow) makes Σ y·g
             // non-finite too (0·∞ is NaN).
             part[2] += check_sum(yg);
-            for (cls, (y, g)) in ys.chunks_exact(w).zip(s.g.chunks_exact(w)).enumerate() {
-                // SAFETY: row r of this block's sample belongs to this block only.
-                let out = unsafe { gr.row(p, b, cls, r) };
-                for (((o, &yv), &gv), &mean) in out.iter_mut().zip(y).zip(g).zip(yg.iter()) {
-                    *o = scale * yv * (gv - mean);
+            for (cls, g) in s.g.chunks_exact(w).enumerate() {
+                match yr {
+                    YRow::Cached(_) => {
+                        // The probabilities are this row of the gradient buffer: overwrite them.
+                        // SAFETY: row r of this block's sample belongs to this block only, and
+                        // no reference into it is live.
+                        let out = unsafe { gr.row(p, b, cls, r) };
+                        for ((o, &gv), &mean) in out.iter_mut().zip(g).zip(yg.iter()) {
+                            *o = scale * *o * (gv - mean);
+                        }
+                    }
+                    YRow::Slot(_) => {
+                        let y = ys.line(yr, cls);
+                        // SAFETY: as above (the slot is scratch, not the gradient buffer).
+                        let out = unsafe { gr.row(p, b, cls, r) };
+                        for (((o, &yv), &gv), &mean) in out.iter_mut().zip(y).zip(g).zip(yg.iter()) {
+                            *o = scale * yv * (gv - mean);
+                        }
+                    }
                 }
             }
         } else {
