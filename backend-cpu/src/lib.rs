@@ -11,9 +11,10 @@
 //!    input checks fused in;
 //! 2. the fidelity, the length and the gradient of each row in one sweep. With logits and a
 //!    gradient requested, pass 1 stores the probabilities in the gradient buffer (an output,
-//!    overwritten row by row in pass 2) and pass 2 reads its block's rows back; rows it needs
-//!    from other blocks, and rows already overwritten, get their softmax recomputed (the same
-//!    code, so the same bits). Otherwise pass 2 recomputes the softmax.
+//!    overwritten row by row in pass 2) and pass 2 reads its block's rows there, in place (each
+//!    row's gradient then overwrites its probabilities); rows it needs from other blocks, and rows
+//!    already overwritten, get their softmax recomputed (the same code, so the same bits).
+//!    Otherwise pass 2 recomputes the softmax.
 //!
 //! Pass 1 runs over tiles of columns (a tile of every class fits the first-level cache; see
 //! [`CpuBackend::with_tile_width`]) and, with logits and a gradient, computes the probabilities
