@@ -24,12 +24,46 @@ pub(crate) struct BackendArgs {
     /// Threads of the CPU backend (default: all cores).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
+    /// CPU backend tuning: pixels per block of work (whole rows; default 16384).
+    #[arg(long)]
+    pub(crate) block_pixels: Option<usize>,
+    /// CPU backend tuning: columns per tile of the softmax pass (default: a tile of every
+    /// class fits the first-level cache).
+    #[arg(long)]
+    pub(crate) tile_width: Option<usize>,
+    /// CPU backend tuning: gradient buffers larger than this many bytes get the cached
+    /// probabilities written with non-temporal stores (default 25165824, 24 MiB).
+    #[arg(long)]
+    pub(crate) stream_bytes: Option<usize>,
 }
 
 impl BackendArgs {
     /// Builds the chosen backend.
     pub(crate) fn build(&self) -> anyhow::Result<AnyBackend> {
-        AnyBackend::new(self.backend, self.threads)
+        let mut backend = AnyBackend::new(self.backend, self.threads)?;
+        let AnyBackend::Cpu(cpu) = &mut backend else {
+            let given = [
+                ("--block-pixels", self.block_pixels),
+                ("--tile-width", self.tile_width),
+                ("--stream-bytes", self.stream_bytes),
+            ];
+            if let Some((flag, _)) = given.iter().find(|(_, v)| v.is_some()) {
+                anyhow::bail!("{flag} applies to the cpu backend only, got --backend {:?}", self.backend);
+            }
+            return Ok(backend);
+        };
+        if let Some(px) = self.block_pixels {
+            anyhow::ensure!(px >= 1, "--block-pixels must be >= 1, got {px}");
+            *cpu = std::mem::take(cpu).with_block_pixels(px);
+        }
+        if let Some(cols) = self.tile_width {
+            anyhow::ensure!(cols >= 1, "--tile-width must be >= 1, got {cols}");
+            *cpu = std::mem::take(cpu).with_tile_width(cols);
+        }
+        if let Some(bytes) = self.stream_bytes {
+            *cpu = std::mem::take(cpu).with_stream_bytes(bytes);
+        }
+        Ok(backend)
     }
 }
 

@@ -200,3 +200,32 @@ fn bad_input_exits_non_zero_with_a_message_and_no_output() {
     // Bad --shape for gradcheck.
     fails(&f, &["gradcheck", "--shape", "1,2,3"], "5 or 6 sizes");
 }
+
+#[test]
+fn cpu_tuning_flags_are_accepted_and_checked() {
+    // Blocks of a few rows, 3-column tiles and streamed stores: the gradient still checks out.
+    let args =
+        ["gradcheck", "--shape", "2,3,2,9,20", "--block-pixels", "40", "--tile-width", "3", "--stream-bytes", "0"];
+    let out = run(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["pass"], true);
+    let out = run(&["bench", "--shape", "1,2,1,32,32", "--iters", "2", "--block-pixels", "64", "--tile-width", "8"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json["median_ms"].as_f64().is_some_and(|v| v > 0.0));
+    for (args, needle) in [
+        (&["bench", "--shape", "1,2,1,8,8", "--block-pixels", "0"][..], "--block-pixels must be >= 1, got 0"),
+        (&["bench", "--shape", "1,2,1,8,8", "--tile-width", "0"][..], "--tile-width must be >= 1, got 0"),
+        (
+            &["bench", "--shape", "1,2,1,8,8", "--backend", "reference", "--stream-bytes", "0"][..],
+            "--stream-bytes applies to the cpu backend only",
+        ),
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: stderr `{err}` lacks `{needle}`");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
