@@ -48,7 +48,10 @@ impl BackendArgs {
                 ("--stream-bytes", self.stream_bytes),
             ];
             if let Some((flag, _)) = given.iter().find(|(_, v)| v.is_some()) {
-                anyhow::bail!("{flag} applies to the cpu backend only, got --backend {:?}", self.backend);
+                anyhow::bail!(
+                    "{flag} applies to the cpu backend only, got --backend {}",
+                    format!("{:?}", self.backend).to_lowercase()
+                );
             }
             return Ok(backend);
         };
