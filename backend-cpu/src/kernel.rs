@@ -214,9 +214,9 @@ impl<T: Real> Scratch<T> {
     /// Where probability row `r` of sample `b` is: in the gradient buffer if pass 1 cached it
     /// there and it is not yet overwritten, else in a slot (computed if absent).
     #[inline(always)]
-    fn y_row(&mut self, p: &Problem<'_, T>, b: usize, r: usize) -> YRow {
+    fn y_row(&mut self, p: &Problem<'_, T>, b: usize, r: usize) -> YRow<T> {
         match self.cache {
-            Some(_) if (self.cache_lo..self.cache_hi).contains(&r) => YRow::Cached(r),
+            Some(g) if (self.cache_lo..self.cache_hi).contains(&r) => YRow::Cached(g, r),
             _ => YRow::Slot(self.y_slot(p, b, r)),
         }
     }
@@ -256,14 +256,14 @@ impl<T: Real> Scratch<T> {
         let yh = if hh + 1 < p.h { Some(self.y_row(p, b, r + 1)) } else { None };
         let yd = if dd + 1 < p.d { Some(self.y_row(p, b, r + p.h)) } else { None };
         let (n, w) = (self.n, self.w);
-        let y = YLines { slots: &self.y, ones: &self.ones, cache: self.cache, p, b };
+        let y = YLines { slots: &self.y, ones: &self.ones, p, b };
         let flen = 3 * n * w;
         let mut value = 0.0;
         let out = &mut self.flux[fi * flen..(fi + 1) * flen];
         for (cls, fl) in out.chunks_exact_mut(3 * w).enumerate() {
             let (fw, rest) = fl.split_at_mut(w);
             let (fh, fd) = rest.split_at_mut(w);
-            let next = |row: Option<YRow>| row.map(|row| (y.line(row, cls), y.line(row, n)));
+            let next = |row: Option<YRow<T>>| row.map(|row| (y.line(row, cls), y.line(row, n)));
             let rows = Rows { y0: y.line(y0, cls), m0: y.line(y0, n), next_h: next(yh), next_d: next(yd) };
             let exact = Exact { p, b, cls, s0: r * w };
             value += flux_row(k, rows, exact, [fw, fh, fd], &mut self.t3, &self.zero);
@@ -281,11 +281,11 @@ fn line<T>(y: &[T], ylen: usize, w: usize, slot: usize, i: usize) -> &[T] {
 
 /// Where a probability row is (see [`Scratch::y_row`]).
 #[derive(Debug, Clone, Copy)]
-enum YRow {
+enum YRow<T> {
     /// Slot `i` of the scratch rows, `[y_0, …, y_{N−1}, m]`.
     Slot(usize),
     /// Row `r` of the gradient buffer, where pass 1 cached it (the mask from the input).
-    Cached(usize),
+    Cached(GradRows<T>, usize),
 }
 
 /// The probability rows of one sample, wherever they are (see [`YRow`]).
@@ -293,7 +293,6 @@ enum YRow {
 struct YLines<'a, T> {
     slots: &'a [T],
     ones: &'a [T],
-    cache: Option<GradRows<T>>,
     p: &'a Problem<'a, T>,
     b: usize,
 }
@@ -301,20 +300,17 @@ struct YLines<'a, T> {
 impl<'a, T: Real> YLines<'a, T> {
     /// Line `i` of a row: class `i < N`, or the mask (ones without a mask) for `i = N`.
     #[inline(always)]
-    fn line(&self, row: YRow, i: usize) -> &'a [T] {
+    fn line(&self, row: YRow<T>, i: usize) -> &'a [T] {
         let (n, w, sp) = (self.p.n, self.p.w, self.p.sp());
         match row {
             YRow::Slot(slot) => line(self.slots, (n + 1) * w, w, slot, i),
-            YRow::Cached(r) if i == n => match self.p.mask {
+            YRow::Cached(_, r) if i == n => match self.p.mask {
                 Some(mask) => &mask[self.b * sp + r * w..][..w],
                 None => &self.ones[..w],
             },
-            YRow::Cached(r) => match self.cache {
-                // SAFETY: `Scratch::y_row` hands out `Cached` rows only within
-                // `cache_lo..cache_hi`: this block's rows that nothing writes while they are read.
-                Some(g) => unsafe { g.row_ref(self.p, self.b, i, r) },
-                None => unreachable!("a cached row without a cache"),
-            },
+            // SAFETY: `Scratch::y_row` hands out `Cached` rows only within `cache_lo..cache_hi`:
+            // this block's rows that nothing writes while they are read.
+            YRow::Cached(g, r) => unsafe { g.row_ref(self.p, self.b, i, r) },
         }
     }
 }
@@ -1269,7 +1265,7 @@ pub(crate) fn pass2<T: Real>(
         let f_back = if grad.is_some() && dd > 0 { Some(s.flux_slot(p, k, b, r - p.h, fclock)) } else { None };
         s.clock += 1;
         let yr = s.y_row(p, b, r);
-        let ys = YLines { slots: &s.y, ones: &s.ones, cache: s.cache, p, b };
+        let ys = YLines { slots: &s.y, ones: &s.ones, p, b };
         let m = ys.line(yr, n);
         let (dist2, dot_c, tmp, t4) = (&mut s.t1, &mut s.t2, &mut s.t3, &mut s.t4);
         let yg = &mut s.yg[..w];
@@ -1329,25 +1325,15 @@ pub(crate) fn pass2<T: Real>(
             // ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m). A non-finite g_n (overflow) makes Σ y·g
             // non-finite too (0·∞ is NaN).
             part[2] += check_sum(yg);
+            // With logits and a gradient pass 1 cached every row of the block in the gradient
+            // buffer (`k.cached`), so row r's probabilities are there: overwrite them in place.
+            debug_assert!(matches!(yr, YRow::Cached(..)), "logits with a gradient are cached");
             for (cls, g) in s.g.chunks_exact(w).enumerate() {
-                match yr {
-                    YRow::Cached(_) => {
-                        // The probabilities are this row of the gradient buffer: overwrite them.
-                        // SAFETY: row r of this block's sample belongs to this block only, and
-                        // no reference into it is live.
-                        let out = unsafe { gr.row(p, b, cls, r) };
-                        for ((o, &gv), &mean) in out.iter_mut().zip(g).zip(yg.iter()) {
-                            *o = scale * *o * (gv - mean);
-                        }
-                    }
-                    YRow::Slot(_) => {
-                        let y = ys.line(yr, cls);
-                        // SAFETY: as above (the slot is scratch, not the gradient buffer).
-                        let out = unsafe { gr.row(p, b, cls, r) };
-                        for (((o, &yv), &gv), &mean) in out.iter_mut().zip(y).zip(g).zip(yg.iter()) {
-                            *o = scale * yv * (gv - mean);
-                        }
-                    }
+                // SAFETY: row r of this block's sample belongs to this block only, and no
+                // reference into it is live.
+                let out = unsafe { gr.row(p, b, cls, r) };
+                for ((o, &gv), &mean) in out.iter_mut().zip(g).zip(yg.iter()) {
+                    *o = scale * *o * (gv - mean);
                 }
             }
         } else {
