@@ -369,3 +369,34 @@ fn f32_accuracy_at_2048() {
         assert!(e_rel <= 1e-5 && g_err <= 1e-5 * scale, "{length:?} mask={mask}: {e_rel:e} {:e}", g_err / scale);
     }
 }
+
+/// Every compiled copy of the kernels this CPU runs (generic, AVX2, AVX-512) against the
+/// reference: the copy is chosen once per process, so each runs the `matches_reference` tests
+/// (and `isa_reports_the_copy_that_runs`) in a child process of this test binary with
+/// `MSLOSS_CPU_ISA` set.
+#[test]
+fn every_kernel_copy_agrees_with_the_reference() {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    for isa in ["generic", "avx2", "avx512"] {
+        let out = std::process::Command::new(&exe)
+            .args(["matches_reference", "isa_reports", "--test-threads", "1"])
+            .env("MSLOSS_CPU_ISA", isa)
+            .output()
+            .expect("the test binary runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "MSLOSS_CPU_ISA={isa}:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("test result: ok. 4 passed"), "MSLOSS_CPU_ISA={isa} ran other tests:\n{text}");
+    }
+}
+
+/// The copy `MSLOSS_CPU_ISA` asks for runs where the CPU has it, and never a better one.
+#[test]
+fn isa_reports_the_copy_that_runs() {
+    let isa = CpuBackend::with_threads(1).isa();
+    assert!(["generic", "avx2", "avx512"].contains(&isa), "{isa}");
+    match std::env::var("MSLOSS_CPU_ISA").as_deref() {
+        Ok("generic") => assert_eq!(isa, "generic"),
+        Ok("avx2") => assert_ne!(isa, "avx512"),
+        _ => {}
+    }
+}

@@ -24,7 +24,7 @@
 
 use msloss_core::{LengthKind, Real};
 
-use crate::exp::exp_nonpos;
+use crate::exp::{exp_nonpos, madd};
 
 /// Independent accumulators per sum.
 pub(crate) const LANES: usize = 8;
@@ -214,17 +214,17 @@ impl<T: Real> Scratch<T> {
     /// Where probability row `r` of sample `b` is: in the gradient buffer if pass 1 cached it
     /// there and it is not yet overwritten, else in a slot (computed if absent).
     #[inline(always)]
-    fn y_row(&mut self, p: &Problem<'_, T>, b: usize, r: usize) -> YRow<T> {
+    fn y_row<const FMA: bool>(&mut self, p: &Problem<'_, T>, b: usize, r: usize) -> YRow<T> {
         match self.cache {
             Some(g) if (self.cache_lo..self.cache_hi).contains(&r) => YRow::Cached(g, r),
-            _ => YRow::Slot(self.y_slot(p, b, r)),
+            _ => YRow::Slot(self.y_slot::<FMA>(p, b, r)),
         }
     }
 
     /// The slot of probability row `r` of sample `b`, computing it if absent. Slots used since
     /// the clock last ticked are never evicted.
     #[inline(always)]
-    fn y_slot(&mut self, p: &Problem<'_, T>, b: usize, r: usize) -> usize {
+    fn y_slot<const FMA: bool>(&mut self, p: &Problem<'_, T>, b: usize, r: usize) -> usize {
         if let Some(i) = self.y_key.iter().position(|&k| k == r) {
             self.y_stamp[i] = self.clock;
             return i;
@@ -234,13 +234,20 @@ impl<T: Real> Scratch<T> {
         self.y_stamp[i] = self.clock;
         let len = (self.n + 1) * self.w;
         let dst = &mut self.y[i * len..(i + 1) * len];
-        load_probs(p, b, r, dst, &mut self.t1, &mut self.t2);
+        load_probs::<T, FMA>(p, b, r, dst, &mut self.t1, &mut self.t2);
         i
     }
 
     /// The slot of flux row `r` of sample `b`, computing it if absent.
     #[inline(always)]
-    fn flux_slot(&mut self, p: &Problem<'_, T>, k: &Pass2<'_, T>, b: usize, r: usize, fclock: u64) -> usize {
+    fn flux_slot<const FMA: bool>(
+        &mut self,
+        p: &Problem<'_, T>,
+        k: &Pass2<'_, T>,
+        b: usize,
+        r: usize,
+        fclock: u64,
+    ) -> usize {
         if let Some(i) = self.f_key.iter().position(|&key| key == r) {
             self.f_stamp[i] = fclock;
             return i;
@@ -251,10 +258,10 @@ impl<T: Real> Scratch<T> {
         // The probability rows this flux row needs, pinned together.
         self.clock += 1;
         let (dd, hh) = (r / p.h, r % p.h);
-        let y0 = self.y_row(p, b, r);
+        let y0 = self.y_row::<FMA>(p, b, r);
         // (No closures here: they would not inherit the caller's target features.)
-        let yh = if hh + 1 < p.h { Some(self.y_row(p, b, r + 1)) } else { None };
-        let yd = if dd + 1 < p.d { Some(self.y_row(p, b, r + p.h)) } else { None };
+        let yh = if hh + 1 < p.h { Some(self.y_row::<FMA>(p, b, r + 1)) } else { None };
+        let yd = if dd + 1 < p.d { Some(self.y_row::<FMA>(p, b, r + p.h)) } else { None };
         let (n, w) = (self.n, self.w);
         let y = YLines { slots: &self.y, ones: &self.ones, p, b };
         let flen = 3 * n * w;
@@ -331,7 +338,14 @@ fn lru(stamps: &[u64], now: u64) -> usize {
 /// the maximum is subtracted first) or the probabilities as given, and the mask row (ones
 /// without a mask).
 #[inline(always)]
-fn load_probs<T: Real>(p: &Problem<'_, T>, b: usize, r: usize, dst: &mut [T], mx: &mut [T], sum: &mut [T]) {
+fn load_probs<T: Real, const FMA: bool>(
+    p: &Problem<'_, T>,
+    b: usize,
+    r: usize,
+    dst: &mut [T],
+    mx: &mut [T],
+    sum: &mut [T],
+) {
     let (n, w, sp) = (p.n, p.w, p.sp());
     let (ys, m) = dst.split_at_mut(n * w);
     match p.mask {
@@ -354,7 +368,7 @@ fn load_probs<T: Real>(p: &Problem<'_, T>, b: usize, r: usize, dst: &mut [T], mx
     sum.fill(T::zero());
     for (cls, y) in ys.chunks_exact_mut(w).enumerate() {
         for (((v, &z), &a), s) in y.iter_mut().zip(src(cls)).zip(mx.iter()).zip(sum.iter_mut()) {
-            let e = exp_nonpos(z - a);
+            let e = exp_nonpos::<T, FMA>(z - a);
             *v = e;
             *s += e;
         }
@@ -450,7 +464,7 @@ pub(crate) fn tile_width(n: usize, w: usize, elem: usize) -> usize {
 /// Each row is done in tiles of `tile` columns, so that the tile's sweeps (checks and maximum,
 /// exponentials, normalisation and moments) run in the first-level cache.
 #[inline(always)]
-pub(crate) fn pass1<T: Real>(
+pub(crate) fn pass1<T: Real, const FMA: bool>(
     p: &Problem<'_, T>,
     blk: Block,
     s: &mut Scratch<T>,
@@ -518,7 +532,7 @@ pub(crate) fn pass1<T: Real>(
                 // SAFETY: rows of this block belong to this block only; scratch is ours.
                 let y = unsafe { dest(in_place, &mut s.y, p, (b, cls, r), a, len) };
                 for (((v, &zv), &mv), t) in y.iter_mut().zip(z).zip(mx.iter()).zip(tot.iter_mut()) {
-                    let e = exp_nonpos(zv - mv);
+                    let e = exp_nonpos::<T, FMA>(zv - mv);
                     *v = e;
                     *t += e;
                 }
@@ -755,7 +769,9 @@ fn add_lanes<T: Real>(acc: &mut [T; LANES], v: &[T; LANES]) {
     }
 }
 
-/// `acc += v·x`, lane by lane.
+/// `acc += v·x`, lane by lane. Not fused even where the kernels have FMA: a sum's lanes are
+/// a dependency chain, which a fused multiply-add lengthens (4 cycles instead of an add's 3 on
+/// Zen 4), and pass 1 measured 20–25% slower with it.
 #[inline(always)]
 fn mul_add_lanes<T: Real>(acc: &mut [T; LANES], v: &[T; LANES], x: &[T; LANES]) {
     for l in 0..LANES {
@@ -1130,7 +1146,7 @@ struct ClassConsts<'a, T> {
 /// share; one fused loop for `C` channels (`image` starts at channel 0 of the row; channel `k`
 /// is `k·sp` further).
 #[inline(always)]
-fn class_line<T: Real, const C: usize, const F: u8>(
+fn class_line<T: Real, const FMA: bool, const C: usize, const F: u8>(
     l: ClassLine<'_, T>,
     image: &[T],
     sp: usize,
@@ -1144,6 +1160,7 @@ fn class_line<T: Real, const C: usize, const F: u8>(
     let hs: [T; C] = core::array::from_fn(|i| k.center[i]);
     let ds: [T; C] = core::array::from_fn(|i| k.delta[i]);
     let two = T::one() + T::one();
+    let fma = madd::<T, FMA>;
     let (wf, cr, kappa) = (k.wf, k.cr, k.kappa);
     let (y, m, own, up, back, g, tmp, yg) =
         (&l.y[..w], &l.m[..w], &l.own[..w], &l.up[..w], &l.back[..w], &mut g[..w], &mut tmp[..w], &mut yg[..w]);
@@ -1153,21 +1170,21 @@ fn class_line<T: Real, const C: usize, const F: u8>(
         let mut q = T::zero();
         for c in 0..C {
             let e = xs[c][i] - cs[c];
-            d2 += e * e;
-            dc += cs[c] * e;
+            d2 = fma(e, e, d2);
+            dc = fma(cs[c], e, dc);
             if F & CL_LOGITS != 0 {
-                q += (xs[c][i] - hs[c]) * ds[c];
+                q = fma(xs[c][i] - hs[c], ds[c], q);
             }
         }
         let wm = if F & CL_MASK != 0 { m[i] } else { T::one() };
-        tmp[i] += if F & CL_MASK != 0 { wm * y[i] * d2 } else { y[i] * d2 };
+        tmp[i] = fma(if F & CL_MASK != 0 { wm * y[i] } else { y[i] }, d2, tmp[i]);
         if F & CL_GRAD != 0 {
-            let base = if F & CL_LOGITS != 0 { kappa - two * q } else { d2 };
-            let fid = if F & CL_MASK != 0 { wf * wm * (base - cr * dc) } else { wf * (base - cr * dc) };
+            let base = if F & CL_LOGITS != 0 { fma(-two, q, kappa) } else { d2 };
+            let fid = if F & CL_MASK != 0 { wf * wm * fma(-cr, dc, base) } else { wf * fma(-cr, dc, base) };
             let gv = fid + own[i] + up[i] + back[i];
             g[i] = gv;
             if F & CL_LOGITS != 0 {
-                yg[i] += y[i] * gv;
+                yg[i] = fma(y[i], gv, yg[i]);
             }
         }
     }
@@ -1224,7 +1241,7 @@ fn class_line_any<T: Real>(
 /// Pass 2 over one block: fidelity, length and (where `grad` is given) the gradient of its
 /// rows; fills `part` with `[fidelity, length, gradient check]` (before weights and reduction).
 #[inline(always)]
-pub(crate) fn pass2<T: Real>(
+pub(crate) fn pass2<T: Real, const FMA: bool>(
     p: &Problem<'_, T>,
     k: &Pass2<'_, T>,
     blk: Block,
@@ -1259,12 +1276,12 @@ pub(crate) fn pass2<T: Real>(
         }
         let (dd, hh) = (r / p.h, r % p.h);
         fclock += 1;
-        let f_cur = s.flux_slot(p, k, b, r, fclock);
+        let f_cur = s.flux_slot::<FMA>(p, k, b, r, fclock);
         part[1] += s.f_value[f_cur];
-        let f_up = if grad.is_some() && hh > 0 { Some(s.flux_slot(p, k, b, r - 1, fclock)) } else { None };
-        let f_back = if grad.is_some() && dd > 0 { Some(s.flux_slot(p, k, b, r - p.h, fclock)) } else { None };
+        let f_up = if grad.is_some() && hh > 0 { Some(s.flux_slot::<FMA>(p, k, b, r - 1, fclock)) } else { None };
+        let f_back = if grad.is_some() && dd > 0 { Some(s.flux_slot::<FMA>(p, k, b, r - p.h, fclock)) } else { None };
         s.clock += 1;
-        let yr = s.y_row(p, b, r);
+        let yr = s.y_row::<FMA>(p, b, r);
         let ys = YLines { slots: &s.y, ones: &s.ones, p, b };
         let m = ys.line(yr, n);
         let (dist2, dot_c, tmp, t4) = (&mut s.t1, &mut s.t2, &mut s.t3, &mut s.t4);
@@ -1311,7 +1328,7 @@ pub(crate) fn pass2<T: Real>(
                 };
                 (@f $c:literal ($($f:literal)*)) => {
                     match flags {
-                        $($f => class_line::<T, $c, $f>(lines, image, sp, kc, g, [&mut *tmp, &mut *yg]),)*
+                        $($f => class_line::<T, FMA, $c, $f>(lines, image, sp, kc, g, [&mut *tmp, &mut *yg]),)*
                         _ => unreachable!("three flag bits"),
                     }
                 };

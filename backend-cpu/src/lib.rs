@@ -29,7 +29,10 @@
 //! run. Arithmetic is in `T` (eight `f32` lanes per AVX2 vector); the inner loops are
 //! branch-free over rows and vectorise (the softmax uses its own vectorisable `exp`), and on
 //! x86-64 a copy compiled for AVX-512 (F, VL, DQ, BW) or for AVX2 and FMA is picked at run time
-//! where the CPU has them (`MSLOSS_CPU_NO_AVX512` set in the environment keeps to AVX2).
+//! where the CPU has them (the environment variable `MSLOSS_CPU_ISA=generic|avx2|avx512` caps
+//! the choice; [`CpuBackend::isa`] says which runs). The copies for AVX2 and AVX-512 fuse the
+//! multiply-adds of the softmax's `exp` and of pass 2's per-pixel gradient (one rounding instead
+//! of two); sums are never fused (it would lengthen their dependency chains).
 //!
 //! ## Accuracy
 //! `f32` results stay within about `1e-6` of the `f64` reference (relative to the energy and to
@@ -156,6 +159,12 @@ impl CpuBackend {
         self.threads
     }
 
+    /// Which compiled copy of the kernels runs in this process: `"avx512"`, `"avx2"` or
+    /// `"generic"` (see the crate docs on `MSLOSS_CPU_ISA`).
+    pub fn isa(&self) -> &'static str {
+        Isa::get().name()
+    }
+
     /// The same backend with blocks of about `pixels` pixels (whole rows, at least one).
     ///
     /// Blocks are the unit of parallel work and of summation: smaller blocks balance better
@@ -275,18 +284,26 @@ enum Isa {
 }
 
 impl Isa {
-    /// The best copy this CPU runs, detected once per process. Setting the environment variable
-    /// `MSLOSS_CPU_NO_AVX512` (before the first evaluation) keeps to AVX2, for comparisons.
+    /// The best copy this CPU runs, detected once per process. The environment variable
+    /// `MSLOSS_CPU_ISA` (read before the first evaluation) caps the choice: `generic`, `avx2` or
+    /// `avx512` (the best copy the CPU runs at or below it), for comparisons and for testing
+    /// every copy on one machine; any other value is ignored.
     fn get() -> Self {
         static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-        *ISA.get_or_init(Isa::detect)
+        *ISA.get_or_init(|| Isa::detect(std::env::var("MSLOSS_CPU_ISA").ok().as_deref()))
     }
 
-    fn detect() -> Self {
+    /// The copy that runs under the cap `cap` (see [`Isa::get`]).
+    fn detect(cap: Option<&str>) -> Self {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            if std::env::var_os("MSLOSS_CPU_NO_AVX512").is_none()
+            let (allow_avx2, allow_avx512) = match cap {
+                Some("generic") => (false, false),
+                Some("avx2") => (true, false),
+                _ => (true, true),
+            };
+            if allow_avx512
                 && has!("avx512f")
                 && has!("avx512vl")
                 && has!("avx512dq")
@@ -296,13 +313,30 @@ impl Isa {
             {
                 return Isa::Avx512;
             }
-            if has!("avx2") && has!("fma") {
+            if allow_avx2 && has!("avx2") && has!("fma") {
                 return Isa::Avx2;
             }
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = cap;
         Isa::Generic
     }
+
+    /// The copy's name, as `MSLOSS_CPU_ISA` spells it.
+    fn name(self) -> &'static str {
+        match self {
+            Isa::Generic => "generic",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => "avx512",
+        }
+    }
 }
+
+/// Whether the kernels without target features may fuse multiply-adds: only where the
+/// baseline target has the instruction (otherwise `mul_add` is a call into the maths library).
+const GENERIC_FMA: bool = cfg!(any(target_arch = "aarch64", target_feature = "fma"));
 
 fn pass1_dispatch<T: Real>(
     isa: Isa,
@@ -313,7 +347,7 @@ fn pass1_dispatch<T: Real>(
     part: &mut [f64],
 ) {
     match isa {
-        Isa::Generic => kernel::pass1(p, blk, s, cache, part),
+        Isa::Generic => kernel::pass1::<T, GENERIC_FMA>(p, blk, s, cache, part),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only chosen when the CPU reports AVX2 and FMA.
         Isa::Avx2 => unsafe { pass1_avx2(p, blk, s, cache, part) },
@@ -333,7 +367,7 @@ fn pass2_dispatch<T: Real>(
     part: &mut [f64],
 ) {
     match isa {
-        Isa::Generic => kernel::pass2(p, k, blk, s, grad, part),
+        Isa::Generic => kernel::pass2::<T, GENERIC_FMA>(p, k, blk, s, grad, part),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `pass1_dispatch`.
         Isa::Avx2 => unsafe { pass2_avx2(p, k, blk, s, grad, part) },
@@ -343,8 +377,8 @@ fn pass2_dispatch<T: Real>(
     }
 }
 
-/// The kernels compiled once more with `features` enabled: `pass1` and `pass2` wrappers that
-/// the dispatchers call only when the CPU reports those features.
+/// The kernels compiled once more with `features` enabled (each includes FMA): `pass1` and
+/// `pass2` wrappers that the dispatchers call only when the CPU reports those features.
 macro_rules! isa_copies {
     ($pass1:ident, $pass2:ident, $features:literal) => {
         #[cfg(target_arch = "x86_64")]
@@ -356,7 +390,7 @@ macro_rules! isa_copies {
             cache: Option<GradRows<T>>,
             part: &mut [f64],
         ) {
-            kernel::pass1(p, blk, s, cache, part);
+            kernel::pass1::<T, true>(p, blk, s, cache, part);
         }
 
         #[cfg(target_arch = "x86_64")]
@@ -369,7 +403,7 @@ macro_rules! isa_copies {
             grad: Option<GradRows<T>>,
             part: &mut [f64],
         ) {
-            kernel::pass2(p, k, blk, s, grad, part);
+            kernel::pass2::<T, true>(p, k, blk, s, grad, part);
         }
     };
 }

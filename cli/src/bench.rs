@@ -72,6 +72,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         "floor_bytes": floor_bytes,
         "gbps": round3(floor_bytes as f64 / median / 1e9),
     });
+    if let AnyBackend::Cpu(cpu) = &backend {
+        json["isa"] = serde_json::json!(cpu.isa());
+    }
     if args.triad {
         let bw = triad_bandwidth();
         json["triad_gbps"] = serde_json::json!(round3(bw / 1e9));

@@ -214,6 +214,7 @@ fn cpu_tuning_flags_are_accepted_and_checked() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(json["median_ms"].as_f64().is_some_and(|v| v > 0.0));
+    assert!(["avx512", "avx2", "generic"].contains(&json["isa"].as_str().unwrap()), "{json}");
     for (args, needle) in [
         (&["bench", "--shape", "1,2,1,8,8", "--block-pixels", "0"][..], "--block-pixels must be >= 1, got 0"),
         (&["bench", "--shape", "1,2,1,8,8", "--tile-width", "0"][..], "--tile-width must be >= 1, got 0"),
