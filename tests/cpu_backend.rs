@@ -189,6 +189,46 @@ fn one_hot_probabilities_match_reference() {
     }
 }
 
+/// Blocky logits: runs of pixels with exactly equal scores, so that neighbouring softmax
+/// outputs are exactly equal (an L1 difference of zero, whose sign the fast path cannot take
+/// from its own rounding and must recompute), including regions where every class ties.
+fn tied_logits<T: Real>() {
+    let s = shape(2, 4, 2, 2, 9, 37);
+    let mut data = RandomInputs::<T>::new(s, 78);
+    let sp = s.spatial();
+    for b in 0..s.batch() {
+        for px in 0..sp {
+            let hot = (px / 5 + b) % (s.classes() + 1);
+            for n in 0..s.classes() {
+                // `hot == N`: every class ties.
+                let z = if n == hot { 2.5 } else { -0.5 * (n % 2) as f64 };
+                data.logits[(b * s.classes() + n) * sp + px] =
+                    T::from_f64_lossy(if hot == s.classes() { 0.25 } else { z });
+            }
+        }
+    }
+    let cpu = CpuBackend::with_threads(2).with_block_pixels(60).with_tile_width(16);
+    for length in LengthKind::ALL {
+        for mask in [false, true] {
+            let params = Params::default().with_lambda(0.3).with_length(length);
+            let case = Case { shape: s, logits: true, mask, params, seed: 0 };
+            let (e, g, c) = eval(&cpu, &mut cpu.workspace(), &case, &data);
+            let (er, gr, cr) = eval(&Reference, &mut Reference.workspace(), &case, &data);
+            let name = format!("tied logits {} {length:?} mask={mask}", T::NAME);
+            let tol = Tolerance::of::<T>();
+            tol.energy(&name, e, er);
+            tol.slices("gradient", &name, &g, &gr);
+            tol.slices("centroids", &name, &c, &cr);
+        }
+    }
+}
+
+#[test]
+fn tied_logits_match_reference() {
+    tied_logits::<f32>();
+    tied_logits::<f64>();
+}
+
 /// Larger images with many blocks of many rows, and classes up to 21.
 #[test]
 fn matches_reference_on_larger_images() {
@@ -371,7 +411,7 @@ fn f32_accuracy_at_2048() {
 }
 
 /// Every compiled copy of the kernels this CPU runs (generic, AVX2, AVX-512) against the
-/// reference: the copy is chosen once per process, so each runs the `matches_reference` tests
+/// reference: the copy is chosen once per process, so each runs the tests named `…match…`
 /// (and `isa_reports_the_copy_that_runs`) in a child process of this test binary with
 /// `MSLOSS_CPU_ISA` set.
 #[test]
@@ -379,13 +419,13 @@ fn every_kernel_copy_agrees_with_the_reference() {
     let exe = std::env::current_exe().expect("the test binary's path");
     for isa in ["generic", "avx2", "avx512"] {
         let out = std::process::Command::new(&exe)
-            .args(["matches_reference", "isa_reports", "--test-threads", "1"])
+            .args(["match", "isa_reports", "--test-threads", "1"])
             .env("MSLOSS_CPU_ISA", isa)
             .output()
             .expect("the test binary runs");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "MSLOSS_CPU_ISA={isa}:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
-        assert!(text.contains("test result: ok. 4 passed"), "MSLOSS_CPU_ISA={isa} ran other tests:\n{text}");
+        assert!(text.contains("test result: ok. 6 passed"), "MSLOSS_CPU_ISA={isa} ran other tests:\n{text}");
     }
 }
 

@@ -273,7 +273,7 @@ impl<T: Real> Scratch<T> {
             let next = |row: Option<YRow<T>>| row.map(|row| (y.line(row, cls), y.line(row, n)));
             let rows = Rows { y0: y.line(y0, cls), m0: y.line(y0, n), next_h: next(yh), next_d: next(yd) };
             let exact = Exact { p, b, cls, s0: r * w };
-            value += flux_row(k, rows, exact, [fw, fh, fd], &mut self.t3, &self.zero);
+            value += flux_row::<T, FMA>(k, rows, exact, [fw, fh, fd], &mut self.t3, &self.zero);
         }
         self.f_value[fi] = value;
         fi
@@ -870,7 +870,7 @@ fn axis<T: Real>(
 /// missing or masked); returns the length `Σ ℓ` over the row's own forward differences
 /// (before `λ`).
 #[inline(always)]
-fn flux_row<T: Real>(
+fn flux_row<T: Real, const FMA: bool>(
     k: &Pass2<'_, T>,
     rows: Rows<'_, T>,
     exact: Exact<'_, '_, T>,
@@ -899,17 +899,19 @@ fn flux_row<T: Real>(
             let flags = u8::from(l1) * L1
                 + u8::from(exact.p.mask.is_some()) * MASKED
                 + u8::from(next_h.is_some()) * HAS_H
-                + u8::from(next_d.is_some()) * HAS_D;
+                + u8::from(next_d.is_some()) * HAS_D
+                + u8::from(tol > T::zero()) * DOUBT;
             let outs = [&mut *fw, &mut *fh, &mut *fd];
             macro_rules! dispatch {
                 ($($f:literal)*) => {
                     match flags {
-                        $($f => flux_fused::<T, $f>(lam, tol, lines, outs, t),)*
-                        _ => unreachable!("four flag bits"),
+                        $($f => flux_fused::<T, FMA, $f>(lam, tol, lines, outs, t),)*
+                        _ => unreachable!("DOUBT only with L1"),
                     }
                 };
             }
-            let fused = dispatch!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+            // (`DOUBT` comes only with `L1`.)
+            let fused = dispatch!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 17 19 21 23 25 27 29 31);
             if let Some(total) = fused {
                 return total;
             }
@@ -978,19 +980,37 @@ const MASKED: u8 = 2;
 const HAS_H: u8 = 4;
 /// Flag: the row has a next row along D.
 const HAS_D: u8 = 8;
+/// Flag (with [`L1`]): signs within `tol` of flipping are in doubt (`tol > 0`: softmax outputs).
+const DOUBT: u8 = 16;
 
-/// `(φ, ℓ, doubtful)` of one pair `(a, b)` with masks `(ma, mb)` (ignored without
-/// [`MASKED`]): the flux `λ·sign(d)` (L1) or `2λ·d` (L2) of `d = (b − a)·ma·mb`, its length
-/// term, and whether an L1 sign is within `tol` (relative) of flipping.
+/// `(φ, ℓ, doubt)` of one pair `(a, b)` with masks `(ma, mb)` (ignored without [`MASKED`]):
+/// the flux `λ·sign(d)` (L1) or `2λ·d` (L2) of `d = (b − a)·ma·mb`, its length term, and (with
+/// [`DOUBT`]) whether the L1 sign is in doubt: `|d| ≤ tol·(a + b)` (relative to the pair) on a
+/// pair that is not masked out.
+///
+/// With `DOUBT` the flux is `±λ` by `d`'s sign bit alone: where `d = 0` the pair is in doubt
+/// (`|d| ≤ tol·(a + b)`), and the caller discards the row's fluxes for the exact path.
 #[inline(always)]
-fn pair<T: Real, const F: u8>(a: T, b: T, ma: T, mb: T, lam: T, tol: T) -> (T, T, u32) {
+fn pair<T: Real, const FMA: bool, const F: u8>(a: T, b: T, ma: T, mb: T, lam: T, tol: T) -> (T, T, u32) {
     let (d, live) = if F & MASKED != 0 {
         let wt = ma * mb;
         ((b - a) * wt, wt != T::zero())
     } else {
         (b - a, true)
     };
-    if F & L1 != 0 {
+    if F & L1 == 0 {
+        return ((lam + lam) * d, d * d, 0);
+    }
+    let ad = d.abs();
+    if F & DOUBT != 0 {
+        let phi = lam.copysign(d);
+        let doubt = u32::from(madd::<T, FMA>(a + b, tol, -ad) >= T::zero());
+        if F & MASKED != 0 {
+            (if live { phi } else { T::zero() }, ad, if live { doubt } else { 0 })
+        } else {
+            (phi, ad, doubt)
+        }
+    } else {
         let phi = if d > T::zero() {
             lam
         } else if d < T::zero() {
@@ -998,10 +1018,7 @@ fn pair<T: Real, const F: u8>(a: T, b: T, ma: T, mb: T, lam: T, tol: T) -> (T, T
         } else {
             T::zero()
         };
-        let doubt = (tol > T::zero()) & (d.abs() <= tol * (a + b)) & live;
-        (phi, d.abs(), u32::from(doubt))
-    } else {
-        ((lam + lam) * d, d * d, 0)
+        (phi, ad, 0)
     }
 }
 
@@ -1011,7 +1028,7 @@ fn pair<T: Real, const F: u8>(a: T, b: T, ma: T, mb: T, lam: T, tol: T) -> (T, T
 /// ones may be any lines; the flux lines along their axes are not written, and the fluxes
 /// enter `own` as zero).
 #[inline(always)]
-fn flux_fused<T: Real, const F: u8>(
+fn flux_fused<T: Real, const FMA: bool, const F: u8>(
     lam: T,
     tol: T,
     [(y0, m0), (yh, mh), (yd, md)]: [Line<'_, T>; 3],
@@ -1024,9 +1041,9 @@ fn flux_fused<T: Real, const F: u8>(
     // the next row reads them (as its `up` or `back` line), and that row does not exist.
     // The first and last pixels, where the W pair before or after is missing.
     let lines = [(y0, m0), (yh, mh), (yd, md)];
-    doubt += edge::<T, F>(lines, lam, tol, 0, false, w > 1, [&mut *own, &mut *fh, &mut *fd, &mut *t]);
+    doubt += edge::<T, FMA, F>(lines, lam, tol, 0, false, w > 1, [&mut *own, &mut *fh, &mut *fd, &mut *t]);
     if w > 1 {
-        doubt += edge::<T, F>(lines, lam, tol, w - 1, true, false, [&mut *own, &mut *fh, &mut *fd, &mut *t]);
+        doubt += edge::<T, FMA, F>(lines, lam, tol, w - 1, true, false, [&mut *own, &mut *fh, &mut *fd, &mut *t]);
     }
     if w > 2 {
         let n = w - 2;
@@ -1043,12 +1060,18 @@ fn flux_fused<T: Real, const F: u8>(
         macro_rules! pixels {
             ($range:expr) => {
                 for i in $range {
-                    let (pb, _, _) = pair::<T, F>(prev[i], cur[i], mp[i], mc[i], lam, tol);
-                    let (pw, vw, dw) = pair::<T, F>(cur[i], next[i], mc[i], mn[i], lam, tol);
-                    let (ph, vh, dh) =
-                        if F & HAS_H != 0 { pair::<T, F>(cur[i], yh[i], mc[i], mh[i], lam, tol) } else { (z, z, 0) };
-                    let (pd, vd, dd) =
-                        if F & HAS_D != 0 { pair::<T, F>(cur[i], yd[i], mc[i], md[i], lam, tol) } else { (z, z, 0) };
+                    let (pb, _, _) = pair::<T, FMA, F>(prev[i], cur[i], mp[i], mc[i], lam, tol);
+                    let (pw, vw, dw) = pair::<T, FMA, F>(cur[i], next[i], mc[i], mn[i], lam, tol);
+                    let (ph, vh, dh) = if F & HAS_H != 0 {
+                        pair::<T, FMA, F>(cur[i], yh[i], mc[i], mh[i], lam, tol)
+                    } else {
+                        (z, z, 0)
+                    };
+                    let (pd, vd, dd) = if F & HAS_D != 0 {
+                        pair::<T, FMA, F>(cur[i], yd[i], mc[i], md[i], lam, tol)
+                    } else {
+                        (z, z, 0)
+                    };
                     own[i] = pb - pw - ph - pd;
                     if F & HAS_H != 0 {
                         fh[i] = ph;
@@ -1074,7 +1097,7 @@ fn flux_fused<T: Real, const F: u8>(
 /// One pixel of [`flux_fused`] at an end of the row, where the W pair before (`!before`) or
 /// after (`!after`) is missing; returns its doubtful L1 signs.
 #[inline(always)]
-fn edge<T: Real, const F: u8>(
+fn edge<T: Real, const FMA: bool, const F: u8>(
     [(y0, m0), (yh, mh), (yd, md)]: [Line<'_, T>; 3],
     lam: T,
     tol: T,
@@ -1084,10 +1107,10 @@ fn edge<T: Real, const F: u8>(
     [own, fh, fd, t]: [&mut [T]; 4],
 ) -> u32 {
     let z = T::zero();
-    let (pb, _, _) = if before { pair::<T, F>(y0[i - 1], y0[i], m0[i - 1], m0[i], lam, tol) } else { (z, z, 0) };
-    let (pw, vw, dw) = if after { pair::<T, F>(y0[i], y0[i + 1], m0[i], m0[i + 1], lam, tol) } else { (z, z, 0) };
-    let (ph, vh, dh) = if F & HAS_H != 0 { pair::<T, F>(y0[i], yh[i], m0[i], mh[i], lam, tol) } else { (z, z, 0) };
-    let (pd, vd, dd) = if F & HAS_D != 0 { pair::<T, F>(y0[i], yd[i], m0[i], md[i], lam, tol) } else { (z, z, 0) };
+    let (pb, _, _) = if before { pair::<T, FMA, F>(y0[i - 1], y0[i], m0[i - 1], m0[i], lam, tol) } else { (z, z, 0) };
+    let (pw, vw, dw) = if after { pair::<T, FMA, F>(y0[i], y0[i + 1], m0[i], m0[i + 1], lam, tol) } else { (z, z, 0) };
+    let (ph, vh, dh) = if F & HAS_H != 0 { pair::<T, FMA, F>(y0[i], yh[i], m0[i], mh[i], lam, tol) } else { (z, z, 0) };
+    let (pd, vd, dd) = if F & HAS_D != 0 { pair::<T, FMA, F>(y0[i], yd[i], m0[i], md[i], lam, tol) } else { (z, z, 0) };
     own[i] = pb - pw - ph - pd;
     fh[i] = ph;
     fd[i] = pd;
