@@ -240,6 +240,15 @@ fn matches_reference_on_larger_images() {
         let params = Params::default().with_lambda(0.05);
         compare::<f32>(&cpu, &mut ws, &Case { shape: s, logits: true, mask: i == 1, params, seed: 7 + i as u64 });
     }
+    // A volume with the default blocks (two, of many slices each; the second starts mid-slice).
+    let cpu = CpuBackend::with_threads(2);
+    let s = shape(1, 2, 1, 40, 30, 16);
+    for (logits, mask) in [(true, false), (false, true)] {
+        let params = Params::default().with_lambda(0.05);
+        let case = Case { shape: s, logits, mask, params, seed: 11 };
+        compare::<f32>(&cpu, &mut Backend::<f32>::workspace(&cpu), &case);
+        compare::<f64>(&cpu, &mut Backend::<f64>::workspace(&cpu), &case);
+    }
 }
 
 /// Bitwise-identical results for 1, 2, 3 and 7 threads and for rayon's global pool.

@@ -163,6 +163,13 @@ pub(crate) struct Scratch<T> {
     f_stamp: [u64; F_SLOTS],
     /// The length summed over a flux row's own forward differences.
     f_value: [f64; F_SLOTS],
+    /// In 3D, `φ_D` of the last `H + 1` flux rows, `[row mod (H + 1), N, W]`, where the flux
+    /// slots' `φ_D` lines would be (a row needs `φ_D` of the row one slice back, `H` rows
+    /// earlier: too far for the slots to keep it, and its probabilities are then already
+    /// overwritten by their gradient).
+    fd_ring: Vec<T>,
+    /// The row each ring entry holds (`NO_ROW`: none); empty in 2D.
+    fd_keys: Vec<usize>,
     clock: u64,
     /// `∂E/∂y` of one row, `[N, W]`.
     g: Vec<T>,
@@ -186,11 +193,14 @@ pub(crate) struct Scratch<T> {
 
 impl<T: Real> Scratch<T> {
     /// Sizes the buffers for a shape (allocates only when they grow) and forgets cached rows.
-    pub(crate) fn prepare(&mut self, n: usize, w: usize) {
+    pub(crate) fn prepare(&mut self, n: usize, d: usize, h: usize, w: usize) {
         self.n = n;
         self.w = w;
         self.y.resize(Y_SLOTS * (n + 1) * w, T::zero());
         self.flux.resize(F_SLOTS * 3 * n * w, T::zero());
+        let ring = if d > 1 { h + 1 } else { 0 };
+        self.fd_ring.resize(ring * n * w, T::zero());
+        self.fd_keys.resize(ring, NO_ROW);
         self.g.resize(n * w, T::zero());
         for t in [&mut self.t1, &mut self.t2, &mut self.t3, &mut self.t4, &mut self.yg] {
             t.resize(w, T::zero());
@@ -208,6 +218,7 @@ impl<T: Real> Scratch<T> {
         self.f_key = [NO_ROW; F_SLOTS];
         self.y_stamp = [0; Y_SLOTS];
         self.f_stamp = [0; F_SLOTS];
+        self.fd_keys.fill(NO_ROW);
         self.clock = 0;
     }
 
@@ -238,7 +249,26 @@ impl<T: Real> Scratch<T> {
         i
     }
 
-    /// The slot of flux row `r` of sample `b`, computing it if absent.
+    /// The ring entry holding `φ_D` of flux row `r` of sample `b` (3D), computing the flux row
+    /// if the ring does not hold it.
+    #[inline(always)]
+    fn fd_entry<const FMA: bool>(
+        &mut self,
+        p: &Problem<'_, T>,
+        k: &Pass2<'_, T>,
+        b: usize,
+        r: usize,
+        fclock: u64,
+    ) -> usize {
+        let at = r % self.fd_keys.len();
+        if self.fd_keys[at] != r {
+            self.flux_slot::<FMA>(p, k, b, r, fclock);
+        }
+        at
+    }
+
+    /// The slot of flux row `r` of sample `b`, computing it if absent (and, in 3D, its `φ_D`
+    /// into the ring).
     #[inline(always)]
     fn flux_slot<const FMA: bool>(
         &mut self,
@@ -267,9 +297,22 @@ impl<T: Real> Scratch<T> {
         let flen = 3 * n * w;
         let mut value = 0.0;
         let out = &mut self.flux[fi * flen..(fi + 1) * flen];
+        // In 3D `φ_D` goes to the ring.
+        let ring = match self.fd_keys.len() {
+            0 => None,
+            len => {
+                self.fd_keys[r % len] = r;
+                Some(&mut self.fd_ring[(r % len) * n * w..][..n * w])
+            }
+        };
+        let mut ring_lines = ring.map(|lines| lines.chunks_exact_mut(w));
         for (cls, fl) in out.chunks_exact_mut(3 * w).enumerate() {
             let (fw, rest) = fl.split_at_mut(w);
-            let (fh, fd) = rest.split_at_mut(w);
+            let (fh, slot_fd) = rest.split_at_mut(w);
+            let fd = match ring_lines.as_mut().and_then(Iterator::next) {
+                Some(line) => line,
+                None => slot_fd,
+            };
             let next = |row: Option<YRow<T>>| row.map(|row| (y.line(row, cls), y.line(row, n)));
             let rows = Rows { y0: y.line(y0, cls), m0: y.line(y0, n), next_h: next(yh), next_d: next(yd) };
             let exact = Exact { p, b, cls, s0: r * w };
@@ -1302,7 +1345,7 @@ pub(crate) fn pass2<T: Real, const FMA: bool>(
         let f_cur = s.flux_slot::<FMA>(p, k, b, r, fclock);
         part[1] += s.f_value[f_cur];
         let f_up = if grad.is_some() && hh > 0 { Some(s.flux_slot::<FMA>(p, k, b, r - 1, fclock)) } else { None };
-        let f_back = if grad.is_some() && dd > 0 { Some(s.flux_slot::<FMA>(p, k, b, r - p.h, fclock)) } else { None };
+        let f_back = if grad.is_some() && dd > 0 { Some(s.fd_entry::<FMA>(p, k, b, r - p.h, fclock)) } else { None };
         s.clock += 1;
         let yr = s.y_row::<FMA>(p, b, r);
         let ys = YLines { slots: &s.y, ones: &s.ones, p, b };
@@ -1325,7 +1368,7 @@ pub(crate) fn pass2<T: Real, const FMA: bool>(
                     None => &s.zero[..w],
                 },
                 back: match f_back {
-                    Some(f) => fl(f, 2),
+                    Some(at) => &s.fd_ring[(at * n + cls) * w..][..w],
                     None => &s.zero[..w],
                 },
             };
