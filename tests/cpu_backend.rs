@@ -272,6 +272,16 @@ fn deterministic_across_thread_counts() {
         }
         assert!(bits(&run(CpuBackend::new())) == bits(&want), "global pool differs from 1 thread");
     }
+    // Default blocks on an input small enough to get smaller ones (two blocks of 43 rows).
+    let s = shape(1, 3, 2, 1, 64, 96);
+    let case = Case { shape: s, logits: true, mask: false, params: Params::default(), seed: 6 };
+    let data = RandomInputs::<f32>::new(s, case.seed);
+    let run = |cpu: CpuBackend| eval(&cpu, &mut Backend::<f32>::workspace(&cpu), &case, &data);
+    let want = run(CpuBackend::with_threads(1));
+    for t in [2, 3] {
+        assert!(bits(&run(CpuBackend::with_threads(t))) == bits(&want), "default blocks: {t} threads differ from 1");
+    }
+    compare::<f32>(&CpuBackend::with_threads(2), &mut CpuBackend::new().workspace(), &case);
 }
 
 fn bits(r: &Results<f32>) -> Vec<u32> {

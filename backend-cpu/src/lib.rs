@@ -88,6 +88,9 @@ use kernel::{Block, GradRows, P1_HEAD, P2_LEN, Pass2, Problem, Scratch};
 
 /// The default number of pixels per block (rounded to whole rows).
 pub const DEFAULT_BLOCK_PIXELS: usize = 16_384;
+/// The smallest default block, for inputs of fewer than `4·DEFAULT_BLOCK_PIXELS` pixels (which
+/// get 4 blocks where they have this many pixels).
+const SMALL_BLOCK_PIXELS: usize = 4096;
 /// The fewest slices of a 3D volume in a block unless a block size is set: a block recomputes
 /// about one slice's worth of rows at each end (64³, one thread: 5.8 ms with 4 slices, 5.0 with
 /// 8, 4.4 with one block).
@@ -209,8 +212,9 @@ impl CpuBackend {
         CpuWorkspace::default()
     }
 
-    /// The block size in pixels (for 3D volumes with the default, at least
-    /// [`DEFAULT_BLOCK_SLICES`] slices).
+    /// The block size in pixels that was set, else [`DEFAULT_BLOCK_PIXELS`]. (With the default,
+    /// inputs of fewer than four such blocks get smaller ones, down to 4096 pixels, and 3D blocks
+    /// span at least [`DEFAULT_BLOCK_SLICES`] slices.)
     pub fn block_pixels(&self) -> usize {
         self.block_pixels.unwrap_or(DEFAULT_BLOCK_PIXELS)
     }
@@ -270,6 +274,24 @@ struct Plan {
 }
 
 impl Plan {
+    /// The plan for `bsz` samples of `[d, h, w]` with the block size set (or `None`).
+    ///
+    /// By default, inputs of fewer than 4 default blocks get smaller blocks (down to
+    /// `SMALL_BLOCK_PIXELS`), so that threads still share them (chosen from the shape alone, so
+    /// results do not depend on the thread count). A 3D block recomputes about one slice of rows
+    /// at each end (the neighbours along D of its first and last slices), so by default it spans
+    /// several slices.
+    fn for_shape(bsz: usize, [d, h, w]: [usize; 3], block_pixels: Option<usize>) -> Self {
+        let (block_pixels, min_rows) = match block_pixels {
+            Some(px) => (px, 1),
+            None => (
+                (bsz * d * h * w / 4).clamp(SMALL_BLOCK_PIXELS, DEFAULT_BLOCK_PIXELS),
+                if d > 1 { DEFAULT_BLOCK_SLICES * h } else { 1 },
+            ),
+        };
+        Plan::new(d * h, w, block_pixels, min_rows)
+    }
+
     /// Blocks of about `block_pixels` pixels and at least `min_rows` rows.
     fn new(rows: usize, w: usize, block_pixels: usize, min_rows: usize) -> Self {
         let rows_per_block = block_pixels.div_ceil(w).max(min_rows).clamp(1, rows);
@@ -508,13 +530,7 @@ fn evaluate<T: Real>(
         tile: cfg.tile_width.unwrap_or_else(|| kernel::tile_width(n, w, core::mem::size_of::<T>())).clamp(1, w),
         stream: out.grad.as_ref().is_some_and(|g| core::mem::size_of_val(&**g) > cfg.stream_bytes),
     };
-    // A 3D block recomputes about one slice of rows at each end (the neighbours along D of
-    // its first and last slices), so by default it spans several slices.
-    let min_rows = match cfg.block_pixels {
-        None if d > 1 => DEFAULT_BLOCK_SLICES * h,
-        _ => 1,
-    };
-    let plan = Plan::new(d * h, w, cfg.block_pixels(), min_rows);
+    let plan = Plan::for_shape(bsz, [d, h, w], cfg.block_pixels);
     let blocks = bsz * plan.blocks_per_sample;
     let isa = Isa::get();
 
@@ -649,4 +665,31 @@ fn evaluate<T: Real>(
         return Err(Error::NonFiniteResult { what: "gradient", value: tot[2] });
     }
     Ok(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Plan;
+
+    /// `(blocks per sample, rows per block)` of the plan.
+    fn plan(bsz: usize, dhw: [usize; 3], px: Option<usize>) -> (usize, usize) {
+        let p = Plan::for_shape(bsz, dhw, px);
+        (p.blocks_per_sample, p.rows_per_block)
+    }
+
+    #[test]
+    fn default_blocks_follow_the_shape() {
+        // Large inputs: 16384-pixel blocks (S2, S4).
+        assert_eq!(plan(8, [1, 128, 128], None), (1, 128));
+        assert_eq!(plan(2, [1, 512, 512], None), (16, 32));
+        // Small inputs: four blocks, down to 4096 pixels; the smallest stay whole.
+        assert_eq!(plan(1, [1, 128, 128], None), (4, 32));
+        assert_eq!(plan(1, [1, 64, 96], None), (2, 43));
+        assert_eq!(plan(1, [1, 64, 64], None), (1, 64));
+        // 3D: at least 8 slices per block.
+        assert_eq!(plan(1, [64, 64, 64], None), (8, 512));
+        // A size that was set is kept, also in 3D.
+        assert_eq!(plan(1, [1, 128, 128], Some(16384)), (1, 128));
+        assert_eq!(plan(1, [64, 64, 64], Some(4096)), (64, 64));
+    }
 }

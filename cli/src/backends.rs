@@ -24,8 +24,8 @@ pub(crate) struct BackendArgs {
     /// Threads of the CPU backend (default: all cores).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
-    /// CPU backend tuning: pixels per block of work (whole rows; default 16384, and for 3D
-    /// volumes at least 8 slices).
+    /// CPU backend tuning: pixels per block of work (whole rows; default 16384, down to 4096
+    /// for inputs of fewer than 4 such blocks, and for 3D volumes at least 8 slices).
     #[arg(long)]
     pub(crate) block_pixels: Option<usize>,
     /// CPU backend tuning: columns per tile of the softmax pass (default: a tile of every
