@@ -262,8 +262,14 @@ impl<T: Real> Scratch<T> {
     ) -> usize {
         let at = r % self.fd_keys.len();
         if self.fd_keys[at] != r {
+            // Only computing a flux row writes the ring: forget the row in the slots (whose
+            // data stays valid for anyone holding its index) so that it is computed.
+            if let Some(i) = self.f_key.iter().position(|&key| key == r) {
+                self.f_key[i] = NO_ROW;
+            }
             self.flux_slot::<FMA>(p, k, b, r, fclock);
         }
+        debug_assert_eq!(self.fd_keys[at], r, "the ring holds the row just computed");
         at
     }
 

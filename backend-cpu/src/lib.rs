@@ -111,7 +111,7 @@ pub struct CpuBackend {
     pool: Option<Arc<rayon::ThreadPool>>,
     /// Why building the requested pool failed, reported by every evaluation.
     pool_error: Option<&'static str>,
-    /// `None`: [`DEFAULT_BLOCK_PIXELS`], and in 3D at least [`DEFAULT_BLOCK_SLICES`] slices.
+    /// `None`: chosen from the shape (see `Plan::for_shape`).
     block_pixels: Option<usize>,
     /// Columns per tile of pass 1 (`None`: chosen from the class count).
     tile_width: Option<usize>,
@@ -317,11 +317,14 @@ enum Isa {
 impl Isa {
     /// The best copy this CPU runs, detected once per process. The environment variable
     /// `MSLOSS_CPU_ISA` (read before the first evaluation) caps the choice: `generic`, `avx2` or
-    /// `avx512` (the best copy the CPU runs at or below it), for comparisons and for testing
-    /// every copy on one machine; any other value is ignored.
+    /// `avx512` (the best copy the CPU runs at or below it; any case), for comparisons and for
+    /// testing every copy on one machine; any other value is ignored.
     fn get() -> Self {
         static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-        *ISA.get_or_init(|| Isa::detect(std::env::var("MSLOSS_CPU_ISA").ok().as_deref()))
+        *ISA.get_or_init(|| {
+            let cap = std::env::var("MSLOSS_CPU_ISA").ok().map(|v| v.trim().to_ascii_lowercase());
+            Isa::detect(cap.as_deref())
+        })
     }
 
     /// The copy that runs under the cap `cap` (see [`Isa::get`]).
