@@ -262,19 +262,14 @@ impl<T: Real> Scratch<T> {
     ) -> usize {
         let at = r % self.fd_keys.len();
         if self.fd_keys[at] != r {
-            // Only computing a flux row writes the ring: forget the row in the slots (whose
-            // data stays valid for anyone holding its index) so that it is computed.
-            if let Some(i) = self.f_key.iter().position(|&key| key == r) {
-                self.f_key[i] = NO_ROW;
-            }
             self.flux_slot::<FMA>(p, k, b, r, fclock);
         }
-        debug_assert_eq!(self.fd_keys[at], r, "the ring holds the row just computed");
         at
     }
 
     /// The slot of flux row `r` of sample `b`, computing it if absent (and, in 3D, its `φ_D`
-    /// into the ring).
+    /// into the ring: a row whose `φ_D` the ring no longer holds counts as absent, and is
+    /// computed again into the same slot).
     #[inline(always)]
     fn flux_slot<const FMA: bool>(
         &mut self,
@@ -284,11 +279,13 @@ impl<T: Real> Scratch<T> {
         r: usize,
         fclock: u64,
     ) -> usize {
-        if let Some(i) = self.f_key.iter().position(|&key| key == r) {
+        let held = self.f_key.iter().position(|&key| key == r);
+        let in_ring = self.fd_keys.is_empty() || self.fd_keys[r % self.fd_keys.len()] == r;
+        if let (Some(i), true) = (held, in_ring) {
             self.f_stamp[i] = fclock;
             return i;
         }
-        let fi = lru(&self.f_stamp, fclock);
+        let fi = held.unwrap_or_else(|| lru(&self.f_stamp, fclock));
         self.f_key[fi] = r;
         self.f_stamp[fi] = fclock;
         // The probability rows this flux row needs, pinned together.
@@ -1374,7 +1371,7 @@ pub(crate) fn pass2<T: Real, const FMA: bool>(
                     None => &s.zero[..w],
                 },
                 back: match f_back {
-                    Some(at) => &s.fd_ring[(at * n + cls) * w..][..w],
+                    Some(at) => line(&s.fd_ring, n * w, w, at, cls),
                     None => &s.zero[..w],
                 },
             };
