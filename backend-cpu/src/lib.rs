@@ -90,7 +90,7 @@ use kernel::{Block, GradRows, P1_HEAD, P2_LEN, Pass2, Problem, Scratch};
 pub const DEFAULT_BLOCK_PIXELS: usize = 16_384;
 /// The smallest default block, for inputs of fewer than `4·DEFAULT_BLOCK_PIXELS` pixels (which
 /// get 4 blocks where they have this many pixels).
-const SMALL_BLOCK_PIXELS: usize = 4096;
+pub const SMALL_BLOCK_PIXELS: usize = 4096;
 /// The fewest slices of a 3D volume in a block unless a block size is set: a block recomputes
 /// about one slice's worth of rows at each end (64³, one thread: 5.8 ms with 4 slices, 5.0 with
 /// 8, 4.4 with one block).

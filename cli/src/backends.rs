@@ -24,18 +24,38 @@ pub(crate) struct BackendArgs {
     /// Threads of the CPU backend (default: all cores).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
-    /// CPU backend tuning: pixels per block of work (whole rows; default 16384, down to 4096
-    /// for inputs of fewer than 4 such blocks, and for 3D volumes at least 8 slices).
-    #[arg(long)]
+    /// CPU backend tuning: pixels per block of work (the help text states the defaults, from
+    /// the backend's constants).
+    #[arg(long, help = block_pixels_help())]
     pub(crate) block_pixels: Option<usize>,
     /// CPU backend tuning: columns per tile of the softmax pass (default: a tile of every
     /// class fits the first-level cache).
     #[arg(long)]
     pub(crate) tile_width: Option<usize>,
-    /// CPU backend tuning: gradient buffers larger than this many bytes get the cached
-    /// probabilities written with non-temporal stores (default 25165824, 24 MiB).
-    #[arg(long)]
+    /// CPU backend tuning: the gradient-buffer size above which the cached probabilities are
+    /// written with non-temporal stores (the help text states the default).
+    #[arg(long, help = stream_bytes_help())]
     pub(crate) stream_bytes: Option<usize>,
+}
+
+/// `--block-pixels`' help, with the CPU backend's defaults.
+fn block_pixels_help() -> String {
+    use msloss::cpu::{DEFAULT_BLOCK_PIXELS, DEFAULT_BLOCK_SLICES, SMALL_BLOCK_PIXELS};
+    format!(
+        "CPU backend tuning: pixels per block of work (whole rows; default {DEFAULT_BLOCK_PIXELS}, down to \
+         {SMALL_BLOCK_PIXELS} for inputs of fewer than 4 such blocks, and for 3D volumes at least \
+         {DEFAULT_BLOCK_SLICES} slices)"
+    )
+}
+
+/// `--stream-bytes`' help, with the CPU backend's default.
+fn stream_bytes_help() -> String {
+    let bytes = msloss::cpu::DEFAULT_STREAM_BYTES;
+    format!(
+        "CPU backend tuning: gradient buffers larger than this many bytes get the cached probabilities \
+         written with non-temporal stores (default {bytes}, {} MiB)",
+        bytes >> 20
+    )
 }
 
 impl BackendArgs {
