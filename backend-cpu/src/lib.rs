@@ -88,8 +88,10 @@ use kernel::{Block, GradRows, P1_HEAD, P2_LEN, Pass2, Problem, Scratch};
 
 /// The default number of pixels per block (rounded to whole rows).
 pub const DEFAULT_BLOCK_PIXELS: usize = 16_384;
-/// The smallest default block, for inputs of fewer than `4·DEFAULT_BLOCK_PIXELS` pixels (which
-/// get 4 blocks where they have this many pixels).
+/// By default an input of fewer than this many [`DEFAULT_BLOCK_PIXELS`] blocks is cut into this
+/// many smaller ones (of at least [`SMALL_BLOCK_PIXELS`]), so that threads still share it.
+pub const SMALL_INPUT_BLOCKS: usize = 4;
+/// The smallest default block (see [`SMALL_INPUT_BLOCKS`]).
 pub const SMALL_BLOCK_PIXELS: usize = 4096;
 /// The fewest slices of a 3D volume in a block unless a block size is set: a block recomputes
 /// about one slice's worth of rows at each end (64³, one thread: 5.8 ms with 4 slices, 5.0 with
@@ -213,8 +215,8 @@ impl CpuBackend {
     }
 
     /// The block size in pixels that was set, else [`DEFAULT_BLOCK_PIXELS`]. (With the default,
-    /// inputs of fewer than four such blocks get smaller ones, down to 4096 pixels, and 3D blocks
-    /// span at least [`DEFAULT_BLOCK_SLICES`] slices.)
+    /// inputs of fewer than [`SMALL_INPUT_BLOCKS`] such blocks get smaller ones, down to
+    /// [`SMALL_BLOCK_PIXELS`], and 3D blocks span at least [`DEFAULT_BLOCK_SLICES`] slices.)
     pub fn block_pixels(&self) -> usize {
         self.block_pixels.unwrap_or(DEFAULT_BLOCK_PIXELS)
     }
@@ -276,8 +278,8 @@ struct Plan {
 impl Plan {
     /// The plan for `bsz` samples of `[d, h, w]` with the block size set (or `None`).
     ///
-    /// By default, inputs of fewer than 4 default blocks get smaller blocks (down to
-    /// `SMALL_BLOCK_PIXELS`), so that threads still share them (chosen from the shape alone, so
+    /// By default, inputs of fewer than `SMALL_INPUT_BLOCKS` default blocks get smaller blocks
+    /// (down to `SMALL_BLOCK_PIXELS`), so that threads still share them (chosen from the shape alone, so
     /// results do not depend on the thread count). A 3D block recomputes about one slice of rows
     /// at each end (the neighbours along D of its first and last slices), so by default it spans
     /// several slices.
@@ -285,7 +287,7 @@ impl Plan {
         let (block_pixels, min_rows) = match block_pixels {
             Some(px) => (px, 1),
             None => (
-                (bsz * d * h * w / 4).clamp(SMALL_BLOCK_PIXELS, DEFAULT_BLOCK_PIXELS),
+                (bsz * d * h * w / SMALL_INPUT_BLOCKS).clamp(SMALL_BLOCK_PIXELS, DEFAULT_BLOCK_PIXELS),
                 if d > 1 { DEFAULT_BLOCK_SLICES * h } else { 1 },
             ),
         };

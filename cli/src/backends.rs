@@ -40,11 +40,11 @@ pub(crate) struct BackendArgs {
 
 /// `--block-pixels`' help, with the CPU backend's defaults.
 fn block_pixels_help() -> String {
-    use msloss::cpu::{DEFAULT_BLOCK_PIXELS, DEFAULT_BLOCK_SLICES, SMALL_BLOCK_PIXELS};
+    use msloss::cpu::{DEFAULT_BLOCK_PIXELS, DEFAULT_BLOCK_SLICES, SMALL_BLOCK_PIXELS, SMALL_INPUT_BLOCKS};
     format!(
         "CPU backend tuning: pixels per block of work (whole rows; default {DEFAULT_BLOCK_PIXELS}, down to \
-         {SMALL_BLOCK_PIXELS} for inputs of fewer than 4 such blocks, and for 3D volumes at least \
-         {DEFAULT_BLOCK_SLICES} slices)"
+         {SMALL_BLOCK_PIXELS} for inputs of fewer than {SMALL_INPUT_BLOCKS} such blocks, and for 3D volumes \
+         at least {DEFAULT_BLOCK_SLICES} slices)"
     )
 }
 
