@@ -81,10 +81,10 @@ pub(crate) struct Pass2<'a, T> {
     pub(crate) corr: &'a [T],
     /// A common centre `ĉ_b` of each sample's centroids, `[B, C]` (see [`ClassConsts`]).
     pub(crate) center: &'a [T],
-    /// `δ_bn = c_bn − ĉ_b`, `[B, N, C]`.
-    pub(crate) offsets: &'a [T],
-    /// `‖δ_bn‖²`, `[B, N]`.
-    pub(crate) kappa: &'a [T],
+    /// `w·(2δ_bn + corr_bn·c_bn)` with `δ_bn = c_bn − ĉ_b`, `[B, N, C]` (see [`ClassConsts`]).
+    pub(crate) weights: &'a [T],
+    /// `w·(‖δ_bn‖² + corr_bn·⟨c_bn, δ_bn⟩)`, `[B, N]`.
+    pub(crate) base: &'a [T],
     pub(crate) fidelity_weight: T,
     pub(crate) lambda: T,
     pub(crate) delta: T,
@@ -1195,14 +1195,20 @@ struct ClassLine<'a, T> {
 /// classes' centroids are close the fidelity parts `‖x − c_n‖²` of the `g_n` nearly cancel
 /// there: in `f32` that would lose several digits. So for logits `g_n` is computed without the
 /// part common to all classes, `‖x − ĉ‖²` for a common centre `ĉ` (which the Jacobian removes
-/// exactly, as `Σ_m y_m = 1`): `‖x − c_n‖² − ‖x − ĉ‖² = ‖δ_n‖² − 2⟨x − ĉ, δ_n⟩` with
-/// `δ_n = c_n − ĉ`, small when the centroids are close, and accurate.
+/// exactly, as `Σ_m y_m = 1`): with `u = x − ĉ` and `δ_n = c_n − ĉ`,
+/// `‖x − c_n‖² − ‖x − ĉ‖² = ‖δ_n‖² − 2⟨u, δ_n⟩`, small when the centroids are close, and
+/// accurate. With the correction `−corr·⟨c_n, x − c_n⟩ = −corr·⟨c_n, u − δ_n⟩` and the weight
+/// `w`, the whole fidelity part is `m·(β_n − ⟨u, v_n⟩)`, with the per-class constants
+/// `β_n = w·(‖δ_n‖² + corr·⟨c_n, δ_n⟩)` and `v_n = w·(2δ_n + corr·c_n)` (computed in `f64`):
+/// `C` fused multiply-adds per pixel.
 #[derive(Clone, Copy)]
 struct ClassConsts<'a, T> {
     cent: &'a [T],
     center: &'a [T],
-    delta: &'a [T],
-    kappa: T,
+    /// `v_n` (logits).
+    weights: &'a [T],
+    /// `β_n` (logits).
+    base: T,
     wf: T,
     cr: T,
     /// Whether `g` leaves out `w·m·‖x − ĉ‖²` (logits).
@@ -1227,29 +1233,33 @@ fn class_line<T: Real, const FMA: bool, const C: usize, const F: u8>(
     let xs: [&[T]; C] = core::array::from_fn(|i| &image[i * sp..i * sp + w]);
     let cs: [T; C] = core::array::from_fn(|i| k.cent[i]);
     let hs: [T; C] = core::array::from_fn(|i| k.center[i]);
-    let ds: [T; C] = core::array::from_fn(|i| k.delta[i]);
-    let two = T::one() + T::one();
+    let vs: [T; C] = core::array::from_fn(|i| k.weights[i]);
     let fma = madd::<T, FMA>;
-    let (wf, cr, kappa) = (k.wf, k.cr, k.kappa);
+    let (wf, cr, base) = (k.wf, k.cr, k.base);
     let (y, m, own, up, back, g, tmp, yg) =
         (&l.y[..w], &l.m[..w], &l.own[..w], &l.up[..w], &l.back[..w], &mut g[..w], &mut tmp[..w], &mut yg[..w]);
     for i in 0..w {
         let mut d2 = T::zero();
-        let mut dc = T::zero();
-        let mut q = T::zero();
+        // Logits: `β − ⟨u, v⟩`; else `⟨c, x − c⟩` (see `ClassConsts`).
+        let mut dc = if F & CL_LOGITS != 0 { base } else { T::zero() };
         for c in 0..C {
             let e = xs[c][i] - cs[c];
             d2 = fma(e, e, d2);
-            dc = fma(cs[c], e, dc);
             if F & CL_LOGITS != 0 {
-                q = fma(xs[c][i] - hs[c], ds[c], q);
+                dc = fma(hs[c] - xs[c][i], vs[c], dc);
+            } else {
+                dc = fma(cs[c], e, dc);
             }
         }
         let wm = if F & CL_MASK != 0 { m[i] } else { T::one() };
         tmp[i] = fma(if F & CL_MASK != 0 { wm * y[i] } else { y[i] }, d2, tmp[i]);
         if F & CL_GRAD != 0 {
-            let base = if F & CL_LOGITS != 0 { fma(-two, q, kappa) } else { d2 };
-            let fid = if F & CL_MASK != 0 { wf * wm * fma(-cr, dc, base) } else { wf * fma(-cr, dc, base) };
+            let fid = match (F & CL_LOGITS != 0, F & CL_MASK != 0) {
+                (true, true) => wm * dc,
+                (true, false) => dc,
+                (false, true) => wf * wm * fma(-cr, dc, d2),
+                (false, false) => wf * fma(-cr, dc, d2),
+            };
             let gv = fid + own[i] + up[i] + back[i];
             g[i] = gv;
             if F & CL_LOGITS != 0 {
@@ -1280,29 +1290,34 @@ fn class_line_any<T: Real>(
     let (wf, cr) = (k.wf, k.cr);
     dist2.fill(T::zero());
     dot_c.fill(T::zero());
-    q.fill(k.kappa);
-    for (c, ((&ck, &hc), &dcen)) in k.cent.iter().zip(k.center).zip(k.delta).enumerate() {
+    q.fill(k.base);
+    for (c, ((&ck, &hc), &v)) in k.cent.iter().zip(k.center).zip(k.weights).enumerate() {
         for (((d2, dc), qv), &xv) in
             dist2.iter_mut().zip(dot_c.iter_mut()).zip(q.iter_mut()).zip(&image[c * sp..c * sp + w])
         {
             let e = xv - ck;
             *d2 += e * e;
             *dc += ck * e;
-            *qv -= (xv - hc) * (dcen + dcen);
+            *qv -= (xv - hc) * v;
         }
     }
     for (((t, &d2), &yv), &mv) in tmp.iter_mut().zip(dist2.iter()).zip(l.y).zip(l.m) {
         *t += mv * yv * d2;
     }
-    let base: &[T] = if k.shifted { q } else { dist2 };
-    for (((((gv, &mv), &d2), &dc), (&o, &u)), &bk) in
-        g.iter_mut().zip(l.m).zip(base).zip(dot_c.iter()).zip(l.own.iter().zip(l.up)).zip(l.back)
-    {
-        *gv = wf * mv * (d2 - cr * dc) + o + u + bk;
-    }
     if k.shifted {
+        for (((gv, &mv), &qv), ((&o, &u), &bk)) in
+            g.iter_mut().zip(l.m).zip(q.iter()).zip(l.own.iter().zip(l.up).zip(l.back))
+        {
+            *gv = mv * qv + o + u + bk;
+        }
         for ((s, &yv), &gv) in yg.iter_mut().zip(l.y).zip(g.iter()) {
             *s += yv * gv;
+        }
+    } else {
+        for (((((gv, &mv), &d2), &dc), (&o, &u)), &bk) in
+            g.iter_mut().zip(l.m).zip(dist2.iter()).zip(dot_c.iter()).zip(l.own.iter().zip(l.up)).zip(l.back)
+        {
+            *gv = wf * mv * (d2 - cr * dc) + o + u + bk;
         }
     }
 }
@@ -1379,8 +1394,8 @@ pub(crate) fn pass2<T: Real, const FMA: bool>(
             let kc = ClassConsts {
                 cent: &cent[cls * c..(cls + 1) * c],
                 center: &k.center[b * c..(b + 1) * c],
-                delta: &k.offsets[(b * n + cls) * c..(b * n + cls + 1) * c],
-                kappa: k.kappa[b * n + cls],
+                weights: &k.weights[(b * n + cls) * c..(b * n + cls + 1) * c],
+                base: k.base[b * n + cls],
                 wf: k.fidelity_weight,
                 cr: corr[cls],
                 shifted: p.logits,

@@ -497,8 +497,8 @@ struct Consts<T> {
     centroids: Vec<T>,
     corr: Vec<T>,
     center: Vec<T>,
-    delta: Vec<T>,
-    kappa: Vec<T>,
+    weights: Vec<T>,
+    base: Vec<T>,
 }
 
 fn typed_consts<T: Real>(slot: &mut Option<Box<dyn Any + Send>>) -> &mut Consts<T> {
@@ -619,31 +619,36 @@ fn evaluate<T: Real>(
     consts.corr.extend(ws.corr.iter().map(lossy));
     // The common centre of each sample's centroids (their mean), and the offsets from it.
     consts.center.clear();
-    consts.delta.clear();
-    consts.kappa.clear();
+    consts.weights.clear();
+    consts.base.clear();
+    let wf = params.fidelity_weight;
     for b in 0..bsz {
         let cent = &ws.centroids[b * n * c..(b + 1) * n * c];
         for k in 0..c {
             let mean = (0..n).map(|cls| cent[cls * c + k]).sum::<f64>() / n as f64;
             consts.center.push(T::from_f64_lossy(mean));
         }
+        // The fidelity part of `g_n` for logits is `m·(β_n − ⟨x − ĉ, v_n⟩)` (see the kernel's
+        // `ClassConsts`), from the offsets `δ_n = c_n − ĉ` to the centre as rounded to `T`.
         for cls in 0..n {
-            let mut kappa = 0.0;
+            let corr = ws.corr[b * n + cls];
+            let (mut kappa, mut cd) = (0.0, 0.0);
             for k in 0..c {
-                let mean = consts.center[b * c + k].to_f64_lossless();
-                let d = cent[cls * c + k] - mean;
-                consts.delta.push(T::from_f64_lossy(d));
+                let ck = cent[cls * c + k];
+                let d = ck - consts.center[b * c + k].to_f64_lossless();
+                consts.weights.push(T::from_f64_lossy(wf * (2.0 * d + corr * ck)));
                 kappa += d * d;
+                cd += ck * d;
             }
-            consts.kappa.push(T::from_f64_lossy(kappa));
+            consts.base.push(T::from_f64_lossy(wf * (kappa + corr * cd)));
         }
     }
     let k = Pass2 {
         centroids: &consts.centroids,
         corr: &consts.corr,
         center: &consts.center,
-        offsets: &consts.delta,
-        kappa: &consts.kappa,
+        weights: &consts.weights,
+        base: &consts.base,
         fidelity_weight: T::from_f64_lossy(params.fidelity_weight),
         lambda: T::from_f64_lossy(params.lambda),
         delta: T::from_f64_lossy(params.delta),
