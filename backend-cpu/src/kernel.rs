@@ -1125,8 +1125,10 @@ fn flux_fused<T: Real, const FMA: bool, const F: u8>(
                     if F & HAS_D != 0 {
                         fd[i] = pd;
                     }
-                    t[i] = vw + vh + vd;
-                    doubt += dw + dh + dd;
+                    // A sign in doubt makes the pixel's length infinite (it is finite
+                    // otherwise): the row's sum, taken anyway, then tells, and the loop carries
+                    // no reduction.
+                    t[i] = if F & DOUBT != 0 && (dw | dh | dd) != 0 { T::infinity() } else { vw + vh + vd };
                 }
             };
         }
@@ -1137,7 +1139,8 @@ fn flux_fused<T: Real, const FMA: bool, const F: u8>(
             pixels!(full..n);
         }
     }
-    if doubt > 0 { None } else { Some(sum(&t[..w])) }
+    let total = sum(&t[..w]);
+    if doubt > 0 || (F & DOUBT != 0 && !total.is_finite()) { None } else { Some(total) }
 }
 
 /// One pixel of [`flux_fused`] at an end of the row, where the W pair before (`!before`) or
