@@ -564,11 +564,13 @@ pub(crate) fn pass1<T: Real, const FMA: bool>(
                 continue;
             }
             // The maximum over classes, with the checks of the logits fused in.
-            let (mx, tot) = (&mut s.t1[..len], &mut s.t2[..len]);
+            let (mx, tot, ck) = (&mut s.t1[..len], &mut s.t2[..len], &mut s.t3[..len]);
             mx.copy_from_slice(&p.scores[at(0)..][..len]);
+            ck.fill(T::zero());
             for cls in 0..n {
-                head[0] += max_check(&p.scores[at(cls)..][..len], mx);
+                max_check(&p.scores[at(cls)..][..len], mx, ck);
             }
+            head[0] += sum(ck);
             // The exponentials, into the gradient buffer (cache, unless it is to be streamed) or
             // scratch, and their sum.
             let in_place = if p.stream { None } else { cache };
@@ -710,14 +712,15 @@ unsafe fn dest<'s, T: Real>(
     }
 }
 
-/// Raises `mx` to `src` elementwise; returns a non-finite number if `src` holds a non-finite
-/// value (`v·0` is NaN exactly then).
+/// Raises `mx` to `src` elementwise and adds `v·0` to `ck` (NaN exactly where `v` is not
+/// finite), so that `Σ ck` over the classes is non-finite if a score is: per element, no sum
+/// carried through the loop.
 #[inline(always)]
-fn max_check<T: Real>(src: &[T], mx: &mut [T]) -> f64 {
-    for (o, &v) in mx.iter_mut().zip(src) {
+fn max_check<T: Real>(src: &[T], mx: &mut [T], ck: &mut [T]) {
+    for ((o, c), &v) in mx.iter_mut().zip(ck.iter_mut()).zip(src) {
         *o = if v > *o { v } else { *o };
+        *c += v * T::zero();
     }
-    check_sum(src)
 }
 
 /// `Σ v·0` over `src` (in lanes, folded in `f64`): NaN exactly when `src` holds a non-finite value.
