@@ -1102,7 +1102,7 @@ fn flux_fused<T: Real, const FMA: bool, const F: u8>(
         let (own, fh, fd, t) = (&mut own[1..=n], &mut fh[1..=n], &mut fd[1..=n], &mut t[1..=n]);
         let z = T::zero();
         // Whole vectors of pixels, then the last `VEC` pixels again (the loop only assigns, so
-        // redoing pixels changes nothing, and a doubt counted twice is still a doubt): no scalar
+        // redoing pixels changes nothing, and a doubt found twice is still a doubt): no scalar
         // remainder loop.
         let full = n / VEC * VEC;
         // (A macro, not a closure: closures do not inherit the caller's target features.)
