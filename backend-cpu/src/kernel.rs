@@ -176,7 +176,6 @@ pub(crate) struct Scratch<T> {
     t1: Vec<T>,
     t2: Vec<T>,
     t3: Vec<T>,
-    t4: Vec<T>,
     /// `Σ_n y_n·g_n` of one row (logits).
     yg: Vec<T>,
     zero: Vec<T>,
@@ -202,7 +201,7 @@ impl<T: Real> Scratch<T> {
         self.fd_ring.resize(ring * n * w, T::zero());
         self.fd_keys.resize(ring, NO_ROW);
         self.g.resize(n * w, T::zero());
-        for t in [&mut self.t1, &mut self.t2, &mut self.t3, &mut self.t4, &mut self.yg] {
+        for t in [&mut self.t1, &mut self.t2, &mut self.t3, &mut self.yg] {
             t.resize(w, T::zero());
         }
         self.zero.clear();
@@ -1290,40 +1289,42 @@ fn class_line_any<T: Real>(
     sp: usize,
     k: ClassConsts<'_, T>,
     g: &mut [T],
-    [dist2, dot_c, tmp, q, yg]: [&mut [T]; 5],
+    [dist2, lin, tmp, yg]: [&mut [T]; 4],
 ) {
     let w = l.y.len();
     let (wf, cr) = (k.wf, k.cr);
+    // `‖x − c‖²` in `dist2`; in `lin`, with logits `β − ⟨x − ĉ, v⟩`, else `⟨c, x − c⟩` (see
+    // `ClassConsts`).
     dist2.fill(T::zero());
-    dot_c.fill(T::zero());
-    q.fill(k.base);
+    lin.fill(if k.shifted { k.base } else { T::zero() });
     for (c, ((&ck, &hc), &v)) in k.cent.iter().zip(k.center).zip(k.weights).enumerate() {
-        for (((d2, dc), qv), &xv) in
-            dist2.iter_mut().zip(dot_c.iter_mut()).zip(q.iter_mut()).zip(&image[c * sp..c * sp + w])
-        {
+        for ((d2, lv), &xv) in dist2.iter_mut().zip(lin.iter_mut()).zip(&image[c * sp..c * sp + w]) {
             let e = xv - ck;
             *d2 += e * e;
-            *dc += ck * e;
-            *qv -= (xv - hc) * v;
+            if k.shifted {
+                *lv -= (xv - hc) * v;
+            } else {
+                *lv += ck * e;
+            }
         }
     }
     for (((t, &d2), &yv), &mv) in tmp.iter_mut().zip(dist2.iter()).zip(l.y).zip(l.m) {
         *t += mv * yv * d2;
     }
     if k.shifted {
-        for (((gv, &mv), &qv), ((&o, &u), &bk)) in
-            g.iter_mut().zip(l.m).zip(q.iter()).zip(l.own.iter().zip(l.up).zip(l.back))
+        for (((gv, &mv), &lv), ((&o, &u), &bk)) in
+            g.iter_mut().zip(l.m).zip(lin.iter()).zip(l.own.iter().zip(l.up).zip(l.back))
         {
-            *gv = mv * qv + o + u + bk;
+            *gv = mv * lv + o + u + bk;
         }
         for ((s, &yv), &gv) in yg.iter_mut().zip(l.y).zip(g.iter()) {
             *s += yv * gv;
         }
     } else {
-        for (((((gv, &mv), &d2), &dc), (&o, &u)), &bk) in
-            g.iter_mut().zip(l.m).zip(dist2.iter()).zip(dot_c.iter()).zip(l.own.iter().zip(l.up)).zip(l.back)
+        for (((((gv, &mv), &d2), &lv), (&o, &u)), &bk) in
+            g.iter_mut().zip(l.m).zip(dist2.iter()).zip(lin.iter()).zip(l.own.iter().zip(l.up)).zip(l.back)
         {
-            *gv = wf * mv * (d2 - cr * dc) + o + u + bk;
+            *gv = wf * mv * (d2 - cr * lv) + o + u + bk;
         }
     }
 }
@@ -1374,7 +1375,7 @@ pub(crate) fn pass2<T: Real, const FMA: bool>(
         let yr = s.y_row::<FMA>(p, b, r);
         let ys = YLines { slots: &s.y, ones: &s.ones, p, b };
         let m = ys.line(yr, n);
-        let (dist2, dot_c, tmp, t4) = (&mut s.t1, &mut s.t2, &mut s.t3, &mut s.t4);
+        let (dist2, lin, tmp) = (&mut s.t1, &mut s.t2, &mut s.t3);
         let yg = &mut s.yg[..w];
         // The fidelity terms of all classes are added up per pixel in `tmp`, then summed once;
         // with logits, `Σ_n y_n·g_n` in `yg`.
@@ -1413,7 +1414,7 @@ pub(crate) fn pass2<T: Real, const FMA: bool>(
                 (@c ($($c:literal)*) $fs:tt) => {
                     match c {
                         $($c => dispatch!(@f $c $fs),)*
-                        _ => class_line_any(lines, image, sp, kc, g, [&mut *dist2, &mut *dot_c, &mut *tmp, &mut *t4, &mut *yg]),
+                        _ => class_line_any(lines, image, sp, kc, g, [&mut *dist2, &mut *lin, &mut *tmp, &mut *yg]),
                     }
                 };
                 (@f $c:literal ($($f:literal)*)) => {

@@ -617,7 +617,8 @@ fn evaluate<T: Real>(
     consts.centroids.extend(ws.centroids.iter().map(lossy));
     consts.corr.clear();
     consts.corr.extend(ws.corr.iter().map(lossy));
-    // The common centre of each sample's centroids (their mean), and the constants of the logits' fidelity part.
+    // The common centre of each sample's centroids (their mean), and the constants of the logits'
+    // fidelity part.
     consts.center.clear();
     consts.weights.clear();
     consts.base.clear();
