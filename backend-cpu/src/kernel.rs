@@ -4,9 +4,8 @@
 //! of one sample. Arithmetic is in `T`; inner loops run over whole rows with no branches, so
 //! the compiler vectorises them. Sums run in [`LANES`] independent accumulators of `T` (the
 //! compiler may not reorder a floating-point sum, but it vectorises one already split into
-//! lanes) over chunks of [`CHUNK`] elements, and each chunk's lanes are added to lanes of
-//! `f64` (folded at the end of the sum, or of the block for pass 1's moments), so the rounding
-//! error of a sum does not grow with the image size.
+//! lanes) over chunks of [`CHUNK`] elements, and the chunks' sums are added in `f64`, so the
+//! rounding error of a sum does not grow with the image size.
 //!
 //! The one place where `T`'s rounding could change a result by more than a rounding error is
 //! the sign of an L1 difference `y_t − y_s` close to zero: there the subgradient jumps by `2λ`.
@@ -179,9 +178,6 @@ pub(crate) struct Scratch<T> {
     t3: Vec<T>,
     /// `Σ_n y_n·g_n` of one row (logits).
     yg: Vec<T>,
-    /// Pass 1's sums `A_n` and `M_nk` of the block so far, `[N, 1 + C]`, in `f64` lanes
-    /// (folded once, at the end of the block).
-    wide: Vec<[f64; LANES]>,
     zero: Vec<T>,
     /// The mask line of a row without a mask.
     ones: Vec<T>,
@@ -435,37 +431,39 @@ fn load_probs<T: Real, const FMA: bool>(
 /// Adds `T` lanes in a fixed pairwise order, in `f64`.
 #[inline(always)]
 fn fold<T: Real>(acc: [T; LANES]) -> f64 {
-    fold_wide(acc.map(|a| a.to_f64_lossless()))
+    let mut v = acc.map(|a| a.to_f64_lossless());
+    let mut half = LANES / 2;
+    while half > 0 {
+        for l in 0..half {
+            v[l] += v[l + half];
+        }
+        half /= 2;
+    }
+    v[0]
 }
 
-/// `Σ a`: lanes of `T` within chunks of [`CHUNK`], chunks' lanes added in `f64` lanes, folded
-/// at the end.
+/// `Σ a`: lanes of `T` within chunks of [`CHUNK`], chunks added in `f64`.
 #[inline(always)]
 pub(crate) fn sum<T: Real>(a: &[T]) -> f64 {
-    let mut wide = [0.0; LANES];
-    sum_wide(a, &mut wide);
-    fold_wide(wide)
-}
-
-/// Adds `Σ a` to the `f64` lanes `wide` (lanes of `T` within chunks of [`CHUNK`]).
-#[inline(always)]
-fn sum_wide<T: Real>(a: &[T], wide: &mut [f64; LANES]) {
+    let mut total = 0.0;
     for chunk in a.chunks(CHUNK) {
         let mut acc = [T::zero(); LANES];
         let (lanes, rest) = chunk.as_chunks::<LANES>();
         for v in lanes {
             add_lanes(&mut acc, v);
         }
-        if !rest.is_empty() {
-            add_lanes(&mut acc, &padded(rest));
+        for (a, &v) in acc.iter_mut().zip(rest) {
+            *a += v;
         }
-        widen(wide, acc);
+        total += fold(acc);
     }
+    total
 }
 
-/// Adds `Σ a·b` to the `f64` lanes `wide`, summed as in [`sum_wide`].
+/// `Σ a·b`, summed as in [`sum`].
 #[inline(always)]
-fn dot_wide<T: Real>(a: &[T], b: &[T], wide: &mut [f64; LANES]) {
+fn dot<T: Real>(a: &[T], b: &[T]) -> f64 {
+    let mut total = 0.0;
     for (ca, cb) in a.chunks(CHUNK).zip(b.chunks(CHUNK)) {
         let mut acc = [T::zero(); LANES];
         let (la, ra) = ca.as_chunks::<LANES>();
@@ -473,11 +471,12 @@ fn dot_wide<T: Real>(a: &[T], b: &[T], wide: &mut [f64; LANES]) {
         for (x, y) in la.iter().zip(lb) {
             mul_add_lanes(&mut acc, x, y);
         }
-        if !ra.is_empty() {
-            mul_add_lanes(&mut acc, &padded(ra), &padded(rb));
+        for ((a, &xv), &yv) in acc.iter_mut().zip(ra).zip(rb) {
+            *a += xv * yv;
         }
-        widen(wide, acc);
+        total += fold(acc);
     }
+    total
 }
 
 /// Input checks fused into pass 1: returns a non-finite number if `src` holds a non-finite
@@ -524,8 +523,6 @@ pub(crate) fn pass1<T: Real, const FMA: bool>(
     let b = blk.b;
     let mut min_prob = T::zero();
     let mut ignored = T::zero();
-    s.wide.clear();
-    s.wide.resize(n * (c + 1), [0.0; LANES]);
     for r in blk.r0..blk.r1 {
         // The next row's inputs, ahead of the hardware prefetcher (which loses track of this
         // many streams: one per class and channel).
@@ -560,8 +557,8 @@ pub(crate) fn pass1<T: Real, const FMA: bool>(
                 for cls in 0..n {
                     let y = &p.scores[at(cls)..][..len];
                     head[0] += check_values(y, &mut min_prob);
-                    let wide = &mut s.wide[cls * (c + 1)..(cls + 1) * (c + 1)];
-                    tile_moments(y, m, image, sp, wide, &mut s.t1[..len]);
+                    let mom = &mut moments[cls * c..(cls + 1) * c];
+                    tile_moments(y, m, image, sp, &mut area[cls], mom, &mut s.t1[..len]);
                 }
                 continue;
             }
@@ -597,8 +594,8 @@ pub(crate) fn pass1<T: Real, const FMA: bool>(
                 for (v, &inv) in y.iter_mut().zip(tot.iter()) {
                     *v *= inv;
                 }
-                let wide = &mut s.wide[cls * (c + 1)..(cls + 1) * (c + 1)];
-                tile_moments(y, m, image, sp, wide, &mut s.t3[..len]);
+                let mom = &mut moments[cls * c..(cls + 1) * c];
+                tile_moments(y, m, image, sp, &mut area[cls], mom, &mut s.t3[..len]);
                 if let (Some(g), true) = (cache, p.stream) {
                     // SAFETY: as above.
                     stream_copy(unsafe { &mut g.row(p, b, cls, r)[a..a + len] }, y);
@@ -608,12 +605,6 @@ pub(crate) fn pass1<T: Real, const FMA: bool>(
     }
     if cache.is_some() && p.stream {
         stream_fence();
-    }
-    for (cls, wide) in s.wide.chunks_exact(c + 1).enumerate() {
-        area[cls] = fold_wide(wide[0]);
-        for (m, &lanes) in moments[cls * c..(cls + 1) * c].iter_mut().zip(&wide[1..]) {
-            *m = fold_wide(lanes);
-        }
     }
     head[1] = if p.logits { 0.0 } else { min_prob.to_f64_lossless() };
 }
@@ -746,11 +737,19 @@ fn check_sum<T: Real>(src: &[T]) -> f64 {
     fold(acc)
 }
 
-/// Moments of one class on one tile: adds `Σ m·y` to `wide[0]` and `Σ m·y·x_k` to
-/// `wide[1 + k]` (`m = 1` without a mask; `image` starts at channel 0 of the tile, channel `k`
-/// is `k·sp` further).
+/// Moments of one class on one tile: adds `Σ m·y` to `area` and `Σ m·y·x_k` to `moments[k]`
+/// (`m = 1` without a mask; `image` starts at channel 0 of the tile, channel `k` is `k·sp`
+/// further).
 #[inline(always)]
-fn tile_moments<T: Real>(y: &[T], m: Option<&[T]>, image: &[T], sp: usize, wide: &mut [[f64; LANES]], tmp: &mut [T]) {
+fn tile_moments<T: Real>(
+    y: &[T],
+    m: Option<&[T]>,
+    image: &[T],
+    sp: usize,
+    area: &mut f64,
+    moments: &mut [f64],
+    tmp: &mut [T],
+) {
     let my: &[T] = match m {
         Some(m) => {
             for ((t, &mv), &yv) in tmp.iter_mut().zip(m).zip(y) {
@@ -760,16 +759,15 @@ fn tile_moments<T: Real>(y: &[T], m: Option<&[T]>, image: &[T], sp: usize, wide:
         }
         None => y,
     };
-    match wide.len() - 1 {
-        1 => class_moments::<T, 1>(my, image, sp, wide),
-        2 => class_moments::<T, 2>(my, image, sp, wide),
-        3 => class_moments::<T, 3>(my, image, sp, wide),
-        4 => class_moments::<T, 4>(my, image, sp, wide),
+    match moments.len() {
+        1 => class_moments::<T, 1>(my, image, sp, area, moments),
+        2 => class_moments::<T, 2>(my, image, sp, area, moments),
+        3 => class_moments::<T, 3>(my, image, sp, area, moments),
+        4 => class_moments::<T, 4>(my, image, sp, area, moments),
         _ => {
-            let (area, moments) = wide.split_at_mut(1);
-            sum_wide(my, &mut area[0]);
+            *area += sum(my);
             for (k, mk) in moments.iter_mut().enumerate() {
-                dot_wide(my, &image[k * sp..k * sp + my.len()], mk);
+                *mk += dot(my, &image[k * sp..k * sp + my.len()]);
             }
         }
     }
@@ -778,12 +776,11 @@ fn tile_moments<T: Real>(y: &[T], m: Option<&[T]>, image: &[T], sp: usize, wide:
 /// A line of probabilities and its mask line.
 type Line<'a, T> = (&'a [T], &'a [T]);
 
-/// Adds `Σ my` to `wide[0]` and `Σ my·x_k` to `wide[1 + k]` for one class's masked
-/// probabilities `my`, in one loop with lanes of `T` for all `1 + C` sums (`image` starts at
-/// channel 0 of the same pixels). Each chunk's lanes are added to the `f64` lanes of `wide`
-/// (one vector conversion and addition; the lanes are folded once per block).
+/// Adds `Σ my` to `area` and `Σ my·x_k` to `moments[k]` for one class's masked probabilities
+/// `my`, in one loop with lanes of `T` for all `1 + C` sums (`image` starts at channel 0 of the
+/// same pixels).
 #[inline(always)]
-fn class_moments<T: Real, const C: usize>(my: &[T], image: &[T], sp: usize, wide: &mut [[f64; LANES]]) {
+fn class_moments<T: Real, const C: usize>(my: &[T], image: &[T], sp: usize, area: &mut f64, moments: &mut [f64]) {
     let w = my.len();
     let xs: [&[T]; C] = core::array::from_fn(|k| &image[k * sp..k * sp + w]);
     for start in (0..w).step_by(CHUNK) {
@@ -798,49 +795,18 @@ fn class_moments<T: Real, const C: usize>(my: &[T], image: &[T], sp: usize, wide
                 mul_add_lanes(&mut mk[k], v, &xc[k][j]);
             }
         }
-        if !vrest.is_empty() {
-            // The remainder as one more vector, padded with zeros.
-            let tail = end - vrest.len();
-            let v = padded(vrest);
-            add_lanes(&mut a, &v);
+        let tail = end - vrest.len();
+        for (l, &v) in vrest.iter().enumerate() {
+            a[l] += v;
             for k in 0..C {
-                mul_add_lanes(&mut mk[k], &v, &padded(&xs[k][tail..end]));
+                mk[k][l] += v * xs[k][tail + l];
             }
         }
-        widen(&mut wide[0], a);
-        for (out, acc) in wide[1..].iter_mut().zip(mk) {
-            widen(out, acc);
+        *area += fold(a);
+        for (out, acc) in moments.iter_mut().zip(mk) {
+            *out += fold(acc);
         }
     }
-}
-
-/// Up to [`LANES`] values as one vector, padded with zeros.
-#[inline(always)]
-fn padded<T: Real>(v: &[T]) -> [T; LANES] {
-    let mut out = [T::zero(); LANES];
-    out[..v.len()].copy_from_slice(v);
-    out
-}
-
-/// `wide += acc`, lane by lane in `f64`.
-#[inline(always)]
-fn widen<T: Real>(wide: &mut [f64; LANES], acc: [T; LANES]) {
-    for l in 0..LANES {
-        wide[l] += acc[l].to_f64_lossless();
-    }
-}
-
-/// [`fold`] for lanes already in `f64`.
-#[inline(always)]
-fn fold_wide(mut v: [f64; LANES]) -> f64 {
-    let mut half = LANES / 2;
-    while half > 0 {
-        for l in 0..half {
-            v[l] += v[l + half];
-        }
-        half /= 2;
-    }
-    v[0]
 }
 
 /// `acc += v`, lane by lane.

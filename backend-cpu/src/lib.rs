@@ -37,8 +37,7 @@
 //! ## Accuracy
 //! `f32` results stay within about `1e-6` of the `f64` reference (relative to the energy and to
 //! the largest gradient component, also at 2048²) because:
-//! - sums run in lanes of `T` over chunks of 256 elements, and the chunks' lanes are added in
-//!   `f64`;
+//! - sums run in lanes of `T` over chunks of 256 elements, and the chunks are added in `f64`;
 //! - the logit gradient leaves out the part of the fidelity gradient common to all classes,
 //!   which the softmax Jacobian would cancel, so near-equal centroids lose no digits;
 //! - the sign of an L1 difference of softmax outputs within `T`'s rounding of zero is
