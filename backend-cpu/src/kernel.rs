@@ -1084,14 +1084,13 @@ fn flux_fused<T: Real, const FMA: bool, const F: u8>(
     t: &mut [T],
 ) -> Option<f64> {
     let w = y0.len();
-    let mut doubt = 0u32;
     // Without a next row along an axis the row's fluxes along it are left as they were: only
     // the next row reads them (as its `up` or `back` line), and that row does not exist.
     // The first and last pixels, where the W pair before or after is missing.
     let lines = [(y0, m0), (yh, mh), (yd, md)];
-    doubt += edge::<T, FMA, F>(lines, lam, tol, 0, false, w > 1, [&mut *own, &mut *fh, &mut *fd, &mut *t]);
+    edge::<T, FMA, F>(lines, lam, tol, 0, false, w > 1, [&mut *own, &mut *fh, &mut *fd, &mut *t]);
     if w > 1 {
-        doubt += edge::<T, FMA, F>(lines, lam, tol, w - 1, true, false, [&mut *own, &mut *fh, &mut *fd, &mut *t]);
+        edge::<T, FMA, F>(lines, lam, tol, w - 1, true, false, [&mut *own, &mut *fh, &mut *fd, &mut *t]);
     }
     if w > 2 {
         let n = w - 2;
@@ -1142,11 +1141,11 @@ fn flux_fused<T: Real, const FMA: bool, const F: u8>(
         }
     }
     let total = sum(&t[..w]);
-    if doubt > 0 || (F & DOUBT != 0 && !total.is_finite()) { None } else { Some(total) }
+    if F & DOUBT != 0 && !total.is_finite() { None } else { Some(total) }
 }
 
 /// One pixel of [`flux_fused`] at an end of the row, where the W pair before (`!before`) or
-/// after (`!after`) is missing; returns its doubtful L1 signs.
+/// after (`!after`) is missing; a sign in doubt makes its length term infinite.
 #[inline(always)]
 fn edge<T: Real, const FMA: bool, const F: u8>(
     [(y0, m0), (yh, mh), (yd, md)]: [Line<'_, T>; 3],
@@ -1156,7 +1155,7 @@ fn edge<T: Real, const FMA: bool, const F: u8>(
     before: bool,
     after: bool,
     [own, fh, fd, t]: [&mut [T]; 4],
-) -> u32 {
+) {
     let z = T::zero();
     let (pb, _, _) = if before { pair::<T, FMA, F>(y0[i - 1], y0[i], m0[i - 1], m0[i], lam, tol) } else { (z, z, 0) };
     let (pw, vw, dw) = if after { pair::<T, FMA, F>(y0[i], y0[i + 1], m0[i], m0[i + 1], lam, tol) } else { (z, z, 0) };
@@ -1165,8 +1164,8 @@ fn edge<T: Real, const FMA: bool, const F: u8>(
     own[i] = pb - pw - ph - pd;
     fh[i] = ph;
     fd[i] = pd;
-    t[i] = vw + vh + vd;
-    dw + dh + dd
+    // A sign in doubt is marked as in the interior loop of `flux_fused`.
+    t[i] = if F & DOUBT != 0 && (dw | dh | dd) != 0 { T::infinity() } else { vw + vh + vd };
 }
 
 /// Replaces the W fluxes of a row by the row's own share of the length gradient,
