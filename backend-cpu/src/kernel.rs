@@ -315,8 +315,8 @@ impl<T: Real> Scratch<T> {
                 Some(line) => line,
                 None => slot_fd,
             };
-            let next = |row: Option<YRow<T>>| row.map(|row| (y.line(row, cls), y.line(row, n)));
-            let rows = Rows { y0: y.line(y0, cls), m0: y.line(y0, n), next_h: next(yh), next_d: next(yd) };
+            let rows =
+                Rows { y0: y.line(y0, cls), m0: y.line(y0, n), next_h: y.pair(yh, cls), next_d: y.pair(yd, cls) };
             let exact = Exact { p, b, cls, s0: r * w };
             value += flux_row::<T, FMA>(k, rows, exact, [fw, fh, fd], &mut self.t3, &self.zero);
         }
@@ -365,6 +365,17 @@ impl<'a, T: Real> YLines<'a, T> {
             YRow::Cached(g, r) => unsafe { g.row_ref(self.p, self.b, i, r) },
         }
     }
+
+    /// Class `cls`'s line of a row and the row's mask line, if there is a row (a method, not a
+    /// closure at the call site: closures do not inherit the caller's target features, and
+    /// that one was compiled as a call per class).
+    #[inline(always)]
+    fn pair(&self, row: Option<YRow<T>>, cls: usize) -> Option<Line<'a, T>> {
+        match row {
+            Some(row) => Some((self.line(row, cls), self.line(row, self.p.n))),
+            None => None,
+        }
+    }
 }
 
 /// The least recently used slot not stamped `now`.
@@ -397,22 +408,21 @@ fn load_probs<T: Real, const FMA: bool>(
         Some(mask) => m.copy_from_slice(&mask[b * sp + r * w..][..w]),
         None => m.fill(T::one()),
     }
-    let src = |cls: usize| &p.scores[(b * n + cls) * sp + r * w..][..w];
     if !p.logits {
         for (cls, y) in ys.chunks_exact_mut(w).enumerate() {
-            y.copy_from_slice(src(cls));
+            y.copy_from_slice(score_line(p, b, cls, r));
         }
         return;
     }
-    mx.copy_from_slice(src(0));
+    mx.copy_from_slice(score_line(p, b, 0, r));
     for cls in 1..n {
-        for (a, &v) in mx.iter_mut().zip(src(cls)) {
+        for (a, &v) in mx.iter_mut().zip(score_line(p, b, cls, r)) {
             *a = if v > *a { v } else { *a };
         }
     }
     sum.fill(T::zero());
     for (cls, y) in ys.chunks_exact_mut(w).enumerate() {
-        for (((v, &z), &a), s) in y.iter_mut().zip(src(cls)).zip(mx.iter()).zip(sum.iter_mut()) {
+        for (((v, &z), &a), s) in y.iter_mut().zip(score_line(p, b, cls, r)).zip(mx.iter()).zip(sum.iter_mut()) {
             let e = exp_nonpos::<T, FMA>(z - a);
             *v = e;
             *s += e;
@@ -426,6 +436,14 @@ fn load_probs<T: Real, const FMA: bool>(
             *v *= inv;
         }
     }
+}
+
+/// Row `r` of class `cls`'s scores in sample `b` (a function, not a closure: closures do not
+/// inherit the caller's target features, and one here was compiled as a call per class).
+#[inline(always)]
+fn score_line<'a, T>(p: &Problem<'a, T>, b: usize, cls: usize, r: usize) -> &'a [T] {
+    let (n, w, sp) = (p.n, p.w, p.sp());
+    &p.scores[(b * n + cls) * sp + r * w..][..w]
 }
 
 /// Adds `T` lanes in a fixed pairwise order, in `f64`.
