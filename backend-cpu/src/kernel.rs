@@ -26,6 +26,9 @@ use msloss_core::{LengthKind, Real};
 
 use crate::exp::{exp_nonpos, madd};
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod fused;
+
 /// Independent accumulators per sum.
 pub(crate) const LANES: usize = 8;
 /// Pixels per step of the loops that handle a remainder by redoing the last whole step.
@@ -93,6 +96,8 @@ pub(crate) struct Pass2<'a, T> {
     pub(crate) scale: T,
     /// Whether pass 1 stored the probabilities in the gradient buffer (logits and a gradient).
     pub(crate) cached: bool,
+    /// Whether pass 2 may take the one-sweep kernel of [`fused`] where it applies.
+    pub(crate) fused: bool,
 }
 
 /// One block: rows `r0..r1` of sample `b`.
@@ -188,6 +193,22 @@ pub(crate) struct Scratch<T> {
     cache: Option<GradRows<T>>,
     cache_lo: usize,
     cache_hi: usize,
+    /// The fused pass 2 ([`fused`]): `φ_H` of the row above, a padded line per class.
+    up: Vec<T>,
+    /// The fused pass 2: `φ_H` of the current row (see `up`).
+    up_next: Vec<T>,
+    /// The fused pass 2: per class, the W flux of the last chunk's last pixel, and the
+    /// current chunk's.
+    carry: Vec<T>,
+    /// The fused pass 2: one chunk's `g` of every class.
+    gbuf: Vec<T>,
+    /// The fused pass 2: the next row's probabilities (see `ycur`).
+    ynext: Vec<T>,
+    /// The fused pass 2: the current row's probabilities (`ynext` the next row's), each class
+    /// a padded line.
+    ycur: Vec<T>,
+    /// The fused pass 2: a row computed by `load_probs`, `[y_0, …, y_{N−1}, m]`.
+    ystage: Vec<T>,
 }
 
 impl<T: Real> Scratch<T> {
@@ -315,8 +336,8 @@ impl<T: Real> Scratch<T> {
                 Some(line) => line,
                 None => slot_fd,
             };
-            let rows =
-                Rows { y0: y.line(y0, cls), m0: y.line(y0, n), next_h: y.pair(yh, cls), next_d: y.pair(yd, cls) };
+            let next = |row: Option<YRow<T>>| row.map(|row| (y.line(row, cls), y.line(row, n)));
+            let rows = Rows { y0: y.line(y0, cls), m0: y.line(y0, n), next_h: next(yh), next_d: next(yd) };
             let exact = Exact { p, b, cls, s0: r * w };
             value += flux_row::<T, FMA>(k, rows, exact, [fw, fh, fd], &mut self.t3, &self.zero);
         }
@@ -365,17 +386,6 @@ impl<'a, T: Real> YLines<'a, T> {
             YRow::Cached(g, r) => unsafe { g.row_ref(self.p, self.b, i, r) },
         }
     }
-
-    /// Class `cls`'s line of a row and the row's mask line, if there is a row (a method, not a
-    /// closure at the call site: closures do not inherit the caller's target features, and
-    /// that one was compiled as a call per class).
-    #[inline(always)]
-    fn pair(&self, row: Option<YRow<T>>, cls: usize) -> Option<Line<'a, T>> {
-        match row {
-            Some(row) => Some((self.line(row, cls), self.line(row, self.p.n))),
-            None => None,
-        }
-    }
 }
 
 /// The least recently used slot not stamped `now`.
@@ -408,21 +418,22 @@ fn load_probs<T: Real, const FMA: bool>(
         Some(mask) => m.copy_from_slice(&mask[b * sp + r * w..][..w]),
         None => m.fill(T::one()),
     }
+    let src = |cls: usize| &p.scores[(b * n + cls) * sp + r * w..][..w];
     if !p.logits {
         for (cls, y) in ys.chunks_exact_mut(w).enumerate() {
-            y.copy_from_slice(score_line(p, b, cls, r));
+            y.copy_from_slice(src(cls));
         }
         return;
     }
-    mx.copy_from_slice(score_line(p, b, 0, r));
+    mx.copy_from_slice(src(0));
     for cls in 1..n {
-        for (a, &v) in mx.iter_mut().zip(score_line(p, b, cls, r)) {
+        for (a, &v) in mx.iter_mut().zip(src(cls)) {
             *a = if v > *a { v } else { *a };
         }
     }
     sum.fill(T::zero());
     for (cls, y) in ys.chunks_exact_mut(w).enumerate() {
-        for (((v, &z), &a), s) in y.iter_mut().zip(score_line(p, b, cls, r)).zip(mx.iter()).zip(sum.iter_mut()) {
+        for (((v, &z), &a), s) in y.iter_mut().zip(src(cls)).zip(mx.iter()).zip(sum.iter_mut()) {
             let e = exp_nonpos::<T, FMA>(z - a);
             *v = e;
             *s += e;
@@ -436,14 +447,6 @@ fn load_probs<T: Real, const FMA: bool>(
             *v *= inv;
         }
     }
-}
-
-/// Row `r` of class `cls`'s scores in sample `b` (a function, not a closure: closures do not
-/// inherit the caller's target features, and one here was compiled as a call per class).
-#[inline(always)]
-fn score_line<'a, T>(p: &Problem<'a, T>, b: usize, cls: usize, r: usize) -> &'a [T] {
-    let (n, w, sp) = (p.n, p.w, p.sp());
-    &p.scores[(b * n + cls) * sp + r * w..][..w]
 }
 
 /// Adds `T` lanes in a fixed pairwise order, in `f64`.

@@ -306,6 +306,14 @@ impl Plan {
     }
 }
 
+/// Whether pass 2 takes its one-sweep kernel where it applies (2D, L1 or L2, a gradient, 1 to 4
+/// channels), read once per process: the environment variable `MSLOSS_CPU_PASS2=rows` keeps the
+/// row-line kernels everywhere, to compare the two; any other value is ignored.
+fn fused_pass2() -> bool {
+    static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FUSED.get_or_init(|| std::env::var("MSLOSS_CPU_PASS2").map_or(true, |v| !v.trim().eq_ignore_ascii_case("rows")))
+}
+
 /// Which compiled copy of the kernels runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Isa {
@@ -402,6 +410,12 @@ fn pass2_dispatch<T: Real>(
     grad: Option<GradRows<T>>,
     part: &mut [f64],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if k.fused && kernel::fused::usable(isa, p, k) {
+        // SAFETY: `usable` holds, which includes the AVX-512 copy: the CPU has its features.
+        unsafe { kernel::fused::pass2(p, k, blk, s, grad, part) };
+        return;
+    }
     match isa {
         Isa::Generic => kernel::pass2::<T, GENERIC_FMA>(p, k, blk, s, grad, part),
         #[cfg(target_arch = "x86_64")]
@@ -656,6 +670,7 @@ fn evaluate<T: Real>(
         length: params.length,
         scale: T::from_f64_lossy(scale),
         cached: cache.is_some(),
+        fused: fused_pass2(),
     };
     for_blocks(&mut ws.part2[..blocks * P2_LEN], P2_LEN, scratch, plan, |blk, s, part| {
         pass2_dispatch(isa, &p, &k, blk, s, grad, part);

@@ -1,0 +1,586 @@
+//! Pass 2 in one sweep per row for `f32` on AVX-512: 2D images, an L1 or L2 length, 1 to 4
+//! channels (every other case takes the row-line kernels of the parent module).
+//!
+//! A row is done in chunks of 16 pixels (one register), and within a chunk class by class: the
+//! chunk's image values, their offsets to the centre, and the sums over classes (`Σ y·g`, the
+//! fidelity and length terms) stay in registers, and each class's fluxes go straight into its
+//! gradient, so a class-pixel is loaded and stored far fewer times than through the per-class
+//! row lines. What crosses chunks and rows is small: per class, the W flux of the chunk's last
+//! pixel (the next chunk's first pixel needs it) and the line of H fluxes of the row above
+//! (`up`, updated in place as the row's own H fluxes are computed). With logits the chunk's `g`
+//! of every class waits in a small buffer until `Σ y·g` is complete, then the outputs overwrite
+//! the cached probabilities of the chunk. The row's last chunk uses masked loads and stores.
+//!
+//! A doubtful L1 sign (see the parent module) is recomputed exactly right where it is found,
+//! before the class's gradient uses it. The arithmetic is the row-line kernels' (the same
+//! fused multiply-adds), but sums are taken in another order, so results differ from theirs in
+//! the last bits; energy alone and with a gradient take the same path and agree bitwise.
+
+use core::any::TypeId;
+use core::arch::x86_64::*;
+
+use msloss_core::{LengthKind, Real};
+
+use super::{Block, Exact, GradRows, Pass2, Problem, Scratch, load_probs, prefetch_line, prefetch_rows, stream_fence};
+use crate::Isa;
+
+/// Flag of [`block`]: L1 length (else L2).
+const L1: u8 = 1;
+/// Flag: a mask is given.
+const MASKED: u8 = 2;
+/// Flag: logits (with L1, their signs can be in doubt).
+const LOGITS: u8 = 4;
+
+/// Pixels per chunk: one AVX-512 register of `f32`.
+const L: usize = 16;
+/// Chunks whose sums are added in `f32` before they are added in `f64`.
+const FOLD_CHUNKS: usize = 16;
+
+/// Whether [`pass2`] handles this problem in the kernel copy `isa`.
+#[inline(always)]
+pub(crate) fn usable<T: Real>(isa: Isa, p: &Problem<'_, T>, k: &Pass2<'_, T>) -> bool {
+    isa == Isa::Avx512
+        && TypeId::of::<T>() == TypeId::of::<f32>()
+        && p.d == 1
+        && (1..=4).contains(&p.c)
+        && matches!(k.length, LengthKind::L1 | LengthKind::L2)
+}
+
+/// Pass 2 over one block (see the module docs); fills `part` as the parent's `pass2` does, and
+/// with `grad` writes the block's rows of the gradient.
+///
+/// # Safety
+/// [`usable`] must hold (the CPU has the AVX-512 subsets of `Isa::Avx512`).
+pub(crate) unsafe fn pass2<T: Real>(
+    p: &Problem<'_, T>,
+    k: &Pass2<'_, T>,
+    blk: Block,
+    s: &mut Scratch<T>,
+    grad: Option<GradRows<T>>,
+    part: &mut [f64],
+) {
+    assert!(TypeId::of::<T>() == TypeId::of::<f32>(), "the fused pass 2 is for f32");
+    // SAFETY: `T` is `f32` (asserted): the casts only name the types by what they are.
+    let (p, k, s, grad) = unsafe {
+        (
+            &*core::ptr::from_ref(p).cast::<Problem<'_, f32>>(),
+            &*core::ptr::from_ref(k).cast::<Pass2<'_, f32>>(),
+            &mut *core::ptr::from_mut(s).cast::<Scratch<f32>>(),
+            grad.map(|g| GradRows::<f32> { ptr: g.ptr.cast(), len: g.len }),
+        )
+    };
+    let flags =
+        u8::from(k.length == LengthKind::L1) * L1 + u8::from(p.mask.is_some()) * MASKED + u8::from(p.logits) * LOGITS;
+    macro_rules! dispatch {
+        ($($c:literal)*; $($f:literal)*) => {
+            dispatch!(@c ($($c)*) ($($f)*))
+        };
+        (@c ($($c:literal)*) $fs:tt) => {
+            match p.c {
+                $($c => dispatch!(@f $c $fs),)*
+                _ => unreachable!("1 to 4 channels"),
+            }
+        };
+        (@f $c:literal ($($f:literal)*)) => {
+            match flags {
+                // SAFETY: the caller's contract.
+                $($f => unsafe { block::<$c, $f>(p, k, blk, s, grad, part) },)*
+                _ => unreachable!("three flag bits"),
+            }
+        };
+    }
+    dispatch!(1 2 3 4; 0 1 2 3 4 5 6 7);
+}
+
+/// The lines of one row of every class: class `i` starts `i·stride` after `ptr`.
+#[derive(Clone, Copy)]
+struct ClassRows {
+    ptr: *const f32,
+    stride: usize,
+}
+
+/// Lanes `0..len` set.
+#[inline(always)]
+fn lanes(len: usize) -> __mmask16 {
+    if len >= L { 0xffff } else { ((1u32 << len) - 1) as __mmask16 }
+}
+
+/// 16 values from `at`, or (`m` not full) the lanes of `m` and zeros.
+///
+/// # Safety
+/// The lanes of `m` must be readable from `at`.
+#[inline(always)]
+unsafe fn ld(at: *const f32, m: __mmask16) -> __m512 {
+    // SAFETY: by the caller's contract (masked lanes are not read).
+    unsafe { if m == 0xffff { _mm512_loadu_ps(at) } else { _mm512_maskz_loadu_ps(m, at) } }
+}
+
+/// Stores the lanes of `m` of `v` at `at`.
+///
+/// # Safety
+/// The lanes of `m` must be writable at `at`, and no reference may cover them.
+#[inline(always)]
+unsafe fn st(at: *const f32, m: __mmask16, v: __m512) {
+    // SAFETY: by the caller's contract.
+    unsafe { if m == 0xffff { _mm512_storeu_ps(at.cast_mut(), v) } else { _mm512_mask_storeu_ps(at.cast_mut(), m, v) } }
+}
+
+/// Stores the lanes of `m` of `v` at `at` in `row.out`, non-temporally where `row.stream` and
+/// `m` is full.
+///
+/// # Safety
+/// As for [`st`]; with `row.stream`, `at` must be 64-byte aligned.
+#[inline(always)]
+unsafe fn put(row: &Row<'_>, at: *const f32, m: __mmask16, v: __m512) {
+    // SAFETY: by the caller's contract.
+    unsafe {
+        if row.stream && m == 0xffff {
+            _mm512_stream_ps(at.cast_mut(), v);
+        } else {
+            st(at, m, v);
+        }
+    }
+}
+
+/// The lanes of `v` added in `f64` in a fixed pairwise order.
+#[inline(always)]
+fn fold(v: __m512) -> f64 {
+    let mut a = [0.0f32; L];
+    // SAFETY: `a` holds 16 `f32`.
+    unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) };
+    let mut w = a.map(f64::from);
+    let mut half = L / 2;
+    while half > 0 {
+        for l in 0..half {
+            w[l] += w[l + half];
+        }
+        half /= 2;
+    }
+    w[0]
+}
+
+/// The flux, length term and doubt of the pairs `(a, b)` lane by lane, with weights `wt`
+/// (`weighted`: masked or at the row's end; a zero weight makes the pair missing): `λ·sign(d)`
+/// and `|d|` (L1) or `2λ·d` and `d²` (L2) of `d = (b − a)·wt`, and (with logits and L1) the
+/// lanes whose sign is in doubt, `|d| ≤ tol·(a + b)` on a pair that is not missing (as the
+/// parent's `pair`).
+#[inline(always)]
+unsafe fn pairs<const F: u8>(
+    weighted: bool,
+    a: __m512,
+    b: __m512,
+    wt: __m512,
+    k: &Consts<'_>,
+) -> (__m512, __m512, __mmask16) {
+    // SAFETY: (all intrinsics here) the caller runs with AVX-512 F and DQ.
+    unsafe {
+        let zero = _mm512_setzero_ps();
+        let d = if weighted { _mm512_mul_ps(_mm512_sub_ps(b, a), wt) } else { _mm512_sub_ps(b, a) };
+        if F & L1 == 0 {
+            return (_mm512_mul_ps(_mm512_set1_ps(k.lam + k.lam), d), _mm512_mul_ps(d, d), 0);
+        }
+        let ad = _mm512_abs_ps(d);
+        let signed = _mm512_or_ps(_mm512_and_ps(d, _mm512_set1_ps(-0.0)), _mm512_set1_ps(k.lam));
+        let phi = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(d, zero), signed);
+        if F & LOGITS == 0 {
+            return (phi, ad, 0);
+        }
+        let slack = _mm512_fmadd_ps(_mm512_add_ps(a, b), _mm512_set1_ps(k.tol), _mm512_sub_ps(zero, ad));
+        let mut doubt = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(slack, zero);
+        if weighted {
+            doubt &= _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(wt, zero);
+        }
+        (phi, ad, doubt)
+    }
+}
+
+/// What a row's chunks read and write.
+struct Row<'a> {
+    /// This row's probabilities (with logits and a gradient: the gradient buffer, which the
+    /// outputs overwrite).
+    y0: ClassRows,
+    /// The next row's probabilities (`has_h`).
+    y1: ClassRows,
+    has_h: bool,
+    /// `φ_H` of the row above.
+    up: ClassRows,
+    /// This row's `φ_H`.
+    up_out: ClassRows,
+    out: ClassRows,
+    /// Whether `out` is written with non-temporal stores (a buffer too large to stay in cache,
+    /// and every chunk 64-byte aligned).
+    stream: bool,
+    m0: Option<&'a [f32]>,
+    m1: Option<&'a [f32]>,
+    /// Channel `c` of this row of the image at `c·sp`.
+    image: &'a [f32],
+    sp: usize,
+    w: usize,
+    exact: Exact<'a, 'a, f32>,
+}
+
+/// A sample's per-class constants (see the parent's `ClassConsts`).
+struct Consts<'a> {
+    cent: &'a [f32],
+    center: &'a [f32],
+    weights: &'a [f32],
+    base: &'a [f32],
+    corr: &'a [f32],
+    wf: f32,
+    lam: f32,
+    tol: f32,
+    scale: f32,
+}
+
+/// One chunk of `len` pixels from column `a` of a row: `EDGE` for the row's last chunk
+/// (`len ≤ 16`, whose last pixel has no W pair), otherwise `len = 16` and column `a + 16`
+/// exists. Returns the chunk's `[fidelity, length, gradient check]` lanes.
+///
+/// # Safety
+/// AVX-512 F, VL, DQ and BW; the row's lines as [`Row`] says, this block's row only.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, reason = "a chunk reads the row, the constants, its place and the carried state")]
+unsafe fn chunk<const C: usize, const F: u8, const EDGE: bool, const EXACT: bool>(
+    row: &Row<'_>,
+    k: &Consts<'_>,
+    n: usize,
+    a: usize,
+    len: usize,
+    grad: bool,
+    (carry, carry_out): (&[f32], &mut [f32]),
+    gbuf: &mut [f32],
+) -> ([__m512; 3], bool) {
+    let masked = F & MASKED != 0;
+    let weighted = masked || EDGE;
+    let logits = F & LOGITS != 0;
+    // SAFETY: (the whole body) AVX-512 by the caller's contract; every load and store below
+    // stays within columns `a..a + len` of a row's line, or `a + 1..a + len` for the next
+    // pixel's values (masked to the lanes that exist).
+    unsafe {
+        let zero = _mm512_setzero_ps();
+        let one = _mm512_set1_ps(1.0);
+        let valid = if EDGE { lanes(len) } else { 0xffff };
+        let next = if EDGE { lanes(len - 1) } else { 0xffff };
+        let xs: [__m512; C] = core::array::from_fn(|c| ld(row.image[c * row.sp + a..].as_ptr(), valid));
+        // Pair weights: the masks, and zero where a pair is missing.
+        let (m0, mw, mh) = if weighted {
+            let m0 = match row.m0 {
+                Some(m) => ld(m[a..].as_ptr(), valid),
+                None => _mm512_maskz_mov_ps(valid, one),
+            };
+            let mn = match row.m0 {
+                Some(m) => ld(m[a + 1..].as_ptr(), next),
+                None => _mm512_maskz_mov_ps(next, one),
+            };
+            let mh = match (row.m1, row.has_h) {
+                (Some(m), true) => _mm512_mul_ps(m0, ld(m[a..].as_ptr(), valid)),
+                _ => m0,
+            };
+            (m0, _mm512_mul_ps(m0, mn), mh)
+        } else {
+            (one, one, one)
+        };
+        // With logits, `ĉ − x` (see the parent's `ClassConsts`).
+        let us: [__m512; C] = core::array::from_fn(|c| _mm512_sub_ps(_mm512_set1_ps(k.center[c]), xs[c]));
+        let (mut fid, mut len_sum, mut yg) = (zero, zero, zero);
+        let mut doubt: __mmask16 = 0;
+        for cls in 0..n {
+            let y0 = row.y0.ptr.add(cls * row.y0.stride + a);
+            let yc = ld(y0, valid);
+            let yn = ld(y0.add(1), next);
+            let (mut pw, lw, dw) = pairs::<F>(weighted, yc, yn, mw, k);
+            let (mut ph, lh, dh) = if row.has_h {
+                let y1 = ld(row.y1.ptr.add(cls * row.y1.stride + a), valid);
+                pairs::<F>(weighted, yc, y1, mh, k)
+            } else {
+                (zero, zero, 0)
+            };
+            len_sum = _mm512_add_ps(len_sum, _mm512_add_ps(lw, lh));
+            // The fidelity term, and the fidelity part of `g` (as the parent's `class_line`).
+            let cent = &k.cent[cls * C..(cls + 1) * C];
+            let mut d2 = zero;
+            let mut dc = if logits { _mm512_set1_ps(k.base[cls]) } else { zero };
+            for c in 0..C {
+                let cc = _mm512_set1_ps(cent[c]);
+                let e = _mm512_sub_ps(xs[c], cc);
+                d2 = _mm512_fmadd_ps(e, e, d2);
+                dc = if logits {
+                    _mm512_fmadd_ps(us[c], _mm512_set1_ps(k.weights[cls * C + c]), dc)
+                } else {
+                    _mm512_fmadd_ps(cc, e, dc)
+                };
+            }
+            let my = if weighted { _mm512_mul_ps(m0, yc) } else { yc };
+            fid = _mm512_fmadd_ps(my, d2, fid);
+            if !grad {
+                continue;
+            }
+            if !EXACT {
+                doubt |= dw | dh;
+            } else if (dw | dh) != 0 {
+                let ex = Exact { cls, ..row.exact };
+                let mut fw = [0.0f32; L];
+                let mut fh = [0.0f32; L];
+                _mm512_storeu_ps(fw.as_mut_ptr(), pw);
+                _mm512_storeu_ps(fh.as_mut_ptr(), ph);
+                for l in 0..L {
+                    if dw >> l & 1 != 0 {
+                        fw[l] = ex.flux(a + l, 1, k.lam);
+                    }
+                    if dh >> l & 1 != 0 {
+                        fh[l] = ex.flux(a + l, row.w, k.lam);
+                    }
+                }
+                pw = _mm512_loadu_ps(fw.as_ptr());
+                ph = _mm512_loadu_ps(fh.as_ptr());
+            }
+            let up = ld(row.up.ptr.add(cls * row.up.stride + a), valid);
+            if row.has_h {
+                st(row.up_out.ptr.add(cls * row.up_out.stride + a), valid, ph);
+            }
+            // The W flux before each pixel: the previous lane's, or the previous chunk's last.
+            let before = _mm512_set1_ps(carry[cls]);
+            carry_out[cls] = _mm_cvtss_f32(_mm_permute_ps::<0xff>(_mm512_extractf32x4_ps::<3>(pw)));
+            let pb =
+                _mm512_castsi512_ps(_mm512_alignr_epi32::<15>(_mm512_castps_si512(pw), _mm512_castps_si512(before)));
+            let f = match (logits, masked) {
+                (true, true) => _mm512_mul_ps(m0, dc),
+                (true, false) => dc,
+                (false, true) => _mm512_mul_ps(
+                    _mm512_mul_ps(_mm512_set1_ps(k.wf), m0),
+                    _mm512_fmadd_ps(_mm512_set1_ps(-k.corr[cls]), dc, d2),
+                ),
+                (false, false) => {
+                    _mm512_mul_ps(_mm512_set1_ps(k.wf), _mm512_fmadd_ps(_mm512_set1_ps(-k.corr[cls]), dc, d2))
+                }
+            };
+            let own = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(pb, pw), ph), up);
+            let g = _mm512_add_ps(f, own);
+            if logits {
+                yg = _mm512_fmadd_ps(yc, g, yg);
+                _mm512_storeu_ps(gbuf[cls * L..(cls + 1) * L].as_mut_ptr(), g);
+            } else {
+                let v = _mm512_mul_ps(_mm512_set1_ps(k.scale), g);
+                yg = _mm512_add_ps(yg, _mm512_mul_ps(v, zero));
+                put(row, row.out.ptr.add(cls * row.out.stride + a), valid, v);
+            }
+        }
+        if doubt != 0 {
+            // Some sign is in doubt: the caller does the chunk again with `EXACT`.
+            return ([fid, len_sum, yg], true);
+        }
+        if logits && grad {
+            // ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m), over the cached probabilities.
+            let scale = _mm512_set1_ps(k.scale);
+            for cls in 0..n {
+                let g = _mm512_loadu_ps(gbuf[cls * L..(cls + 1) * L].as_ptr());
+                let at = row.out.ptr.add(cls * row.out.stride + a);
+                let yc = ld(row.y0.ptr.add(cls * row.y0.stride + a), valid);
+                put(row, at, valid, _mm512_mul_ps(_mm512_mul_ps(scale, yc), _mm512_sub_ps(g, yg)));
+            }
+            // A non-finite `g` makes `Σ y·g` non-finite too (0·∞ is NaN).
+            yg = _mm512_mul_ps(yg, zero);
+        }
+        ([fid, len_sum, yg], false)
+    }
+}
+
+/// Running sums of a row: fidelity, length and the gradient check, in `f32` lanes over up to
+/// [`FOLD_CHUNKS`] chunks, then in `f64`.
+struct Sums {
+    lanes: [__m512; 3],
+    chunks: usize,
+    total: [f64; 3],
+}
+
+impl Sums {
+    #[inline(always)]
+    fn add(&mut self, v: [__m512; 3]) {
+        for (acc, v) in self.lanes.iter_mut().zip(v) {
+            // SAFETY: AVX-512 F, in the callers' kernel.
+            *acc = unsafe { _mm512_add_ps(*acc, v) };
+        }
+        self.chunks += 1;
+        if self.chunks == FOLD_CHUNKS {
+            self.flush();
+        }
+    }
+
+    #[inline(always)]
+    fn flush(&mut self) {
+        for (t, acc) in self.total.iter_mut().zip(self.lanes.iter_mut()) {
+            *t += fold(*acc);
+            // SAFETY: as above.
+            *acc = unsafe { _mm512_setzero_ps() };
+        }
+        self.chunks = 0;
+    }
+}
+
+/// The fused pass 2 over one block (see the module docs).
+///
+/// # Safety
+/// The CPU must have AVX-512 F, VL, DQ and BW, AVX2 and FMA.
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+unsafe fn block<const C: usize, const F: u8>(
+    p: &Problem<'_, f32>,
+    k: &Pass2<'_, f32>,
+    blk: Block,
+    s: &mut Scratch<f32>,
+    grad: Option<GradRows<f32>>,
+    part: &mut [f64],
+) {
+    part.fill(0.0);
+    s.forget();
+    let (n, w, h, sp) = (p.n, p.w, p.h, p.sp());
+    let b = blk.b;
+    let logits = F & LOGITS != 0;
+    // With logits and a gradient pass 1 cached the probabilities in the gradient buffer;
+    // with logits alone each row's are computed here.
+    debug_assert_eq!(k.cached, logits && grad.is_some(), "logits with a gradient are cached");
+    let cached = if logits { grad } else { None };
+    let consts = Consts {
+        cent: &k.centroids[b * n * C..(b + 1) * n * C],
+        center: &k.center[b * C..(b + 1) * C],
+        weights: &k.weights[b * n * C..(b + 1) * n * C],
+        base: &k.base[b * n..(b + 1) * n],
+        corr: &k.corr[b * n..(b + 1) * n],
+        wf: k.fidelity_weight,
+        lam: k.lambda,
+        // Softmax outputs carry a relative error below (N + 4)·ε (see the parent's `flux_row`).
+        tol: if logits && F & L1 != 0 { 2.0 * (n + 4) as f32 * f32::EPSILON } else { 0.0 },
+        scale: k.scale,
+    };
+    s.cache = cached;
+    s.cache_lo = blk.r0;
+    s.cache_hi = blk.r1;
+    // `φ_H` of the row above the block, computed as the row-line kernels do (a row of another
+    // block, whose probabilities may already be overwritten there: recomputed).
+    // The probabilities of the row and the next, and the H fluxes of the row above and this
+    // one, each class's line `ws` apart: a stride that is not a multiple of a page, so that the
+    // chunk's lines of all classes fall in different cache sets (the sample's planes are a
+    // power of two apart in the usual shapes, which would put all of them in one set).
+    let ws = w.div_ceil(L) * L + L;
+    s.up.resize(n * ws, 0.0);
+    s.up_next.resize(n * ws, 0.0);
+    if grad.is_some() && blk.r0 > 0 {
+        let fi = s.flux_slot::<true>(p, k, b, blk.r0 - 1, 1);
+        let flen = 3 * n * w;
+        for cls in 0..n {
+            let from = fi * flen + (3 * cls + 1) * w;
+            s.up[cls * ws..cls * ws + w].copy_from_slice(&s.flux[from..from + w]);
+        }
+    } else {
+        s.up.fill(0.0);
+    }
+    // The W fluxes carried into a chunk and out of it.
+    s.carry.resize(2 * n, 0.0);
+    s.gbuf.resize(n * L, 0.0);
+    s.ycur.resize(n * ws, 0.0);
+    s.ynext.resize(n * ws, 0.0);
+    s.ystage.resize((n + 1) * w, 0.0);
+    let own_rows = |r: usize| {
+        let g = grad.expect("a gradient buffer");
+        ClassRows { ptr: g.ptr.cast_const().wrapping_add(b * n * sp + r * w), stride: sp }
+    };
+    // Loads probability row `r` into `dst`: copied from the cache or the given probabilities,
+    // or computed (logits not cached, or a row of the next block).
+    macro_rules! load_row {
+        ($r:expr, $dst:expr) => {{
+            let r = $r;
+            if !logits {
+                for cls in 0..n {
+                    $dst[cls * ws..cls * ws + w].copy_from_slice(&p.scores[(b * n + cls) * sp + r * w..][..w]);
+                }
+            } else if let (Some(g), true) = (cached, r < blk.r1) {
+                for cls in 0..n {
+                    // SAFETY: row `r` of this block, cached by pass 1 and not yet overwritten.
+                    $dst[cls * ws..cls * ws + w].copy_from_slice(unsafe { g.row_ref(p, b, cls, r) });
+                }
+            } else {
+                load_probs::<f32, true>(p, b, r, &mut s.ystage, &mut s.t1, &mut s.t2);
+                for cls in 0..n {
+                    $dst[cls * ws..cls * ws + w].copy_from_slice(&s.ystage[cls * w..(cls + 1) * w]);
+                }
+            }
+        }};
+    }
+    load_row!(blk.r0, s.ycur);
+    // Every chunk of the gradient starts 64 bytes after the last when the planes and rows are
+    // whole multiples of 16 values from an aligned start.
+    let stream = p.stream && grad.is_some_and(|g| g.ptr.addr() % 64 == 0) && sp % L == 0 && w % L == 0;
+    for r in blk.r0..blk.r1 {
+        // The inputs of the next rows the sweep will load, ahead of the hardware prefetcher.
+        prefetch_rows(p, s.cache.filter(|_| r + 2 < blk.r1), b, r + 2);
+        if r + 1 < h {
+            for c in 0..C {
+                prefetch_line(&p.image[(b * C + c) * sp + (r + 1) * w..][..w]);
+            }
+        }
+        let has_h = r + 1 < h;
+        if has_h {
+            load_row!(r + 1, s.ynext);
+        }
+        let y0 = ClassRows { ptr: s.ycur.as_ptr(), stride: ws };
+        let y1 = ClassRows { ptr: s.ynext.as_ptr(), stride: ws };
+        let mask_row = |r: usize| p.mask.map(|m| &m[b * sp + r * w..][..w]);
+        let row = Row {
+            y0,
+            y1,
+            has_h,
+            up: ClassRows { ptr: s.up.as_ptr(), stride: ws },
+            up_out: ClassRows { ptr: s.up_next.as_ptr(), stride: ws },
+            out: if grad.is_some() { own_rows(r) } else { y0 },
+            stream,
+            m0: mask_row(r),
+            m1: if has_h { mask_row(r + 1) } else { None },
+            image: &p.image[b * C * sp + r * w..],
+            sp,
+            w,
+            exact: Exact { p, b, cls: 0, s0: r * w },
+        };
+        let (mut carry, mut carry_out) = s.carry.split_at_mut(n);
+        carry.fill(0.0);
+        let g = grad.is_some();
+        let gbuf = &mut s.gbuf[..];
+        let mut sums = Sums { lanes: [_mm512_setzero_ps(); 3], chunks: 0, total: [0.0; 3] };
+        let mut a = 0;
+        // SAFETY: the CPU has the features (this function's contract). `y0`, `out` (row `r`)
+        // and `y1` (row `r + 1` when cached) are rows of this block, which no other thread
+        // touches; pass 1 cached them (logits), and row `r`'s probabilities are read per chunk
+        // before its outputs overwrite them. `ynext`, `ycur` and `up` are this thread's
+        // scratch, sized above and not otherwise borrowed while the chunks run; the image and
+        // masks are sliced with bounds checks.
+        unsafe {
+            // A chunk with a sign in doubt is done again with the exact signs, from the same
+            // inputs (the fluxes carried in and the row above's are kept apart from those it
+            // writes).
+            while a + L < w {
+                let (mut v, doubt) = chunk::<C, F, false, false>(&row, &consts, n, a, L, g, (carry, carry_out), gbuf);
+                if doubt {
+                    v = chunk::<C, F, false, true>(&row, &consts, n, a, L, g, (carry, carry_out), gbuf).0;
+                }
+                sums.add(v);
+                core::mem::swap(&mut carry, &mut carry_out);
+                a += L;
+            }
+            let (mut v, doubt) = chunk::<C, F, true, false>(&row, &consts, n, a, w - a, g, (carry, carry_out), gbuf);
+            if doubt {
+                v = chunk::<C, F, true, true>(&row, &consts, n, a, w - a, g, (carry, carry_out), gbuf).0;
+            }
+            sums.add(v);
+        }
+        sums.flush();
+        for (o, v) in part.iter_mut().zip(sums.total) {
+            *o += v;
+        }
+        core::mem::swap(&mut s.ycur, &mut s.ynext);
+        if has_h {
+            core::mem::swap(&mut s.up, &mut s.up_next);
+        }
+    }
+    if stream {
+        stream_fence();
+    }
+    s.cache = None;
+}
