@@ -16,6 +16,13 @@
 //!    already overwritten, get their softmax recomputed (the same code, so the same bits).
 //!    Otherwise pass 2 recomputes the softmax.
 //!
+//! For `f32` in the AVX-512 copy, 2D images, an L1 or L2 length and 1 to 4 channels, pass 2 is
+//! one sweep per row in chunks of 16 pixels with the classes inside, written with AVX-512
+//! intrinsics: the sums over classes stay in registers and each class's fluxes go straight into
+//! its gradient (`kernel/fused.rs`). Everything else takes the row-line kernels, which loop over
+//! each row once per class; `MSLOSS_CPU_PASS2=rows` in the environment makes every case take
+//! them, to compare the two.
+//!
 //! Pass 1 runs over tiles of columns (a tile of every class fits the first-level cache; see
 //! [`CpuBackend::with_tile_width`]) and, with logits and a gradient, computes the probabilities
 //! in place in the gradient buffer, with non-temporal stores when the buffer is too large to stay
@@ -306,8 +313,8 @@ impl Plan {
     }
 }
 
-/// Whether pass 2 takes its one-sweep kernel where it applies (2D, L1 or L2, a gradient, 1 to 4
-/// channels), read once per process: the environment variable `MSLOSS_CPU_PASS2=rows` keeps the
+/// Whether pass 2 takes its chunked kernel where it applies (`f32` in the AVX-512 copy, 2D, L1 or
+/// L2, 1 to 4 channels; see `kernel::fused`), read once per process: the environment variable `MSLOSS_CPU_PASS2=rows` keeps the
 /// row-line kernels everywhere, to compare the two; any other value is ignored.
 fn fused_pass2() -> bool {
     static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
