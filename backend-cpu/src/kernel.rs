@@ -449,11 +449,11 @@ fn load_probs<T: Real, const FMA: bool>(
     }
 }
 
-/// Adds `T` lanes in a fixed pairwise order, in `f64`.
+/// Adds `K` lanes of `T` (a power of two) in a fixed pairwise order, in `f64`.
 #[inline(always)]
-fn fold<T: Real>(acc: [T; LANES]) -> f64 {
+fn fold<T: Real, const K: usize>(acc: [T; K]) -> f64 {
     let mut v = acc.map(|a| a.to_f64_lossless());
-    let mut half = LANES / 2;
+    let mut half = K / 2;
     while half > 0 {
         for l in 0..half {
             v[l] += v[l + half];

@@ -11,6 +11,10 @@
 //! of every class waits in a small buffer until `Σ y·g` is complete, then the outputs overwrite
 //! the cached probabilities of the chunk. The row's last chunk uses masked loads and stores.
 //!
+//! The probabilities of the row and the next are copied into per-class lines a padded stride
+//! apart: read in place, the chunk's lines of all classes would lie a whole plane apart, a
+//! power of two in the usual shapes, and so in one set of the first- and second-level caches.
+//!
 //! A doubtful L1 sign (see the parent module) is recomputed exactly right where it is found,
 //! before the class's gradient uses it. The arithmetic is the row-line kernels' (the same
 //! fused multiply-adds), but sums are taken in another order, so results differ from theirs in
@@ -21,7 +25,9 @@ use core::arch::x86_64::*;
 
 use msloss_core::{LengthKind, Real};
 
-use super::{Block, Exact, GradRows, Pass2, Problem, Scratch, load_probs, prefetch_line, prefetch_rows, stream_fence};
+use super::{
+    Block, Exact, GradRows, Pass2, Problem, Scratch, fold, load_probs, prefetch_line, prefetch_rows, stream_fence,
+};
 use crate::Isa;
 
 /// Flag of [`block`]: L1 length (else L2).
@@ -142,21 +148,13 @@ unsafe fn put(row: &Row<'_>, at: *const f32, m: __mmask16, v: __m512) {
     }
 }
 
-/// The lanes of `v` added in `f64` in a fixed pairwise order.
+/// The lanes of `v` added in `f64` (the parent's pairwise order).
 #[inline(always)]
-fn fold(v: __m512) -> f64 {
+fn fold_lanes(v: __m512) -> f64 {
     let mut a = [0.0f32; L];
     // SAFETY: `a` holds 16 `f32`.
     unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) };
-    let mut w = a.map(f64::from);
-    let mut half = L / 2;
-    while half > 0 {
-        for l in 0..half {
-            w[l] += w[l + half];
-        }
-        half /= 2;
-    }
-    w[0]
+    fold(a)
 }
 
 /// The flux, length term and doubt of the pairs `(a, b)` lane by lane, with weights `wt`
@@ -196,10 +194,9 @@ unsafe fn pairs<const F: u8>(
 
 /// What a row's chunks read and write.
 struct Row<'a> {
-    /// This row's probabilities (with logits and a gradient: the gradient buffer, which the
-    /// outputs overwrite).
+    /// This row's probabilities (a copy in scratch).
     y0: ClassRows,
-    /// The next row's probabilities (`has_h`).
+    /// The next row's probabilities (`has_h`; a copy in scratch).
     y1: ClassRows,
     has_h: bool,
     /// `φ_H` of the row above.
@@ -409,7 +406,7 @@ impl Sums {
     #[inline(always)]
     fn flush(&mut self) {
         for (t, acc) in self.total.iter_mut().zip(self.lanes.iter_mut()) {
-            *t += fold(*acc);
+            *t += fold_lanes(*acc);
             // SAFETY: as above.
             *acc = unsafe { _mm512_setzero_ps() };
         }
@@ -454,8 +451,6 @@ unsafe fn block<const C: usize, const F: u8>(
     s.cache = cached;
     s.cache_lo = blk.r0;
     s.cache_hi = blk.r1;
-    // `φ_H` of the row above the block, computed as the row-line kernels do (a row of another
-    // block, whose probabilities may already be overwritten there: recomputed).
     // The probabilities of the row and the next, and the H fluxes of the row above and this
     // one, each class's line `ws` apart: a stride that is not a multiple of a page, so that the
     // chunk's lines of all classes fall in different cache sets (the sample's planes are a
@@ -463,6 +458,8 @@ unsafe fn block<const C: usize, const F: u8>(
     let ws = w.div_ceil(L) * L + L;
     s.up.resize(n * ws, 0.0);
     s.up_next.resize(n * ws, 0.0);
+    // `φ_H` of the row above the block, computed as the row-line kernels do (a row of another
+    // block, whose probabilities may already be overwritten there: recomputed).
     if grad.is_some() && blk.r0 > 0 {
         let fi = s.flux_slot::<true>(p, k, b, blk.r0 - 1, 1);
         let flen = 3 * n * w;
@@ -479,10 +476,9 @@ unsafe fn block<const C: usize, const F: u8>(
     s.ycur.resize(n * ws, 0.0);
     s.ynext.resize(n * ws, 0.0);
     s.ystage.resize((n + 1) * w, 0.0);
-    let own_rows = |r: usize| {
-        let g = grad.expect("a gradient buffer");
-        ClassRows { ptr: g.ptr.cast_const().wrapping_add(b * n * sp + r * w), stride: sp }
-    };
+    // The gradient's rows (only taken with a gradient).
+    let grad_ptr = grad.map_or(core::ptr::null(), |g| g.ptr.cast_const());
+    let own_rows = |r: usize| ClassRows { ptr: grad_ptr.wrapping_add(b * n * sp + r * w), stride: sp };
     // Loads probability row `r` into `dst`: copied from the cache or the given probabilities,
     // or computed (logits not cached, or a row of the next block).
     macro_rules! load_row {
@@ -545,12 +541,12 @@ unsafe fn block<const C: usize, const F: u8>(
         let gbuf = &mut s.gbuf[..];
         let mut sums = Sums { lanes: [_mm512_setzero_ps(); 3], chunks: 0, total: [0.0; 3] };
         let mut a = 0;
-        // SAFETY: the CPU has the features (this function's contract). `y0`, `out` (row `r`)
-        // and `y1` (row `r + 1` when cached) are rows of this block, which no other thread
-        // touches; pass 1 cached them (logits), and row `r`'s probabilities are read per chunk
-        // before its outputs overwrite them. `ynext`, `ycur` and `up` are this thread's
-        // scratch, sized above and not otherwise borrowed while the chunks run; the image and
-        // masks are sliced with bounds checks.
+        // SAFETY: the CPU has the features (this function's contract). `out` is row `r` of
+        // this block's gradient, which no other thread touches and nothing else borrows.
+        // `y0`, `y1`, `up` and `up_out` point into this thread's scratch (`ycur`, `ynext`,
+        // `up`, `up_next`), `ws` apart per class with `w` columns each, sized above and not
+        // otherwise borrowed while the chunks run; the image and masks are sliced with bounds
+        // checks.
         unsafe {
             // A chunk with a sign in doubt is done again with the exact signs, from the same
             // inputs (the fluxes carried in and the row above's are kept apart from those it
