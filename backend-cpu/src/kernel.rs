@@ -207,8 +207,6 @@ pub(crate) struct Scratch<T> {
     /// The fused pass 2: the current row's probabilities (`ynext` the next row's), each class
     /// a padded line.
     ycur: Vec<T>,
-    /// The fused pass 2: a row computed by `load_probs`, `[y_0, …, y_{N−1}, m]`.
-    ystage: Vec<T>,
 }
 
 impl<T: Real> Scratch<T> {

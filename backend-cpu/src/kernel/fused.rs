@@ -25,17 +25,13 @@ use core::arch::x86_64::*;
 
 use msloss_core::{LengthKind, Real};
 
+// The flags of [`block`]: the parent's `L1` (else L2) and `MASKED` of `flux_fused`, and its
+// `CL_LOGITS` of `class_line` (with L1, the signs of logits can be in doubt).
 use super::{
-    Block, Exact, GradRows, Pass2, Problem, Scratch, fold, load_probs, prefetch_line, prefetch_rows, stream_fence,
+    Block, CL_LOGITS as LOGITS, Exact, GradRows, L1, MASKED, Pass2, Problem, Scratch, fold, load_probs, prefetch_line,
+    prefetch_rows, stream_fence,
 };
 use crate::Isa;
-
-/// Flag of [`block`]: L1 length (else L2).
-const L1: u8 = 1;
-/// Flag: a mask is given.
-const MASKED: u8 = 2;
-/// Flag: logits (with L1, their signs can be in doubt).
-const LOGITS: u8 = 4;
 
 /// Pixels per chunk: one AVX-512 register of `f32`.
 const L: usize = 16;
@@ -475,7 +471,6 @@ unsafe fn block<const C: usize, const F: u8>(
     s.gbuf.resize(n * L, 0.0);
     s.ycur.resize(n * ws, 0.0);
     s.ynext.resize(n * ws, 0.0);
-    s.ystage.resize((n + 1) * w, 0.0);
     // The gradient's rows (only taken with a gradient).
     let grad_ptr = grad.map_or(core::ptr::null(), |g| g.ptr.cast_const());
     let own_rows = |r: usize| ClassRows { ptr: grad_ptr.wrapping_add(b * n * sp + r * w), stride: sp };
@@ -494,9 +489,10 @@ unsafe fn block<const C: usize, const F: u8>(
                     $dst[cls * ws..cls * ws + w].copy_from_slice(unsafe { g.row_ref(p, b, cls, r) });
                 }
             } else {
-                load_probs::<f32, true>(p, b, r, &mut s.ystage, &mut s.t1, &mut s.t2);
+                // Staged in the row-line kernels' first row slot, free after the block's start.
+                load_probs::<f32, true>(p, b, r, &mut s.y[..(n + 1) * w], &mut s.t1, &mut s.t2);
                 for cls in 0..n {
-                    $dst[cls * ws..cls * ws + w].copy_from_slice(&s.ystage[cls * w..(cls + 1) * w]);
+                    $dst[cls * ws..cls * ws + w].copy_from_slice(&s.y[cls * w..(cls + 1) * w]);
                 }
             }
         }};
