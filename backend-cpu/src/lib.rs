@@ -314,8 +314,9 @@ impl Plan {
 }
 
 /// Whether pass 2 takes its chunked kernel where it applies (`f32` in the AVX-512 copy, 2D, L1 or
-/// L2, 1 to 4 channels; see `kernel::fused`), read once per process: the environment variable `MSLOSS_CPU_PASS2=rows` keeps the
-/// row-line kernels everywhere, to compare the two; any other value is ignored.
+/// L2, 1 to 4 channels; see `kernel::fused`), read once per process: the environment variable
+/// `MSLOSS_CPU_PASS2=rows` keeps the row-line kernels everywhere, to compare the two; any other
+/// value is ignored.
 fn fused_pass2() -> bool {
     static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FUSED.get_or_init(|| std::env::var("MSLOSS_CPU_PASS2").map_or(true, |v| !v.trim().eq_ignore_ascii_case("rows")))
