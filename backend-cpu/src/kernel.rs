@@ -29,6 +29,15 @@ use crate::exp::{exp_nonpos, madd};
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod fused;
 
+/// Pixels per chunk of the fused pass 2 (one AVX-512 register of `f32`).
+pub(crate) const PADDED_LANES: usize = 16;
+
+/// The stride of the fused pass 2's per-class lines for rows of `w` pixels: whole chunks and one
+/// more, so that it is not a multiple of a page (see `fused`).
+pub(crate) fn padded_stride(w: usize) -> usize {
+    w.div_ceil(PADDED_LANES) * PADDED_LANES + PADDED_LANES
+}
+
 /// Independent accumulators per sum.
 pub(crate) const LANES: usize = 8;
 /// Pixels per step of the loops that handle a remainder by redoing the last whole step.
@@ -220,6 +229,14 @@ impl<T: Real> Scratch<T> {
         self.fd_ring.resize(ring * n * w, T::zero());
         self.fd_keys.resize(ring, NO_ROW);
         self.g.resize(n * w, T::zero());
+        // The fused pass 2's lines (sized here with the rest, so that no call after the first with
+        // a shape allocates, whichever thread's scratch a block lands on).
+        let ws = padded_stride(w);
+        for t in [&mut self.up, &mut self.up_next, &mut self.ycur, &mut self.ynext] {
+            t.resize(n * ws, T::zero());
+        }
+        self.carry.resize(2 * n, T::zero());
+        self.gbuf.resize(n * PADDED_LANES, T::zero());
         for t in [&mut self.t1, &mut self.t2, &mut self.t3, &mut self.yg] {
             t.resize(w, T::zero());
         }

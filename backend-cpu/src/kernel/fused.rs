@@ -28,13 +28,13 @@ use msloss_core::{LengthKind, Real};
 // The flags of [`block`]: the parent's `L1` (else L2) and `MASKED` of `flux_fused`, and its
 // `CL_LOGITS` of `class_line` (with L1, the signs of logits can be in doubt).
 use super::{
-    Block, CL_LOGITS as LOGITS, Exact, GradRows, L1, MASKED, Pass2, Problem, Scratch, fold, load_probs, prefetch_line,
-    prefetch_rows, stream_fence,
+    Block, CL_LOGITS as LOGITS, Exact, GradRows, L1, MASKED, PADDED_LANES, Pass2, Problem, Scratch, fold, load_probs,
+    padded_stride, prefetch_line, prefetch_rows, stream_fence,
 };
 use crate::Isa;
 
 /// Pixels per chunk: one AVX-512 register of `f32`.
-const L: usize = 16;
+const L: usize = PADDED_LANES;
 /// Chunks whose sums are added in `f32` before they are added in `f64`.
 const FOLD_CHUNKS: usize = 16;
 
@@ -451,9 +451,13 @@ unsafe fn block<const C: usize, const F: u8>(
     // one, each class's line `ws` apart: a stride that is not a multiple of a page, so that the
     // chunk's lines of all classes fall in different cache sets (the sample's planes are a
     // power of two apart in the usual shapes, which would put all of them in one set).
-    let ws = w.div_ceil(L) * L + L;
-    s.up.resize(n * ws, 0.0);
-    s.up_next.resize(n * ws, 0.0);
+    let ws = padded_stride(w);
+    // Sized by `Scratch::prepare`; the raw reads and writes below rely on it.
+    let lines = [&s.up, &s.up_next, &s.ycur, &s.ynext];
+    assert!(
+        lines.iter().all(|l| l.len() >= n * ws) && s.carry.len() >= 2 * n && s.gbuf.len() >= n * L,
+        "scratch sized"
+    );
     // `φ_H` of the row above the block, computed as the row-line kernels do (a row of another
     // block, whose probabilities may already be overwritten there: recomputed).
     if grad.is_some() && blk.r0 > 0 {
@@ -466,11 +470,6 @@ unsafe fn block<const C: usize, const F: u8>(
     } else {
         s.up.fill(0.0);
     }
-    // The W fluxes carried into a chunk and out of it.
-    s.carry.resize(2 * n, 0.0);
-    s.gbuf.resize(n * L, 0.0);
-    s.ycur.resize(n * ws, 0.0);
-    s.ynext.resize(n * ws, 0.0);
     // The gradient's rows (only taken with a gradient).
     let grad_ptr = grad.map_or(core::ptr::null(), |g| g.ptr.cast_const());
     let own_rows = |r: usize| ClassRows { ptr: grad_ptr.wrapping_add(b * n * sp + r * w), stride: sp };
