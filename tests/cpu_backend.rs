@@ -265,16 +265,19 @@ fn tied_row_ends_match_reference() {
     tied_row_ends::<f64>();
 }
 
-/// Larger images with many blocks of many rows, and classes up to 21.
+/// Larger images with many blocks of many rows, and classes up to 21; tiles of whole chunks of
+/// 16 columns and tiles that end mid-chunk.
 #[test]
 fn matches_reference_on_larger_images() {
-    let cpu = CpuBackend::with_threads(3).with_block_pixels(500).with_tile_width(16).with_stream_bytes(0);
-    let mut ws = Backend::<f32>::workspace(&cpu);
-    for (i, s) in
-        [shape(2, 21, 3, 1, 24, 37), shape(1, 2, 3, 1, 97, 64), shape(1, 3, 1, 5, 17, 19)].into_iter().enumerate()
-    {
-        let params = Params::default().with_lambda(0.05);
-        compare::<f32>(&cpu, &mut ws, &Case { shape: s, logits: true, mask: i == 1, params, seed: 7 + i as u64 });
+    for tile in [16, 40] {
+        let cpu = CpuBackend::with_threads(3).with_block_pixels(500).with_tile_width(tile).with_stream_bytes(0);
+        let mut ws = Backend::<f32>::workspace(&cpu);
+        for (i, s) in
+            [shape(2, 21, 3, 1, 24, 37), shape(1, 2, 3, 1, 97, 64), shape(1, 3, 1, 5, 17, 19)].into_iter().enumerate()
+        {
+            let params = Params::default().with_lambda(0.05);
+            compare::<f32>(&cpu, &mut ws, &Case { shape: s, logits: true, mask: i == 1, params, seed: 7 + i as u64 });
+        }
     }
     // A volume with the default blocks (two, of many slices each; the second starts mid-slice).
     let cpu = CpuBackend::with_threads(2);

@@ -85,16 +85,26 @@ pub(crate) fn exp_nonpos_f64<const FMA: bool>(x: f64) -> f64 {
     if x < UNDERFLOW { 0.0 } else { e }
 }
 
+/// The constants of [`exp_nonpos_f32`] (shared with the AVX-512 copy of it in the chunked pass 1).
+pub(crate) mod f32_consts {
+    /// `1.5 · 2^23`: adding it rounds to an integer held in the low bits of the sum.
+    pub(crate) const ROUND: f32 = 12_582_912.0;
+    /// `ln 2` split so that `k · LN2_HI` is exact (Cephes' split).
+    pub(crate) const LN2_HI: f32 = 0.693_359_4;
+    pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
+    /// Below this `exp` rounds to zero.
+    pub(crate) const UNDERFLOW: f32 = -104.0;
+    /// `2^(k + SHIFT)` stays normal for every `k >= -150`; `UNSHIFT = 2^-SHIFT` undoes it.
+    pub(crate) const SHIFT: i32 = 30;
+    pub(crate) const UNSHIFT: f32 = 9.313_226e-10;
+    pub(crate) const COEFFS: [f32; 6] =
+        [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+}
+
 /// `e^x` for `x <= 0` in `f32`, within about 2 ulp (Cephes' `expf` polynomial).
 #[inline(always)]
 pub(crate) fn exp_nonpos_f32<const FMA: bool>(x: f32) -> f32 {
-    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const UNDERFLOW: f32 = -104.0;
-    const SHIFT: i32 = 30;
-    const UNSHIFT: f32 = 9.313_226e-10; // 2^-30
-    const COEFFS: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+    use f32_consts::*;
     let xc = if x < UNDERFLOW { UNDERFLOW } else { x };
     let fma = madd::<f32, FMA>;
     let t = fma(xc, core::f32::consts::LOG2_E, ROUND);

@@ -32,6 +32,9 @@ pub(crate) mod fused;
 /// Pixels per chunk of the fused pass 2 (one AVX-512 register of `f32`).
 pub(crate) const PADDED_LANES: usize = 16;
 
+/// The most channels the chunked kernels (`fused`) handle.
+pub(crate) const MAX_FUSED_CHANNELS: usize = 4;
+
 /// The stride of the fused pass 2's per-class lines for rows of `w` pixels: whole chunks and one
 /// more, so that it is not a multiple of a page (see `fused`).
 pub(crate) fn padded_stride(w: usize) -> usize {
@@ -211,6 +214,9 @@ pub(crate) struct Scratch<T> {
     carry: Vec<T>,
     /// The fused pass 2: one chunk's `g` of every class.
     gbuf: Vec<T>,
+    /// The chunked pass 1: per class, the lanes of its sums `A` and `M_k` (up to
+    /// [`MAX_FUSED_CHANNELS`] channels) not yet added in `f64`.
+    sums1: Vec<T>,
     /// The fused pass 2: the next row's probabilities (see `ycur`).
     ynext: Vec<T>,
     /// The fused pass 2: the current row's probabilities (`ynext` the next row's), each class
@@ -237,6 +243,7 @@ impl<T: Real> Scratch<T> {
         }
         self.carry.resize(2 * n, T::zero());
         self.gbuf.resize(n * PADDED_LANES, T::zero());
+        self.sums1.resize(n * (1 + MAX_FUSED_CHANNELS) * PADDED_LANES, T::zero());
         for t in [&mut self.t1, &mut self.t2, &mut self.t3, &mut self.yg] {
             t.resize(w, T::zero());
         }
@@ -558,32 +565,11 @@ pub(crate) fn pass1<T: Real, const FMA: bool>(
     let (n, c, w, sp) = (p.n, p.c, p.w, p.sp());
     let b = blk.b;
     let mut min_prob = T::zero();
-    let mut ignored = T::zero();
     for r in blk.r0..blk.r1 {
-        // The next row's inputs, ahead of the hardware prefetcher (which loses track of this
-        // many streams: one per class and channel).
         if r + 1 < blk.r1 {
-            for cls in 0..n {
-                prefetch_line(&p.scores[(b * n + cls) * sp + (r + 1) * w..][..w]);
-            }
-            for k in 0..c {
-                prefetch_line(&p.image[(b * c + k) * sp + (r + 1) * w..][..w]);
-            }
+            prefetch_inputs(p, b, r + 1);
         }
-        for k in 0..c {
-            head[2] += check_values(&p.image[(b * c + k) * sp + r * w..][..w], &mut ignored);
-        }
-        let mrow = p.mask.map(|mask| &mask[b * sp + r * w..][..w]);
-        match mrow {
-            Some(m) => {
-                for (t, &v) in s.t3.iter_mut().zip(m) {
-                    *t = (v * (T::one() - v)).abs();
-                }
-                head[3] += sum(&s.t3[..w]);
-                head[4] += sum(m);
-            }
-            None => head[4] += w as f64,
-        }
+        let mrow = row_checks(p, b, r, head, &mut s.t3);
         for a in (0..w).step_by(p.tile) {
             let len = p.tile.min(w - a);
             let at = |cls: usize| (b * n + cls) * sp + r * w + a;
@@ -643,6 +629,50 @@ pub(crate) fn pass1<T: Real, const FMA: bool>(
         stream_fence();
     }
     head[1] = if p.logits { 0.0 } else { min_prob.to_f64_lossless() };
+}
+
+/// Prefetches row `r` of sample `b` of the scores and the image, ahead of the hardware
+/// prefetcher (which loses track of this many streams: one per class and channel).
+#[inline(always)]
+pub(crate) fn prefetch_inputs<T: Real>(p: &Problem<'_, T>, b: usize, r: usize) {
+    let (n, c, w, sp) = (p.n, p.c, p.w, p.sp());
+    for cls in 0..n {
+        prefetch_line(&p.scores[(b * n + cls) * sp + r * w..][..w]);
+    }
+    for k in 0..c {
+        prefetch_line(&p.image[(b * c + k) * sp + r * w..][..w]);
+    }
+}
+
+/// Pass 1's checks of row `r` of sample `b` that do not depend on the scores: adds to `head`
+/// (see [`pass1`]) a non-finite number if an image value is not finite, `Σ |m·(1 − m)|` (zero
+/// exactly for a mask of zeros and ones) and the row's count of pixels, `Σ m` (`tmp`: `W`
+/// values of scratch). Returns the mask row, if any.
+#[inline(always)]
+pub(crate) fn row_checks<'a, T: Real>(
+    p: &Problem<'a, T>,
+    b: usize,
+    r: usize,
+    head: &mut [f64],
+    tmp: &mut [T],
+) -> Option<&'a [T]> {
+    let (c, w, sp) = (p.c, p.w, p.sp());
+    let mut ignored = T::zero();
+    for k in 0..c {
+        head[2] += check_values(&p.image[(b * c + k) * sp + r * w..][..w], &mut ignored);
+    }
+    let mrow = p.mask.map(|mask| &mask[b * sp + r * w..][..w]);
+    match mrow {
+        Some(m) => {
+            for (t, &v) in tmp.iter_mut().zip(m) {
+                *t = (v * (T::one() - v)).abs();
+            }
+            head[3] += sum(&tmp[..w]);
+            head[4] += sum(m);
+        }
+        None => head[4] += w as f64,
+    }
+    mrow
 }
 
 /// Asks the CPU to bring every cache line of `line` into the second-level cache (a hint: no

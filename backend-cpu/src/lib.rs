@@ -313,13 +313,16 @@ impl Plan {
     }
 }
 
-/// Whether pass 2 takes its chunked kernel where it applies (`f32` in the AVX-512 copy, 2D, L1 or
-/// L2, 1 to 4 channels; see `kernel::fused`), read once per process: the environment variable
-/// `MSLOSS_CPU_PASS2=rows` keeps the row-line kernels everywhere, to compare the two; any other
-/// value is ignored.
-fn fused_pass2() -> bool {
-    static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FUSED.get_or_init(|| std::env::var("MSLOSS_CPU_PASS2").map_or(true, |v| !v.trim().eq_ignore_ascii_case("rows")))
+/// Whether pass 1 and pass 2 take their chunked kernels where they apply (`f32` in the AVX-512
+/// copy; see `kernel::fused`), read once per process: the environment variables
+/// `MSLOSS_CPU_PASS1=tiles` and `MSLOSS_CPU_PASS2=rows` keep the tiled pass 1 and the row-line
+/// pass 2 everywhere, to compare; any other value is ignored.
+fn chunked_passes() -> (bool, bool) {
+    static CHUNKED: std::sync::OnceLock<(bool, bool)> = std::sync::OnceLock::new();
+    *CHUNKED.get_or_init(|| {
+        let keep = |var: &str, old: &str| std::env::var(var).is_ok_and(|v| v.trim().eq_ignore_ascii_case(old));
+        (!keep("MSLOSS_CPU_PASS1", "tiles"), !keep("MSLOSS_CPU_PASS2", "rows"))
+    })
 }
 
 /// Which compiled copy of the kernels runs.
@@ -391,13 +394,21 @@ impl Isa {
 const GENERIC_FMA: bool = cfg!(any(target_arch = "aarch64", target_feature = "fma"));
 
 fn pass1_dispatch<T: Real>(
-    isa: Isa,
+    (isa, chunked): (Isa, bool),
     p: &Problem<'_, T>,
     blk: Block,
     s: &mut Scratch<T>,
     cache: Option<GradRows<T>>,
     part: &mut [f64],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if chunked && kernel::fused::pass1::usable(isa, p) {
+        // SAFETY: `usable` holds, which includes the AVX-512 copy: the CPU has its features.
+        unsafe { kernel::fused::pass1::pass1(p, blk, s, cache, part) };
+        return;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = chunked;
     match isa {
         Isa::Generic => kernel::pass1::<T, GENERIC_FMA>(p, blk, s, cache, part),
         #[cfg(target_arch = "x86_64")]
@@ -560,6 +571,7 @@ fn evaluate<T: Real>(
     let plan = Plan::for_shape(bsz, [d, h, w], cfg.block_pixels);
     let blocks = bsz * plan.blocks_per_sample;
     let isa = Isa::get();
+    let chunked = chunked_passes();
 
     // Workspace: one scratch per thread, partials per block.
     let threads = threads.max(1);
@@ -584,7 +596,7 @@ fn evaluate<T: Real>(
     let cache = if p.logits { grad } else { None };
     let scratch = &ws.scratch[..threads];
     for_blocks(&mut ws.part1[..blocks * stride1], stride1, scratch, plan, |blk, s, part| {
-        pass1_dispatch(isa, &p, blk, s, cache, part);
+        pass1_dispatch((isa, chunked.0), &p, blk, s, cache, part);
     });
 
     // Reduce in block order; checks first.
@@ -678,7 +690,7 @@ fn evaluate<T: Real>(
         length: params.length,
         scale: T::from_f64_lossy(scale),
         cached: cache.is_some(),
-        fused: fused_pass2(),
+        fused: chunked.1,
     };
     for_blocks(&mut ws.part2[..blocks * P2_LEN], P2_LEN, scratch, plan, |blk, s, part| {
         pass2_dispatch(isa, &p, &k, blk, s, grad, part);

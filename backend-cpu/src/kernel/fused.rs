@@ -33,6 +33,8 @@ use super::{
 };
 use crate::Isa;
 
+pub(crate) mod pass1;
+
 /// Pixels per chunk: one AVX-512 register of `f32`.
 const L: usize = PADDED_LANES;
 /// Chunks whose sums are added in `f32` before they are added in `f64`.
