@@ -16,18 +16,22 @@
 //!    already overwritten, get their softmax recomputed (the same code, so the same bits).
 //!    Otherwise pass 2 recomputes the softmax.
 //!
-//! For `f32` in the AVX-512 copy, 2D images, an L1 or L2 length and 1 to 4 channels, pass 2 is
-//! one sweep per row in chunks of 16 pixels with the classes inside, written with AVX-512
-//! intrinsics: the sums over classes stay in registers and each class's fluxes go straight into
-//! its gradient (`kernel/fused.rs`). Everything else takes the row-line kernels, which loop over
-//! each row once per class; `MSLOSS_CPU_PASS2=rows` in the environment makes every case take
-//! them, to compare the two.
+//! In the AVX-512 copy, for 2D images, an L1 or L2 length and 1 to 4 channels, pass 2 is one
+//! sweep per row in chunks of one register's pixels (16 of `f32`, 8 of `f64`) with the classes
+//! inside, written with AVX-512 intrinsics: the sums over classes stay in registers and each
+//! class's fluxes go straight into its gradient (`kernel/fused.rs`). Everything else takes the
+//! row-line kernels, which loop over each row once per class; `MSLOSS_CPU_PASS2=rows` in the
+//! environment makes every case take them, to compare the two.
 //!
 //! Pass 1 runs over tiles of columns (a tile of every class fits the first-level cache; see
 //! [`CpuBackend::with_tile_width`]) and, with logits and a gradient, computes the probabilities
 //! in place in the gradient buffer, with non-temporal stores when the buffer is too large to stay
-//! in cache until pass 2 ([`CpuBackend::with_stream_bytes`]). Both passes prefetch the next rows'
-//! inputs in software: one memory stream per class is more than the hardware prefetcher follows.
+//! in cache until pass 2 ([`CpuBackend::with_stream_bytes`]). For logits in `f32` in the AVX-512
+//! copy (1 to 4 channels) each tile is done in three sweeps with the classes inside its chunks of
+//! 16 pixels instead of one per step and class (`kernel/fused/pass1.rs`);
+//! `MSLOSS_CPU_PASS1=tiles` keeps the tiled kernel, to compare. Both passes prefetch the next
+//! rows' inputs in software: one memory stream per class is more than the hardware prefetcher
+//! follows.
 //!
 //! The work is split into blocks of whole rows of one sample, fixed by the shape alone, and run
 //! in parallel with [rayon](https://docs.rs/rayon) (its work stealing balances the blocks when
@@ -313,8 +317,8 @@ impl Plan {
     }
 }
 
-/// Whether pass 1 and pass 2 take their chunked kernels where they apply (`f32` in the AVX-512
-/// copy; see `kernel::fused`), read once per process: the environment variables
+/// Whether pass 1 and pass 2 take their chunked kernels where they apply (in the AVX-512 copy;
+/// see `kernel::fused`), read once per process: the environment variables
 /// `MSLOSS_CPU_PASS1=tiles` and `MSLOSS_CPU_PASS2=rows` keep the tiled pass 1 and the row-line
 /// pass 2 everywhere, to compare; any other value is ignored.
 fn chunked_passes() -> (bool, bool) {

@@ -1,11 +1,12 @@
-//! Pass 2 in one sweep per row for `f32` on AVX-512: 2D images, an L1 or L2 length, 1 to 4
-//! channels (every other case takes the row-line kernels of the parent module).
+//! Pass 2 in one sweep per row for `f32` and `f64` on AVX-512: 2D images, an L1 or L2 length,
+//! 1 to 4 channels (every other case takes the row-line kernels of the parent module). The
+//! kernel is written once over the register operations of [`simd::Simd`].
 //!
-//! A row is done in chunks of 16 pixels (one register), and within a chunk class by class: the
-//! chunk's image values, their offsets to the centre, and the sums over classes (`Σ y·g`, the
-//! fidelity and length terms) stay in registers, and each class's fluxes go straight into its
-//! gradient, so a class-pixel is loaded and stored far fewer times than through the per-class
-//! row lines. What crosses chunks and rows is small: per class, the W flux of the chunk's last
+//! A row is done in chunks of one register's pixels (16 of `f32`, 8 of `f64`), and within a
+//! chunk class by class: the chunk's image values, their offsets to the centre, and the sums
+//! over classes (`Σ y·g`, the fidelity and length terms) stay in registers, and each class's
+//! fluxes go straight into its gradient, so a class-pixel is loaded and stored far fewer times
+//! than through the per-class row lines. What crosses chunks and rows is small: per class, the W flux of the chunk's last
 //! pixel (the next chunk's first pixel needs it) and the line of H fluxes of the row above
 //! (`up`, updated in place as the row's own H fluxes are computed). With logits the chunk's `g`
 //! of every class waits in a small buffer until `Σ y·g` is complete, then the outputs overwrite
@@ -21,32 +22,33 @@
 //! the last bits; energy alone and with a gradient take the same path and agree bitwise.
 
 use core::any::TypeId;
-use core::arch::x86_64::*;
 
 use msloss_core::{LengthKind, Real};
 
 // The flags of [`block`]: the parent's `L1` (else L2) and `MASKED` of `flux_fused`, and its
 // `CL_LOGITS` of `class_line` (with L1, the signs of logits can be in doubt).
 use super::{
-    Block, CL_LOGITS as LOGITS, Exact, GradRows, L1, MASKED, PADDED_LANES, Pass2, Problem, Scratch, fold, load_probs,
-    padded_stride, prefetch_line, prefetch_rows, stream_fence,
+    Block, CL_LOGITS as LOGITS, Exact, GradRows, L1, MASKED, MAX_FUSED_CHANNELS, PADDED_LANES, Pass2, Problem, Scratch,
+    load_probs, padded_stride, prefetch_line, prefetch_rows, stream_fence,
 };
 use crate::Isa;
+use simd::{Simd, lanes};
 
 pub(crate) mod pass1;
+mod simd;
 
-/// Pixels per chunk: one AVX-512 register of `f32`.
+/// The most lanes a register of any of the types has: 16 of `f32`.
 const L: usize = PADDED_LANES;
-/// Chunks whose sums are added in `f32` before they are added in `f64`.
+/// Chunks whose sums are added in `T` before they are added in `f64`.
 const FOLD_CHUNKS: usize = 16;
 
 /// Whether [`pass2`] handles this problem in the kernel copy `isa`.
 #[inline(always)]
 pub(crate) fn usable<T: Real>(isa: Isa, p: &Problem<'_, T>, k: &Pass2<'_, T>) -> bool {
     isa == Isa::Avx512
-        && TypeId::of::<T>() == TypeId::of::<f32>()
+        && (TypeId::of::<T>() == TypeId::of::<f32>() || TypeId::of::<T>() == TypeId::of::<f64>())
         && p.d == 1
-        && (1..=4).contains(&p.c)
+        && (1..=MAX_FUSED_CHANNELS).contains(&p.c)
         && matches!(k.length, LengthKind::L1 | LengthKind::L2)
 }
 
@@ -63,14 +65,37 @@ pub(crate) unsafe fn pass2<T: Real>(
     grad: Option<GradRows<T>>,
     part: &mut [f64],
 ) {
-    assert!(TypeId::of::<T>() == TypeId::of::<f32>(), "the fused pass 2 is for f32");
-    // SAFETY: `T` is `f32` (asserted): the casts only name the types by what they are.
+    // SAFETY: (both) the caller's contract; `T` is the type named.
+    unsafe {
+        if TypeId::of::<T>() == TypeId::of::<f32>() {
+            typed::<T, f32>(p, k, blk, s, grad, part);
+        } else {
+            typed::<T, f64>(p, k, blk, s, grad, part);
+        }
+    }
+}
+
+/// [`pass2`] for `T`, which is `U`.
+///
+/// # Safety
+/// As for [`pass2`], and `T` is `U`.
+#[inline(always)]
+unsafe fn typed<T: Real, U: Simd>(
+    p: &Problem<'_, T>,
+    k: &Pass2<'_, T>,
+    blk: Block,
+    s: &mut Scratch<T>,
+    grad: Option<GradRows<T>>,
+    part: &mut [f64],
+) {
+    assert!(TypeId::of::<T>() == TypeId::of::<U>(), "the chunked pass 2 runs on the type it is given");
+    // SAFETY: `T` is `U` (asserted): the casts only name the types by what they are.
     let (p, k, s, grad) = unsafe {
         (
-            &*core::ptr::from_ref(p).cast::<Problem<'_, f32>>(),
-            &*core::ptr::from_ref(k).cast::<Pass2<'_, f32>>(),
-            &mut *core::ptr::from_mut(s).cast::<Scratch<f32>>(),
-            grad.map(|g| GradRows::<f32> { ptr: g.ptr.cast(), len: g.len }),
+            &*core::ptr::from_ref(p).cast::<Problem<'_, U>>(),
+            &*core::ptr::from_ref(k).cast::<Pass2<'_, U>>(),
+            &mut *core::ptr::from_mut(s).cast::<Scratch<U>>(),
+            grad.map(|g| GradRows::<U> { ptr: g.ptr.cast(), len: g.len }),
         )
     };
     let flags =
@@ -88,7 +113,7 @@ pub(crate) unsafe fn pass2<T: Real>(
         (@f $c:literal ($($f:literal)*)) => {
             match flags {
                 // SAFETY: the caller's contract.
-                $($f => unsafe { block::<$c, $f>(p, k, blk, s, grad, part) },)*
+                $($f => unsafe { block::<U, $c, $f>(p, k, blk, s, grad, part) },)*
                 _ => unreachable!("three flag bits"),
             }
         };
@@ -97,62 +122,34 @@ pub(crate) unsafe fn pass2<T: Real>(
 }
 
 /// The lines of one row of every class: class `i` starts `i·stride` after `ptr`.
-#[derive(Clone, Copy)]
-struct ClassRows {
-    ptr: *const f32,
+struct ClassRows<T> {
+    ptr: *const T,
     stride: usize,
 }
 
-/// Lanes `0..len` set.
-#[inline(always)]
-fn lanes(len: usize) -> __mmask16 {
-    if len >= L { 0xffff } else { ((1u32 << len) - 1) as __mmask16 }
+impl<T> Clone for ClassRows<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
 }
 
-/// 16 values from `at`, or (`m` not full) the lanes of `m` and zeros.
-///
-/// # Safety
-/// The lanes of `m` must be readable from `at`.
-#[inline(always)]
-unsafe fn ld(at: *const f32, m: __mmask16) -> __m512 {
-    // SAFETY: by the caller's contract (masked lanes are not read).
-    unsafe { if m == 0xffff { _mm512_loadu_ps(at) } else { _mm512_maskz_loadu_ps(m, at) } }
-}
-
-/// Stores the lanes of `m` of `v` at `at`.
-///
-/// # Safety
-/// The lanes of `m` must be writable at `at`, and no reference may cover them.
-#[inline(always)]
-unsafe fn st(at: *const f32, m: __mmask16, v: __m512) {
-    // SAFETY: by the caller's contract.
-    unsafe { if m == 0xffff { _mm512_storeu_ps(at.cast_mut(), v) } else { _mm512_mask_storeu_ps(at.cast_mut(), m, v) } }
-}
+impl<T> Copy for ClassRows<T> {}
 
 /// Stores the lanes of `m` of `v` at `at` in `row.out`, non-temporally where `row.stream` and
 /// `m` is full.
 ///
 /// # Safety
-/// As for [`st`]; with `row.stream`, `at` must be 64-byte aligned.
+/// As for [`Simd::st`]; with `row.stream`, `at` must be 64-byte aligned.
 #[inline(always)]
-unsafe fn put(row: &Row<'_>, at: *const f32, m: __mmask16, v: __m512) {
+unsafe fn put<T: Simd>(row: &Row<'_, T>, at: *const T, m: u32, v: T::V) {
     // SAFETY: by the caller's contract.
     unsafe {
-        if row.stream && m == 0xffff {
-            _mm512_stream_ps(at.cast_mut(), v);
+        if row.stream && m == T::FULL {
+            T::stream(at.cast_mut(), v);
         } else {
-            st(at, m, v);
+            T::st(at.cast_mut(), m, v);
         }
     }
-}
-
-/// The lanes of `v` added in `f64` (the parent's pairwise order).
-#[inline(always)]
-fn fold_lanes(v: __m512) -> f64 {
-    let mut a = [0.0f32; L];
-    // SAFETY: `a` holds 16 `f32`.
-    unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) };
-    fold(a)
 }
 
 /// The flux, length term and doubt of the pairs `(a, b)` lane by lane, with weights `wt`
@@ -161,152 +158,149 @@ fn fold_lanes(v: __m512) -> f64 {
 /// lanes whose sign is in doubt, `|d| ≤ tol·(a + b)` on a pair that is not missing (as the
 /// parent's `pair`).
 #[inline(always)]
-unsafe fn pairs<const F: u8>(
+unsafe fn pairs<T: Simd, const F: u8>(
     weighted: bool,
-    a: __m512,
-    b: __m512,
-    wt: __m512,
-    k: &Consts<'_>,
-) -> (__m512, __m512, __mmask16) {
-    // SAFETY: (all intrinsics here) the caller runs with AVX-512 F and DQ.
+    a: T::V,
+    b: T::V,
+    wt: T::V,
+    k: &Consts<'_, T>,
+) -> (T::V, T::V, u32) {
+    // SAFETY: (all operations here) the caller runs with AVX-512.
     unsafe {
-        let zero = _mm512_setzero_ps();
-        let d = if weighted { _mm512_mul_ps(_mm512_sub_ps(b, a), wt) } else { _mm512_sub_ps(b, a) };
+        let zero = T::zeros();
+        let d = if weighted { T::vmul(T::vsub(b, a), wt) } else { T::vsub(b, a) };
         if F & L1 == 0 {
-            return (_mm512_mul_ps(_mm512_set1_ps(k.lam + k.lam), d), _mm512_mul_ps(d, d), 0);
+            return (T::vmul(T::splat(k.lam + k.lam), d), T::vmul(d, d), 0);
         }
-        let ad = _mm512_abs_ps(d);
-        let signed = _mm512_or_ps(_mm512_and_ps(d, _mm512_set1_ps(-0.0)), _mm512_set1_ps(k.lam));
-        let phi = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(d, zero), signed);
+        let ad = T::vabs(d);
+        let phi = T::keep(T::ne_ordered(d, zero), T::with_sign_of(k.lam, d));
         if F & LOGITS == 0 {
             return (phi, ad, 0);
         }
-        let slack = _mm512_fmadd_ps(_mm512_add_ps(a, b), _mm512_set1_ps(k.tol), _mm512_sub_ps(zero, ad));
-        let mut doubt = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(slack, zero);
+        let slack = T::vfmadd(T::vadd(a, b), T::splat(k.tol), T::vsub(zero, ad));
+        let mut doubt = T::ge_ordered(slack, zero);
         if weighted {
-            doubt &= _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(wt, zero);
+            doubt &= T::ne_unordered(wt, zero);
         }
         (phi, ad, doubt)
     }
 }
 
 /// What a row's chunks read and write.
-struct Row<'a> {
+struct Row<'a, T> {
     /// This row's probabilities (a copy in scratch).
-    y0: ClassRows,
+    y0: ClassRows<T>,
     /// The next row's probabilities (`has_h`; a copy in scratch).
-    y1: ClassRows,
+    y1: ClassRows<T>,
     has_h: bool,
     /// `φ_H` of the row above.
-    up: ClassRows,
+    up: ClassRows<T>,
     /// This row's `φ_H`.
-    up_out: ClassRows,
-    out: ClassRows,
+    up_out: ClassRows<T>,
+    out: ClassRows<T>,
     /// Whether `out` is written with non-temporal stores (a buffer too large to stay in cache,
     /// and every chunk 64-byte aligned).
     stream: bool,
-    m0: Option<&'a [f32]>,
-    m1: Option<&'a [f32]>,
+    m0: Option<&'a [T]>,
+    m1: Option<&'a [T]>,
     /// Channel `c` of this row of the image at `c·sp`.
-    image: &'a [f32],
+    image: &'a [T],
     sp: usize,
     w: usize,
-    exact: Exact<'a, 'a, f32>,
+    exact: Exact<'a, 'a, T>,
 }
 
 /// A sample's per-class constants (see the parent's `ClassConsts`).
-struct Consts<'a> {
-    cent: &'a [f32],
-    center: &'a [f32],
-    weights: &'a [f32],
-    base: &'a [f32],
-    corr: &'a [f32],
-    wf: f32,
-    lam: f32,
-    tol: f32,
-    scale: f32,
+struct Consts<'a, T> {
+    cent: &'a [T],
+    center: &'a [T],
+    weights: &'a [T],
+    base: &'a [T],
+    corr: &'a [T],
+    wf: T,
+    lam: T,
+    tol: T,
+    scale: T,
 }
 
 /// One chunk of `len` pixels from column `a` of a row: `EDGE` for the row's last chunk
-/// (`len ≤ 16`, whose last pixel has no W pair), otherwise `len = 16` and column `a + 16`
-/// exists. Returns the chunk's `[fidelity, length, gradient check]` lanes.
+/// (`len ≤ T::LANES`, whose last pixel has no W pair), otherwise `len = T::LANES` and the
+/// column after the chunk exists. Returns the chunk's `[fidelity, length, gradient check]`
+/// lanes, and whether some L1 sign was in doubt (then nothing was written).
 ///
 /// # Safety
 /// AVX-512 F, VL, DQ and BW; the row's lines as [`Row`] says, this block's row only.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, reason = "a chunk reads the row, the constants, its place and the carried state")]
-unsafe fn chunk<const C: usize, const F: u8, const EDGE: bool, const EXACT: bool>(
-    row: &Row<'_>,
-    k: &Consts<'_>,
+unsafe fn chunk<T: Simd, const C: usize, const F: u8, const EDGE: bool, const EXACT: bool>(
+    row: &Row<'_, T>,
+    k: &Consts<'_, T>,
     n: usize,
     a: usize,
     len: usize,
     grad: bool,
-    (carry, carry_out): (&[f32], &mut [f32]),
-    gbuf: &mut [f32],
-) -> ([__m512; 3], bool) {
+    (carry, carry_out): (&[T], &mut [T]),
+    gbuf: &mut [T],
+) -> ([T::V; 3], bool) {
     let masked = F & MASKED != 0;
     let weighted = masked || EDGE;
     let logits = F & LOGITS != 0;
+    let nl = T::LANES;
     // SAFETY: (the whole body) AVX-512 by the caller's contract; every load and store below
     // stays within columns `a..a + len` of a row's line, or `a + 1..a + len` for the next
     // pixel's values (masked to the lanes that exist).
     unsafe {
-        let zero = _mm512_setzero_ps();
-        let one = _mm512_set1_ps(1.0);
-        let valid = if EDGE { lanes(len) } else { 0xffff };
-        let next = if EDGE { lanes(len - 1) } else { 0xffff };
-        let xs: [__m512; C] = core::array::from_fn(|c| ld(row.image[c * row.sp + a..].as_ptr(), valid));
+        let zero = T::zeros();
+        let one = T::splat(T::one());
+        let valid = if EDGE { lanes(len) } else { T::FULL };
+        let next = if EDGE { lanes(len - 1) } else { T::FULL };
+        let xs: [T::V; C] = core::array::from_fn(|c| T::ld(row.image[c * row.sp + a..].as_ptr(), valid));
         // Pair weights: the masks, and zero where a pair is missing.
         let (m0, mw, mh) = if weighted {
             let m0 = match row.m0 {
-                Some(m) => ld(m[a..].as_ptr(), valid),
-                None => _mm512_maskz_mov_ps(valid, one),
+                Some(m) => T::ld(m[a..].as_ptr(), valid),
+                None => T::keep(valid, one),
             };
             let mn = match row.m0 {
-                Some(m) => ld(m[a + 1..].as_ptr(), next),
-                None => _mm512_maskz_mov_ps(next, one),
+                Some(m) => T::ld(m[a + 1..].as_ptr(), next),
+                None => T::keep(next, one),
             };
             let mh = match (row.m1, row.has_h) {
-                (Some(m), true) => _mm512_mul_ps(m0, ld(m[a..].as_ptr(), valid)),
+                (Some(m), true) => T::vmul(m0, T::ld(m[a..].as_ptr(), valid)),
                 _ => m0,
             };
-            (m0, _mm512_mul_ps(m0, mn), mh)
+            (m0, T::vmul(m0, mn), mh)
         } else {
             (one, one, one)
         };
         // With logits, `ĉ − x` (see the parent's `ClassConsts`).
-        let us: [__m512; C] = core::array::from_fn(|c| _mm512_sub_ps(_mm512_set1_ps(k.center[c]), xs[c]));
+        let us: [T::V; C] = core::array::from_fn(|c| T::vsub(T::splat(k.center[c]), xs[c]));
         let (mut fid, mut len_sum, mut yg) = (zero, zero, zero);
-        let mut doubt: __mmask16 = 0;
+        let mut doubt = 0u32;
         for cls in 0..n {
             let y0 = row.y0.ptr.add(cls * row.y0.stride + a);
-            let yc = ld(y0, valid);
-            let yn = ld(y0.add(1), next);
-            let (mut pw, lw, dw) = pairs::<F>(weighted, yc, yn, mw, k);
+            let yc = T::ld(y0, valid);
+            let yn = T::ld(y0.add(1), next);
+            let (mut pw, lw, dw) = pairs::<T, F>(weighted, yc, yn, mw, k);
             let (mut ph, lh, dh) = if row.has_h {
-                let y1 = ld(row.y1.ptr.add(cls * row.y1.stride + a), valid);
-                pairs::<F>(weighted, yc, y1, mh, k)
+                let y1 = T::ld(row.y1.ptr.add(cls * row.y1.stride + a), valid);
+                pairs::<T, F>(weighted, yc, y1, mh, k)
             } else {
                 (zero, zero, 0)
             };
-            len_sum = _mm512_add_ps(len_sum, _mm512_add_ps(lw, lh));
+            len_sum = T::vadd(len_sum, T::vadd(lw, lh));
             // The fidelity term, and the fidelity part of `g` (as the parent's `class_line`).
             let cent = &k.cent[cls * C..(cls + 1) * C];
             let mut d2 = zero;
-            let mut dc = if logits { _mm512_set1_ps(k.base[cls]) } else { zero };
+            let mut dc = if logits { T::splat(k.base[cls]) } else { zero };
             for c in 0..C {
-                let cc = _mm512_set1_ps(cent[c]);
-                let e = _mm512_sub_ps(xs[c], cc);
-                d2 = _mm512_fmadd_ps(e, e, d2);
-                dc = if logits {
-                    _mm512_fmadd_ps(us[c], _mm512_set1_ps(k.weights[cls * C + c]), dc)
-                } else {
-                    _mm512_fmadd_ps(cc, e, dc)
-                };
+                let cc = T::splat(cent[c]);
+                let e = T::vsub(xs[c], cc);
+                d2 = T::vfmadd(e, e, d2);
+                dc = if logits { T::vfmadd(us[c], T::splat(k.weights[cls * C + c]), dc) } else { T::vfmadd(cc, e, dc) };
             }
-            let my = if weighted { _mm512_mul_ps(m0, yc) } else { yc };
-            fid = _mm512_fmadd_ps(my, d2, fid);
+            let my = if weighted { T::vmul(m0, yc) } else { yc };
+            fid = T::vfmadd(my, d2, fid);
             if !grad {
                 continue;
             }
@@ -314,11 +308,11 @@ unsafe fn chunk<const C: usize, const F: u8, const EDGE: bool, const EXACT: bool
                 doubt |= dw | dh;
             } else if (dw | dh) != 0 {
                 let ex = Exact { cls, ..row.exact };
-                let mut fw = [0.0f32; L];
-                let mut fh = [0.0f32; L];
-                _mm512_storeu_ps(fw.as_mut_ptr(), pw);
-                _mm512_storeu_ps(fh.as_mut_ptr(), ph);
-                for l in 0..L {
+                let mut fw = [T::zero(); L];
+                let mut fh = [T::zero(); L];
+                T::storeu(fw.as_mut_ptr(), pw);
+                T::storeu(fh.as_mut_ptr(), ph);
+                for l in 0..nl {
                     if dw >> l & 1 != 0 {
                         fw[l] = ex.flux(a + l, 1, k.lam);
                     }
@@ -326,37 +320,30 @@ unsafe fn chunk<const C: usize, const F: u8, const EDGE: bool, const EXACT: bool
                         fh[l] = ex.flux(a + l, row.w, k.lam);
                     }
                 }
-                pw = _mm512_loadu_ps(fw.as_ptr());
-                ph = _mm512_loadu_ps(fh.as_ptr());
+                pw = T::loadu(fw.as_ptr());
+                ph = T::loadu(fh.as_ptr());
             }
-            let up = ld(row.up.ptr.add(cls * row.up.stride + a), valid);
+            let up = T::ld(row.up.ptr.add(cls * row.up.stride + a), valid);
             if row.has_h {
-                st(row.up_out.ptr.add(cls * row.up_out.stride + a), valid, ph);
+                T::st(row.up_out.ptr.add(cls * row.up_out.stride + a).cast_mut(), valid, ph);
             }
             // The W flux before each pixel: the previous lane's, or the previous chunk's last.
-            let before = _mm512_set1_ps(carry[cls]);
-            carry_out[cls] = _mm_cvtss_f32(_mm_permute_ps::<0xff>(_mm512_extractf32x4_ps::<3>(pw)));
-            let pb =
-                _mm512_castsi512_ps(_mm512_alignr_epi32::<15>(_mm512_castps_si512(pw), _mm512_castps_si512(before)));
+            carry_out[cls] = T::last(pw);
+            let pb = T::shift_in(pw, carry[cls]);
             let f = match (logits, masked) {
-                (true, true) => _mm512_mul_ps(m0, dc),
+                (true, true) => T::vmul(m0, dc),
                 (true, false) => dc,
-                (false, true) => _mm512_mul_ps(
-                    _mm512_mul_ps(_mm512_set1_ps(k.wf), m0),
-                    _mm512_fmadd_ps(_mm512_set1_ps(-k.corr[cls]), dc, d2),
-                ),
-                (false, false) => {
-                    _mm512_mul_ps(_mm512_set1_ps(k.wf), _mm512_fmadd_ps(_mm512_set1_ps(-k.corr[cls]), dc, d2))
-                }
+                (false, true) => T::vmul(T::vmul(T::splat(k.wf), m0), T::vfmadd(T::splat(-k.corr[cls]), dc, d2)),
+                (false, false) => T::vmul(T::splat(k.wf), T::vfmadd(T::splat(-k.corr[cls]), dc, d2)),
             };
-            let own = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(pb, pw), ph), up);
-            let g = _mm512_add_ps(f, own);
+            let own = T::vadd(T::vsub(T::vsub(pb, pw), ph), up);
+            let g = T::vadd(f, own);
             if logits {
-                yg = _mm512_fmadd_ps(yc, g, yg);
-                _mm512_storeu_ps(gbuf[cls * L..(cls + 1) * L].as_mut_ptr(), g);
+                yg = T::vfmadd(yc, g, yg);
+                T::storeu(gbuf[cls * nl..(cls + 1) * nl].as_mut_ptr(), g);
             } else {
-                let v = _mm512_mul_ps(_mm512_set1_ps(k.scale), g);
-                yg = _mm512_add_ps(yg, _mm512_mul_ps(v, zero));
+                let v = T::vmul(T::splat(k.scale), g);
+                yg = T::vadd(yg, T::vmul(v, zero));
                 put(row, row.out.ptr.add(cls * row.out.stride + a), valid, v);
             }
         }
@@ -366,34 +353,34 @@ unsafe fn chunk<const C: usize, const F: u8, const EDGE: bool, const EXACT: bool
         }
         if logits && grad {
             // ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m), over the cached probabilities.
-            let scale = _mm512_set1_ps(k.scale);
+            let scale = T::splat(k.scale);
             for cls in 0..n {
-                let g = _mm512_loadu_ps(gbuf[cls * L..(cls + 1) * L].as_ptr());
+                let g = T::loadu(gbuf[cls * nl..(cls + 1) * nl].as_ptr());
                 let at = row.out.ptr.add(cls * row.out.stride + a);
-                let yc = ld(row.y0.ptr.add(cls * row.y0.stride + a), valid);
-                put(row, at, valid, _mm512_mul_ps(_mm512_mul_ps(scale, yc), _mm512_sub_ps(g, yg)));
+                let yc = T::ld(row.y0.ptr.add(cls * row.y0.stride + a), valid);
+                put(row, at, valid, T::vmul(T::vmul(scale, yc), T::vsub(g, yg)));
             }
             // A non-finite `g` makes `Σ y·g` non-finite too (0·∞ is NaN).
-            yg = _mm512_mul_ps(yg, zero);
+            yg = T::vmul(yg, zero);
         }
         ([fid, len_sum, yg], false)
     }
 }
 
-/// Running sums of a row: fidelity, length and the gradient check, in `f32` lanes over up to
+/// Running sums of a row: fidelity, length and the gradient check, in lanes of `T` over up to
 /// [`FOLD_CHUNKS`] chunks, then in `f64`.
-struct Sums {
-    lanes: [__m512; 3],
+struct Sums<T: Simd> {
+    lanes: [T::V; 3],
     chunks: usize,
     total: [f64; 3],
 }
 
-impl Sums {
+impl<T: Simd> Sums<T> {
     #[inline(always)]
-    fn add(&mut self, v: [__m512; 3]) {
+    fn add(&mut self, v: [T::V; 3]) {
         for (acc, v) in self.lanes.iter_mut().zip(v) {
             // SAFETY: AVX-512 F, in the callers' kernel.
-            *acc = unsafe { _mm512_add_ps(*acc, v) };
+            *acc = unsafe { T::vadd(*acc, v) };
         }
         self.chunks += 1;
         if self.chunks == FOLD_CHUNKS {
@@ -404,9 +391,11 @@ impl Sums {
     #[inline(always)]
     fn flush(&mut self) {
         for (t, acc) in self.total.iter_mut().zip(self.lanes.iter_mut()) {
-            *t += fold_lanes(*acc);
             // SAFETY: as above.
-            *acc = unsafe { _mm512_setzero_ps() };
+            unsafe {
+                *t += T::fold(*acc);
+                *acc = T::zeros();
+            }
         }
         self.chunks = 0;
     }
@@ -417,12 +406,12 @@ impl Sums {
 /// # Safety
 /// The CPU must have AVX-512 F, VL, DQ and BW, AVX2 and FMA.
 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
-unsafe fn block<const C: usize, const F: u8>(
-    p: &Problem<'_, f32>,
-    k: &Pass2<'_, f32>,
+unsafe fn block<T: Simd, const C: usize, const F: u8>(
+    p: &Problem<'_, T>,
+    k: &Pass2<'_, T>,
     blk: Block,
-    s: &mut Scratch<f32>,
-    grad: Option<GradRows<f32>>,
+    s: &mut Scratch<T>,
+    grad: Option<GradRows<T>>,
     part: &mut [f64],
 ) {
     part.fill(0.0);
@@ -443,7 +432,7 @@ unsafe fn block<const C: usize, const F: u8>(
         wf: k.fidelity_weight,
         lam: k.lambda,
         // Softmax outputs carry a relative error below (N + 4)·ε (see the parent's `flux_row`).
-        tol: if logits && F & L1 != 0 { 2.0 * (n + 4) as f32 * f32::EPSILON } else { 0.0 },
+        tol: if logits && F & L1 != 0 { T::from_f64_lossy(2.0 * (n + 4) as f64) * T::epsilon() } else { T::zero() },
         scale: k.scale,
     };
     s.cache = cached;
@@ -457,7 +446,7 @@ unsafe fn block<const C: usize, const F: u8>(
     // Sized by `Scratch::prepare`; the raw reads and writes below rely on it.
     let lines = [&s.up, &s.up_next, &s.ycur, &s.ynext];
     assert!(
-        lines.iter().all(|l| l.len() >= n * ws) && s.carry.len() >= 2 * n && s.gbuf.len() >= n * L,
+        lines.iter().all(|l| l.len() >= n * ws) && s.carry.len() >= 2 * n && s.gbuf.len() >= n * T::LANES,
         "scratch sized"
     );
     // `φ_H` of the row above the block, computed as the row-line kernels do (a row of another
@@ -470,7 +459,7 @@ unsafe fn block<const C: usize, const F: u8>(
             s.up[cls * ws..cls * ws + w].copy_from_slice(&s.flux[from..from + w]);
         }
     } else {
-        s.up.fill(0.0);
+        s.up.fill(T::zero());
     }
     // The gradient's rows (only taken with a gradient).
     let grad_ptr = grad.map_or(core::ptr::null(), |g| g.ptr.cast_const());
@@ -491,7 +480,7 @@ unsafe fn block<const C: usize, const F: u8>(
                 }
             } else {
                 // Staged in the row-line kernels' first row slot, free after the block's start.
-                load_probs::<f32, true>(p, b, r, &mut s.y[..(n + 1) * w], &mut s.t1, &mut s.t2);
+                load_probs::<T, true>(p, b, r, &mut s.y[..(n + 1) * w], &mut s.t1, &mut s.t2);
                 for cls in 0..n {
                     $dst[cls * ws..cls * ws + w].copy_from_slice(&s.y[cls * w..(cls + 1) * w]);
                 }
@@ -501,7 +490,7 @@ unsafe fn block<const C: usize, const F: u8>(
     load_row!(blk.r0, s.ycur);
     // Every chunk of the gradient starts 64 bytes after the last when the planes and rows are
     // whole multiples of 16 values from an aligned start.
-    let stream = p.stream && grad.is_some_and(|g| g.ptr.addr() % 64 == 0) && sp % L == 0 && w % L == 0;
+    let stream = p.stream && grad.is_some_and(|g| g.ptr.addr() % 64 == 0) && sp % T::LANES == 0 && w % T::LANES == 0;
     for r in blk.r0..blk.r1 {
         // The inputs of the next rows the sweep will load, ahead of the hardware prefetcher.
         prefetch_rows(p, s.cache.filter(|_| r + 2 < blk.r1), b, r + 2);
@@ -533,10 +522,11 @@ unsafe fn block<const C: usize, const F: u8>(
             exact: Exact { p, b, cls: 0, s0: r * w },
         };
         let (mut carry, mut carry_out) = s.carry.split_at_mut(n);
-        carry.fill(0.0);
+        carry.fill(T::zero());
         let g = grad.is_some();
         let gbuf = &mut s.gbuf[..];
-        let mut sums = Sums { lanes: [_mm512_setzero_ps(); 3], chunks: 0, total: [0.0; 3] };
+        // SAFETY: the CPU has the features (this function's contract).
+        let mut sums = Sums::<T> { lanes: [unsafe { T::zeros() }; 3], chunks: 0, total: [0.0; 3] };
         let mut a = 0;
         // SAFETY: the CPU has the features (this function's contract). `out` is row `r` of
         // this block's gradient, which no other thread touches and nothing else borrows.
@@ -548,18 +538,20 @@ unsafe fn block<const C: usize, const F: u8>(
             // A chunk with a sign in doubt is done again with the exact signs, from the same
             // inputs (the fluxes carried in and the row above's are kept apart from those it
             // writes).
-            while a + L < w {
-                let (mut v, doubt) = chunk::<C, F, false, false>(&row, &consts, n, a, L, g, (carry, carry_out), gbuf);
+            let nl = T::LANES;
+            while a + nl < w {
+                let (mut v, doubt) =
+                    chunk::<T, C, F, false, false>(&row, &consts, n, a, nl, g, (carry, carry_out), gbuf);
                 if doubt {
-                    v = chunk::<C, F, false, true>(&row, &consts, n, a, L, g, (carry, carry_out), gbuf).0;
+                    v = chunk::<T, C, F, false, true>(&row, &consts, n, a, nl, g, (carry, carry_out), gbuf).0;
                 }
                 sums.add(v);
                 core::mem::swap(&mut carry, &mut carry_out);
-                a += L;
+                a += nl;
             }
-            let (mut v, doubt) = chunk::<C, F, true, false>(&row, &consts, n, a, w - a, g, (carry, carry_out), gbuf);
+            let (mut v, doubt) = chunk::<T, C, F, true, false>(&row, &consts, n, a, w - a, g, (carry, carry_out), gbuf);
             if doubt {
-                v = chunk::<C, F, true, true>(&row, &consts, n, a, w - a, g, (carry, carry_out), gbuf).0;
+                v = chunk::<T, C, F, true, true>(&row, &consts, n, a, w - a, g, (carry, carry_out), gbuf).0;
             }
             sums.add(v);
         }

@@ -30,7 +30,8 @@ use core::arch::x86_64::*;
 
 use msloss_core::Real;
 
-use super::{L, fold_lanes, lanes, ld, st};
+use super::L;
+use super::simd::{Simd, lanes};
 use crate::Isa;
 use crate::exp::f32_consts::{COEFFS, LN2_HI, LN2_LO, ROUND, UNDERFLOW};
 use crate::kernel::{
@@ -192,7 +193,8 @@ unsafe fn block<const C: usize, const G: usize, const MASKED: bool>(
     if stream {
         stream_fence();
     }
-    head[0] += fold_lanes(check);
+    // SAFETY: the CPU has the features (this function's contract).
+    head[0] += unsafe { f32::fold(check) };
     head[1] = 0.0;
 }
 
@@ -249,7 +251,7 @@ unsafe fn exponentials(
         for cls in 0..n {
             let mut j = 0;
             while j < len {
-                _mm512_store_ps(ebuf.add(cls * tw + j), ld(z.add(cls * sp + j), lanes(len - j)));
+                _mm512_store_ps(ebuf.add(cls * tw + j), f32::ld(z.add(cls * sp + j), lanes(len - j)));
                 j += L;
             }
         }
@@ -320,19 +322,19 @@ unsafe fn normalise<const C: usize, const G: usize, const MASKED: bool>(
         while j < len {
             let lm = lanes(len - j);
             let inv = _mm512_load_ps(ibuf.add(j));
-            let xs: [__m512; C] = core::array::from_fn(|k| ld(x.add(k * sp + j), lm));
+            let xs: [__m512; C] = core::array::from_fn(|k| f32::ld(x.add(k * sp + j), lm));
             let wt = match m {
-                Some(m) if MASKED => ld(m.add(j), lm),
+                Some(m) if MASKED => f32::ld(m.add(j), lm),
                 _ => zero,
             };
             for g in 0..G {
-                let y = _mm512_maskz_mul_ps(lm, _mm512_load_ps(ebuf.add((cls + g) * tw + j)), inv);
+                let y = _mm512_maskz_mul_ps(lm as __mmask16, _mm512_load_ps(ebuf.add((cls + g) * tw + j)), inv);
                 if let Some(out) = out {
                     let at = out.add((cls + g) * sp + j);
                     if stream && lm == 0xffff && at.addr() % 64 == 0 {
                         _mm512_stream_ps(at, y);
                     } else {
-                        st(at, lm, y);
+                        f32::st(at, lm, y);
                     }
                 }
                 let my = if MASKED { _mm512_mul_ps(y, wt) } else { y };
