@@ -29,7 +29,8 @@ use crate::exp::{exp_nonpos, madd};
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod fused;
 
-/// Pixels per chunk of the fused pass 2 (one AVX-512 register of `f32`).
+/// The unit the chunked kernels' lines are padded to: the most pixels per chunk (one AVX-512
+/// register of `f32`; a chunk of `f64` is half of it).
 pub(crate) const PADDED_LANES: usize = 16;
 
 /// The most channels the chunked kernels (`fused`) handle.

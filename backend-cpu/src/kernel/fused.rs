@@ -489,7 +489,7 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
     }
     load_row!(blk.r0, s.ycur);
     // Every chunk of the gradient starts 64 bytes after the last when the planes and rows are
-    // whole multiples of 16 values from an aligned start.
+    // whole multiples of a register's lanes from an aligned start.
     let stream = p.stream && grad.is_some_and(|g| g.ptr.addr() % 64 == 0) && sp % T::LANES == 0 && w % T::LANES == 0;
     for r in blk.r0..blk.r1 {
         // The inputs of the next rows the sweep will load, ahead of the hardware prefetcher.

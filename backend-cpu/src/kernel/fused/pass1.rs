@@ -222,10 +222,10 @@ fn flush<const C: usize>(sums: &mut [f32], area: &mut [f64], moments: &mut [f64]
     }
 }
 
-/// The first sweep over a tile of `len` pixels: for each chunk, the maximum of the `n` classes'
-/// logits (class `i` at `i·sp` from `z`), their exponentials after subtracting it (class `i`'s
-/// line at `i·tw` in `ebuf`), and the reciprocal of their sum (in `ibuf`). Returns `check` plus
-/// every chunk's `sum·0`.
+/// The first two sweeps over a tile of `len` pixels: the `n` classes' logits (class `i` at
+/// `i·sp` from `z`) copied to their lines in `ebuf` (class `i`'s at `i·tw`), then for each
+/// chunk their maximum, their exponentials after subtracting it (over the logits in `ebuf`),
+/// and the reciprocal of their sum (in `ibuf`). Returns `check` plus every chunk's `sum·0`.
 ///
 /// # Safety
 /// The CPU has AVX-512 F; `len` values of each class are readable from `z`; `ebuf` holds `n·tw`
@@ -290,7 +290,7 @@ unsafe fn exponentials(
     }
 }
 
-/// The second sweep over a tile of `len` pixels for classes `cls..cls + G`: the probabilities
+/// The third sweep over a tile of `len` pixels for classes `cls..cls + G`: the probabilities
 /// `e·(1/Σ e)` from the first sweep's buffers `(ebuf, tw, ibuf)`, stored at `i·sp` from `out`
 /// for class `i` (non-temporally where `stream` allows), and their moments with the image
 /// (channel `k` at `k·sp` from `x`) and mask `m`, added to the lanes of class `i`'s sums at
