@@ -88,16 +88,9 @@ unsafe fn typed<T: Real, U: Simd>(
     grad: Option<GradRows<T>>,
     part: &mut [f64],
 ) {
-    assert!(TypeId::of::<T>() == TypeId::of::<U>(), "the chunked pass 2 runs on the type it is given");
-    // SAFETY: `T` is `U` (asserted): the casts only name the types by what they are.
-    let (p, k, s, grad) = unsafe {
-        (
-            &*core::ptr::from_ref(p).cast::<Problem<'_, U>>(),
-            &*core::ptr::from_ref(k).cast::<Pass2<'_, U>>(),
-            &mut *core::ptr::from_mut(s).cast::<Scratch<U>>(),
-            grad.map(|g| GradRows::<U> { ptr: g.ptr.cast(), len: g.len }),
-        )
-    };
+    let (p, s, grad) = retype::<T, U>(p, s, grad);
+    // SAFETY: `T` is `U` (`retype` asserts it): the cast only names the type by what it is.
+    let k = unsafe { &*core::ptr::from_ref(k).cast::<Pass2<'_, U>>() };
     let flags =
         u8::from(k.length == LengthKind::L1) * L1 + u8::from(p.mask.is_some()) * MASKED + u8::from(p.logits) * LOGITS;
     macro_rules! dispatch {
@@ -119,6 +112,25 @@ unsafe fn typed<T: Real, U: Simd>(
         };
     }
     dispatch!(1 2 3 4; 0 1 2 3 4 5 6 7);
+}
+
+/// The problem, scratch and gradient rows of a kernel generic over `T` as the type `U` that `T`
+/// is (asserted: anything else panics).
+#[inline(always)]
+fn retype<'a, 'p, T: Real, U: Real>(
+    p: &'a Problem<'p, T>,
+    s: &'a mut Scratch<T>,
+    grad: Option<GradRows<T>>,
+) -> (&'a Problem<'p, U>, &'a mut Scratch<U>, Option<GradRows<U>>) {
+    assert!(TypeId::of::<T>() == TypeId::of::<U>(), "a chunked kernel runs on the type it is given");
+    // SAFETY: `T` is `U` (asserted): the casts only name the types by what they are.
+    unsafe {
+        (
+            &*core::ptr::from_ref(p).cast::<Problem<'p, U>>(),
+            &mut *core::ptr::from_mut(s).cast::<Scratch<U>>(),
+            grad.map(|g| GradRows::<U> { ptr: g.ptr.cast(), len: g.len }),
+        )
+    }
 }
 
 /// The lines of one row of every class: class `i` starts `i·stride` after `ptr`.

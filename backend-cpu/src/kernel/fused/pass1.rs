@@ -30,8 +30,8 @@ use core::arch::x86_64::*;
 
 use msloss_core::Real;
 
-use super::L;
 use super::simd::{Simd, lanes};
+use super::{L, retype};
 use crate::Isa;
 use crate::exp::f32_consts::{COEFFS, LN2_HI, LN2_LO, ROUND, UNDERFLOW};
 use crate::kernel::{
@@ -59,15 +59,7 @@ pub(crate) unsafe fn pass1<T: Real>(
     cache: Option<GradRows<T>>,
     part: &mut [f64],
 ) {
-    assert!(TypeId::of::<T>() == TypeId::of::<f32>(), "the chunked pass 1 is for f32");
-    // SAFETY: `T` is `f32` (asserted): the casts only name the types by what they are.
-    let (p, s, cache) = unsafe {
-        (
-            &*core::ptr::from_ref(p).cast::<Problem<'_, f32>>(),
-            &mut *core::ptr::from_mut(s).cast::<Scratch<f32>>(),
-            cache.map(|g| GradRows::<f32> { ptr: g.ptr.cast(), len: g.len }),
-        )
-    };
+    let (p, s, cache) = retype::<T, f32>(p, s, cache);
     // Classes per group of the second sweep: its `G·(1 + C)` sums, the chunk's `C` image values,
     // mask and reciprocal stay within the 32 registers.
     // SAFETY (all arms): the caller's contract.
