@@ -147,23 +147,6 @@ impl<T> Clone for ClassRows<T> {
 
 impl<T> Copy for ClassRows<T> {}
 
-/// Stores the lanes of `m` of `v` at `at` in `row.out`, non-temporally where `row.stream` and
-/// `m` is full.
-///
-/// # Safety
-/// As for [`Simd::st`]; with `row.stream`, `at` must be 64-byte aligned.
-#[inline(always)]
-unsafe fn put<T: Simd>(row: &Row<'_, T>, at: *const T, m: u32, v: T::V) {
-    // SAFETY: by the caller's contract.
-    unsafe {
-        if row.stream && m == T::FULL {
-            T::stream(at.cast_mut(), v);
-        } else {
-            T::st(at.cast_mut(), m, v);
-        }
-    }
-}
-
 /// The flux, length term and doubt of the pairs `(a, b)` lane by lane, with weights `wt`
 /// (`weighted`: masked or at the row's end; a zero weight makes the pair missing): `λ·sign(d)`
 /// and `|d|` (L1) or `2λ·d` and `d²` (L2) of `d = (b − a)·wt`, and (with logits and L1) the
@@ -356,7 +339,7 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const EDGE: bool, const EX
             } else {
                 let v = T::vmul(T::splat(k.scale), g);
                 yg = T::vadd(yg, T::vmul(v, zero));
-                put(row, row.out.ptr.add(cls * row.out.stride + a), valid, v);
+                T::put(row.out.ptr.add(cls * row.out.stride + a).cast_mut(), valid, v, row.stream);
             }
         }
         if doubt != 0 {
@@ -370,7 +353,7 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const EDGE: bool, const EX
                 let g = T::loadu(gbuf[cls * nl..(cls + 1) * nl].as_ptr());
                 let at = row.out.ptr.add(cls * row.out.stride + a);
                 let yc = T::ld(row.y0.ptr.add(cls * row.y0.stride + a), valid);
-                put(row, at, valid, T::vmul(T::vmul(scale, yc), T::vsub(g, yg)));
+                T::put(at.cast_mut(), valid, T::vmul(T::vmul(scale, yc), T::vsub(g, yg)), row.stream);
             }
             // A non-finite `g` makes `Σ y·g` non-finite too (0·∞ is NaN).
             yg = T::vmul(yg, zero);

@@ -60,7 +60,7 @@ pub(crate) unsafe fn pass1<T: Real>(
     part: &mut [f64],
 ) {
     let (p, s, cache) = retype::<T, f32>(p, s, cache);
-    // Classes per group of the second sweep: its `G·(1 + C)` sums, the chunk's `C` image values,
+    // Classes per group of the third sweep: its `G·(1 + C)` sums, the chunk's `C` image values,
     // mask and reciprocal stay within the 32 registers.
     // SAFETY (all arms): the caller's contract.
     unsafe {
@@ -187,7 +187,6 @@ unsafe fn block<const C: usize, const G: usize, const MASKED: bool>(
     }
     // SAFETY: the CPU has the features (this function's contract).
     head[0] += unsafe { f32::fold(check) };
-    head[1] = 0.0;
 }
 
 /// The most chunks whose sums are added in `f32` before they are added in `f64` (tiles are
@@ -323,11 +322,7 @@ unsafe fn normalise<const C: usize, const G: usize, const MASKED: bool>(
                 let y = _mm512_maskz_mul_ps(lm as __mmask16, _mm512_load_ps(ebuf.add((cls + g) * tw + j)), inv);
                 if let Some(out) = out {
                     let at = out.add((cls + g) * sp + j);
-                    if stream && lm == 0xffff && at.addr() % 64 == 0 {
-                        _mm512_stream_ps(at, y);
-                    } else {
-                        f32::st(at, lm, y);
-                    }
+                    f32::put(at, lm, y, stream && at.addr() % 64 == 0);
                 }
                 let my = if MASKED { _mm512_mul_ps(y, wt) } else { y };
                 acc_a[g] = _mm512_add_ps(acc_a[g], my);

@@ -49,6 +49,19 @@ pub(crate) trait Simd: Real {
     unsafe fn st(at: *mut Self, m: u32, v: Self::V);
     /// A full register to `at` (64-byte aligned) with a non-temporal store.
     unsafe fn stream(at: *mut Self, v: Self::V);
+    /// The lanes of `m` of `v` to `at`: non-temporally where `stream` and `m` is full (then
+    /// `at` must be 64-byte aligned), else as [`Simd::st`].
+    #[inline(always)]
+    unsafe fn put(at: *mut Self, m: u32, v: Self::V, stream: bool) {
+        // SAFETY: by the caller's contract.
+        unsafe {
+            if stream && m == Self::FULL {
+                Self::stream(at, v);
+            } else {
+                Self::st(at, m, v);
+            }
+        }
+    }
     /// `[before, v_0, …, v_{LANES−2}]`: the lanes moved up by one, `before` in lane 0.
     unsafe fn shift_in(v: Self::V, before: Self) -> Self::V;
     /// The last lane.
