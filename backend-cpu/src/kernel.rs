@@ -75,8 +75,9 @@ pub(crate) struct Problem<'a, T> {
     pub(crate) w: usize,
     /// Columns per tile in pass 1 (at least 1, at most `w`).
     pub(crate) tile: usize,
-    /// Whether pass 1 writes the probabilities it caches in the gradient buffer with
-    /// non-temporal stores (for buffers too large to stay in cache until pass 2).
+    /// Whether pass 2 writes the gradient with non-temporal stores where it can: probabilities
+    /// input (nothing cached in the buffer, so its old contents are not in cache) and a buffer
+    /// too large to stay in cache.
     pub(crate) stream: bool,
 }
 
@@ -593,14 +594,12 @@ pub(crate) fn pass1<T: Real, const FMA: bool>(
                 max_check(&p.scores[at(cls)..][..len], mx, ck);
             }
             head[0] += sum(ck);
-            // The exponentials, into the gradient buffer (cache, unless it is to be streamed) or
-            // scratch, and their sum.
-            let in_place = if p.stream { None } else { cache };
+            // The exponentials, into the gradient buffer (cache) or scratch, and their sum.
             tot.fill(T::zero());
             for cls in 0..n {
                 let z = &p.scores[at(cls)..][..len];
                 // SAFETY: rows of this block belong to this block only; scratch is ours.
-                let y = unsafe { dest(in_place, &mut s.y, p, (b, cls, r), a, len) };
+                let y = unsafe { dest(cache, &mut s.y, p, (b, cls, r), a, len) };
                 for (((v, &zv), &mv), t) in y.iter_mut().zip(z).zip(mx.iter()).zip(tot.iter_mut()) {
                     let e = exp_nonpos::<T, FMA>(zv - mv);
                     *v = e;
@@ -613,21 +612,14 @@ pub(crate) fn pass1<T: Real, const FMA: bool>(
             // Normalise in place (the tile is in cache), then the moments.
             for cls in 0..n {
                 // SAFETY: as above.
-                let y = unsafe { dest(in_place, &mut s.y, p, (b, cls, r), a, len) };
+                let y = unsafe { dest(cache, &mut s.y, p, (b, cls, r), a, len) };
                 for (v, &inv) in y.iter_mut().zip(tot.iter()) {
                     *v *= inv;
                 }
                 let mom = &mut moments[cls * c..(cls + 1) * c];
                 tile_moments(y, m, image, sp, &mut area[cls], mom, &mut s.t3[..len]);
-                if let (Some(g), true) = (cache, p.stream) {
-                    // SAFETY: as above.
-                    stream_copy(unsafe { &mut g.row(p, b, cls, r)[a..a + len] }, y);
-                }
             }
         }
-    }
-    if cache.is_some() && p.stream {
-        stream_fence();
     }
     head[1] = if p.logits { 0.0 } else { min_prob.to_f64_lossless() };
 }
@@ -716,37 +708,7 @@ fn prefetch_rows<T: Real>(p: &Problem<'_, T>, cache: Option<GradRows<T>>, b: usi
     }
 }
 
-/// Copies `src` to `dst` (the same length) with non-temporal stores where the target has them:
-/// the destination's cache lines are written without being read first. Bitwise a plain copy.
-#[inline(always)]
-fn stream_copy<T: Real>(dst: &mut [T], src: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use core::arch::x86_64::{_mm_loadu_ps, _mm_stream_ps};
-        let bytes = core::mem::size_of_val(dst).min(core::mem::size_of_val(src));
-        let (d, s) = (dst.as_mut_ptr().cast::<u8>(), src.as_ptr().cast::<u8>());
-        // Plain copies up to the first 16-byte boundary of `dst` and after the last one.
-        let head = (d.align_offset(16)).min(bytes);
-        let body = (bytes - head) / 16 * 16;
-        // SAFETY: all offsets stay within both slices (`bytes` is the smaller length; `head`
-        // and `head + body` are at most `bytes`); `d + head` is 16-byte aligned, as
-        // `_mm_stream_ps` requires; the loads are unaligned loads; moves of `f32` lanes keep
-        // every bit (NaN payloads included), so any `T` is copied exactly.
-        unsafe {
-            core::ptr::copy_nonoverlapping(s, d, head);
-            let mut off = head;
-            while off < head + body {
-                _mm_stream_ps(d.add(off).cast::<f32>(), _mm_loadu_ps(s.add(off).cast::<f32>()));
-                off += 16;
-            }
-            core::ptr::copy_nonoverlapping(s.add(off), d.add(off), bytes - off);
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    dst.copy_from_slice(src);
-}
-
-/// Orders the non-temporal stores of [`stream_copy`] before everything after it.
+/// Orders the non-temporal stores before it before every store after it.
 #[inline(always)]
 fn stream_fence() {
     #[cfg(target_arch = "x86_64")]

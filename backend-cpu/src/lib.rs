@@ -25,8 +25,11 @@
 //!
 //! Pass 1 runs over tiles of columns (a tile of every class fits the first-level cache; see
 //! [`CpuBackend::with_tile_width`]) and, with logits and a gradient, computes the probabilities
-//! in place in the gradient buffer, with non-temporal stores when the buffer is too large to stay
-//! in cache until pass 2 ([`CpuBackend::with_stream_bytes`]). For logits in `f32` in the AVX-512
+//! in place in the gradient buffer, with plain stores: even when the buffer is larger than the
+//! last-level cache, part of it is still there when pass 2 reads it back, and pass 2's gradient
+//! then overwrites lines it has just read (non-temporal stores made S4 a third slower). With
+//! probabilities input nothing is cached, and pass 2 writes a gradient buffer too large to stay in
+//! cache with non-temporal stores ([`CpuBackend::with_stream_bytes`]). For logits in `f32` in the AVX-512
 //! copy (1 to 4 channels) each tile is done in three sweeps with the classes inside its chunks of
 //! 16 pixels instead of one per step and class (`kernel/fused/pass1.rs`);
 //! `MSLOSS_CPU_PASS1=tiles` keeps the tiled kernel, to compare. Both passes prefetch the next
@@ -109,8 +112,8 @@ pub const SMALL_BLOCK_PIXELS: usize = 4096;
 /// 8, 4.4 with one block).
 pub const DEFAULT_BLOCK_SLICES: usize = 8;
 
-/// The default size in bytes above which a gradient buffer gets the probabilities cached in it
-/// with non-temporal stores (see [`CpuBackend::with_stream_bytes`]).
+/// The default size in bytes above which a gradient buffer is written with non-temporal stores
+/// when nothing is cached in it (see [`CpuBackend::with_stream_bytes`]).
 pub const DEFAULT_STREAM_BYTES: usize = 24 << 20;
 
 /// The fused multithreaded CPU backend.
@@ -208,13 +211,13 @@ impl CpuBackend {
         self
     }
 
-    /// The same backend with non-temporal stores for the probabilities it caches in gradient
-    /// buffers larger than `bytes` (default [`DEFAULT_STREAM_BYTES`]).
-    ///
-    /// With logits and a gradient, the softmax pass stores the probabilities in the gradient
-    /// buffer and the second pass reads them back. When the buffer is much larger than the
-    /// last-level cache they are evicted in between anyway, and non-temporal stores save
-    /// reading the buffer's old contents from memory first. Results are the same either way.
+    /// The same backend with non-temporal stores for gradient buffers larger than `bytes`
+    /// (default [`DEFAULT_STREAM_BYTES`]) that nothing is cached in: with probabilities input
+    /// the gradient pass writes the buffer without reading it, and non-temporal stores save
+    /// reading its old contents from memory first. With logits the softmax pass caches the
+    /// probabilities in the buffer and the gradient pass overwrites the lines it has just read
+    /// back, which plain stores do best, so the setting does not apply. Results are the same
+    /// either way.
     pub fn with_stream_bytes(mut self, bytes: usize) -> Self {
         self.stream_bytes = bytes;
         self
@@ -570,7 +573,8 @@ fn evaluate<T: Real>(
         h,
         w,
         tile: cfg.tile_width.unwrap_or_else(|| kernel::tile_width(n, w, core::mem::size_of::<T>())).clamp(1, w),
-        stream: out.grad.as_ref().is_some_and(|g| core::mem::size_of_val(&**g) > cfg.stream_bytes),
+        stream: !input.scores().is_logits()
+            && out.grad.as_ref().is_some_and(|g| core::mem::size_of_val(&**g) > cfg.stream_bytes),
     };
     let plan = Plan::for_shape(bsz, [d, h, w], cfg.block_pixels);
     let blocks = bsz * plan.blocks_per_sample;

@@ -52,7 +52,7 @@ fn block_pixels_help() -> String {
 fn stream_bytes_help() -> String {
     let bytes = msloss::cpu::DEFAULT_STREAM_BYTES;
     format!(
-        "CPU backend tuning: gradient buffers larger than this many bytes get the cached probabilities \
+        "CPU backend tuning: with probabilities input, gradient buffers larger than this many bytes are \
          written with non-temporal stores (default {bytes}, {} MiB)",
         bytes >> 20
     )

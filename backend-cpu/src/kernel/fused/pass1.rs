@@ -9,7 +9,7 @@
 //! the sum of its exponentials stay in registers, the exponentials overwrite the logits in the
 //! buffer, and each chunk's reciprocal sum goes to another. The third goes over the chunks again
 //! with the classes inside, a few classes at a time: each probability is normalised, stored in
-//! the gradient buffer (with `cache`; non-temporally where the buffer is streamed) and added to
+//! the gradient buffer (with `cache`; plain stores, see the crate docs) and added to
 //! its class's moments, held in registers with the chunk's image values. A class-pixel is
 //! loaded once from memory and four times from the first-level cache, and stored three times,
 //! where the tiled kernel's separate steps (maximum, exponentials, normalisation, moments,
@@ -35,7 +35,7 @@ use super::{L, retype};
 use crate::Isa;
 use crate::exp::f32_consts::{COEFFS, LN2_HI, LN2_LO, ROUND, UNDERFLOW};
 use crate::kernel::{
-    Block, GradRows, MAX_FUSED_CHANNELS, P1_HEAD, Problem, Scratch, fold, prefetch_inputs, row_checks, stream_fence,
+    Block, GradRows, MAX_FUSED_CHANNELS, P1_HEAD, Problem, Scratch, fold, prefetch_inputs, row_checks,
 };
 
 /// Whether [`pass1`] handles this problem in the kernel copy `isa`.
@@ -129,7 +129,6 @@ unsafe fn block<const C: usize, const G: usize, const MASKED: bool>(
     assert!(s.ycur.len() >= e_off + n * tw && s.ynext.len() >= i_off + tw, "pass 1's lines are sized by prepare");
     let ebuf = s.ycur[e_off..].as_mut_ptr();
     let ibuf = s.ynext[i_off..].as_mut_ptr();
-    let stream = cache.is_some() && p.stream;
     // The chunks' `Σ_n (d_n·0 + e_n)·0`: NaN if a logit is not finite.
     let mut check = _mm512_setzero_ps();
     // The lanes of every class's sums, `1 + C` registers' worth per class, and the chunks added
@@ -170,11 +169,11 @@ unsafe fn block<const C: usize, const G: usize, const MASKED: bool>(
                 let acc = sums.as_mut_ptr();
                 let mut cls = 0;
                 while cls + G <= n {
-                    normalise::<C, G, MASKED>(cls, len, (ebuf, tw, ibuf), (x, m, sp), out, stream, acc);
+                    normalise::<C, G, MASKED>(cls, len, (ebuf, tw, ibuf), (x, m, sp), out, acc);
                     cls += G;
                 }
                 while cls < n {
-                    normalise::<C, 1, MASKED>(cls, len, (ebuf, tw, ibuf), (x, m, sp), out, stream, acc);
+                    normalise::<C, 1, MASKED>(cls, len, (ebuf, tw, ibuf), (x, m, sp), out, acc);
                     cls += 1;
                 }
             }
@@ -182,9 +181,6 @@ unsafe fn block<const C: usize, const G: usize, const MASKED: bool>(
         }
     }
     flush::<C>(sums, area, moments);
-    if stream {
-        stream_fence();
-    }
     // SAFETY: the CPU has the features (this function's contract).
     head[0] += unsafe { f32::fold(check) };
 }
@@ -283,7 +279,7 @@ unsafe fn exponentials(
 
 /// The third sweep over a tile of `len` pixels for classes `cls..cls + G`: the probabilities
 /// `e·(1/Σ e)` from the first sweep's buffers `(ebuf, tw, ibuf)`, stored at `i·sp` from `out`
-/// for class `i` (non-temporally where `stream` allows), and their moments with the image
+/// for class `i`, and their moments with the image
 /// (channel `k` at `k·sp` from `x`) and mask `m`, added to the lanes of class `i`'s sums at
 /// `i·(1 + C)·L` from `acc` (see [`flush`]).
 ///
@@ -299,7 +295,6 @@ unsafe fn normalise<const C: usize, const G: usize, const MASKED: bool>(
     (ebuf, tw, ibuf): (*const f32, usize, *const f32),
     (x, m, sp): (*const f32, Option<*const f32>, usize),
     out: Option<*mut f32>,
-    stream: bool,
     acc: *mut f32,
 ) {
     // SAFETY: by the contract (`lanes` masks what is past `len`).
@@ -321,8 +316,7 @@ unsafe fn normalise<const C: usize, const G: usize, const MASKED: bool>(
             for g in 0..G {
                 let y = _mm512_maskz_mul_ps(lm as __mmask16, _mm512_load_ps(ebuf.add((cls + g) * tw + j)), inv);
                 if let Some(out) = out {
-                    let at = out.add((cls + g) * sp + j);
-                    f32::put(at, lm, y, stream && at.addr() % 64 == 0);
+                    f32::st(out.add((cls + g) * sp + j), lm, y);
                 }
                 let my = if MASKED { _mm512_mul_ps(y, wt) } else { y };
                 acc_a[g] = _mm512_add_ps(acc_a[g], my);
