@@ -71,15 +71,27 @@ struct Case {
 type Results<T> = (Energy<T>, Vec<T>, Vec<T>);
 
 fn eval<T: Real, B: Backend<T>>(backend: &B, ws: &mut B::Workspace, case: &Case, data: &RandomInputs<T>) -> Results<T> {
+    eval_at(backend, ws, case, data, 0)
+}
+
+/// [`eval`] with the gradient written `offset` elements into a buffer of its own.
+fn eval_at<T: Real, B: Backend<T>>(
+    backend: &B,
+    ws: &mut B::Workspace,
+    case: &Case,
+    data: &RandomInputs<T>,
+    offset: usize,
+) -> Results<T> {
     let scores = if case.logits { Scores::Logits(&data.logits[..]) } else { Scores::Probs(&data.probs[..]) };
     let mask = case.mask.then_some(&data.mask[..]);
     let input = Input::new(case.shape, scores, &data.image, mask).expect("inputs fit the shape");
-    let mut grad = vec![T::nan(); case.shape.scores_len()];
+    let mut buf = vec![T::nan(); case.shape.scores_len() + offset];
+    let grad = &mut buf[offset..];
     let mut cent = vec![T::nan(); case.shape.centroids_len()];
     let e = backend
-        .evaluate(&input, &case.params, Outputs { grad: Some(&mut grad), centroids: Some(&mut cent) }, ws)
+        .evaluate(&input, &case.params, Outputs { grad: Some(&mut *grad), centroids: Some(&mut cent) }, ws)
         .unwrap_or_else(|e| panic!("{case:?}: {e}"));
-    (e, grad, cent)
+    (e, grad.to_vec(), cent)
 }
 
 /// Compares the CPU backend with the reference on one case.
@@ -323,9 +335,54 @@ fn deterministic_across_thread_counts() {
     compare::<f32>(&CpuBackend::with_threads(2), &mut CpuBackend::new().workspace(), &case);
 }
 
-fn bits(r: &Results<f32>) -> Vec<u32> {
+fn bits<T: Real>(r: &Results<T>) -> Vec<u64> {
     let e = [r.0.fidelity, r.0.length, r.0.total];
-    e.iter().chain(&r.1).chain(&r.2).map(|v| v.to_bits()).collect()
+    e.iter().chain(&r.1).chain(&r.2).map(|v| v.to_f64_lossless().to_bits()).collect()
+}
+
+/// The same bits wherever the gradient buffer starts (the fused kernels align their chunks
+/// to it), and the same energy without a gradient: rows whose alignment differs from row to
+/// row, rows wider than the kernels' windows of lane sums, and rows of one chunk.
+#[test]
+fn gradient_buffer_alignment_changes_no_bit() {
+    fn check<T: Real>() {
+        let cpu = CpuBackend::with_threads(2).with_stream_bytes(0);
+        let mut ws = Backend::<T>::workspace(&cpu);
+        let shapes = [
+            shape(2, 5, 3, 1, 16, 45),
+            shape(1, 3, 2, 1, 8, 300),
+            shape(1, 21, 1, 1, 4, 512),
+            shape(1, 4, 3, 1, 16, 9),
+        ];
+        for (i, &s) in shapes.iter().enumerate() {
+            for (logits, mask, length) in [
+                (true, false, LengthKind::L1),
+                (true, true, LengthKind::L2),
+                (false, true, LengthKind::L1),
+                (false, false, LengthKind::L2),
+            ] {
+                let params = Params::default().with_lambda(0.05).with_length(length);
+                let case = Case { shape: s, logits, mask, params, seed: 40 + i as u64 };
+                let data = RandomInputs::<T>::new(s, case.seed);
+                let want = eval_at(&cpu, &mut ws, &case, &data, 0);
+                for offset in 1..16 {
+                    let got = eval_at(&cpu, &mut ws, &case, &data, offset);
+                    assert!(bits(&got) == bits(&want), "{} {case:?}: gradient {offset} elements on", T::NAME);
+                }
+                let scores = if logits { Scores::Logits(&data.logits[..]) } else { Scores::Probs(&data.probs[..]) };
+                let input = Input::new(s, scores, &data.image, mask.then_some(&data.mask[..])).expect("fits");
+                assert_eq!(
+                    cpu.energy(&input, &params, &mut ws).expect("valid"),
+                    want.0,
+                    "{} {case:?}: energy alone",
+                    T::NAME
+                );
+                compare::<T>(&cpu, &mut ws, &case);
+            }
+        }
+    }
+    check::<f32>();
+    check::<f64>();
 }
 
 /// One workspace reused across shapes (larger, smaller, 3D, other N and C) gives the same bits

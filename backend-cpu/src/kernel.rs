@@ -240,8 +240,10 @@ impl<T: Real> Scratch<T> {
         // The fused pass 2's lines (sized here with the rest, so that no call after the first with
         // a shape allocates, whichever thread's scratch a block lands on).
         let ws = padded_stride(w);
+        // (Three registers' lanes more: one to reach a 64-byte boundary, two before the first
+        // line; see the fused pass 2.)
         for t in [&mut self.up, &mut self.up_next, &mut self.ycur, &mut self.ynext] {
-            t.resize(n * ws, T::zero());
+            t.resize(n * ws + 3 * PADDED_LANES, T::zero());
         }
         self.carry.resize(2 * n, T::zero());
         self.gbuf.resize(n * PADDED_LANES, T::zero());

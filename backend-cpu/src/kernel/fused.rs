@@ -12,6 +12,14 @@
 //! of every class waits in a small buffer until `Σ y·g` is complete, then the outputs overwrite
 //! the cached probabilities of the chunk. The row's last chunk uses masked loads and stores.
 //!
+//! With a gradient, each row's chunks start where the gradient's row is 64-byte aligned: the
+//! first chunk starts up to a register's lanes before column 0 and has only its last lanes on
+//! the row (masked, like the last). Stores that straddle two cache lines cost about 5% of S4's
+//! time when the buffer is not aligned (a `Vec` from a large allocation is 16 bytes past a
+//! page); shifted, every whole chunk's stores are aligned, and can be non-temporal. The sums
+//! are the same bits whatever the shift (see [`Sums`]), so results never depend on where the
+//! buffer is, and energy alone (unshifted) equals energy with a gradient.
+//!
 //! The probabilities of the row and the next are copied into per-class lines a padded stride
 //! apart: read in place, the chunk's lines of all classes would lie a whole plane apart, a
 //! power of two in the usual shapes, and so in one set of the first- and second-level caches.
@@ -133,6 +141,20 @@ fn retype<'a, 'p, T: Real, U: Real>(
     }
 }
 
+/// The part of a scratch buffer from its first 64-byte boundary: the start of its first line
+/// (the buffers hold a register's lanes more than their lines need).
+#[inline(always)]
+pub(crate) fn aligned<T>(v: &[T]) -> &[T] {
+    &v[v.as_ptr().align_offset(64).min(v.len())..]
+}
+
+/// [`aligned`], mutable.
+#[inline(always)]
+pub(crate) fn aligned_mut<T>(v: &mut [T]) -> &mut [T] {
+    let at = v.as_ptr().align_offset(64).min(v.len());
+    &mut v[at..]
+}
+
 /// The lines of one row of every class: class `i` starts `i·stride` after `ptr`.
 struct ClassRows<T> {
     ptr: *const T,
@@ -218,50 +240,55 @@ struct Consts<'a, T> {
     scale: T,
 }
 
-/// One chunk of `len` pixels from column `a` of a row: `EDGE` for the row's last chunk
-/// (`len ≤ T::LANES`, whose last pixel has no W pair), otherwise `len = T::LANES` and the
-/// column after the chunk exists. Returns the chunk's `[fidelity, length, gradient check]`
-/// lanes, and whether some L1 sign was in doubt (then nothing was written).
+/// One chunk of a row, lane `l` on column `a + l`: with `PARTIAL`, the lanes of `valid` only
+/// (the row's first chunk, which starts before column 0 when the row's chunks are aligned to
+/// its gradient, or its last, which ends at the row's end), of which those of `next` have a W
+/// pair; otherwise all lanes, on columns that all exist, the one after the chunk too. Returns
+/// the chunk's `[fidelity, length, gradient check]` lanes (exact zeros on the lanes not in
+/// `valid`), and whether some L1 sign was in doubt (then nothing was written).
 ///
 /// # Safety
-/// AVX-512 F, VL, DQ and BW; the row's lines as [`Row`] says, this block's row only.
+/// AVX-512 F, VL, DQ and BW; the row's lines as [`Row`] says, this block's row only; the
+/// columns of `valid` exist, and `next ⊆ valid` (both `FULL` without `PARTIAL`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments, reason = "a chunk reads the row, the constants, its place and the carried state")]
-unsafe fn chunk<T: Simd, const C: usize, const F: u8, const EDGE: bool, const EXACT: bool>(
+unsafe fn chunk<T: Simd, const C: usize, const F: u8, const PARTIAL: bool, const EXACT: bool>(
     row: &Row<'_, T>,
     k: &Consts<'_, T>,
     n: usize,
-    a: usize,
-    len: usize,
+    a: isize,
+    (valid, next): (u32, u32),
     grad: bool,
     (carry, carry_out): (&[T], &mut [T]),
     gbuf: &mut [T],
 ) -> ([T::V; 3], bool) {
     let masked = F & MASKED != 0;
-    let weighted = masked || EDGE;
+    let weighted = masked || PARTIAL;
     let logits = F & LOGITS != 0;
     let nl = T::LANES;
+    // Column `a` of the line that starts at `line` (before it, for a first chunk that starts
+    // before column 0: only its lanes past the line's start are read or written).
+    let at = |line: *const T| line.wrapping_offset(a);
     // SAFETY: (the whole body) AVX-512 by the caller's contract; every load and store below
-    // stays within columns `a..a + len` of a row's line, or `a + 1..a + len` for the next
-    // pixel's values (masked to the lanes that exist).
+    // is masked to the lanes of `valid`, or of `next` for the next pixel's values, whose
+    // columns are within the row's lines (masked lanes are not accessed and cannot fault).
     unsafe {
         let zero = T::zeros();
         let one = T::splat(T::one());
-        let valid = if EDGE { lanes(len) } else { T::FULL };
-        let next = if EDGE { lanes(len - 1) } else { T::FULL };
-        let xs: [T::V; C] = core::array::from_fn(|c| T::ld(row.image[c * row.sp + a..].as_ptr(), valid));
+        let (valid, next) = if PARTIAL { (valid, next) } else { (T::FULL, T::FULL) };
+        let xs: [T::V; C] = core::array::from_fn(|c| T::ld(at(row.image.as_ptr().wrapping_add(c * row.sp)), valid));
         // Pair weights: the masks, and zero where a pair is missing.
         let (m0, mw, mh) = if weighted {
             let m0 = match row.m0 {
-                Some(m) => T::ld(m[a..].as_ptr(), valid),
+                Some(m) => T::ld(at(m.as_ptr()), valid),
                 None => T::keep(valid, one),
             };
             let mn = match row.m0 {
-                Some(m) => T::ld(m[a + 1..].as_ptr(), next),
+                Some(m) => T::ld(at(m.as_ptr()).wrapping_add(1), next),
                 None => T::keep(next, one),
             };
             let mh = match (row.m1, row.has_h) {
-                (Some(m), true) => T::vmul(m0, T::ld(m[a..].as_ptr(), valid)),
+                (Some(m), true) => T::vmul(m0, T::ld(at(m.as_ptr()), valid)),
                 _ => m0,
             };
             (m0, T::vmul(m0, mn), mh)
@@ -273,12 +300,12 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const EDGE: bool, const EX
         let (mut fid, mut len_sum, mut yg) = (zero, zero, zero);
         let mut doubt = 0u32;
         for cls in 0..n {
-            let y0 = row.y0.ptr.add(cls * row.y0.stride + a);
+            let y0 = at(row.y0.ptr.wrapping_add(cls * row.y0.stride));
             let yc = T::ld(y0, valid);
-            let yn = T::ld(y0.add(1), next);
+            let yn = T::ld(y0.wrapping_add(1), next);
             let (mut pw, lw, dw) = pairs::<T, F>(weighted, yc, yn, mw, k);
             let (mut ph, lh, dh) = if row.has_h {
-                let y1 = T::ld(row.y1.ptr.add(cls * row.y1.stride + a), valid);
+                let y1 = T::ld(at(row.y1.ptr.wrapping_add(cls * row.y1.stride)), valid);
                 pairs::<T, F>(weighted, yc, y1, mh, k)
             } else {
                 (zero, zero, 0)
@@ -307,20 +334,21 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const EDGE: bool, const EX
                 let mut fh = [T::zero(); L];
                 T::storeu(fw.as_mut_ptr(), pw);
                 T::storeu(fh.as_mut_ptr(), ph);
+                // (Lanes in doubt are lanes of `valid`: their columns exist.)
                 for l in 0..nl {
                     if dw >> l & 1 != 0 {
-                        fw[l] = ex.flux(a + l, 1, k.lam);
+                        fw[l] = ex.flux(a.wrapping_add_unsigned(l) as usize, 1, k.lam);
                     }
                     if dh >> l & 1 != 0 {
-                        fh[l] = ex.flux(a + l, row.w, k.lam);
+                        fh[l] = ex.flux(a.wrapping_add_unsigned(l) as usize, row.w, k.lam);
                     }
                 }
                 pw = T::loadu(fw.as_ptr());
                 ph = T::loadu(fh.as_ptr());
             }
-            let up = T::ld(row.up.ptr.add(cls * row.up.stride + a), valid);
+            let up = T::ld(at(row.up.ptr.wrapping_add(cls * row.up.stride)), valid);
             if row.has_h {
-                T::st(row.up_out.ptr.add(cls * row.up_out.stride + a).cast_mut(), valid, ph);
+                T::st(at(row.up_out.ptr.wrapping_add(cls * row.up_out.stride)).cast_mut(), valid, ph);
             }
             // The W flux before each pixel: the previous lane's, or the previous chunk's last.
             carry_out[cls] = T::last(pw);
@@ -339,7 +367,7 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const EDGE: bool, const EX
             } else {
                 let v = T::vmul(T::splat(k.scale), g);
                 yg = T::vadd(yg, T::vmul(v, zero));
-                T::put(row.out.ptr.add(cls * row.out.stride + a).cast_mut(), valid, v, row.stream);
+                T::put(at(row.out.ptr.wrapping_add(cls * row.out.stride)).cast_mut(), valid, v, row.stream);
             }
         }
         if doubt != 0 {
@@ -351,9 +379,9 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const EDGE: bool, const EX
             let scale = T::splat(k.scale);
             for cls in 0..n {
                 let g = T::loadu(gbuf[cls * nl..(cls + 1) * nl].as_ptr());
-                let at = row.out.ptr.add(cls * row.out.stride + a);
-                let yc = T::ld(row.y0.ptr.add(cls * row.y0.stride + a), valid);
-                T::put(at.cast_mut(), valid, T::vmul(T::vmul(scale, yc), T::vsub(g, yg)), row.stream);
+                let to = at(row.out.ptr.wrapping_add(cls * row.out.stride));
+                let yc = T::ld(at(row.y0.ptr.wrapping_add(cls * row.y0.stride)), valid);
+                T::put(to.cast_mut(), valid, T::vmul(T::vmul(scale, yc), T::vsub(g, yg)), row.stream);
             }
             // A non-finite `g` makes `Σ y·g` non-finite too (0·∞ is NaN).
             yg = T::vmul(yg, zero);
@@ -362,27 +390,59 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const EDGE: bool, const EX
     }
 }
 
-/// Running sums of a row: fidelity, length and the gradient check, in lanes of `T` over up to
-/// [`FOLD_CHUNKS`] chunks, then in `f64`.
+/// Running sums of a row: fidelity, length and the gradient check, in lanes of `T` over
+/// windows of [`FOLD_CHUNKS`] registers' worth of columns from column 0, then in `f64`.
+///
+/// The sums are the same bit for bit wherever the row's chunks start: each lane adds the same
+/// columns in the same order whatever the shift `s` of the chunks (lane `l` on the columns
+/// `≡ l − s`), a chunk that straddles a window's end adds its lanes on either side to either
+/// window, and the fold of a window's lanes does not depend on where they start.
 struct Sums<T: Simd> {
     lanes: [T::V; 3],
-    chunks: usize,
+    /// The column where the current window ends.
+    end: isize,
     total: [f64; 3],
 }
 
 impl<T: Simd> Sums<T> {
+    /// A window's columns.
+    const WINDOW: isize = (FOLD_CHUNKS * T::LANES) as isize;
+
+    /// Sums of a row.
     #[inline(always)]
-    fn add(&mut self, v: [T::V; 3]) {
-        for (acc, v) in self.lanes.iter_mut().zip(v) {
-            // SAFETY: AVX-512 F, in the callers' kernel.
-            *acc = unsafe { T::vadd(*acc, v) };
-        }
-        self.chunks += 1;
-        if self.chunks == FOLD_CHUNKS {
-            self.flush();
+    fn new() -> Self {
+        // SAFETY: AVX-512 F, in the callers' kernel.
+        Self { lanes: [unsafe { T::zeros() }; 3], end: Self::WINDOW, total: [0.0; 3] }
+    }
+
+    /// Adds the lanes of the chunk that starts at column `a`.
+    #[inline(always)]
+    fn add(&mut self, v: [T::V; 3], a: isize) {
+        let nl = T::LANES as isize;
+        // SAFETY: (all operations here) AVX-512 F, in the callers' kernel.
+        unsafe {
+            if a + nl <= self.end {
+                for (acc, v) in self.lanes.iter_mut().zip(v) {
+                    *acc = T::vadd(*acc, v);
+                }
+                if a + nl == self.end {
+                    self.flush();
+                }
+            } else {
+                // The lanes before the window's end, then the rest in the next window.
+                let before = lanes((self.end - a) as usize);
+                for (acc, v) in self.lanes.iter_mut().zip(v) {
+                    *acc = T::vadd(*acc, T::keep(before, v));
+                }
+                self.flush();
+                for (acc, v) in self.lanes.iter_mut().zip(v) {
+                    *acc = T::keep(!before & T::FULL, v);
+                }
+            }
         }
     }
 
+    /// Adds the lanes to the totals and starts the next window.
     #[inline(always)]
     fn flush(&mut self) {
         for (t, acc) in self.total.iter_mut().zip(self.lanes.iter_mut()) {
@@ -392,7 +452,7 @@ impl<T: Simd> Sums<T> {
                 *acc = T::zeros();
             }
         }
-        self.chunks = 0;
+        self.end += Self::WINDOW;
     }
 }
 
@@ -438,10 +498,26 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
     // chunk's lines of all classes fall in different cache sets (the sample's planes are a
     // power of two apart in the usual shapes, which would put all of them in one set).
     let ws = padded_stride(w);
+    let nl = T::LANES;
+    // Each row's chunks start where its gradient's are 64-byte aligned (see [`Sums`]): the
+    // chunks start `shift(r)` columns before column 0 (a first chunk with only its last lanes
+    // on the row). With planes a whole number of registers apart, every class's row has the
+    // same alignment; rows of a single chunk keep theirs.
+    let grad_ptr = grad.map_or(core::ptr::null(), |g| g.ptr.cast_const());
+    let shifted = grad.is_some() && sp % nl == 0 && w > nl;
+    let shift = |r: usize| {
+        if shifted { grad_ptr.wrapping_add(b * n * sp + r * w).addr() / size_of::<T>() % nl } else { 0 }
+    };
+    // Every class's line starts `off` after the scratch buffer's first 64-byte boundary, which
+    // aligns the chunks of the block's first row in scratch too, and leaves room before
+    // column 0 for a first chunk's lanes that are not on the row.
+    let off = nl + shift(blk.r0);
     // Sized by `Scratch::prepare`; the raw reads and writes below rely on it.
     let lines = [&s.up, &s.up_next, &s.ycur, &s.ynext];
     assert!(
-        lines.iter().all(|l| l.len() >= n * ws) && s.carry.len() >= 2 * n && s.gbuf.len() >= n * T::LANES,
+        lines.iter().all(|l| aligned(l).len() >= off + n * ws)
+            && s.carry.len() >= 2 * n
+            && s.gbuf.len() >= n * T::LANES,
         "scratch sized"
     );
     // `φ_H` of the row above the block, computed as the row-line kernels do (a row of another
@@ -451,13 +527,12 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
         let flen = 3 * n * w;
         for cls in 0..n {
             let from = fi * flen + (3 * cls + 1) * w;
-            s.up[cls * ws..cls * ws + w].copy_from_slice(&s.flux[from..from + w]);
+            aligned_mut(&mut s.up)[off + cls * ws..][..w].copy_from_slice(&s.flux[from..from + w]);
         }
     } else {
         s.up.fill(T::zero());
     }
     // The gradient's rows (only taken with a gradient).
-    let grad_ptr = grad.map_or(core::ptr::null(), |g| g.ptr.cast_const());
     let own_rows = |r: usize| ClassRows { ptr: grad_ptr.wrapping_add(b * n * sp + r * w), stride: sp };
     // Loads probability row `r` into `dst`: copied from the cache or the given probabilities,
     // or computed (logits not cached, or a row of the next block).
@@ -466,26 +541,27 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
             let r = $r;
             if !logits {
                 for cls in 0..n {
-                    $dst[cls * ws..cls * ws + w].copy_from_slice(&p.scores[(b * n + cls) * sp + r * w..][..w]);
+                    aligned_mut(&mut $dst)[off + cls * ws..][..w]
+                        .copy_from_slice(&p.scores[(b * n + cls) * sp + r * w..][..w]);
                 }
             } else if let (Some(g), true) = (cached, r < blk.r1) {
                 for cls in 0..n {
                     // SAFETY: row `r` of this block, cached by pass 1 and not yet overwritten.
-                    $dst[cls * ws..cls * ws + w].copy_from_slice(unsafe { g.row_ref(p, b, cls, r) });
+                    aligned_mut(&mut $dst)[off + cls * ws..][..w].copy_from_slice(unsafe { g.row_ref(p, b, cls, r) });
                 }
             } else {
                 // Staged in the row-line kernels' first row slot, free after the block's start.
                 load_probs::<T, true>(p, b, r, &mut s.y[..(n + 1) * w], &mut s.t1, &mut s.t2);
                 for cls in 0..n {
-                    $dst[cls * ws..cls * ws + w].copy_from_slice(&s.y[cls * w..(cls + 1) * w]);
+                    aligned_mut(&mut $dst)[off + cls * ws..][..w].copy_from_slice(&s.y[cls * w..(cls + 1) * w]);
                 }
             }
         }};
     }
     load_row!(blk.r0, s.ycur);
-    // Every chunk of the gradient starts 64 bytes after the last when the planes and rows are
-    // whole multiples of a register's lanes from an aligned start.
-    let stream = p.stream && grad.is_some_and(|g| g.ptr.addr() % 64 == 0) && sp % T::LANES == 0 && w % T::LANES == 0;
+    // Every whole chunk of the gradient starts on a 64-byte boundary when the rows' chunks are
+    // shifted to where they are.
+    let stream = p.stream && shifted;
     for r in blk.r0..blk.r1 {
         // The inputs of the next rows the sweep will load, ahead of the hardware prefetcher.
         prefetch_rows(p, s.cache.filter(|_| r + 2 < blk.r1), b, r + 2);
@@ -498,15 +574,15 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
         if has_h {
             load_row!(r + 1, s.ynext);
         }
-        let y0 = ClassRows { ptr: s.ycur.as_ptr(), stride: ws };
-        let y1 = ClassRows { ptr: s.ynext.as_ptr(), stride: ws };
+        let line = |v: &[T]| ClassRows { ptr: aligned(v)[off..].as_ptr(), stride: ws };
+        let (y0, y1) = (line(&s.ycur), line(&s.ynext));
         let mask_row = |r: usize| p.mask.map(|m| &m[b * sp + r * w..][..w]);
         let row = Row {
             y0,
             y1,
             has_h,
-            up: ClassRows { ptr: s.up.as_ptr(), stride: ws },
-            up_out: ClassRows { ptr: s.up_next.as_ptr(), stride: ws },
+            up: line(&s.up),
+            up_out: line(&s.up_next),
             out: if grad.is_some() { own_rows(r) } else { y0 },
             stream,
             m0: mask_row(r),
@@ -520,35 +596,43 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
         carry.fill(T::zero());
         let g = grad.is_some();
         let gbuf = &mut s.gbuf[..];
-        // SAFETY: the CPU has the features (this function's contract).
-        let mut sums = Sums::<T> { lanes: [unsafe { T::zeros() }; 3], chunks: 0, total: [0.0; 3] };
-        let mut a = 0;
+        let sh = shift(r);
+        let mut sums = Sums::<T>::new();
         // SAFETY: the CPU has the features (this function's contract). `out` is row `r` of
         // this block's gradient, which no other thread touches and nothing else borrows.
         // `y0`, `y1`, `up` and `up_out` point into this thread's scratch (`ycur`, `ynext`,
-        // `up`, `up_next`), `ws` apart per class with `w` columns each, sized above and not
-        // otherwise borrowed while the chunks run; the image and masks are sliced with bounds
-        // checks.
+        // `up`, `up_next`), `ws` apart per class with `w` columns each and `off ≥ nl` before
+        // the first, sized above and not otherwise borrowed while the chunks run; the image
+        // and masks are rows of their slices. A first chunk that starts before column 0 has
+        // only the lanes from column 0 on, and any chunk only the columns before `w`.
         unsafe {
             // A chunk with a sign in doubt is done again with the exact signs, from the same
             // inputs (the fluxes carried in and the row above's are kept apart from those it
             // writes).
-            let nl = T::LANES;
+            macro_rules! run {
+                ($partial:literal, $a:expr, $masks:expr) => {{
+                    let (a, masks) = ($a, $masks);
+                    let (mut v, doubt) =
+                        chunk::<T, C, F, $partial, false>(&row, &consts, n, a, masks, g, (carry, carry_out), gbuf);
+                    if doubt {
+                        v = chunk::<T, C, F, $partial, true>(&row, &consts, n, a, masks, g, (carry, carry_out), gbuf).0;
+                    }
+                    sums.add(v, a);
+                    core::mem::swap(&mut carry, &mut carry_out);
+                }};
+            }
+            let mut a = 0;
+            if sh > 0 {
+                // The first chunk, on columns `0..nl − sh` (all with a W pair: `w > nl`).
+                let on = T::FULL & !lanes(sh);
+                run!(true, -(sh as isize), (on, on));
+                a = nl - sh;
+            }
             while a + nl < w {
-                let (mut v, doubt) =
-                    chunk::<T, C, F, false, false>(&row, &consts, n, a, nl, g, (carry, carry_out), gbuf);
-                if doubt {
-                    v = chunk::<T, C, F, false, true>(&row, &consts, n, a, nl, g, (carry, carry_out), gbuf).0;
-                }
-                sums.add(v);
-                core::mem::swap(&mut carry, &mut carry_out);
+                run!(false, a as isize, (T::FULL, T::FULL));
                 a += nl;
             }
-            let (mut v, doubt) = chunk::<T, C, F, true, false>(&row, &consts, n, a, w - a, g, (carry, carry_out), gbuf);
-            if doubt {
-                v = chunk::<T, C, F, true, true>(&row, &consts, n, a, w - a, g, (carry, carry_out), gbuf).0;
-            }
-            sums.add(v);
+            run!(true, a as isize, (lanes(w - a), lanes(w - a - 1)));
         }
         sums.flush();
         for (o, v) in part.iter_mut().zip(sums.total) {

@@ -31,7 +31,7 @@ use core::arch::x86_64::*;
 use msloss_core::Real;
 
 use super::simd::{Simd, lanes};
-use super::{L, retype};
+use super::{L, aligned, aligned_mut, retype};
 use crate::Isa;
 use crate::exp::f32_consts::{COEFFS, LN2_HI, LN2_LO, ROUND, UNDERFLOW};
 use crate::kernel::{
@@ -124,11 +124,9 @@ unsafe fn block<const C: usize, const G: usize, const MASKED: bool>(
     // lines each, so at least `n·tw + L` values).
     let tile = p.tile.min(FOLD_CHUNKS * L);
     let tw = tile.div_ceil(L) * L;
-    let e_off = s.ycur.as_ptr().align_offset(64);
-    let i_off = s.ynext.as_ptr().align_offset(64);
-    assert!(s.ycur.len() >= e_off + n * tw && s.ynext.len() >= i_off + tw, "pass 1's lines are sized by prepare");
-    let ebuf = s.ycur[e_off..].as_mut_ptr();
-    let ibuf = s.ynext[i_off..].as_mut_ptr();
+    assert!(aligned(&s.ycur).len() >= n * tw && aligned(&s.ynext).len() >= tw, "pass 1's lines are sized by prepare");
+    let ebuf = aligned_mut(&mut s.ycur).as_mut_ptr();
+    let ibuf = aligned_mut(&mut s.ynext).as_mut_ptr();
     // The chunks' `Σ_n (d_n·0 + e_n)·0`: NaN if a logit is not finite.
     let mut check = _mm512_setzero_ps();
     // The lanes of every class's sums, `1 + C` registers' worth per class, and the chunks added

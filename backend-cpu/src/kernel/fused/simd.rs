@@ -66,7 +66,9 @@ pub(crate) trait Simd: Real {
     unsafe fn shift_in(v: Self::V, before: Self) -> Self::V;
     /// The last lane.
     unsafe fn last(v: Self::V) -> Self;
-    /// The lanes added in `f64` in the parent's pairwise order.
+    /// The lanes added in `f64` in the parent's pairwise order. The result does not depend on
+    /// where the lanes start: lanes rotated by any number give the same bits (each step adds
+    /// lanes `l` and `l + half` of the previous, a set of pairs that rotation keeps).
     unsafe fn fold(v: Self::V) -> f64;
 }
 
