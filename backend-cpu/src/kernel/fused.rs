@@ -141,8 +141,8 @@ fn retype<'a, 'p, T: Real, U: Real>(
     }
 }
 
-/// The part of a scratch buffer from its first 64-byte boundary: the start of its first line
-/// (the buffers hold a register's lanes more than their lines need).
+/// The part of a scratch buffer from its first 64-byte boundary, where its lines start
+/// (`Scratch::prepare` sizes the buffers with room for the offset).
 #[inline(always)]
 pub(crate) fn aligned<T>(v: &[T]) -> &[T] {
     &v[v.as_ptr().align_offset(64).min(v.len())..]
