@@ -145,14 +145,20 @@ fn retype<'a, 'p, T: Real, U: Real>(
 /// (`Scratch::prepare` sizes the buffers with room for the offset).
 #[inline(always)]
 pub(crate) fn aligned<T>(v: &[T]) -> &[T] {
-    &v[v.as_ptr().align_offset(64).min(v.len())..]
+    &v[first_boundary(v)..]
 }
 
 /// [`aligned`], mutable.
 #[inline(always)]
 pub(crate) fn aligned_mut<T>(v: &mut [T]) -> &mut [T] {
-    let at = v.as_ptr().align_offset(64).min(v.len());
+    let at = first_boundary(v);
     &mut v[at..]
+}
+
+/// The index of `v`'s first element on a 64-byte boundary (at most its length).
+#[inline(always)]
+fn first_boundary<T>(v: &[T]) -> usize {
+    v.as_ptr().align_offset(64).min(v.len())
 }
 
 /// The lines of one row of every class: class `i` starts `i·stride` after `ptr`.
@@ -539,21 +545,21 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
     macro_rules! load_row {
         ($r:expr, $dst:expr) => {{
             let r = $r;
+            let dst = &mut aligned_mut(&mut $dst)[off..];
             if !logits {
                 for cls in 0..n {
-                    aligned_mut(&mut $dst)[off + cls * ws..][..w]
-                        .copy_from_slice(&p.scores[(b * n + cls) * sp + r * w..][..w]);
+                    dst[cls * ws..][..w].copy_from_slice(&p.scores[(b * n + cls) * sp + r * w..][..w]);
                 }
             } else if let (Some(g), true) = (cached, r < blk.r1) {
                 for cls in 0..n {
                     // SAFETY: row `r` of this block, cached by pass 1 and not yet overwritten.
-                    aligned_mut(&mut $dst)[off + cls * ws..][..w].copy_from_slice(unsafe { g.row_ref(p, b, cls, r) });
+                    dst[cls * ws..][..w].copy_from_slice(unsafe { g.row_ref(p, b, cls, r) });
                 }
             } else {
                 // Staged in the row-line kernels' first row slot, free after the block's start.
                 load_probs::<T, true>(p, b, r, &mut s.y[..(n + 1) * w], &mut s.t1, &mut s.t2);
                 for cls in 0..n {
-                    aligned_mut(&mut $dst)[off + cls * ws..][..w].copy_from_slice(&s.y[cls * w..(cls + 1) * w]);
+                    dst[cls * ws..][..w].copy_from_slice(&s.y[cls * w..(cls + 1) * w]);
                 }
             }
         }};
