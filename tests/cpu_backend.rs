@@ -3,7 +3,7 @@
 //! workspaces, gradient checks, and the same typed errors for bad input.
 #![cfg(feature = "cpu")]
 
-use msloss::cpu::{CpuBackend, CpuWorkspace};
+use msloss::cpu::{CpuBackend, CpuWorkspace, SoftmaxCache};
 use msloss::gradcheck::{self, Options};
 use msloss::rng::RandomInputs;
 use msloss::{Backend, Energy, Error, Input, LengthKind, Outputs, Params, Real, Reduction, Reference, Scores, Shape};
@@ -378,6 +378,58 @@ fn gradient_buffer_alignment_changes_no_bit() {
                     T::NAME
                 );
                 compare::<T>(&cpu, &mut ws, &case);
+            }
+        }
+    }
+    check::<f32>();
+    check::<f64>();
+}
+
+/// The same bits whether pass 1 caches the probabilities in the gradient buffer or pass 2
+/// computes them again (then writing the gradient with non-temporal stores): odd widths, tiles
+/// that end mid-chunk, many blocks, masks, both lengths, and cases the chunked kernels do not
+/// take (3D, five channels), where pass 2 reads a cache whatever the setting.
+#[test]
+fn softmax_cache_changes_no_bit() {
+    fn check<T: Real>() {
+        let shapes = [
+            shape(2, 5, 3, 1, 16, 45),
+            shape(1, 21, 3, 1, 12, 512),
+            shape(3, 4, 1, 1, 9, 33),
+            shape(1, 3, 2, 1, 8, 300),
+            shape(1, 3, 2, 4, 6, 20),
+            shape(1, 4, 5, 1, 10, 40),
+        ];
+        for (i, &s) in shapes.iter().enumerate() {
+            for (mask, length, tile) in
+                [(false, LengthKind::L1, None), (true, LengthKind::L2, Some(3)), (true, LengthKind::L1, Some(40))]
+            {
+                let params = Params::default().with_lambda(0.05).with_length(length);
+                let case = Case { shape: s, logits: true, mask, params, seed: 70 + i as u64 };
+                let data = RandomInputs::<T>::new(s, case.seed);
+                let backend = |cache| {
+                    let cpu = CpuBackend::with_threads(2).with_block_pixels(128).with_softmax_cache(cache);
+                    match tile {
+                        Some(t) => cpu.with_tile_width(t),
+                        None => cpu,
+                    }
+                };
+                let cached = backend(SoftmaxCache::Always);
+                let want = eval(&cached, &mut Backend::<T>::workspace(&cached), &case, &data);
+                for (cache, stream, offset) in
+                    [(SoftmaxCache::Never, usize::MAX, 0), (SoftmaxCache::Never, 0, 3), (SoftmaxCache::Auto, 0, 0)]
+                {
+                    let cpu = backend(cache).with_stream_bytes(stream);
+                    let mut ws = Backend::<T>::workspace(&cpu);
+                    let got = eval_at(&cpu, &mut ws, &case, &data, offset);
+                    assert!(
+                        bits(&got) == bits(&want),
+                        "{} {case:?} tiles {tile:?}: {cache:?} (stream above {stream} bytes, gradient {offset} on) \
+                         differs from the cache",
+                        T::NAME
+                    );
+                    compare::<T>(&cpu, &mut ws, &case);
+                }
             }
         }
     }

@@ -36,22 +36,21 @@ pub(crate) fn exp_nonpos<T: Real, const FMA: bool>(x: T) -> T {
     }
 }
 
-/// `e^x` for `x <= 0` in `f64`, within about 2 ulp.
-#[inline(always)]
-pub(crate) fn exp_nonpos_f64<const FMA: bool>(x: f64) -> f64 {
+/// The constants of [`exp_nonpos_f64`] (shared with the AVX-512 copy of it in the chunked pass 1).
+pub(crate) mod f64_consts {
     /// `1.5 · 2^52`: adding it rounds to an integer held in the low bits of the sum.
-    const ROUND: f64 = 6_755_399_441_055_744.0;
+    pub(crate) const ROUND: f64 = 6_755_399_441_055_744.0;
     /// `ln 2` split so that `k · LN2_HI` is exact (fdlibm's split).
-    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
-    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+    pub(crate) const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    pub(crate) const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
     /// Below this `exp` rounds to zero.
-    const UNDERFLOW: f64 = -745.2;
+    pub(crate) const UNDERFLOW: f64 = -745.2;
     /// `2^(k + SHIFT)` stays normal for every `k >= -1075`; `UNSHIFT = 2^-SHIFT` undoes it
     /// with one correctly rounded product.
-    const SHIFT: i64 = 60;
-    const UNSHIFT: f64 = 8.673_617_379_884_035e-19;
+    pub(crate) const SHIFT: i64 = 60;
+    pub(crate) const UNSHIFT: f64 = 8.673_617_379_884_035e-19;
     /// `1/j!`, `j = 13..=2`: truncation error below `2e-17` for `|r| <= ln 2 / 2`.
-    const COEFFS: [f64; 12] = [
+    pub(crate) const COEFFS: [f64; 12] = [
         1.0 / 6_227_020_800.0,
         1.0 / 479_001_600.0,
         1.0 / 39_916_800.0,
@@ -65,6 +64,12 @@ pub(crate) fn exp_nonpos_f64<const FMA: bool>(x: f64) -> f64 {
         1.0 / 6.0,
         0.5,
     ];
+}
+
+/// `e^x` for `x <= 0` in `f64`, within about 2 ulp.
+#[inline(always)]
+pub(crate) fn exp_nonpos_f64<const FMA: bool>(x: f64) -> f64 {
+    use f64_consts::*;
     let xc = if x < UNDERFLOW { UNDERFLOW } else { x };
     let fma = madd::<f64, FMA>;
     let t = fma(xc, core::f64::consts::LOG2_E, ROUND);

@@ -42,6 +42,10 @@ pub(crate) fn padded_stride(w: usize) -> usize {
     w.div_ceil(PADDED_LANES) * PADDED_LANES + PADDED_LANES
 }
 
+/// The widest tile of the chunked kernels' softmax sweeps (their pass 1's, and pass 2's when it
+/// recomputes the probabilities).
+pub(crate) const MAX_FUSED_TILE: usize = 512;
+
 /// Independent accumulators per sum.
 pub(crate) const LANES: usize = 8;
 /// Pixels per step of the loops that handle a remainder by redoing the last whole step.
@@ -219,6 +223,8 @@ pub(crate) struct Scratch<T> {
     /// The chunked pass 1: per class, the lanes of its sums `A` and `M_k` (up to
     /// [`MAX_FUSED_CHANNELS`] channels) not yet added in `f64`.
     sums1: Vec<T>,
+    /// The fused pass 2's row softmax: a tile's reciprocal sums.
+    inv: Vec<T>,
     /// The fused pass 2: the next row's probabilities (see `ycur`).
     ynext: Vec<T>,
     /// The fused pass 2: the current row's probabilities (`ynext` the next row's), each class
@@ -248,6 +254,7 @@ impl<T: Real> Scratch<T> {
         self.carry.resize(2 * n, T::zero());
         self.gbuf.resize(n * PADDED_LANES, T::zero());
         self.sums1.resize(n * (1 + MAX_FUSED_CHANNELS) * PADDED_LANES, T::zero());
+        self.inv.resize(MAX_FUSED_TILE, T::zero());
         for t in [&mut self.t1, &mut self.t2, &mut self.t3, &mut self.yg] {
             t.resize(w, T::zero());
         }

@@ -29,10 +29,10 @@
 //! last-level cache, part of it is still there when pass 2 reads it back, and pass 2's gradient
 //! then overwrites lines it has just read (non-temporal stores made S4 a third slower). With
 //! probabilities input nothing is cached, and pass 2 writes a gradient buffer too large to stay in
-//! cache with non-temporal stores ([`CpuBackend::with_stream_bytes`]). For logits in `f32` in the AVX-512
-//! copy (1 to 4 channels) each tile is done in three sweeps with the classes inside its chunks of
-//! 16 pixels instead of one per step and class (`kernel/fused/pass1.rs`);
-//! `MSLOSS_CPU_PASS1=tiles` keeps the tiled kernel, to compare. Both passes prefetch the next
+//! cache with non-temporal stores ([`CpuBackend::with_stream_bytes`]). For logits in the AVX-512
+//! copy (`f32` and `f64`, 1 to 4 channels) each tile is done in three sweeps with the classes
+//! inside its chunks of one register's pixels instead of one per step and class
+//! (`kernel/fused/pass1.rs`); `MSLOSS_CPU_PASS1=tiles` keeps the tiled kernel, to compare. Both passes prefetch the next
 //! rows' inputs in software: one memory stream per class is more than the hardware prefetcher
 //! follows.
 //!
@@ -89,7 +89,7 @@
 //! # Ok::<(), msloss_core::Error>(())
 //! ```
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use msloss_core::{Backend, Energy, Error, Input, Outputs, Params, Real, Reduction};
@@ -132,6 +132,29 @@ pub struct CpuBackend {
     /// Columns per tile of pass 1 (`None`: chosen from the class count).
     tile_width: Option<usize>,
     stream_bytes: usize,
+    softmax_cache: SoftmaxCache,
+}
+
+/// Where the gradient pass gets the probabilities from, with logits input and a gradient.
+///
+/// Pass 1 computes the softmax for the classes' moments. It can store the probabilities in the
+/// gradient buffer for pass 2 to read back and overwrite (the cache: the buffer is read once
+/// more and written twice), or pass 2 can compute them again from the logits (read twice, the
+/// gradient written once, with non-temporal stores when large). Results are the same bits
+/// either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SoftmaxCache {
+    /// Recompute in `f32` where the buffer is larger than the streaming threshold
+    /// ([`CpuBackend::with_stream_bytes`]) and the chunked gradient kernel runs (AVX-512, 2D,
+    /// L1 or L2 length, 1 to 4 channels), else cache. Measured on S4 (2,21,3,512²), two
+    /// threads: `f32` about a tenth faster recomputed, `f64` (whose exponential costs more than
+    /// twice as much a value) about a twentieth slower (BENCHMARKS.md).
+    #[default]
+    Auto,
+    /// Always cache (the only choice of the other kernels).
+    Always,
+    /// Recompute wherever the chunked gradient kernel runs, at any size and in either type.
+    Never,
 }
 
 impl Default for CpuBackend {
@@ -150,6 +173,7 @@ impl CpuBackend {
             block_pixels: None,
             tile_width: None,
             stream_bytes: DEFAULT_STREAM_BYTES,
+            softmax_cache: SoftmaxCache::Auto,
         }
     }
 
@@ -177,6 +201,7 @@ impl CpuBackend {
             block_pixels: None,
             tile_width: None,
             stream_bytes: DEFAULT_STREAM_BYTES,
+            softmax_cache: SoftmaxCache::Auto,
         }
     }
 
@@ -212,14 +237,22 @@ impl CpuBackend {
     }
 
     /// The same backend with non-temporal stores for gradient buffers larger than `bytes`
-    /// (default [`DEFAULT_STREAM_BYTES`]) that nothing is cached in: with probabilities input
-    /// the gradient pass writes the buffer without reading it, and non-temporal stores save
-    /// reading its old contents from memory first. With logits the softmax pass caches the
-    /// probabilities in the buffer and the gradient pass overwrites the lines it has just read
-    /// back, which plain stores do best, so the setting does not apply. Results are the same
-    /// either way.
+    /// (default [`DEFAULT_STREAM_BYTES`]) that nothing is cached in: with probabilities input,
+    /// or with logits where the probabilities are not cached ([`SoftmaxCache`]), the gradient
+    /// pass writes the buffer without reading it, and non-temporal stores save reading its old
+    /// contents from memory first. Where the softmax pass caches the probabilities in the
+    /// buffer, the gradient pass overwrites the lines it has just read back, which plain stores
+    /// do best. The same size is where [`SoftmaxCache::Auto`] stops caching. Results are the
+    /// same either way.
     pub fn with_stream_bytes(mut self, bytes: usize) -> Self {
         self.stream_bytes = bytes;
+        self
+    }
+
+    /// The same backend with the probabilities cached or recomputed as `cache` says (default
+    /// [`SoftmaxCache::Auto`]). Results are the same bits either way.
+    pub fn with_softmax_cache(mut self, cache: SoftmaxCache) -> Self {
+        self.softmax_cache = cache;
         self
     }
 
@@ -437,7 +470,7 @@ fn pass2_dispatch<T: Real>(
     part: &mut [f64],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if k.fused && kernel::fused::usable(isa, p, k) {
+    if k.fused && kernel::fused::usable(isa, p, k.length) {
         // SAFETY: `usable` holds, which includes the AVX-512 copy: the CPU has its features.
         unsafe { kernel::fused::pass2(p, k, blk, s, grad, part) };
         return;
@@ -573,13 +606,30 @@ fn evaluate<T: Real>(
         h,
         w,
         tile: cfg.tile_width.unwrap_or_else(|| kernel::tile_width(n, w, core::mem::size_of::<T>())).clamp(1, w),
-        stream: !input.scores().is_logits()
-            && out.grad.as_ref().is_some_and(|g| core::mem::size_of_val(&**g) > cfg.stream_bytes),
+        stream: false,
     };
     let plan = Plan::for_shape(bsz, [d, h, w], cfg.block_pixels);
     let blocks = bsz * plan.blocks_per_sample;
     let isa = Isa::get();
     let chunked = chunked_passes();
+    // Large gradient buffers: with probabilities input, and with logits where pass 1 does not
+    // cache the probabilities there, the buffer is written once, with non-temporal stores.
+    let large = out.grad.as_ref().is_some_and(|g| core::mem::size_of_val(&**g) > cfg.stream_bytes);
+    // Whether pass 2 recomputes the softmax instead of reading pass 1's cached probabilities
+    // (only where its chunked kernel runs; see `SoftmaxCache`).
+    #[cfg(target_arch = "x86_64")]
+    let fused2 = chunked.1 && kernel::fused::usable(isa, &p, params.length);
+    #[cfg(not(target_arch = "x86_64"))]
+    let fused2 = false;
+    let recompute = p.logits
+        && out.grad.is_some()
+        && fused2
+        && match cfg.softmax_cache {
+            SoftmaxCache::Always => false,
+            SoftmaxCache::Never => true,
+            SoftmaxCache::Auto => large && TypeId::of::<T>() == TypeId::of::<f32>(),
+        };
+    let p = Problem { stream: large && (!p.logits || recompute), ..p };
 
     // Workspace: one scratch per thread, partials per block.
     let threads = threads.max(1);
@@ -601,7 +651,7 @@ fn evaluate<T: Real>(
     // instead of recomputing the softmax.
     let mut out = out;
     let grad = out.grad.as_deref_mut().map(GradRows::new);
-    let cache = if p.logits { grad } else { None };
+    let cache = if recompute { None } else { grad.filter(|_| p.logits) };
     let scratch = &ws.scratch[..threads];
     for_blocks(&mut ws.part1[..blocks * stride1], stride1, scratch, plan, |blk, s, part| {
         pass1_dispatch((isa, chunked.0), &p, blk, s, cache, part);

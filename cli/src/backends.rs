@@ -1,6 +1,6 @@
 //! Backend selection: one enum over every backend the binary was built with, itself a `Backend`.
 
-use msloss::cpu::{CpuBackend, CpuWorkspace};
+use msloss::cpu::{CpuBackend, CpuWorkspace, SoftmaxCache};
 use msloss::wgpu::{WgpuBackend, WgpuWorkspace};
 use msloss::{Backend, Energy, Input, Outputs, Params, Real, Reference, ReferenceWorkspace, Scores};
 
@@ -32,10 +32,36 @@ pub(crate) struct BackendArgs {
     /// class fits the first-level cache).
     #[arg(long)]
     pub(crate) tile_width: Option<usize>,
-    /// CPU backend tuning: the gradient-buffer size above which the cached probabilities are
+    /// CPU backend tuning: the gradient-buffer size above which a gradient written once is
     /// written with non-temporal stores (the help text states the default).
     #[arg(long, help = stream_bytes_help())]
     pub(crate) stream_bytes: Option<usize>,
+    /// CPU backend tuning: with logits and a gradient, whether the gradient pass reads back the
+    /// probabilities the softmax pass cached in the gradient buffer or computes them again.
+    #[arg(long, value_enum)]
+    pub(crate) softmax_cache: Option<SoftmaxCacheChoice>,
+}
+
+/// The `--softmax-cache` choices (see `msloss::cpu::SoftmaxCache`; results are the same bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SoftmaxCacheChoice {
+    /// Recompute for large f32 gradient buffers where the chunked kernels run, else cache (the
+    /// default).
+    Auto,
+    /// Always cache the probabilities.
+    Always,
+    /// Recompute wherever the chunked gradient kernel runs.
+    Never,
+}
+
+impl From<SoftmaxCacheChoice> for SoftmaxCache {
+    fn from(c: SoftmaxCacheChoice) -> Self {
+        match c {
+            SoftmaxCacheChoice::Auto => SoftmaxCache::Auto,
+            SoftmaxCacheChoice::Always => SoftmaxCache::Always,
+            SoftmaxCacheChoice::Never => SoftmaxCache::Never,
+        }
+    }
 }
 
 /// `--block-pixels`' help, with the CPU backend's defaults.
@@ -52,8 +78,9 @@ fn block_pixels_help() -> String {
 fn stream_bytes_help() -> String {
     let bytes = msloss::cpu::DEFAULT_STREAM_BYTES;
     format!(
-        "CPU backend tuning: with probabilities input, gradient buffers larger than this many bytes are \
-         written with non-temporal stores (default {bytes}, {} MiB)",
+        "CPU backend tuning: gradient buffers larger than this many bytes that hold no cached probabilities \
+         are written with non-temporal stores, and above it --softmax-cache auto recomputes in f32 (default \
+         {bytes}, {} MiB)",
         bytes >> 20
     )
 }
@@ -67,6 +94,7 @@ impl BackendArgs {
                 ("--block-pixels", self.block_pixels),
                 ("--tile-width", self.tile_width),
                 ("--stream-bytes", self.stream_bytes),
+                ("--softmax-cache", self.softmax_cache.map(|_| 0)),
             ];
             if let Some((flag, _)) = given.iter().find(|(_, v)| v.is_some()) {
                 anyhow::bail!(
@@ -86,6 +114,9 @@ impl BackendArgs {
         }
         if let Some(bytes) = self.stream_bytes {
             *cpu = std::mem::take(cpu).with_stream_bytes(bytes);
+        }
+        if let Some(cache) = self.softmax_cache {
+            *cpu = std::mem::take(cpu).with_softmax_cache(cache.into());
         }
         Ok(backend)
     }

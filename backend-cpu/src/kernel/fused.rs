@@ -37,7 +37,7 @@ use msloss_core::{LengthKind, Real};
 // `CL_LOGITS` of `class_line` (with L1, the signs of logits can be in doubt).
 use super::{
     Block, CL_LOGITS as LOGITS, Exact, GradRows, L1, MASKED, MAX_FUSED_CHANNELS, PADDED_LANES, Pass2, Problem, Scratch,
-    load_probs, padded_stride, prefetch_line, prefetch_rows, stream_fence,
+    padded_stride, prefetch_line, prefetch_rows, stream_fence,
 };
 use crate::Isa;
 use simd::{Simd, lanes};
@@ -52,12 +52,12 @@ const FOLD_CHUNKS: usize = 16;
 
 /// Whether [`pass2`] handles this problem in the kernel copy `isa`.
 #[inline(always)]
-pub(crate) fn usable<T: Real>(isa: Isa, p: &Problem<'_, T>, k: &Pass2<'_, T>) -> bool {
+pub(crate) fn usable<T: Real>(isa: Isa, p: &Problem<'_, T>, length: LengthKind) -> bool {
     isa == Isa::Avx512
         && (TypeId::of::<T>() == TypeId::of::<f32>() || TypeId::of::<T>() == TypeId::of::<f64>())
         && p.d == 1
         && (1..=MAX_FUSED_CHANNELS).contains(&p.c)
-        && matches!(k.length, LengthKind::L1 | LengthKind::L2)
+        && matches!(length, LengthKind::L1 | LengthKind::L2)
 }
 
 /// Pass 2 over one block (see the module docs); fills `part` as the parent's `pass2` does, and
@@ -483,7 +483,7 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
     // With logits and a gradient pass 1 cached the probabilities in the gradient buffer;
     // with logits alone each row's are computed here.
     debug_assert_eq!(k.cached, logits && grad.is_some(), "logits with a gradient are cached");
-    let cached = if logits { grad } else { None };
+    let cached = if logits && k.cached { grad } else { None };
     let consts = Consts {
         cent: &k.centroids[b * n * C..(b + 1) * n * C],
         center: &k.center[b * C..(b + 1) * C],
@@ -556,11 +556,11 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
                     dst[cls * ws..][..w].copy_from_slice(unsafe { g.row_ref(p, b, cls, r) });
                 }
             } else {
-                // Staged in the row-line kernels' first row slot, free after the block's start.
-                load_probs::<T, true>(p, b, r, &mut s.y[..(n + 1) * w], &mut s.t1, &mut s.t2);
-                for cls in 0..n {
-                    dst[cls * ws..][..w].copy_from_slice(&s.y[cls * w..(cls + 1) * w]);
-                }
+                assert!(dst.len() >= n * ws && s.inv.len() >= pass1::MAX_TILE, "scratch sized");
+                // SAFETY: the CPU has the features (this function's contract); row `r` of sample
+                // `b` is in the input; the lines and `inv` are sized as `softmax_row` needs
+                // (asserted; `ws` is `w` rounded up to 16 and 16 more) and only borrowed here.
+                unsafe { pass1::softmax_row(p, b, r, dst.as_mut_ptr(), ws, s.inv.as_mut_ptr()) };
             }
         }};
     }

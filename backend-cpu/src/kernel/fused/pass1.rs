@@ -1,19 +1,20 @@
-//! Pass 1 for logits in `f32` on AVX-512 (any number of slices; 1 to 4 channels; every other
-//! case takes the parent's tiled kernel).
+//! Pass 1 for logits in `f32` and `f64` on AVX-512 (any number of slices; 1 to 4 channels;
+//! every other case takes the parent's tiled kernel), written once over [`Simd`].
 //!
 //! A row is done in tiles, as in the parent, but each tile in three sweeps instead of one per
 //! step and class. The first copies the tile's logits, class by class, into a buffer of padded
 //! lines (read in place, the lines of all classes at one column lie a plane apart, a power of
 //! two in the usual shapes, and so in one set of the first- and second-level caches). The second
-//! goes over the tile's chunks of 16 pixels with the classes inside: the chunk's maximum and
-//! the sum of its exponentials stay in registers, the exponentials overwrite the logits in the
-//! buffer, and each chunk's reciprocal sum goes to another. The third goes over the chunks again
-//! with the classes inside, a few classes at a time: each probability is normalised, stored in
-//! the gradient buffer (with `cache`; plain stores, see the crate docs) and added to
-//! its class's moments, held in registers with the chunk's image values. A class-pixel is
-//! loaded once from memory and four times from the first-level cache, and stored three times,
-//! where the tiled kernel's separate steps (maximum, exponentials, normalisation, moments,
-//! copy) load and store it and their per-pixel temporaries several times each.
+//! goes over the tile's chunks of one register's pixels (16 of `f32`, 8 of `f64`) with the
+//! classes inside: the chunk's maximum and the sum of its exponentials stay in registers, the
+//! exponentials overwrite the logits in the buffer, and each chunk's reciprocal sum goes to
+//! another. The third goes over the chunks again with the classes inside, a few classes at a
+//! time: each probability is normalised, stored in the gradient buffer (with `cache`; plain
+//! stores, see the crate docs) and added to its class's moments, held in registers with the
+//! chunk's image values. A class-pixel is loaded once from memory and four times from the
+//! first-level cache, and stored three times, where the tiled kernel's separate steps (maximum,
+//! exponentials, normalisation, moments, copy) load and store it and their per-pixel
+//! temporaries several times each.
 //!
 //! The probabilities are those of the parent's `load_probs` bit for bit (the same maximum,
 //! exponential, class order of the sum, reciprocal and product), so the rows pass 2 reads back
@@ -22,27 +23,26 @@
 //!
 //! The logits are checked through the sums: `Σ_n (d_n·0 + e_n)`, with `d_n` the logit minus
 //! the chunk's maximum, is `Σ e_n` exactly when every `d_n` is finite and NaN otherwise (a
-//! logit that is not finite, or a difference that overflows, which only logits beyond `±1.7e38`
-//! can give; the caller's full check of the input then finds nothing and goes on).
+//! logit that is not finite, or a difference that overflows, which only logits beyond half the
+//! type's largest value can give; the caller's full check of the input then finds nothing and
+//! goes on).
 
 use core::any::TypeId;
-use core::arch::x86_64::*;
 
 use msloss_core::Real;
 
 use super::simd::{Simd, lanes};
 use super::{L, aligned, aligned_mut, retype};
 use crate::Isa;
-use crate::exp::f32_consts::{COEFFS, LN2_HI, LN2_LO, ROUND, UNDERFLOW};
 use crate::kernel::{
-    Block, GradRows, MAX_FUSED_CHANNELS, P1_HEAD, Problem, Scratch, fold, prefetch_inputs, row_checks,
+    Block, GradRows, MAX_FUSED_CHANNELS, MAX_FUSED_TILE, P1_HEAD, Problem, Scratch, prefetch_inputs, row_checks,
 };
 
 /// Whether [`pass1`] handles this problem in the kernel copy `isa`.
 #[inline(always)]
 pub(crate) fn usable<T: Real>(isa: Isa, p: &Problem<'_, T>) -> bool {
     isa == Isa::Avx512
-        && TypeId::of::<T>() == TypeId::of::<f32>()
+        && (TypeId::of::<T>() == TypeId::of::<f32>() || TypeId::of::<T>() == TypeId::of::<f64>())
         && p.logits
         && (1..=MAX_FUSED_CHANNELS).contains(&p.c)
 }
@@ -59,47 +59,44 @@ pub(crate) unsafe fn pass1<T: Real>(
     cache: Option<GradRows<T>>,
     part: &mut [f64],
 ) {
-    let (p, s, cache) = retype::<T, f32>(p, s, cache);
+    // SAFETY: (both) the caller's contract; `T` is the type named.
+    unsafe {
+        if TypeId::of::<T>() == TypeId::of::<f32>() {
+            typed::<T, f32>(p, blk, s, cache, part);
+        } else {
+            typed::<T, f64>(p, blk, s, cache, part);
+        }
+    }
+}
+
+/// [`pass1`] for `T`, which is `U`.
+///
+/// # Safety
+/// As for [`pass1`], and `T` is `U`.
+#[inline(always)]
+unsafe fn typed<T: Real, U: Simd>(
+    p: &Problem<'_, T>,
+    blk: Block,
+    s: &mut Scratch<T>,
+    cache: Option<GradRows<T>>,
+    part: &mut [f64],
+) {
+    let (p, s, cache) = retype::<T, U>(p, s, cache);
     // Classes per group of the third sweep: its `G·(1 + C)` sums, the chunk's `C` image values,
     // mask and reciprocal stay within the 32 registers.
     // SAFETY (all arms): the caller's contract.
     unsafe {
         match (p.c, p.mask.is_some()) {
-            (1, false) => block::<1, 10, false>(p, blk, s, cache, part),
-            (1, true) => block::<1, 10, true>(p, blk, s, cache, part),
-            (2, false) => block::<2, 6, false>(p, blk, s, cache, part),
-            (2, true) => block::<2, 6, true>(p, blk, s, cache, part),
-            (3, false) => block::<3, 5, false>(p, blk, s, cache, part),
-            (3, true) => block::<3, 5, true>(p, blk, s, cache, part),
-            (4, false) => block::<4, 4, false>(p, blk, s, cache, part),
-            (4, true) => block::<4, 4, true>(p, blk, s, cache, part),
+            (1, false) => block::<U, 1, 10, false>(p, blk, s, cache, part),
+            (1, true) => block::<U, 1, 10, true>(p, blk, s, cache, part),
+            (2, false) => block::<U, 2, 6, false>(p, blk, s, cache, part),
+            (2, true) => block::<U, 2, 6, true>(p, blk, s, cache, part),
+            (3, false) => block::<U, 3, 5, false>(p, blk, s, cache, part),
+            (3, true) => block::<U, 3, 5, true>(p, blk, s, cache, part),
+            (4, false) => block::<U, 4, 4, false>(p, blk, s, cache, part),
+            (4, true) => block::<U, 4, 4, true>(p, blk, s, cache, part),
             _ => unreachable!("1 to 4 channels"),
         }
-    }
-}
-
-/// `e^x` lane by lane for `x <= 0`: the parent's `exp_nonpos_f32::<true>` operation for
-/// operation, so bitwise the same (a test checks it).
-#[inline(always)]
-unsafe fn exp16(x: __m512) -> __m512 {
-    // SAFETY: (all intrinsics here) the caller runs with AVX-512 F.
-    unsafe {
-        let v = _mm512_set1_ps;
-        let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, v(UNDERFLOW));
-        let xc = _mm512_max_ps(v(UNDERFLOW), x);
-        let t = _mm512_fmadd_ps(xc, v(core::f32::consts::LOG2_E), v(ROUND));
-        let k = _mm512_sub_ps(t, v(ROUND));
-        let r = _mm512_fnmadd_ps(k, v(LN2_LO), _mm512_fnmadd_ps(k, v(LN2_HI), xc));
-        let [c0, c1, c2, c3, c4, c5] = COEFFS;
-        let r2 = _mm512_mul_ps(r, r);
-        let p = _mm512_fmadd_ps(
-            _mm512_mul_ps(r2, r2),
-            _mm512_fmadd_ps(v(c0), r, v(c1)),
-            _mm512_fmadd_ps(r2, _mm512_fmadd_ps(v(c2), r, v(c3)), _mm512_fmadd_ps(v(c4), r, v(c5))),
-        );
-        let p = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), v(1.0));
-        // `p·2^k` rounded once, as `(p·2^(k + SHIFT))·2^−SHIFT` is (the first product is exact).
-        _mm512_maskz_scalef_ps(keep, p, k)
     }
 }
 
@@ -108,11 +105,11 @@ unsafe fn exp16(x: __m512) -> __m512 {
 /// # Safety
 /// As for [`pass1`], and `p.c == C`, `p.mask.is_some() == MASKED`.
 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
-unsafe fn block<const C: usize, const G: usize, const MASKED: bool>(
-    p: &Problem<'_, f32>,
+unsafe fn block<T: Simd, const C: usize, const G: usize, const MASKED: bool>(
+    p: &Problem<'_, T>,
     blk: Block,
-    s: &mut Scratch<f32>,
-    cache: Option<GradRows<f32>>,
+    s: &mut Scratch<T>,
+    cache: Option<GradRows<T>>,
     part: &mut [f64],
 ) {
     part.fill(0.0);
@@ -122,17 +119,18 @@ unsafe fn block<const C: usize, const G: usize, const MASKED: bool>(
     // The logits and then the exponentials of a tile, a line of `tw` per class, and the chunks'
     // reciprocal sums, 64-byte aligned in the fused pass 2's lines (free in pass 1; `n` padded
     // lines each, so at least `n·tw + L` values).
-    let tile = p.tile.min(FOLD_CHUNKS * L);
+    let tile = p.tile.min(MAX_TILE);
     let tw = tile.div_ceil(L) * L;
     assert!(aligned(&s.ycur).len() >= n * tw && aligned(&s.ynext).len() >= tw, "pass 1's lines are sized by prepare");
     let ebuf = aligned_mut(&mut s.ycur).as_mut_ptr();
     let ibuf = aligned_mut(&mut s.ynext).as_mut_ptr();
     // The chunks' `Σ_n (d_n·0 + e_n)·0`: NaN if a logit is not finite.
-    let mut check = _mm512_setzero_ps();
+    // SAFETY: the CPU has the features (this function's contract).
+    let mut check = unsafe { T::zeros() };
     // The lanes of every class's sums, `1 + C` registers' worth per class, and the chunks added
     // to them since they were last added in `f64`.
-    let sums = &mut s.sums1[..n * (1 + C) * L];
-    sums.fill(0.0);
+    let sums = &mut s.sums1[..n * (1 + C) * T::LANES];
+    sums.fill(T::zero());
     let mut pending = 0;
     for r in blk.r0..blk.r1 {
         if r + 1 < blk.r1 {
@@ -142,7 +140,8 @@ unsafe fn block<const C: usize, const G: usize, const MASKED: bool>(
         for a in (0..w).step_by(tile) {
             let len = tile.min(w - a);
             if pending + len.div_ceil(L) > FOLD_CHUNKS {
-                flush::<C>(sums, area, moments);
+                // SAFETY: as above.
+                unsafe { flush::<T, C>(sums, area, moments) };
                 pending = 0;
             }
             // Class `i` of the tile at `i·sp` from `z`; channel `k` of the image at `k·sp` from
@@ -163,46 +162,93 @@ unsafe fn block<const C: usize, const G: usize, const MASKED: bool>(
             // buffers hold `n·tw` and `tw` values, and `out` is this block's rows of the
             // gradient, which no other thread touches and nothing else borrows.
             unsafe {
-                check = exponentials(z, sp, n, len, ebuf, tw, ibuf, check);
+                check = exponentials::<T>(z, sp, n, len, ebuf, tw, ibuf, check);
                 let acc = sums.as_mut_ptr();
                 let mut cls = 0;
                 while cls + G <= n {
-                    normalise::<C, G, MASKED>(cls, len, (ebuf, tw, ibuf), (x, m, sp), out, acc);
+                    normalise::<T, C, G, MASKED>(cls, len, (ebuf, tw, ibuf), (x, m, sp), out, acc);
                     cls += G;
                 }
                 while cls < n {
-                    normalise::<C, 1, MASKED>(cls, len, (ebuf, tw, ibuf), (x, m, sp), out, acc);
+                    normalise::<T, C, 1, MASKED>(cls, len, (ebuf, tw, ibuf), (x, m, sp), out, acc);
                     cls += 1;
                 }
             }
             pending += len.div_ceil(L);
         }
     }
-    flush::<C>(sums, area, moments);
     // SAFETY: the CPU has the features (this function's contract).
-    head[0] += unsafe { f32::fold(check) };
+    unsafe {
+        flush::<T, C>(sums, area, moments);
+        head[0] += T::fold(check);
+    }
 }
 
-/// The most chunks whose sums are added in `f32` before they are added in `f64` (tiles are
-/// at most this many chunks wide): at most 32 values a lane, as in the parent's sums (lanes of
-/// 8 over 256 values).
+/// The most 16-pixel chunks whose sums are added in `T` before they are added in `f64` (tiles
+/// are at most this many chunks wide): at most 32 values a lane of `f32`, as in the parent's
+/// sums (lanes of 8 over 256 values).
 const FOLD_CHUNKS: usize = 32;
 
-/// Adds the lanes of every class's sums (`[A, M_0, …, M_{C−1}]` per class, `L` lanes each) to
-/// `area` and `moments` in `f64`, and clears them.
+/// The widest tile of either sweep (the chunked pass 1's, or [`softmax_row`]'s): at most
+/// [`FOLD_CHUNKS`] chunks.
+pub(crate) const MAX_TILE: usize = MAX_FUSED_TILE;
+const _: () = assert!(MAX_TILE <= FOLD_CHUNKS * L);
+
+/// The probabilities of row `r` of sample `b` from its logits, class `i`'s at `i·ws` from `dst`
+/// (columns `0..w`; the lines' next register's worth of columns, up to column
+/// `w.div_ceil(16)·16 + 15`, are overwritten with values of no use), bit for bit those of the
+/// parent's `load_probs` and of [`pass1`]: in tiles as in [`pass1`], each tile's logits copied
+/// to the lines, then per chunk their maximum, exponentials and reciprocal sum (in `inv`), then
+/// the products. The logits are not checked (pass 1 did that).
+///
+/// # Safety
+/// AVX-512 F, VL, DQ and BW; `p` holds row `r` of sample `b`, 2D; `dst` is writable for
+/// `(n − 1)·ws + w.div_ceil(16)·16 + 16` values with `ws ≥ w.div_ceil(16)·16`, no reference
+/// covering them, and `inv` for [`MAX_TILE`].
 #[inline(always)]
-fn flush<const C: usize>(sums: &mut [f32], area: &mut [f64], moments: &mut [f64]) {
-    for (cls, lines) in sums.chunks_exact_mut((1 + C) * L).enumerate() {
-        for (k, line) in lines.chunks_exact_mut(L).enumerate() {
-            let mut lanes = [0.0; L];
-            lanes.copy_from_slice(line);
-            let v = fold(lanes);
+pub(crate) unsafe fn softmax_row<T: Simd>(p: &Problem<'_, T>, b: usize, r: usize, dst: *mut T, ws: usize, inv: *mut T) {
+    let (n, w, sp) = (p.n, p.w, p.sp());
+    let nl = T::LANES;
+    let tile = p.tile.min(MAX_TILE);
+    let z = p.scores[(b * n * sp) + r * w..(b * n + n - 1) * sp + (r + 1) * w].as_ptr();
+    for a in (0..w).step_by(tile) {
+        let len = tile.min(w - a);
+        // SAFETY: the contract; class `i`'s logits `a..a + len` of the row are in `p.scores`
+        // (sliced above), and the sweeps write at most `len.div_ceil(nl)·nl ≤ len + 15` values
+        // of each line from column `a`, within `w.div_ceil(16)·16 + 16`.
+        unsafe {
+            let e = dst.add(a);
+            exponentials::<T>(z.add(a), sp, n, len, e, ws, inv, T::zeros());
+            let mut j = 0;
+            while j < len {
+                let s = T::loadu(inv.add(j));
+                for cls in 0..n {
+                    let at = e.add(cls * ws + j);
+                    T::storeu(at, T::vmul(T::loadu(at), s));
+                }
+                j += nl;
+            }
+        }
+    }
+}
+
+/// Adds the lanes of every class's sums (`[A, M_0, …, M_{C−1}]` per class, a register's lanes
+/// each) to `area` and `moments` in `f64`, and clears them.
+///
+/// # Safety
+/// The CPU has AVX-512 F.
+#[inline(always)]
+unsafe fn flush<T: Simd, const C: usize>(sums: &mut [T], area: &mut [f64], moments: &mut [f64]) {
+    for (cls, lines) in sums.chunks_exact_mut((1 + C) * T::LANES).enumerate() {
+        for (k, line) in lines.chunks_exact_mut(T::LANES).enumerate() {
+            // SAFETY: the contract; `line` holds a register's lanes.
+            let v = unsafe { T::fold(T::loadu(line.as_ptr())) };
             if k == 0 {
                 area[cls] += v;
             } else {
                 moments[cls * C + k - 1] += v;
             }
-            line.fill(0.0);
+            line.fill(T::zero());
         }
     }
 }
@@ -213,31 +259,33 @@ fn flush<const C: usize>(sums: &mut [f32], area: &mut [f64], moments: &mut [f64]
 /// and the reciprocal of their sum (in `ibuf`). Returns `check` plus every chunk's `sum·0`.
 ///
 /// # Safety
-/// The CPU has AVX-512 F; `len` values of each class are readable from `z`; `ebuf` holds `n·tw`
-/// and `ibuf` `tw` values, both 64-byte aligned, `tw >= len` a multiple of 16.
+/// The CPU has AVX-512 F; `len` values of each class are readable from `z`; `len.div_ceil(16)·16`
+/// values are writable at `i·tw` from `ebuf` for each class `i` and from `ibuf` (the values past
+/// `len` get zeros or values of no use).
 #[inline(always)]
 #[allow(clippy::too_many_arguments, reason = "the tile's logits, its size and the two buffers")]
-unsafe fn exponentials(
-    z: *const f32,
+unsafe fn exponentials<T: Simd>(
+    z: *const T,
     sp: usize,
     n: usize,
     len: usize,
-    ebuf: *mut f32,
+    ebuf: *mut T,
     tw: usize,
-    ibuf: *mut f32,
-    mut check: __m512,
-) -> __m512 {
+    ibuf: *mut T,
+    mut check: T::V,
+) -> T::V {
+    let nl = T::LANES;
     // SAFETY: by the contract (`lanes` masks what is past `len`).
     unsafe {
-        let zero = _mm512_setzero_ps();
+        let zero = T::zeros();
         // The tile's logits first, class by class, into the buffer (zeros past `len`): read in
         // place, the chunk's lines of all classes would lie a plane apart, in one set of the
         // first- and second-level caches, and be evicted between the two loops below.
         for cls in 0..n {
             let mut j = 0;
             while j < len {
-                _mm512_store_ps(ebuf.add(cls * tw + j), f32::ld(z.add(cls * sp + j), lanes(len - j)));
-                j += L;
+                T::storeu(ebuf.add(cls * tw + j), T::ld(z.add(cls * sp + j), lanes(len - j)));
+                j += nl;
             }
         }
         let mut j = 0;
@@ -245,31 +293,31 @@ unsafe fn exponentials(
             // The maximum in four independent chains (the maximum of finite values does not
             // depend on the order; of a `+0`/`−0` tie either gives the same `d` below, but
             // for the zero's sign, and the same exponential).
-            let zc = |cls: usize| _mm512_load_ps(ebuf.add(cls * tw + j));
+            let zc = |cls: usize| T::loadu(ebuf.add(cls * tw + j));
             let (mut m0, mut m1, mut m2, mut m3) = (zc(0), zc(0), zc(0), zc(0));
             let mut cls = 1;
             while cls + 4 <= n {
-                m0 = _mm512_max_ps(zc(cls), m0);
-                m1 = _mm512_max_ps(zc(cls + 1), m1);
-                m2 = _mm512_max_ps(zc(cls + 2), m2);
-                m3 = _mm512_max_ps(zc(cls + 3), m3);
+                m0 = T::vmax(zc(cls), m0);
+                m1 = T::vmax(zc(cls + 1), m1);
+                m2 = T::vmax(zc(cls + 2), m2);
+                m3 = T::vmax(zc(cls + 3), m3);
                 cls += 4;
             }
             while cls < n {
-                m0 = _mm512_max_ps(zc(cls), m0);
+                m0 = T::vmax(zc(cls), m0);
                 cls += 1;
             }
-            let mx = _mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3));
+            let mx = T::vmax(T::vmax(m0, m1), T::vmax(m2, m3));
             let mut tot = zero;
             for cls in 0..n {
-                let d = _mm512_sub_ps(zc(cls), mx);
-                let e = exp16(d);
-                _mm512_store_ps(ebuf.add(cls * tw + j), e);
-                tot = _mm512_add_ps(tot, _mm512_fmadd_ps(d, zero, e));
+                let d = T::vsub(zc(cls), mx);
+                let e = T::vexp_nonpos(d);
+                T::storeu(ebuf.add(cls * tw + j), e);
+                tot = T::vadd(tot, T::vfmadd(d, zero, e));
             }
-            check = _mm512_fmadd_ps(tot, zero, check);
-            _mm512_store_ps(ibuf.add(j), _mm512_div_ps(_mm512_set1_ps(1.0), tot));
-            j += L;
+            check = T::vfmadd(tot, zero, check);
+            T::storeu(ibuf.add(j), T::vdiv(T::splat(T::one()), tot));
+            j += nl;
         }
         check
     }
@@ -287,47 +335,47 @@ unsafe fn exponentials(
 /// `acc` holds the sums of classes up to `cls + G`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, reason = "the group, the buffers, the image and mask, the output and the sums")]
-unsafe fn normalise<const C: usize, const G: usize, const MASKED: bool>(
+unsafe fn normalise<T: Simd, const C: usize, const G: usize, const MASKED: bool>(
     cls: usize,
     len: usize,
-    (ebuf, tw, ibuf): (*const f32, usize, *const f32),
-    (x, m, sp): (*const f32, Option<*const f32>, usize),
-    out: Option<*mut f32>,
-    acc: *mut f32,
+    (ebuf, tw, ibuf): (*const T, usize, *const T),
+    (x, m, sp): (*const T, Option<*const T>, usize),
+    out: Option<*mut T>,
+    acc: *mut T,
 ) {
+    let nl = T::LANES;
     // SAFETY: by the contract (`lanes` masks what is past `len`).
     unsafe {
-        let zero = _mm512_setzero_ps();
-        let line = |g: usize, k: usize| acc.add(((cls + g) * (1 + C) + k) * L);
-        let mut acc_a: [__m512; G] = core::array::from_fn(|g| _mm512_loadu_ps(line(g, 0)));
-        let mut acc_m: [[__m512; C]; G] =
-            core::array::from_fn(|g| core::array::from_fn(|k| _mm512_loadu_ps(line(g, 1 + k))));
+        let zero = T::zeros();
+        let line = |g: usize, k: usize| acc.add(((cls + g) * (1 + C) + k) * nl);
+        let mut acc_a: [T::V; G] = core::array::from_fn(|g| T::loadu(line(g, 0)));
+        let mut acc_m: [[T::V; C]; G] = core::array::from_fn(|g| core::array::from_fn(|k| T::loadu(line(g, 1 + k))));
         let mut j = 0;
         while j < len {
             let lm = lanes(len - j);
-            let inv = _mm512_load_ps(ibuf.add(j));
-            let xs: [__m512; C] = core::array::from_fn(|k| f32::ld(x.add(k * sp + j), lm));
+            let inv = T::loadu(ibuf.add(j));
+            let xs: [T::V; C] = core::array::from_fn(|k| T::ld(x.add(k * sp + j), lm));
             let wt = match m {
-                Some(m) if MASKED => f32::ld(m.add(j), lm),
+                Some(m) if MASKED => T::ld(m.add(j), lm),
                 _ => zero,
             };
             for g in 0..G {
-                let y = _mm512_maskz_mul_ps(lm as __mmask16, _mm512_load_ps(ebuf.add((cls + g) * tw + j)), inv);
+                let y = T::keep(lm, T::vmul(T::loadu(ebuf.add((cls + g) * tw + j)), inv));
                 if let Some(out) = out {
-                    f32::st(out.add((cls + g) * sp + j), lm, y);
+                    T::st(out.add((cls + g) * sp + j), lm, y);
                 }
-                let my = if MASKED { _mm512_mul_ps(y, wt) } else { y };
-                acc_a[g] = _mm512_add_ps(acc_a[g], my);
+                let my = if MASKED { T::vmul(y, wt) } else { y };
+                acc_a[g] = T::vadd(acc_a[g], my);
                 for (a, &xk) in acc_m[g].iter_mut().zip(&xs) {
-                    *a = _mm512_fmadd_ps(my, xk, *a);
+                    *a = T::vfmadd(my, xk, *a);
                 }
             }
-            j += L;
+            j += nl;
         }
         for (g, (a, ms)) in acc_a.iter().zip(&acc_m).enumerate() {
-            _mm512_storeu_ps(line(g, 0), *a);
+            T::storeu(line(g, 0), *a);
             for (k, mk) in ms.iter().enumerate() {
-                _mm512_storeu_ps(line(g, 1 + k), *mk);
+                T::storeu(line(g, 1 + k), *mk);
             }
         }
     }
@@ -335,44 +383,66 @@ unsafe fn normalise<const C: usize, const G: usize, const MASKED: bool>(
 
 #[cfg(test)]
 mod tests {
-    use super::exp16;
-    use crate::exp::exp_nonpos_f32;
-    use core::arch::x86_64::*;
+    use super::Simd;
+    use crate::exp::{exp_nonpos_f32, exp_nonpos_f64};
 
-    #[target_feature(enable = "avx512f")]
-    fn exp16_lanes(x: [f32; 16]) -> [f32; 16] {
-        let mut out = [0.0f32; 16];
-        // SAFETY: the caller checked the feature; both arrays hold 16 values.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), exp16(_mm512_loadu_ps(x.as_ptr()))) };
+    /// `T::vexp_nonpos` of a register's worth of `xs`.
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw")]
+    fn vexp<T: Simd>(xs: &[T]) -> Vec<T> {
+        assert_eq!(xs.len(), T::LANES);
+        let mut out = vec![T::zero(); T::LANES];
+        // SAFETY: the caller checked the features; both slices hold a register's lanes.
+        unsafe { T::storeu(out.as_mut_ptr(), T::vexp_nonpos(T::loadu(xs.as_ptr()))) };
         out
     }
 
+    /// The register `exp` against the scalar one, bit for bit, over the whole range, at its
+    /// edges (zero, the underflow threshold and beyond it, subnormal results) and for NaN.
+    fn matches_scalar<T: Simd>(scalar: impl Fn(T) -> T, lowest: f64, step: f64, edges: &[f64]) -> usize {
+        let nl = T::LANES;
+        let mut checked = 0;
+        let same = |v: T, g: T| {
+            let (g, want) = (g.to_f64_lossless(), scalar(v).to_f64_lossless());
+            g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan())
+        };
+        let mut x = 0.0;
+        while x > lowest {
+            let xs: Vec<T> = (0..nl).map(|l| T::from_f64_lossy(x - l as f64 * step * 0.05)).collect();
+            // SAFETY: the features are present (checked by the callers).
+            let got = unsafe { vexp(&xs) };
+            for (v, g) in xs.iter().zip(got) {
+                assert!(same(*v, g), "x = {v:?}: {g:?} vs {:?}", scalar(*v));
+                checked += 1;
+            }
+            x -= step;
+        }
+        for e in edges.chunks(nl) {
+            let xs: Vec<T> = (0..nl).map(|l| T::from_f64_lossy(e[l % e.len()])).collect();
+            // SAFETY: as above.
+            let got = unsafe { vexp(&xs) };
+            for (v, g) in xs.iter().zip(got) {
+                assert!(same(*v, g), "x = {v:?}: {g:?} vs {:?}", scalar(*v));
+            }
+        }
+        checked
+    }
+
     #[test]
-    fn exp16_is_the_scalar_exp_bit_for_bit() {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
+    fn register_exp_is_the_scalar_exp_bit_for_bit() {
+        if !std::arch::is_x86_feature_detected!("avx512f")
+            || !std::arch::is_x86_feature_detected!("avx512vl")
+            || !std::arch::is_x86_feature_detected!("avx512dq")
+            || !std::arch::is_x86_feature_detected!("avx512bw")
+        {
             eprintln!("skipped: no AVX-512 on this CPU");
             return;
         }
-        let mut x = 0.0f32;
-        let mut checked = 0;
-        while x > -110.0 {
-            let xs: [f32; 16] = core::array::from_fn(|l| x - l as f32 * 0.000_37);
-            // SAFETY: AVX-512 F is present (checked above).
-            let got = unsafe { exp16_lanes(xs) };
-            for (v, g) in xs.iter().zip(got) {
-                assert_eq!(g.to_bits(), exp_nonpos_f32::<true>(*v).to_bits(), "x = {v}");
-                checked += 1;
-            }
-            x -= 0.007_3;
-        }
-        assert!(checked > 200_000);
-        // The edges: zero, the underflow threshold, below it, and the smallest subnormal results.
-        let edges = [0.0, -0.0, -103.27, -103.97, -104.0, -104.01, -1e30, f32::MIN];
-        let xs: [f32; 16] = core::array::from_fn(|l| edges[l % edges.len()]);
-        // SAFETY: as above.
-        let got = unsafe { exp16_lanes(xs) };
-        for (v, g) in xs.iter().zip(got) {
-            assert_eq!(g.to_bits(), exp_nonpos_f32::<true>(*v).to_bits(), "x = {v}");
-        }
+        let f32_edges = [0.0, -0.0, -103.27, -103.97, -104.0, -104.01, -1e30, f64::from(f32::MIN), f64::NAN];
+        let n = matches_scalar::<f32>(exp_nonpos_f32::<true>, -110.0, 0.007_3, &f32_edges);
+        assert!(n > 200_000, "{n} values checked");
+        let f64_edges =
+            [0.0, -0.0, -708.3, -708.5, -744.4, -745.1, -745.2, -745.21, -746.0, -1e300, f64::MIN, f64::NAN];
+        let n = matches_scalar::<f64>(exp_nonpos_f64::<true>, -750.0, 0.011_3, &f64_edges);
+        assert!(n > 500_000, "{n} values checked");
     }
 }

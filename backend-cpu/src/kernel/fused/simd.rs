@@ -28,6 +28,13 @@ pub(crate) trait Simd: Real {
     unsafe fn vmul(a: Self::V, b: Self::V) -> Self::V;
     /// `a·b + c`, one rounding.
     unsafe fn vfmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `a / b`, correctly rounded.
+    unsafe fn vdiv(a: Self::V, b: Self::V) -> Self::V;
+    /// The larger of `a` and `b`, lane by lane; `b` where either is NaN (`maxps`).
+    unsafe fn vmax(a: Self::V, b: Self::V) -> Self::V;
+    /// `e^x` lane by lane for `x <= 0`: the crate's scalar `exp_nonpos_f32::<true>` or
+    /// `exp_nonpos_f64::<true>` operation for operation, so bitwise the same (a test checks it).
+    unsafe fn vexp_nonpos(x: Self::V) -> Self::V;
     unsafe fn vabs(a: Self::V) -> Self::V;
     /// `lam` with the sign of `d`, lane by lane.
     unsafe fn with_sign_of(lam: Self, d: Self::V) -> Self::V;
@@ -106,6 +113,36 @@ impl Simd for f32 {
     #[inline(always)]
     unsafe fn vfmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
         unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn vdiv(a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_div_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn vmax(a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_max_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn vexp_nonpos(x: __m512) -> __m512 {
+        use crate::exp::f32_consts::{COEFFS, LN2_HI, LN2_LO, ROUND, UNDERFLOW};
+        unsafe {
+            let v = _mm512_set1_ps;
+            let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, v(UNDERFLOW));
+            let xc = _mm512_max_ps(v(UNDERFLOW), x);
+            let t = _mm512_fmadd_ps(xc, v(core::f32::consts::LOG2_E), v(ROUND));
+            let k = _mm512_sub_ps(t, v(ROUND));
+            let r = _mm512_fnmadd_ps(k, v(LN2_LO), _mm512_fnmadd_ps(k, v(LN2_HI), xc));
+            let [c0, c1, c2, c3, c4, c5] = COEFFS;
+            let r2 = _mm512_mul_ps(r, r);
+            let p = _mm512_fmadd_ps(
+                _mm512_mul_ps(r2, r2),
+                _mm512_fmadd_ps(v(c0), r, v(c1)),
+                _mm512_fmadd_ps(r2, _mm512_fmadd_ps(v(c2), r, v(c3)), _mm512_fmadd_ps(v(c4), r, v(c5))),
+            );
+            let p = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), v(1.0));
+            // `p·2^k` rounded once, as `(p·2^(k + SHIFT))·2^−SHIFT` is (the first product is exact).
+            _mm512_maskz_scalef_ps(keep, p, k)
+        }
     }
     #[inline(always)]
     unsafe fn vabs(a: __m512) -> __m512 {
@@ -198,6 +235,39 @@ impl Simd for f64 {
     #[inline(always)]
     unsafe fn vfmadd(a: __m512d, b: __m512d, c: __m512d) -> __m512d {
         unsafe { _mm512_fmadd_pd(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn vdiv(a: __m512d, b: __m512d) -> __m512d {
+        unsafe { _mm512_div_pd(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn vmax(a: __m512d, b: __m512d) -> __m512d {
+        unsafe { _mm512_max_pd(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn vexp_nonpos(x: __m512d) -> __m512d {
+        use crate::exp::f64_consts::{COEFFS, LN2_HI, LN2_LO, ROUND, UNDERFLOW};
+        unsafe {
+            let v = _mm512_set1_pd;
+            let fma = |a, b, c| _mm512_fmadd_pd(a, b, c);
+            let keep = _mm512_cmp_pd_mask::<_CMP_NLT_UQ>(x, v(UNDERFLOW));
+            let xc = _mm512_max_pd(v(UNDERFLOW), x);
+            let t = fma(xc, v(core::f64::consts::LOG2_E), v(ROUND));
+            let k = _mm512_sub_pd(t, v(ROUND));
+            let r = _mm512_fnmadd_pd(k, v(LN2_LO), _mm512_fnmadd_pd(k, v(LN2_HI), xc));
+            let [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11] = COEFFS.map(|c| v(c));
+            let r2 = _mm512_mul_pd(r, r);
+            let r4 = _mm512_mul_pd(r2, r2);
+            let r8 = _mm512_mul_pd(r4, r4);
+            let q0 = fma(r2, fma(c8, r, c9), fma(c10, r, c11));
+            let q1 = fma(r2, fma(c4, r, c5), fma(c6, r, c7));
+            let q2 = fma(r2, fma(c0, r, c1), fma(c2, r, c3));
+            let p = fma(r8, q2, fma(r4, q1, q0));
+            let one = v(1.0);
+            let p = fma(fma(p, r, one), r, one);
+            // `p·2^k` rounded once, as `(p·2^(k + SHIFT))·2^−SHIFT` is (the first product is exact).
+            _mm512_maskz_scalef_pd(keep, p, k)
+        }
     }
     #[inline(always)]
     unsafe fn vabs(a: __m512d) -> __m512d {
