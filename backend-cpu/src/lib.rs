@@ -27,12 +27,14 @@
 //! [`CpuBackend::with_tile_width`]) and, with logits and a gradient, computes the probabilities
 //! in place in the gradient buffer, with plain stores: even when the buffer is larger than the
 //! last-level cache, part of it is still there when pass 2 reads it back, and pass 2's gradient
-//! then overwrites lines it has just read (non-temporal stores made S4 a third slower). With
-//! probabilities input nothing is cached, and pass 2 writes a gradient buffer too large to stay in
-//! cache with non-temporal stores ([`CpuBackend::with_stream_bytes`]). For logits in the AVX-512
-//! copy (`f32` and `f64`, 1 to 4 channels) each tile is done in three sweeps with the classes
-//! inside its chunks of one register's pixels instead of one per step and class
-//! (`kernel/fused/pass1.rs`); `MSLOSS_CPU_PASS1=tiles` keeps the tiled kernel, to compare. Both passes prefetch the next
+//! then overwrites lines it has just read (non-temporal stores made S4 a third slower). For
+//! large `f32` buffers the chunked pass 2 computes the softmax again instead, and writes the
+//! gradient once ([`SoftmaxCache`]). With probabilities input nothing is cached, and pass 2
+//! writes a gradient buffer too large to stay in cache with non-temporal stores
+//! ([`CpuBackend::with_stream_bytes`]). For logits in the AVX-512 copy (`f32` and `f64`, 1 to 4
+//! channels) each tile is done in three sweeps with the classes inside its chunks of one
+//! register's pixels instead of one per step and class (`kernel/fused/pass1.rs`);
+//! `MSLOSS_CPU_PASS1=tiles` keeps the tiled kernel, to compare. Both passes prefetch the next
 //! rows' inputs in software: one memory stream per class is more than the hardware prefetcher
 //! follows.
 //!
@@ -648,7 +650,7 @@ fn evaluate<T: Real>(
 
     // Pass 1. With logits and a gradient requested, it also stores the probabilities in the
     // gradient buffer (an output, overwritten in pass 2 anyway), so that pass 2 reads them back
-    // instead of recomputing the softmax.
+    // instead of recomputing the softmax, unless pass 2 is to recompute them.
     let mut out = out;
     let grad = out.grad.as_deref_mut().map(GradRows::new);
     let cache = if recompute { None } else { grad.filter(|_| p.logits) };

@@ -480,9 +480,9 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
     let (n, w, h, sp) = (p.n, p.w, p.h, p.sp());
     let b = blk.b;
     let logits = F & LOGITS != 0;
-    // With logits and a gradient pass 1 cached the probabilities in the gradient buffer;
-    // with logits alone each row's are computed here.
-    debug_assert_eq!(k.cached, logits && grad.is_some(), "logits with a gradient are cached");
+    // With logits and a gradient pass 1 may have cached the probabilities in the gradient
+    // buffer (`k.cached`, see `SoftmaxCache`); otherwise each row's are computed here.
+    debug_assert!(!k.cached || (logits && grad.is_some()), "only logits with a gradient are cached");
     let cached = if logits && k.cached { grad } else { None };
     let consts = Consts {
         cent: &k.centroids[b * n * C..(b + 1) * n * C],
