@@ -523,7 +523,8 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
     assert!(
         lines.iter().all(|l| aligned(l).len() >= off + n * ws)
             && s.carry.len() >= 2 * n
-            && s.gbuf.len() >= n * T::LANES,
+            && s.gbuf.len() >= n * T::LANES
+            && s.inv.len() >= pass1::MAX_TILE,
         "scratch sized"
     );
     // `φ_H` of the row above the block, computed as the row-line kernels do (a row of another
@@ -556,10 +557,10 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
                     dst[cls * ws..][..w].copy_from_slice(unsafe { g.row_ref(p, b, cls, r) });
                 }
             } else {
-                assert!(dst.len() >= n * ws && s.inv.len() >= pass1::MAX_TILE, "scratch sized");
                 // SAFETY: the CPU has the features (this function's contract); row `r` of sample
                 // `b` is in the input; the lines and `inv` are sized as `softmax_row` needs
-                // (asserted; `ws` is `w` rounded up to 16 and 16 more) and only borrowed here.
+                // (asserted at the block's start; `ws` is `w` rounded up to 16 and 16 more) and
+                // only borrowed here.
                 unsafe { pass1::softmax_row(p, b, r, dst.as_mut_ptr(), ws, s.inv.as_mut_ptr()) };
             }
         }};
