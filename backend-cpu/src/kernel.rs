@@ -637,10 +637,17 @@ pub(crate) fn pass1<T: Real, const FMA: bool>(
 /// prefetcher (which loses track of this many streams: one per class and channel).
 #[inline(always)]
 pub(crate) fn prefetch_inputs<T: Real>(p: &Problem<'_, T>, b: usize, r: usize) {
-    let (n, c, w, sp) = (p.n, p.c, p.w, p.sp());
+    let (n, w, sp) = (p.n, p.w, p.sp());
     for cls in 0..n {
         prefetch_line(&p.scores[(b * n + cls) * sp + r * w..][..w]);
     }
+    prefetch_image(p, b, r);
+}
+
+/// Prefetches row `r` of sample `b`'s image.
+#[inline(always)]
+pub(crate) fn prefetch_image<T: Real>(p: &Problem<'_, T>, b: usize, r: usize) {
+    let (c, w, sp) = (p.c, p.w, p.sp());
     for k in 0..c {
         prefetch_line(&p.image[(b * c + k) * sp + r * w..][..w]);
     }
@@ -681,20 +688,27 @@ pub(crate) fn row_checks<'a, T: Real>(
 /// effect on results; nothing on targets without a prefetch instruction).
 #[inline(always)]
 fn prefetch_line<T>(line: &[T]) {
+    let bytes = core::mem::size_of_val(line);
+    let base = line.as_ptr().cast::<u8>();
+    let mut off = 0;
+    while off < bytes {
+        prefetch(base.wrapping_add(off));
+        off += 64;
+    }
+}
+
+/// Asks the CPU to bring the cache line of `at` into the second-level cache (a hint: any
+/// address will do, and nothing is read; nothing on targets without a prefetch instruction).
+#[inline(always)]
+pub(crate) fn prefetch<T>(at: *const T) {
     #[cfg(target_arch = "x86_64")]
     {
         use core::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
-        let bytes = core::mem::size_of_val(line);
-        let base = line.as_ptr().cast::<i8>();
-        let mut off = 0;
-        while off < bytes {
-            // SAFETY: a prefetch never faults and reads nothing; the address is within `line`.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(base.add(off)) };
-            off += 64;
-        }
+        // SAFETY: a prefetch never faults and reads nothing, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(at.cast::<i8>()) };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = line;
+    let _ = at;
 }
 
 /// Prefetches what loading probability row `r` of sample `b` reads: the cached probabilities

@@ -570,8 +570,13 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
     // shifted to where they are.
     let stream = p.stream && shifted;
     for r in blk.r0..blk.r1 {
-        // The inputs of the next rows the sweep will load, ahead of the hardware prefetcher.
-        prefetch_rows(p, s.cache.filter(|_| r + 2 < blk.r1), b, r + 2);
+        // The inputs of the next rows the sweep will load, ahead of the hardware prefetcher
+        // (logits it computes the softmax of are prefetched by `softmax_row`, in step).
+        if !logits || cached.is_some() {
+            prefetch_rows(p, s.cache.filter(|_| r + 2 < blk.r1), b, r + 2);
+        } else if let Some(mask) = p.mask.filter(|_| r + 2 < h) {
+            prefetch_line(&mask[b * sp + (r + 2) * w..][..w]);
+        }
         if r + 1 < h {
             for c in 0..C {
                 prefetch_line(&p.image[(b * C + c) * sp + (r + 1) * w..][..w]);
