@@ -36,7 +36,7 @@
 //! register's pixels instead of one per step and class (`kernel/fused/pass1.rs`);
 //! `MSLOSS_CPU_PASS1=tiles` keeps the tiled kernel, to compare. Both passes prefetch the next
 //! rows' inputs in software: one memory stream per class is more than the hardware prefetcher
-//! follows. The chunked kernels ask for the logits two rows ahead a line at a time, as they
+//! follows. The chunked kernels ask for the logits' next row a line at a time, as they
 //! copy each line of the current row, rather than a whole row at once: a burst of a row's
 //! requests fills the core's queue of misses and stalls it.
 //!

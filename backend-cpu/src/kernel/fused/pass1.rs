@@ -134,8 +134,8 @@ unsafe fn block<T: Simd, const C: usize, const G: usize, const MASKED: bool>(
     sums.fill(T::zero());
     let mut pending = 0;
     for r in blk.r0..blk.r1 {
-        // The image's next row at once (a few lines); the logits two rows ahead a line at a
-        // time, as the copy reads this row (see [`exponentials`]).
+        // The image's next row at once (a few lines); the logits' a line at a time, as the copy
+        // reads this row (see [`exponentials`]).
         if r + 1 < blk.r1 {
             prefetch_image(p, b, r + 1);
         }
@@ -193,10 +193,11 @@ unsafe fn block<T: Simd, const C: usize, const G: usize, const MASKED: bool>(
 /// sums (lanes of 8 over 256 values).
 const FOLD_CHUNKS: usize = 32;
 
-/// How many rows ahead both sweeps prefetch the logits (see [`exponentials`]): the rows in
-/// flight stay far below the second-level cache (`21` classes of `512` columns of `f64` take
-/// 86 KiB a row), and a row's lines arrive well before the row is read.
-const PREFETCH_ROWS: usize = 2;
+/// How many rows ahead both sweeps prefetch the logits (see [`exponentials`]). A row's time
+/// is lead enough (S4 took the same time with 1 and 2, on one thread and two), and the rows
+/// in flight stay far below the second-level cache (`21` classes of `512` columns of `f64`
+/// take 86 KiB a row).
+const PREFETCH_ROWS: usize = 1;
 
 /// The widest tile of either sweep (the chunked pass 1's, or [`softmax_row`]'s): at most
 /// [`FOLD_CHUNKS`] chunks.
