@@ -37,9 +37,10 @@ use msloss_core::{LengthKind, Real};
 // `CL_LOGITS` of `class_line` (with L1, the signs of logits can be in doubt).
 use super::{
     Block, CL_LOGITS as LOGITS, Exact, GradRows, L1, MASKED, MAX_FUSED_CHANNELS, PADDED_LANES, Pass2, Problem, Scratch,
-    padded_stride, prefetch_line, prefetch_rows, stream_fence,
+    padded_stride, prefetch, prefetch_line, prefetch_rows, stream_fence,
 };
 use crate::Isa;
+use pass1::PREFETCH_ROWS;
 use simd::{Simd, lanes};
 
 pub(crate) mod pass1;
@@ -396,6 +397,36 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const PARTIAL: bool, const
     }
 }
 
+/// Copies `from` to `to` (as long) a register's lanes at a time; with `ahead`, asks for the
+/// line `ahead` values past each line it reads (the same columns of a later row: see
+/// `pass1::exponentials`).
+///
+/// # Safety
+/// The CPU has AVX-512 F, VL, DQ and BW.
+#[inline(always)]
+unsafe fn copy_line<T: Simd>(to: &mut [T], from: &[T], ahead: Option<usize>) {
+    assert_eq!(to.len(), from.len(), "a line is copied to a line as long");
+    let (nl, len) = (T::LANES, from.len());
+    let (src, dst) = (from.as_ptr(), to.as_mut_ptr());
+    let mut j = 0;
+    // SAFETY: the CPU has the features (the contract); whole registers from `j` while they fit
+    // in both lines, then the lanes of `lanes(len − j)` only (the others are not accessed).
+    unsafe {
+        while j < len {
+            if let Some(ahead) = ahead {
+                prefetch(src.wrapping_add(j + ahead));
+            }
+            if j + nl <= len {
+                T::storeu(dst.add(j), T::loadu(src.add(j)));
+            } else {
+                let m = lanes(len - j);
+                T::st(dst.add(j), m, T::ld(src.add(j), m));
+            }
+            j += nl;
+        }
+    }
+}
+
 /// Running sums of a row: fidelity, length and the gradient check, in lanes of `T` over
 /// windows of [`FOLD_CHUNKS`] registers' worth of columns from column 0, then in `f64`.
 ///
@@ -548,13 +579,18 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
             let r = $r;
             let dst = &mut aligned_mut(&mut $dst)[off..];
             if !logits {
+                let ahead = (r + PREFETCH_ROWS < h).then_some(PREFETCH_ROWS * w);
                 for cls in 0..n {
-                    dst[cls * ws..][..w].copy_from_slice(&p.scores[(b * n + cls) * sp + r * w..][..w]);
+                    let from = &p.scores[(b * n + cls) * sp + r * w..][..w];
+                    // SAFETY: the CPU has the features (this function's contract).
+                    unsafe { copy_line(&mut dst[cls * ws..][..w], from, ahead) };
                 }
             } else if let (Some(g), true) = (cached, r < blk.r1) {
+                let ahead = (r + PREFETCH_ROWS < blk.r1).then_some(PREFETCH_ROWS * w);
                 for cls in 0..n {
-                    // SAFETY: row `r` of this block, cached by pass 1 and not yet overwritten.
-                    dst[cls * ws..][..w].copy_from_slice(unsafe { g.row_ref(p, b, cls, r) });
+                    // SAFETY: row `r` of this block, cached by pass 1 and not yet overwritten;
+                    // the CPU has the features (this function's contract).
+                    unsafe { copy_line(&mut dst[cls * ws..][..w], g.row_ref(p, b, cls, r), ahead) };
                 }
             } else {
                 // SAFETY: the CPU has the features (this function's contract); row `r` of sample
@@ -570,10 +606,12 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
     // shifted to where they are.
     let stream = p.stream && shifted;
     for r in blk.r0..blk.r1 {
-        // The inputs of the next rows the sweep will load, ahead of the hardware prefetcher
-        // (logits it computes the softmax of are prefetched by `softmax_row`, in step).
-        if !logits || cached.is_some() {
-            prefetch_rows(p, s.cache.filter(|_| r + 2 < blk.r1), b, r + 2);
+        // The inputs of the next rows the sweep will load, ahead of the hardware prefetcher.
+        // The probabilities (given, cached or computed) are asked for a line at a time as the
+        // row before them is loaded (`copy_line`, `softmax_row`); the mask here, and the logits
+        // of the first row past a block whose rows are cached, which nothing before loads.
+        if cached.is_some() && r + 2 == blk.r1 {
+            prefetch_rows(p, None, b, r + 2);
         } else if let Some(mask) = p.mask.filter(|_| r + 2 < h) {
             prefetch_line(&mask[b * sp + (r + 2) * w..][..w]);
         }

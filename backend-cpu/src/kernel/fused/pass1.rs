@@ -197,7 +197,7 @@ const FOLD_CHUNKS: usize = 32;
 /// is lead enough (S4 took the same time with 1 and 2, on one thread and two), and the rows
 /// in flight stay far below the second-level cache (`21` classes of `512` columns of `f64`
 /// take 86 KiB a row).
-const PREFETCH_ROWS: usize = 1;
+pub(crate) const PREFETCH_ROWS: usize = 1;
 
 /// The widest tile of either sweep (the chunked pass 1's, or [`softmax_row`]'s): at most
 /// [`FOLD_CHUNKS`] chunks.
