@@ -206,7 +206,7 @@ const FOLD_CHUNKS: usize = 32;
 pub(crate) const PREFETCH_ROWS: usize = 1;
 
 /// The most bytes of logits (a row of every class) that pass 1 prefetches at once. Measured
-/// (S4 and S2, `f32` and `f64`, 2 threads): S2 `f32`'s rows, 10.5 KiB, ran 13% faster
+/// (S4 and S2, `f32` and `f64`, 2 threads): S2 `f32`'s rows, 10.5 KiB, ran 6–15% faster
 /// prefetched at once than a line at a time; S2 `f64`'s, 21 KiB, 6% slower, and S4's (42 and
 /// 84 KiB) 5–13% slower.
 const BURST_BYTES: usize = 16 << 10;
@@ -285,7 +285,7 @@ unsafe fn flush<T: Simd, const C: usize>(sums: &mut [T], area: &mut [f64], momen
 /// With `ahead`, the copy asks for the line `ahead` values past each line it reads (the same
 /// columns of a later row), so that the logits come in a line per load, in step with the
 /// sweep: prefetched a whole row at once, the requests fill the core's queue of misses and
-/// stall it (the burst took a sixth of pass 1's time).
+/// stall it (in S4, the burst took a sixth of pass 1's time).
 ///
 /// # Safety
 /// The CPU has AVX-512 F; `len` values of each class are readable from `z`; `len.div_ceil(16)·16`
