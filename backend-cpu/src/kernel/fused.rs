@@ -58,6 +58,7 @@ pub(crate) fn usable<T: Real>(isa: Isa, p: &Problem<'_, T>, length: LengthKind) 
         && (TypeId::of::<T>() == TypeId::of::<f32>() || TypeId::of::<T>() == TypeId::of::<f64>())
         && p.d == 1
         && (1..=MAX_FUSED_CHANNELS).contains(&p.c)
+        && p.n <= MAX_CLASSES
         && matches!(length, LengthKind::L1 | LengthKind::L2)
 }
 
@@ -180,10 +181,13 @@ impl<T> Copy for ClassRows<T> {}
 /// (`weighted`: masked or at the row's end; a zero weight makes the pair missing): `λ·sign(d)`
 /// and `|d|` (L1) or `2λ·d` and `d²` (L2) of `d = (b − a)·wt`, and (with logits and L1) the
 /// lanes whose sign is in doubt, `|d| ≤ tol·(a + b)` on a pair that is not missing (as the
-/// parent's `pair`).
+/// parent's `pair`). With `sign_only` (logits and L1, unweighted), the L1 flux is `±λ` by
+/// `d`'s sign bit alone and no doubt is returned: the caller tests doubt for both of a pixel's
+/// pairs at once (see [`Consts::tol_any`]), and a zero `d` is always in doubt there.
 #[inline(always)]
 unsafe fn pairs<T: Simd, const F: u8>(
     weighted: bool,
+    sign_only: bool,
     a: T::V,
     b: T::V,
     wt: T::V,
@@ -197,6 +201,9 @@ unsafe fn pairs<T: Simd, const F: u8>(
             return (T::vmul(T::splat(k.lam + k.lam), d), T::vmul(d, d), 0);
         }
         let ad = T::vabs(d);
+        if sign_only {
+            return (T::with_sign_of(k.lam, d), ad, 0);
+        }
         let phi = T::keep(T::ne_ordered(d, zero), T::with_sign_of(k.lam, d));
         if F & LOGITS == 0 {
             return (phi, ad, 0);
@@ -234,8 +241,11 @@ struct Row<'a, T> {
     exact: Exact<'a, 'a, T>,
 }
 
-/// A sample's per-class constants (see the parent's `ClassConsts`).
+/// A sample's per-class constants (see the parent's `ClassConsts`): `cent` and `weights` hold
+/// `n·C` values, `base` and `corr` `n`, `center` `C` ([`Consts::new`] slices them so; the
+/// chunks read them unchecked).
 struct Consts<'a, T> {
+    n: usize,
     cent: &'a [T],
     center: &'a [T],
     weights: &'a [T],
@@ -243,26 +253,81 @@ struct Consts<'a, T> {
     corr: &'a [T],
     wf: T,
     lam: T,
+    /// An L1 sign is in doubt where `|d| ≤ tol·(a + b)` (logits; zero otherwise).
     tol: T,
+    /// A wider test of both of a pixel's pairs at once, `fma(a, tol_any, −min(|d_W|, |d_H|)) ≥
+    /// −tiny`, that needs only their shared `a`: it holds wherever either pair is in doubt by
+    /// `tol` (see [`tol_any`]), so a chunk where it holds nowhere has no sign in doubt. (The
+    /// few more chunks it flags are done again with the `tol` test, which decides: results
+    /// do not change.)
+    tol_any: T,
+    /// The type's smallest subnormal (`tiny` above).
+    tiny: T,
     scale: T,
 }
 
+impl<'a, T: Real> Consts<'a, T> {
+    /// Sample `b`'s constants with `C` channels.
+    fn new<const C: usize>(p: &Problem<'_, T>, k: &'a Pass2<'a, T>, b: usize, logits_l1: bool) -> Self {
+        let n = p.n;
+        // Softmax outputs carry a relative error below (N + 4)·ε (see the parent's `flux_row`).
+        let tol = if logits_l1 { T::from_f64_lossy(2.0 * (n + 4) as f64) * T::epsilon() } else { T::zero() };
+        Self {
+            n,
+            cent: &k.centroids[b * n * C..(b + 1) * n * C],
+            center: &k.center[b * C..(b + 1) * C],
+            weights: &k.weights[b * n * C..(b + 1) * n * C],
+            base: &k.base[b * n..(b + 1) * n],
+            corr: &k.corr[b * n..(b + 1) * n],
+            wf: k.fidelity_weight,
+            lam: k.lambda,
+            tol,
+            tol_any: T::from_f64_lossy(tol_any(tol.to_f64_lossless(), T::epsilon().to_f64_lossless())),
+            tiny: T::min_positive_value() * T::epsilon(),
+            scale: k.scale,
+        }
+    }
+}
+
+/// [`Consts::tol_any`] for the test `|d| ≤ tol·(a + b)` of `a, b ≥ 0` in a type of machine
+/// epsilon `eps`, for `tol < 1/4` ([`MAX_CLASSES`] keeps it far below).
+///
+/// As computed, `fma(a ⊕ b, tol, −|d|) ≥ 0` (the rounded difference may be `−0`), that test
+/// holds only where `|d| ≤ t·(a + b) + h`, with `t = tol·(1 + eps)` (the sum rounds up by less)
+/// and `h` half the smallest subnormal (a difference rounds to `−0` only from `−h` up).
+/// Where `b ≤ a`, `|d| ≤ 2t·a + h`. Where `b > a`, `b·(1 − t) ≤ a·(1 + t) + h`, so
+/// `a + b ≤ (2a + h)/(1 − t)` and `|d| ≤ 2t/(1 − t)·a + h/(1 − t)`, below `2t/(1 − t)·a + 2h`.
+/// The wider test holds wherever `|d| ≤ tol_any·a + 2h` exactly (the fma rounds once and
+/// `−2h` is a float), so `tol_any ≥ 2t/(1 − t)` suffices: this returns that with room for its
+/// own roundings (in `f64`, and to the type). Where `a ≈ b` it is `tol`'s band, `|d| ≲ 2tol·a`.
+fn tol_any(tol: f64, eps: f64) -> f64 {
+    debug_assert!((0.0..0.25).contains(&tol), "tol {tol}");
+    let t = tol * (1.0 + eps);
+    2.0 * t / (1.0 - t) * (1.0 + 1.0 / 1024.0)
+}
+
+/// The most classes the chunked pass 2 takes: [`tol_any`] needs `2(N + 4)·ε < 1/4` (in `f32`,
+/// `N` below a million).
+const MAX_CLASSES: usize = 1 << 16;
+
 /// One chunk of a row, lane `l` on column `a + l`: with `PARTIAL`, the lanes of `valid` only
 /// (the row's first chunk, which starts before column 0 when the row's chunks are aligned to
-/// its gradient, or its last, which ends at the row's end), of which those of `next` have a W
-/// pair; otherwise all lanes, on columns that all exist, the one after the chunk too. Returns
-/// the chunk's `[fidelity, length, gradient check]` lanes (exact zeros on the lanes not in
-/// `valid`), and whether some L1 sign was in doubt (then nothing was written).
+/// its gradient, or its last, which ends at the row's end; or any chunk of a row without a next
+/// row), of which those of `next` have a W pair; otherwise all lanes, on columns that all
+/// exist, the one after the chunk too, and the row has a next row. Returns the chunk's
+/// `[fidelity, length, gradient check]` lanes (exact zeros on the lanes not in `valid`), and
+/// whether some L1 sign was in doubt (then nothing was written).
 ///
 /// # Safety
 /// AVX-512 F, VL, DQ and BW; the row's lines as [`Row`] says, this block's row only; the
-/// columns of `valid` exist, and `next ⊆ valid` (both `FULL` without `PARTIAL`).
+/// columns of `valid` exist, and `next ⊆ valid` (both `FULL` without `PARTIAL`, and then
+/// `row.has_h`); `k` as [`Consts::new`] makes it; `carry` and `carry_out` hold at least `k.n`
+/// values, `gbuf` `k.n` registers' worth.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, reason = "a chunk reads the row, the constants, its place and the carried state")]
 unsafe fn chunk<T: Simd, const C: usize, const F: u8, const PARTIAL: bool, const EXACT: bool>(
     row: &Row<'_, T>,
     k: &Consts<'_, T>,
-    n: usize,
     a: isize,
     (valid, next): (u32, u32),
     grad: bool,
@@ -272,13 +337,31 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const PARTIAL: bool, const
     let masked = F & MASKED != 0;
     let weighted = masked || PARTIAL;
     let logits = F & LOGITS != 0;
-    let nl = T::LANES;
+    // Unweighted chunks test doubt for the pixel at once (see `Consts::tol_any`), and the exact
+    // pass uses `pairs`' test.
+    let test_any = F & L1 != 0 && logits && !weighted && !EXACT;
+    let (n, nl) = (k.n, T::LANES);
+    debug_assert!(
+        k.cent.len() == n * C
+            && k.weights.len() == n * C
+            && k.base.len() == n
+            && k.corr.len() == n
+            && carry.len() >= n
+            && carry_out.len() >= n
+            && gbuf.len() >= n * nl
+            && (weighted || row.has_h),
+        "a chunk's constants and carried state"
+    );
+    // Only rows with a next row take unweighted chunks.
+    let has_h = !weighted || row.has_h;
     // Column `a` of the line that starts at `line` (before it, for a first chunk that starts
     // before column 0: only its lanes past the line's start are read or written).
     let at = |line: *const T| line.wrapping_offset(a);
     // SAFETY: (the whole body) AVX-512 by the caller's contract; every load and store below
     // is masked to the lanes of `valid`, or of `next` for the next pixel's values, whose
     // columns are within the row's lines (masked lanes are not accessed and cannot fault).
+    // The constants and carried state are read at `cls < n` (registers from `cls·nl` in
+    // `gbuf`), within their lengths (the contract).
     unsafe {
         let zero = T::zeros();
         let one = T::splat(T::one());
@@ -303,37 +386,46 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const PARTIAL: bool, const
             (one, one, one)
         };
         // With logits, `ĉ − x` (see the parent's `ClassConsts`).
-        let us: [T::V; C] = core::array::from_fn(|c| T::vsub(T::splat(k.center[c]), xs[c]));
+        let us: [T::V; C] = core::array::from_fn(|c| T::vsub(T::splat(*k.center.get_unchecked(c)), xs[c]));
+        let (cent, weights, base, corr) = (k.cent.as_ptr(), k.weights.as_ptr(), k.base.as_ptr(), k.corr.as_ptr());
+        let (carry, carry_out, gbuf) = (carry.as_ptr(), carry_out.as_mut_ptr(), gbuf.as_mut_ptr());
         let (mut fid, mut len_sum, mut yg) = (zero, zero, zero);
         let mut doubt = 0u32;
         for cls in 0..n {
             let y0 = at(row.y0.ptr.wrapping_add(cls * row.y0.stride));
             let yc = T::ld(y0, valid);
             let yn = T::ld(y0.wrapping_add(1), next);
-            let (mut pw, lw, dw) = pairs::<T, F>(weighted, yc, yn, mw, k);
-            let (mut ph, lh, dh) = if row.has_h {
+            let (mut pw, lw, dw) = pairs::<T, F>(weighted, test_any, yc, yn, mw, k);
+            let (mut ph, lh, dh) = if has_h {
                 let y1 = T::ld(at(row.y1.ptr.wrapping_add(cls * row.y1.stride)), valid);
-                pairs::<T, F>(weighted, yc, y1, mh, k)
+                pairs::<T, F>(weighted, test_any, yc, y1, mh, k)
             } else {
                 (zero, zero, 0)
             };
             len_sum = T::vadd(len_sum, T::vadd(lw, lh));
             // The fidelity term, and the fidelity part of `g` (as the parent's `class_line`).
-            let cent = &k.cent[cls * C..(cls + 1) * C];
             let mut d2 = zero;
-            let mut dc = if logits { T::splat(k.base[cls]) } else { zero };
+            let mut dc = if logits { T::splat(*base.add(cls)) } else { zero };
             for c in 0..C {
-                let cc = T::splat(cent[c]);
+                let cc = T::splat(*cent.add(cls * C + c));
                 let e = T::vsub(xs[c], cc);
                 d2 = T::vfmadd(e, e, d2);
-                dc = if logits { T::vfmadd(us[c], T::splat(k.weights[cls * C + c]), dc) } else { T::vfmadd(cc, e, dc) };
+                dc = if logits {
+                    T::vfmadd(us[c], T::splat(*weights.add(cls * C + c)), dc)
+                } else {
+                    T::vfmadd(cc, e, dc)
+                };
             }
             let my = if weighted { T::vmul(m0, yc) } else { yc };
             fid = T::vfmadd(my, d2, fid);
             if !grad {
                 continue;
             }
-            if !EXACT {
+            if test_any {
+                // (`lw` and `lh` are the pairs' `|d|`.)
+                let slack = T::vfmsub(yc, T::splat(k.tol_any), T::vmin(lw, lh));
+                doubt |= T::ge_ordered(slack, T::splat(-k.tiny));
+            } else if !EXACT {
                 doubt |= dw | dh;
             } else if (dw | dh) != 0 {
                 let ex = Exact { cls, ..row.exact };
@@ -354,23 +446,23 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const PARTIAL: bool, const
                 ph = T::loadu(fh.as_ptr());
             }
             let up = T::ld(at(row.up.ptr.wrapping_add(cls * row.up.stride)), valid);
-            if row.has_h {
+            if has_h {
                 T::st(at(row.up_out.ptr.wrapping_add(cls * row.up_out.stride)).cast_mut(), valid, ph);
             }
             // The W flux before each pixel: the previous lane's, or the previous chunk's last.
-            carry_out[cls] = T::last(pw);
-            let pb = T::shift_in(pw, carry[cls]);
+            *carry_out.add(cls) = T::last(pw);
+            let pb = T::shift_in(pw, *carry.add(cls));
             let f = match (logits, masked) {
                 (true, true) => T::vmul(m0, dc),
                 (true, false) => dc,
-                (false, true) => T::vmul(T::vmul(T::splat(k.wf), m0), T::vfmadd(T::splat(-k.corr[cls]), dc, d2)),
-                (false, false) => T::vmul(T::splat(k.wf), T::vfmadd(T::splat(-k.corr[cls]), dc, d2)),
+                (false, true) => T::vmul(T::vmul(T::splat(k.wf), m0), T::vfmadd(T::splat(-*corr.add(cls)), dc, d2)),
+                (false, false) => T::vmul(T::splat(k.wf), T::vfmadd(T::splat(-*corr.add(cls)), dc, d2)),
             };
             let own = T::vadd(T::vsub(T::vsub(pb, pw), ph), up);
             let g = T::vadd(f, own);
             if logits {
                 yg = T::vfmadd(yc, g, yg);
-                T::storeu(gbuf[cls * nl..(cls + 1) * nl].as_mut_ptr(), g);
+                T::storeu(gbuf.add(cls * nl), g);
             } else {
                 let v = T::vmul(T::splat(k.scale), g);
                 yg = T::vadd(yg, T::vmul(v, zero));
@@ -385,7 +477,7 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const PARTIAL: bool, const
             // ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m), over the cached probabilities.
             let scale = T::splat(k.scale);
             for cls in 0..n {
-                let g = T::loadu(gbuf[cls * nl..(cls + 1) * nl].as_ptr());
+                let g = T::loadu(gbuf.add(cls * nl));
                 let to = at(row.out.ptr.wrapping_add(cls * row.out.stride));
                 let yc = T::ld(at(row.y0.ptr.wrapping_add(cls * row.y0.stride)), valid);
                 T::put(to.cast_mut(), valid, T::vmul(T::vmul(scale, yc), T::vsub(g, yg)), row.stream);
@@ -515,18 +607,7 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
     // buffer (`k.cached`, see `SoftmaxCache`); otherwise each row's are computed here.
     debug_assert!(!k.cached || (logits && grad.is_some()), "only logits with a gradient are cached");
     let cached = if logits && k.cached { grad } else { None };
-    let consts = Consts {
-        cent: &k.centroids[b * n * C..(b + 1) * n * C],
-        center: &k.center[b * C..(b + 1) * C],
-        weights: &k.weights[b * n * C..(b + 1) * n * C],
-        base: &k.base[b * n..(b + 1) * n],
-        corr: &k.corr[b * n..(b + 1) * n],
-        wf: k.fidelity_weight,
-        lam: k.lambda,
-        // Softmax outputs carry a relative error below (N + 4)·ε (see the parent's `flux_row`).
-        tol: if logits && F & L1 != 0 { T::from_f64_lossy(2.0 * (n + 4) as f64) * T::epsilon() } else { T::zero() },
-        scale: k.scale,
-    };
+    let consts = Consts::new::<C>(p, k, b, logits && F & L1 != 0);
     s.cache = cached;
     s.cache_lo = blk.r0;
     s.cache_hi = blk.r1;
@@ -663,9 +744,9 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
                 ($partial:literal, $a:expr, $masks:expr) => {{
                     let (a, masks) = ($a, $masks);
                     let (mut v, doubt) =
-                        chunk::<T, C, F, $partial, false>(&row, &consts, n, a, masks, g, (carry, carry_out), gbuf);
+                        chunk::<T, C, F, $partial, false>(&row, &consts, a, masks, g, (carry, carry_out), gbuf);
                     if doubt {
-                        v = chunk::<T, C, F, $partial, true>(&row, &consts, n, a, masks, g, (carry, carry_out), gbuf).0;
+                        v = chunk::<T, C, F, $partial, true>(&row, &consts, a, masks, g, (carry, carry_out), gbuf).0;
                     }
                     sums.add(v, a);
                     core::mem::swap(&mut carry, &mut carry_out);
@@ -678,8 +759,13 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
                 run!(true, -(sh as isize), (on, on));
                 a = nl - sh;
             }
+            // (A row without a next row has only weighted chunks: its H pairs are missing.)
             while a + nl < w {
-                run!(false, a as isize, (T::FULL, T::FULL));
+                if has_h {
+                    run!(false, a as isize, (T::FULL, T::FULL));
+                } else {
+                    run!(true, a as isize, (T::FULL, T::FULL));
+                }
                 a += nl;
             }
             run!(true, a as isize, (lanes(w - a), lanes(w - a - 1)));
@@ -697,4 +783,56 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
         stream_fence();
     }
     s.cache = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use msloss_core::Real;
+    use msloss_core::rng::SplitMix64;
+
+    use super::{MAX_CLASSES, tol_any};
+
+    /// Every pair `(a, b)` in doubt by the kernels' test, `fma(a + b, tol, −|d|) ≥ 0`, is in
+    /// doubt by the wider one, `fma(a, tol_any, −|d|) ≥ −tiny`, as both are computed in `T`:
+    /// over near ties a few roundings apart, ties scaled by `tol`, and values from 1 down to
+    /// the subnormals (where roundings are absolute). Returns how many pairs were in doubt.
+    fn wider_test_covers<T: Real>() -> usize {
+        let mut rng = SplitMix64::new(41);
+        let eps = T::epsilon();
+        let tiny = T::min_positive_value() * eps;
+        let lowest = tiny.to_f64_lossless().log2();
+        let mut in_doubt = 0;
+        for n in [1, 2, 3, 21, 150, 1000, MAX_CLASSES] {
+            let tol = T::from_f64_lossy(2.0 * (n + 4) as f64) * eps;
+            let wide = T::from_f64_lossy(tol_any(tol.to_f64_lossless(), eps.to_f64_lossless()));
+            for i in 0..200_000 {
+                // `a` from 1 down to a few subnormals, log-uniform.
+                let a = T::from_f64_lossy((rng.uniform() * (lowest + 3.0)).exp2());
+                let b = match i % 4 {
+                    // Within a few multiples of the band, either way.
+                    0 => a * (T::one() + T::from_f64_lossy(rng.range(-3.0, 3.0)) * tol),
+                    // A few steps of the smallest subnormal away.
+                    1 => a + T::from_f64_lossy(rng.range(-8.0, 8.0).round()) * tiny,
+                    // A few roundings away.
+                    2 => a * (T::one() + T::from_f64_lossy(rng.range(-8.0, 8.0).round()) * eps),
+                    // Near the band's edge, relative to the sum.
+                    _ => a + (a + a) * tol * T::from_f64_lossy(rng.range(0.9, 1.1)),
+                };
+                let b = b.max(T::zero());
+                let ad = (b - a).abs();
+                let narrow = (a + b).mul_add(tol, -ad) >= T::zero();
+                let covered = a.mul_add(wide, -ad) >= -tiny;
+                assert!(!narrow || covered, "N = {n}: a = {a:?}, b = {b:?}, tol = {tol:?}, wide = {wide:?}");
+                in_doubt += usize::from(narrow);
+            }
+        }
+        in_doubt
+    }
+
+    #[test]
+    fn wider_doubt_test_covers_the_kernels_test() {
+        // Enough of the pairs are in doubt that the check means something.
+        assert!(wider_test_covers::<f32>() > 200_000);
+        assert!(wider_test_covers::<f64>() > 200_000);
+    }
 }

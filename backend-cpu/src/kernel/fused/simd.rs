@@ -28,10 +28,14 @@ pub(crate) trait Simd: Real {
     unsafe fn vmul(a: Self::V, b: Self::V) -> Self::V;
     /// `a·b + c`, one rounding.
     unsafe fn vfmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `a·b − c`, one rounding.
+    unsafe fn vfmsub(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// `a / b`, correctly rounded.
     unsafe fn vdiv(a: Self::V, b: Self::V) -> Self::V;
     /// The larger of `a` and `b`, lane by lane; `b` where either is NaN (`maxps`).
     unsafe fn vmax(a: Self::V, b: Self::V) -> Self::V;
+    /// The smaller of `a` and `b`, lane by lane; `b` where either is NaN (`minps`).
+    unsafe fn vmin(a: Self::V, b: Self::V) -> Self::V;
     /// `e^x` lane by lane for `x <= 0`: the crate's scalar `exp_nonpos_f32::<true>` or
     /// `exp_nonpos_f64::<true>` operation for operation, so bitwise the same (a test checks it).
     unsafe fn vexp_nonpos(x: Self::V) -> Self::V;
@@ -115,12 +119,20 @@ impl Simd for f32 {
         unsafe { _mm512_fmadd_ps(a, b, c) }
     }
     #[inline(always)]
+    unsafe fn vfmsub(a: __m512, b: __m512, c: __m512) -> __m512 {
+        unsafe { _mm512_fmsub_ps(a, b, c) }
+    }
+    #[inline(always)]
     unsafe fn vdiv(a: __m512, b: __m512) -> __m512 {
         unsafe { _mm512_div_ps(a, b) }
     }
     #[inline(always)]
     unsafe fn vmax(a: __m512, b: __m512) -> __m512 {
         unsafe { _mm512_max_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn vmin(a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_min_ps(a, b) }
     }
     #[inline(always)]
     unsafe fn vexp_nonpos(x: __m512) -> __m512 {
@@ -237,12 +249,20 @@ impl Simd for f64 {
         unsafe { _mm512_fmadd_pd(a, b, c) }
     }
     #[inline(always)]
+    unsafe fn vfmsub(a: __m512d, b: __m512d, c: __m512d) -> __m512d {
+        unsafe { _mm512_fmsub_pd(a, b, c) }
+    }
+    #[inline(always)]
     unsafe fn vdiv(a: __m512d, b: __m512d) -> __m512d {
         unsafe { _mm512_div_pd(a, b) }
     }
     #[inline(always)]
     unsafe fn vmax(a: __m512d, b: __m512d) -> __m512d {
         unsafe { _mm512_max_pd(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn vmin(a: __m512d, b: __m512d) -> __m512d {
+        unsafe { _mm512_min_pd(a, b) }
     }
     #[inline(always)]
     unsafe fn vexp_nonpos(x: __m512d) -> __m512d {
