@@ -391,6 +391,7 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const PARTIAL: bool, const
         let (carry, carry_out, gbuf) = (carry.as_ptr(), carry_out.as_mut_ptr(), gbuf.as_mut_ptr());
         let (mut fid, mut len_sum, mut yg) = (zero, zero, zero);
         let mut doubt = 0u32;
+        let (tol_any, neg_tiny) = (T::splat(k.tol_any), T::splat(-k.tiny));
         for cls in 0..n {
             let y0 = at(row.y0.ptr.wrapping_add(cls * row.y0.stride));
             let yc = T::ld(y0, valid);
@@ -423,8 +424,8 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const PARTIAL: bool, const
             }
             if test_any {
                 // (`lw` and `lh` are the pairs' `|d|`.)
-                let slack = T::vfmsub(yc, T::splat(k.tol_any), T::vmin(lw, lh));
-                doubt |= T::ge_ordered(slack, T::splat(-k.tiny));
+                let slack = T::vfmsub(yc, tol_any, T::vmin(lw, lh));
+                doubt |= T::ge_ordered(slack, neg_tiny);
             } else if !EXACT {
                 doubt |= dw | dh;
             } else if (dw | dh) != 0 {
