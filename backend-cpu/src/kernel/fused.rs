@@ -24,8 +24,10 @@
 //! apart: read in place, the chunk's lines of all classes would lie a whole plane apart, a
 //! power of two in the usual shapes, and so in one set of the first- and second-level caches.
 //!
-//! A doubtful L1 sign (see the parent module) is recomputed exactly right where it is found,
-//! before the class's gradient uses it. The arithmetic is the row-line kernels' (the same
+//! With logits and L1, a chunk where some sign may be in doubt (see the parent module; one
+//! test per pixel and class, see `Consts::tol_any`) is done again with the parent's per-pair
+//! test, and each doubtful sign is recomputed exactly before the class's gradient uses it. The
+//! arithmetic is the row-line kernels' (the same
 //! fused multiply-adds), but sums are taken in another order, so results differ from theirs in
 //! the last bits; energy alone and with a gradient take the same path and agree bitwise.
 
