@@ -656,6 +656,10 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
     }
     // The gradient's rows (only taken with a gradient).
     let own_rows = |r: usize| ClassRows { ptr: grad_ptr.wrapping_add(b * n * sp + r * w), stride: sp };
+    // For `f32` logits computed here, the chunk loop of row `r` asks for the logits of row
+    // `r + 2` a column at a time (see `pass1::column_ahead`); the block's first row's copy asks
+    // for the second.
+    let by_column = logits && cached.is_none() && pass1::column_ahead::<T>();
     // Loads probability row `r` into `dst`: copied from the cache or the given probabilities,
     // or computed (logits not cached, or a row of the next block).
     macro_rules! load_row {
@@ -681,7 +685,9 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
                 // `b` is in the input; the lines and `inv` are sized as `softmax_row` needs
                 // (asserted at the block's start; `ws` is `w` rounded up to 16 and 16 more) and
                 // only borrowed here.
-                unsafe { pass1::softmax_row(p, b, r, dst.as_mut_ptr(), ws, s.inv.as_mut_ptr()) };
+                unsafe {
+                    pass1::softmax_row(p, b, r, dst.as_mut_ptr(), ws, s.inv.as_mut_ptr(), !by_column || r == blk.r0)
+                };
             }
         }};
     }
@@ -732,6 +738,7 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
         let gbuf = &mut s.gbuf[..];
         let sh = shift(r);
         let mut sums = Sums::<T>::new();
+        let ahead = (by_column && r + 2 < h).then(|| p.scores[b * n * sp + (r + 2) * w..].as_ptr());
         // SAFETY: the CPU has the features (this function's contract). `out` is row `r` of
         // this block's gradient, which no other thread touches and nothing else borrows.
         // `y0`, `y1`, `up` and `up_out` point into this thread's scratch (`ycur`, `ynext`,
@@ -746,6 +753,11 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
             macro_rules! run {
                 ($partial:literal, $a:expr, $masks:expr) => {{
                     let (a, masks) = ($a, $masks);
+                    if let Some(z) = ahead {
+                        for cls in 0..n {
+                            prefetch(z.wrapping_add(cls * sp).wrapping_offset(a));
+                        }
+                    }
                     let (mut v, doubt) =
                         chunk::<T, C, F, $partial, false>(&row, &consts, a, masks, g, (carry, carry_out), gbuf);
                     if doubt {

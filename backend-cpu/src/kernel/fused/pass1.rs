@@ -137,6 +137,8 @@ unsafe fn block<T: Simd, const C: usize, const G: usize, const MASKED: bool>(
     // [`exponentials`]), where a row of every class is more than [`BURST_BYTES`]; otherwise at
     // once with the image's.
     let spread = n * w * size_of::<T>() > BURST_BYTES;
+    // For `f32`, the third sweep asks for them instead, a column at a time (see [`column_ahead`]).
+    let by_column = spread && column_ahead::<T>();
     for r in blk.r0..blk.r1 {
         if r + 1 < blk.r1 {
             if spread {
@@ -145,7 +147,7 @@ unsafe fn block<T: Simd, const C: usize, const G: usize, const MASKED: bool>(
                 prefetch_inputs(p, b, r + 1);
             }
         }
-        let ahead = (spread && r + PREFETCH_ROWS < blk.r1).then_some(PREFETCH_ROWS * w);
+        let ahead = (spread && !by_column && r + PREFETCH_ROWS < blk.r1).then_some(PREFETCH_ROWS * w);
         let mrow = row_checks(p, b, r, head, &mut s.t3);
         for a in (0..w).step_by(tile) {
             let len = tile.min(w - a);
@@ -162,6 +164,8 @@ unsafe fn block<T: Simd, const C: usize, const G: usize, const MASKED: bool>(
             let xat = b * C * sp + r * w + a;
             let x = p.image[xat..xat + (C - 1) * sp + len].as_ptr();
             let m = mrow.map(|m| m[a..a + len].as_ptr());
+            // The same columns of the next row (asked for by the third sweep).
+            let next = (by_column && r + 1 < blk.r1).then(|| z.wrapping_add(w));
             let out = cache.map(|g| {
                 assert!(at + (n - 1) * sp + len <= g.len, "gradient rows out of the buffer");
                 // SAFETY: in bounds (checked above).
@@ -176,11 +180,11 @@ unsafe fn block<T: Simd, const C: usize, const G: usize, const MASKED: bool>(
                 let acc = sums.as_mut_ptr();
                 let mut cls = 0;
                 while cls + G <= n {
-                    normalise::<T, C, G, MASKED>(cls, len, (ebuf, tw, ibuf), (x, m, sp), out, acc);
+                    normalise::<T, C, G, MASKED>(cls, len, (ebuf, tw, ibuf), (x, m, sp), out, acc, next);
                     cls += G;
                 }
                 while cls < n {
-                    normalise::<T, C, 1, MASKED>(cls, len, (ebuf, tw, ibuf), (x, m, sp), out, acc);
+                    normalise::<T, C, 1, MASKED>(cls, len, (ebuf, tw, ibuf), (x, m, sp), out, acc, next);
                     cls += 1;
                 }
             }
@@ -205,6 +209,17 @@ const FOLD_CHUNKS: usize = 32;
 /// take 86 KiB a row).
 pub(crate) const PREFETCH_ROWS: usize = 1;
 
+/// Whether the logits of the next row are asked for a column at a time from the sweeps that
+/// compute (pass 1's third, and the chunk loop of pass 2, which asks for row `r + 2` as it does
+/// row `r`), rather than by the copies as they read (`f32`; BENCHMARKS.md, thirteenth
+/// session). Spread over the computing sweeps, the requests find the core's miss queue
+/// free; the copies' requests come with the copies' own misses. Measured on S4 (2 threads,
+/// alternations): `f32` 13.84 → 12.71 ms and 14.43 → 13.70, 1 thread 24.2 → 22.5; `f64`
+/// 32.4 → 33.2, so `f64` keeps the copies' requests.
+pub(crate) fn column_ahead<T: 'static>() -> bool {
+    TypeId::of::<T>() == TypeId::of::<f32>()
+}
+
 /// The most bytes of logits (a row of every class) that pass 1 prefetches at once. Measured
 /// (S4 and S2, `f32` and `f64`, 2 threads): S2 `f32`'s rows, 10.5 KiB, ran 6–15% faster
 /// prefetched at once than a line at a time; S2 `f64`'s, 21 KiB, 6% slower, and S4's (42 and
@@ -221,20 +236,29 @@ const _: () = assert!(MAX_TILE <= FOLD_CHUNKS * L);
 /// `w.div_ceil(16)·16 + 15`, are overwritten with values of no use), bit for bit those of the
 /// parent's `load_probs` and of [`pass1`]: in tiles as in [`pass1`], each tile's logits copied
 /// to the lines, then per chunk their maximum, exponentials and reciprocal sum (in `inv`), then
-/// the products. The logits are not checked (pass 1 did that). The copy prefetches the same
-/// columns [`PREFETCH_ROWS`] rows on, where the sample has them.
+/// the products. The logits are not checked (pass 1 did that). With `prefetch_next`, the copy
+/// prefetches the same columns [`PREFETCH_ROWS`] rows on, where the sample has them.
 ///
 /// # Safety
 /// AVX-512 F, VL, DQ and BW; `p` holds row `r` of sample `b`, 2D; `dst` is writable for
 /// `(n − 1)·ws + w.div_ceil(16)·16 + 16` values with `ws ≥ w.div_ceil(16)·16`, no reference
 /// covering them, and `inv` for [`MAX_TILE`].
 #[inline(always)]
-pub(crate) unsafe fn softmax_row<T: Simd>(p: &Problem<'_, T>, b: usize, r: usize, dst: *mut T, ws: usize, inv: *mut T) {
+#[allow(clippy::too_many_arguments, reason = "the row, where its lines go, and whether to prefetch")]
+pub(crate) unsafe fn softmax_row<T: Simd>(
+    p: &Problem<'_, T>,
+    b: usize,
+    r: usize,
+    dst: *mut T,
+    ws: usize,
+    inv: *mut T,
+    prefetch_next: bool,
+) {
     let (n, w, sp) = (p.n, p.w, p.sp());
     let nl = T::LANES;
     let tile = p.tile.min(MAX_TILE);
     let z = p.scores[(b * n * sp) + r * w..(b * n + n - 1) * sp + (r + 1) * w].as_ptr();
-    let ahead = (r + PREFETCH_ROWS < p.d * p.h).then_some(PREFETCH_ROWS * w);
+    let ahead = (prefetch_next && r + PREFETCH_ROWS < p.d * p.h).then_some(PREFETCH_ROWS * w);
     for a in (0..w).step_by(tile) {
         let len = tile.min(w - a);
         // SAFETY: the contract; class `i`'s logits `a..a + len` of the row are in `p.scores`
@@ -363,7 +387,8 @@ unsafe fn exponentials<T: Simd>(
 /// # Safety
 /// As for [`exponentials`], for the buffers it filled; `len` values of each channel of `x`
 /// and of `m` are readable, each class's `out` writable with no reference covering them, and
-/// `acc` holds the sums of classes up to `cls + G`.
+/// `acc` holds the sums of classes up to `cls + G`. With `next`, asks for each chunk's columns
+/// of the group's classes from there (class `i` at `i·sp`, as `x`'s channels).
 #[inline(always)]
 #[allow(clippy::too_many_arguments, reason = "the group, the buffers, the image and mask, the output and the sums")]
 unsafe fn normalise<T: Simd, const C: usize, const G: usize, const MASKED: bool>(
@@ -373,6 +398,7 @@ unsafe fn normalise<T: Simd, const C: usize, const G: usize, const MASKED: bool>
     (x, m, sp): (*const T, Option<*const T>, usize),
     out: Option<*mut T>,
     acc: *mut T,
+    next: Option<*const T>,
 ) {
     let nl = T::LANES;
     // SAFETY: by the contract (`lanes` masks what is past `len`).
@@ -384,6 +410,11 @@ unsafe fn normalise<T: Simd, const C: usize, const G: usize, const MASKED: bool>
         let mut j = 0;
         while j < len {
             let lm = lanes(len - j);
+            if let Some(next) = next {
+                for g in 0..G {
+                    prefetch(next.wrapping_add((cls + g) * sp + j));
+                }
+            }
             let inv = T::loadu(ibuf.add(j));
             let xs: [T::V; C] = core::array::from_fn(|k| T::ld(x.add(k * sp + j), lm));
             let wt = match m {
