@@ -214,8 +214,9 @@ pub(crate) const PREFETCH_ROWS: usize = 1;
 /// row `r`), rather than by the copies as they read (`f32`; BENCHMARKS.md, thirteenth
 /// session). Spread over the computing sweeps, the requests find the core's miss queue
 /// free; the copies' requests come with the copies' own misses. Measured on S4 (2 threads,
-/// alternations): `f32` 13.84 → 12.71 ms and 14.43 → 13.70, 1 thread 24.2 → 22.5; `f64`
-/// 32.4 → 33.2, so `f64` keeps the copies' requests.
+/// alternations): `f32` 13.84 → 12.71 ms, 14.43 → 13.70, 15.64 → 13.70 and 14.44 → 13.50;
+/// 1 thread within the noise (24.2 → 22.5, 27.5 → 26.7, 28.5 → 31.8); `f64` 32.4 → 33.2, so
+/// `f64` keeps the copies' requests.
 pub(crate) fn column_ahead<T: 'static>() -> bool {
     TypeId::of::<T>() == TypeId::of::<f32>()
 }
