@@ -39,7 +39,9 @@
 //! follows. The chunked kernels ask for the logits' next row a line at a time, as they
 //! copy each line of the current row, rather than a whole row at once: a burst of a row's
 //! requests fills the core's queue of misses and stalls it (pass 1 keeps the burst where a row
-//! of every class is at most 16 KiB of logits: it measured faster there).
+//! of every class is at most 16 KiB of logits: it measured faster there). For `f32` logits the
+//! sweeps that compute ask for them instead, a column of every class at a time: pass 1's third
+//! sweep for the next row, pass 2's chunk loop for the row after next.
 //!
 //! The work is split into blocks of whole rows of one sample, fixed by the shape alone, and run
 //! in parallel with [rayon](https://docs.rs/rayon) (its work stealing balances the blocks when
