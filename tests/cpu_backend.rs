@@ -596,6 +596,23 @@ fn every_kernel_copy_agrees_with_the_reference() {
     }
 }
 
+/// Pass 2 computes the probabilities again from pass 1's softmax statistics where the chunked
+/// pass 1 kept them, else with a softmax of its own: the second way, in a child process of this
+/// test binary with the tiled pass 1 (`MSLOSS_CPU_PASS1=tiles`, which keeps none), gives the
+/// cache's bits too.
+#[test]
+fn recomputing_without_statistics_changes_no_bit() {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(&exe)
+        .args(["softmax_cache_changes_no_bit", "--exact", "--test-threads", "1"])
+        .env("MSLOSS_CPU_PASS1", "tiles")
+        .output()
+        .expect("the test binary runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "MSLOSS_CPU_PASS1=tiles:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("test result: ok. 1 passed"), "MSLOSS_CPU_PASS1=tiles ran other tests:\n{text}");
+}
+
 /// The copy `MSLOSS_CPU_ISA` asks for runs where the CPU has it, and never a better one.
 #[test]
 fn isa_reports_the_copy_that_runs() {

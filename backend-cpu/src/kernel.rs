@@ -114,6 +114,9 @@ pub(crate) struct Pass2<'a, T> {
     pub(crate) scale: T,
     /// Whether pass 1 stored the probabilities in the gradient buffer (logits and a gradient).
     pub(crate) cached: bool,
+    /// Pass 1's softmax statistics of every row, where it stored them (logits not cached, for
+    /// the fused pass 2).
+    pub(crate) stats: Option<Stats<T>>,
     /// Whether pass 2 may take the one-sweep kernel of [`fused`] where it applies.
     pub(crate) fused: bool,
 }
@@ -168,6 +171,53 @@ impl<T> GradRows<T> {
         assert!(start + p.w <= self.len, "gradient row {start}+{} out of {}", p.w, self.len);
         // SAFETY: in bounds (checked above); no writer by the caller's contract.
         unsafe { core::slice::from_raw_parts(self.ptr.add(start), p.w) }
+    }
+}
+
+/// Pass 1's softmax statistics, for pass 2 to compute the probabilities from the logits in one
+/// sweep (`e^(z − max)·(1/Σ e)`, the same bits as computing the softmax again): per pixel, the
+/// largest logit and the reciprocal sum of the exponentials, `[B, D·H, 2, W]` (a row's maxima,
+/// then its reciprocal sums). Blocks write their own rows in pass 1 and read any in pass 2.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stats<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: as for `GradRows`: a pointer to a `&mut [T]` that outlives both parallel sections;
+// pass 1's blocks write disjoint rows, and pass 2 only reads, after pass 1 has joined.
+unsafe impl<T: Send> Send for Stats<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for Stats<T> {}
+
+impl<T> Stats<T> {
+    /// The values a problem's statistics take.
+    pub(crate) fn len(p: &Problem<'_, T>, batch: usize) -> usize {
+        batch * p.d * p.h * 2 * p.w
+    }
+
+    /// Wraps a buffer of at least [`Stats::len`] values; it must stay mutably borrowed for as
+    /// long as this is used.
+    pub(crate) fn new(buf: &mut [T]) -> Self {
+        Self { ptr: buf.as_mut_ptr(), len: buf.len() }
+    }
+
+    /// The start of row `r` of sample `b` (its `2·W` values are in the buffer: asserted).
+    #[inline(always)]
+    pub(crate) fn row(&self, p: &Problem<'_, T>, b: usize, r: usize) -> *mut T {
+        let start = (b * p.d * p.h + r) * 2 * p.w;
+        assert!(start + 2 * p.w <= self.len, "statistics row {start}+{} out of {}", 2 * p.w, self.len);
+        // In bounds (checked above).
+        self.ptr.wrapping_add(start)
+    }
+
+    /// The same buffer as statistics of `U`, the type `T` is (asserted: anything else panics).
+    pub(crate) fn retype<U: 'static>(self) -> Stats<U>
+    where
+        T: 'static,
+    {
+        assert!(core::any::TypeId::of::<T>() == core::any::TypeId::of::<U>(), "statistics of the type they hold");
+        Stats { ptr: self.ptr.cast(), len: self.len }
     }
 }
 
@@ -688,8 +738,14 @@ pub(crate) fn row_checks<'a, T: Real>(
 /// effect on results; nothing on targets without a prefetch instruction).
 #[inline(always)]
 fn prefetch_line<T>(line: &[T]) {
-    let bytes = core::mem::size_of_val(line);
-    let base = line.as_ptr().cast::<u8>();
+    prefetch_span(line.as_ptr(), line.len());
+}
+
+/// [`prefetch_line`] of the `len` values from `at` (any address: nothing is read).
+#[inline(always)]
+pub(crate) fn prefetch_span<T>(at: *const T, len: usize) {
+    let bytes = len * size_of::<T>();
+    let base = at.cast::<u8>();
     let mut off = 0;
     while off < bytes {
         prefetch(base.wrapping_add(off));

@@ -29,7 +29,11 @@
 //! last-level cache, part of it is still there when pass 2 reads it back, and pass 2's gradient
 //! then overwrites lines it has just read (non-temporal stores made S4 a third slower). For
 //! large `f32` buffers the chunked pass 2 computes the softmax again instead, and writes the
-//! gradient once ([`SoftmaxCache`]). With probabilities input nothing is cached, and pass 2
+//! gradient once ([`SoftmaxCache`]). Where the chunked pass 2 computes the softmax again (that,
+//! or energy alone), the chunked pass 1 keeps each pixel's largest logit and reciprocal sum of
+//! exponentials (`2·B·H·W` values, at most what a cache of the probabilities takes), and pass 2
+//! computes a row's probabilities from them in one sweep, `e^(z − max)·(1/Σ e)`, the same bits
+//! as the full softmax without its copy, maximum and sum. With probabilities input nothing is cached, and pass 2
 //! writes a gradient buffer too large to stay in cache with non-temporal stores
 //! ([`CpuBackend::with_stream_bytes`]). For logits in the AVX-512 copy (`f32` and `f64`, 1 to 4
 //! channels) each tile is done in three sweeps with the classes inside its chunks of one
@@ -105,7 +109,7 @@ use rayon::prelude::*;
 mod exp;
 mod kernel;
 
-use kernel::{Block, GradRows, P1_HEAD, P2_LEN, Pass2, Problem, Scratch};
+use kernel::{Block, GradRows, P1_HEAD, P2_LEN, Pass2, Problem, Scratch, Stats};
 
 /// The default number of pixels per block (rounded to whole rows).
 pub const DEFAULT_BLOCK_PIXELS: usize = 16_384;
@@ -440,22 +444,25 @@ impl Isa {
 /// baseline target has the instruction (otherwise `mul_add` is a call into the maths library).
 const GENERIC_FMA: bool = cfg!(any(target_arch = "aarch64", target_feature = "fma"));
 
+/// Pass 1 over one block; `stats` only where the chunked pass 1 runs (`keep_stats` in `evaluate`).
 fn pass1_dispatch<T: Real>(
     (isa, chunked): (Isa, bool),
     p: &Problem<'_, T>,
     blk: Block,
     s: &mut Scratch<T>,
-    cache: Option<GradRows<T>>,
+    (cache, stats): (Option<GradRows<T>>, Option<Stats<T>>),
     part: &mut [f64],
 ) {
     #[cfg(target_arch = "x86_64")]
     if chunked && kernel::fused::pass1::usable(isa, p) {
         // SAFETY: `usable` holds, which includes the AVX-512 copy: the CPU has its features.
-        unsafe { kernel::fused::pass1::pass1(p, blk, s, cache, part) };
+        // `stats`, made by `evaluate`, holds every row, and blocks partition the rows.
+        unsafe { kernel::fused::pass1::pass1(p, blk, s, (cache, stats), part) };
         return;
     }
+    debug_assert!(stats.is_none(), "only the chunked pass 1 keeps statistics");
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = chunked;
+    let _ = (chunked, stats);
     match isa {
         Isa::Generic => kernel::pass1::<T, GENERIC_FMA>(p, blk, s, cache, part),
         #[cfg(target_arch = "x86_64")]
@@ -571,7 +578,8 @@ impl<T: Real> Backend<T> for CpuBackend {
     }
 }
 
-/// The pass-2 constants in `T`, kept in the workspace between calls.
+/// The pass-2 constants in `T`, and pass 1's softmax statistics, kept in the workspace between
+/// calls.
 #[derive(Debug, Default)]
 struct Consts<T> {
     centroids: Vec<T>,
@@ -579,6 +587,8 @@ struct Consts<T> {
     center: Vec<T>,
     weights: Vec<T>,
     base: Vec<T>,
+    /// See `kernel::Stats` (grows to the largest shape that kept them).
+    stats: Vec<T>,
 }
 
 fn typed_consts<T: Real>(slot: &mut Option<Box<dyn Any + Send>>) -> &mut Consts<T> {
@@ -638,6 +648,19 @@ fn evaluate<T: Real>(
         };
     let p = Problem { stream: large && (!p.logits || recompute), ..p };
 
+    // Where pass 2 computes the probabilities again from the logits, pass 1 keeps its softmax
+    // statistics for it (see `Stats`), where it runs chunked and they take at most what a cache
+    // of the probabilities would.
+    #[cfg(target_arch = "x86_64")]
+    let keep_stats = p.logits
+        && fused2
+        && (recompute || out.grad.is_none())
+        && n >= 2
+        && chunked.0
+        && kernel::fused::pass1::usable(isa, &p);
+    #[cfg(not(target_arch = "x86_64"))]
+    let keep_stats = false;
+
     // Workspace: one scratch per thread, partials per block.
     let threads = threads.max(1);
     if ws.scratch.len() < threads {
@@ -659,9 +682,17 @@ fn evaluate<T: Real>(
     let mut out = out;
     let grad = out.grad.as_deref_mut().map(GradRows::new);
     let cache = if recompute { None } else { grad.filter(|_| p.logits) };
+    let consts = typed_consts::<T>(&mut ws.consts);
+    let stats = keep_stats.then(|| {
+        let len = Stats::len(&p, bsz);
+        if consts.stats.len() < len {
+            consts.stats.resize(len, T::zero());
+        }
+        Stats::new(&mut consts.stats[..len])
+    });
     let scratch = &ws.scratch[..threads];
     for_blocks(&mut ws.part1[..blocks * stride1], stride1, scratch, plan, |blk, s, part| {
-        pass1_dispatch((isa, chunked.0), &p, blk, s, cache, part);
+        pass1_dispatch((isa, chunked.0), &p, blk, s, (cache, stats), part);
     });
 
     // Reduce in block order; checks first.
@@ -710,7 +741,6 @@ fn evaluate<T: Real>(
     }
 
     // Pass 2, with its constants in T.
-    let consts = typed_consts::<T>(&mut ws.consts);
     let lossy = |v: &f64| T::from_f64_lossy(*v);
     consts.centroids.clear();
     consts.centroids.extend(ws.centroids.iter().map(lossy));
@@ -755,6 +785,7 @@ fn evaluate<T: Real>(
         length: params.length,
         scale: T::from_f64_lossy(scale),
         cached: cache.is_some(),
+        stats,
         fused: chunked.1,
     };
     for_blocks(&mut ws.part2[..blocks * P2_LEN], P2_LEN, scratch, plan, |blk, s, part| {

@@ -39,7 +39,7 @@ use msloss_core::{LengthKind, Real};
 // `CL_LOGITS` of `class_line` (with L1, the signs of logits can be in doubt).
 use super::{
     Block, CL_LOGITS as LOGITS, Exact, GradRows, L1, MASKED, MAX_FUSED_CHANNELS, PADDED_LANES, Pass2, Problem, Scratch,
-    padded_stride, prefetch, prefetch_line, prefetch_rows, stream_fence,
+    padded_stride, prefetch, prefetch_line, prefetch_rows, prefetch_span, stream_fence,
 };
 use crate::Isa;
 use pass1::PREFETCH_ROWS;
@@ -680,6 +680,12 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
                     // the CPU has the features (this function's contract).
                     unsafe { copy_line(&mut dst[cls * ws..][..w], g.row_ref(p, b, cls, r), ahead) };
                 }
+            } else if let Some(st) = k.stats {
+                // SAFETY: as below; pass 1 wrote every row's statistics (`Pass2::stats`), and
+                // `Stats::row` asserts the row is in the buffer.
+                unsafe {
+                    pass1::probs_from_stats(p, b, r, st.row(p, b, r), dst.as_mut_ptr(), ws, !by_column || r == blk.r0)
+                };
             } else {
                 // SAFETY: the CPU has the features (this function's contract); row `r` of sample
                 // `b` is in the input; the lines and `inv` are sized as `softmax_row` needs
@@ -709,6 +715,9 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
             for c in 0..C {
                 prefetch_line(&p.image[(b * C + c) * sp + (r + 1) * w..][..w]);
             }
+        }
+        if let Some(st) = k.stats.filter(|_| logits && cached.is_none() && r + 2 < h) {
+            prefetch_span(st.row(p, b, r + 2), 2 * w);
         }
         let has_h = r + 1 < h;
         if has_h {

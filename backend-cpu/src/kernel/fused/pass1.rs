@@ -35,7 +35,7 @@ use super::simd::{Simd, lanes};
 use super::{L, aligned, aligned_mut, retype};
 use crate::Isa;
 use crate::kernel::{
-    Block, GradRows, MAX_FUSED_CHANNELS, MAX_FUSED_TILE, P1_HEAD, Problem, Scratch, prefetch, prefetch_image,
+    Block, GradRows, MAX_FUSED_CHANNELS, MAX_FUSED_TILE, P1_HEAD, Problem, Scratch, Stats, prefetch, prefetch_image,
     prefetch_inputs, row_checks,
 };
 
@@ -49,23 +49,25 @@ pub(crate) fn usable<T: Real>(isa: Isa, p: &Problem<'_, T>) -> bool {
 }
 
 /// Pass 1 over one block (see the module docs); fills `part` as the parent's `pass1` does,
-/// and with `cache` stores the block's probabilities in the gradient buffer.
+/// with `cache` stores the block's probabilities in the gradient buffer, and with `stats` its
+/// rows' softmax statistics there.
 ///
 /// # Safety
-/// [`usable`] must hold (the CPU has the AVX-512 subsets of `Isa::Avx512`).
+/// [`usable`] must hold (the CPU has the AVX-512 subsets of `Isa::Avx512`); `stats` holds
+/// [`Stats::len`] values, and no other thread touches this block's rows of it.
 pub(crate) unsafe fn pass1<T: Real>(
     p: &Problem<'_, T>,
     blk: Block,
     s: &mut Scratch<T>,
-    cache: Option<GradRows<T>>,
+    (cache, stats): (Option<GradRows<T>>, Option<Stats<T>>),
     part: &mut [f64],
 ) {
     // SAFETY: (both) the caller's contract; `T` is the type named.
     unsafe {
         if TypeId::of::<T>() == TypeId::of::<f32>() {
-            typed::<T, f32>(p, blk, s, cache, part);
+            typed::<T, f32>(p, blk, s, (cache, stats), part);
         } else {
-            typed::<T, f64>(p, blk, s, cache, part);
+            typed::<T, f64>(p, blk, s, (cache, stats), part);
         }
     }
 }
@@ -79,23 +81,24 @@ unsafe fn typed<T: Real, U: Simd>(
     p: &Problem<'_, T>,
     blk: Block,
     s: &mut Scratch<T>,
-    cache: Option<GradRows<T>>,
+    (cache, stats): (Option<GradRows<T>>, Option<Stats<T>>),
     part: &mut [f64],
 ) {
     let (p, s, cache) = retype::<T, U>(p, s, cache);
+    let stats = stats.map(Stats::retype::<U>);
     // Classes per group of the third sweep: its `G·(1 + C)` sums, the chunk's `C` image values,
     // mask and reciprocal stay within the 32 registers.
     // SAFETY (all arms): the caller's contract.
     unsafe {
         match (p.c, p.mask.is_some()) {
-            (1, false) => block::<U, 1, 10, false>(p, blk, s, cache, part),
-            (1, true) => block::<U, 1, 10, true>(p, blk, s, cache, part),
-            (2, false) => block::<U, 2, 6, false>(p, blk, s, cache, part),
-            (2, true) => block::<U, 2, 6, true>(p, blk, s, cache, part),
-            (3, false) => block::<U, 3, 5, false>(p, blk, s, cache, part),
-            (3, true) => block::<U, 3, 5, true>(p, blk, s, cache, part),
-            (4, false) => block::<U, 4, 4, false>(p, blk, s, cache, part),
-            (4, true) => block::<U, 4, 4, true>(p, blk, s, cache, part),
+            (1, false) => block::<U, 1, 10, false>(p, blk, s, (cache, stats), part),
+            (1, true) => block::<U, 1, 10, true>(p, blk, s, (cache, stats), part),
+            (2, false) => block::<U, 2, 6, false>(p, blk, s, (cache, stats), part),
+            (2, true) => block::<U, 2, 6, true>(p, blk, s, (cache, stats), part),
+            (3, false) => block::<U, 3, 5, false>(p, blk, s, (cache, stats), part),
+            (3, true) => block::<U, 3, 5, true>(p, blk, s, (cache, stats), part),
+            (4, false) => block::<U, 4, 4, false>(p, blk, s, (cache, stats), part),
+            (4, true) => block::<U, 4, 4, true>(p, blk, s, (cache, stats), part),
             _ => unreachable!("1 to 4 channels"),
         }
     }
@@ -110,7 +113,7 @@ unsafe fn block<T: Simd, const C: usize, const G: usize, const MASKED: bool>(
     p: &Problem<'_, T>,
     blk: Block,
     s: &mut Scratch<T>,
-    cache: Option<GradRows<T>>,
+    (cache, stats): (Option<GradRows<T>>, Option<Stats<T>>),
     part: &mut [f64],
 ) {
     part.fill(0.0);
@@ -149,6 +152,8 @@ unsafe fn block<T: Simd, const C: usize, const G: usize, const MASKED: bool>(
         }
         let ahead = (spread && !by_column && r + PREFETCH_ROWS < blk.r1).then_some(PREFETCH_ROWS * w);
         let mrow = row_checks(p, b, r, head, &mut s.t3);
+        // This row's statistics: its maxima, and `w` on its reciprocal sums.
+        let st = stats.map(|st| st.row(p, b, r));
         for a in (0..w).step_by(tile) {
             let len = tile.min(w - a);
             if pending + len.div_ceil(L) > FOLD_CHUNKS {
@@ -166,6 +171,7 @@ unsafe fn block<T: Simd, const C: usize, const G: usize, const MASKED: bool>(
             let m = mrow.map(|m| m[a..a + len].as_ptr());
             // The same columns of the next row (asked for by the third sweep).
             let next = (by_column && r + 1 < blk.r1).then(|| z.wrapping_add(w));
+            let st = st.map(|st| (st.wrapping_add(a), w));
             let out = cache.map(|g| {
                 assert!(at + (n - 1) * sp + len <= g.len, "gradient rows out of the buffer");
                 // SAFETY: in bounds (checked above).
@@ -174,9 +180,11 @@ unsafe fn block<T: Simd, const C: usize, const G: usize, const MASKED: bool>(
             // SAFETY: the CPU has the features (this function's contract). Every lane read or
             // written is within the slices above (`lanes` masks the tile's last chunk), the
             // buffers hold `n·tw` and `tw` values, and `out` is this block's rows of the
-            // gradient, which no other thread touches and nothing else borrows.
+            // gradient, which no other thread touches and nothing else borrows; `st` is this
+            // block's row of the statistics (`2·w` values from the row's start, asserted by
+            // `Stats::row`), written by nothing else.
             unsafe {
-                check = exponentials::<T>(z, sp, n, len, (ebuf, tw, ibuf), ahead, check);
+                check = exponentials::<T>(z, sp, n, len, (ebuf, tw, ibuf), (ahead, st), check);
                 let acc = sums.as_mut_ptr();
                 let mut cls = 0;
                 while cls + G <= n {
@@ -267,7 +275,7 @@ pub(crate) unsafe fn softmax_row<T: Simd>(
         // of each line from column `a`, within `w.div_ceil(16)·16 + 16`.
         unsafe {
             let e = dst.add(a);
-            exponentials::<T>(z.add(a), sp, n, len, (e, ws, inv), ahead, T::zeros());
+            exponentials::<T>(z.add(a), sp, n, len, (e, ws, inv), (ahead, None), T::zeros());
             let mut j = 0;
             while j < len {
                 let s = T::loadu(inv.add(j));
@@ -278,6 +286,72 @@ pub(crate) unsafe fn softmax_row<T: Simd>(
                 j += nl;
             }
         }
+    }
+}
+
+/// The probabilities of row `r` of sample `b`, as [`softmax_row`] computes them (the same
+/// bits), from its logits and pass 1's statistics of the row (`st`, see [`Stats`]) in one
+/// sweep: `e^(z − max)·(1/Σ e)`, each logit loaded once, so none is copied first. With
+/// `prefetch_next`, asks for the same columns [`PREFETCH_ROWS`] rows on as it reads.
+///
+/// # Safety
+/// As for [`softmax_row`] (but `inv`), and `st` holds the row's `2·w` statistics, written by
+/// pass 1.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, reason = "the row, its statistics, where its lines go, and whether to prefetch")]
+pub(crate) unsafe fn probs_from_stats<T: Simd>(
+    p: &Problem<'_, T>,
+    b: usize,
+    r: usize,
+    st: *const T,
+    dst: *mut T,
+    ws: usize,
+    prefetch_next: bool,
+) {
+    let (n, w, sp) = (p.n, p.w, p.sp());
+    let nl = T::LANES;
+    let z = p.scores[(b * n * sp) + r * w..(b * n + n - 1) * sp + (r + 1) * w].as_ptr();
+    let ahead = (prefetch_next && r + PREFETCH_ROWS < p.d * p.h).then_some(PREFETCH_ROWS * w);
+    // SAFETY: the contract; class `i`'s logits `0..w` of the row are in `p.scores` (sliced
+    // above), loads are masked to the row's columns, and the stores write `w.div_ceil(nl)·nl`
+    // values of each line, within `w.div_ceil(16)·16 + 16`.
+    unsafe {
+        for cls in 0..n {
+            let (zc, yc) = (z.add(cls * sp), dst.add(cls * ws));
+            // Whole registers, then the row's last lanes. (A closure here would be compiled
+            // without the caller's target features.)
+            let mut j = 0;
+            while j + nl <= w {
+                probs_chunk::<T>((zc, st, yc), w, j, T::FULL, ahead);
+                j += nl;
+            }
+            if j < w {
+                probs_chunk::<T>((zc, st, yc), w, j, lanes(w - j), ahead);
+            }
+        }
+    }
+}
+
+/// One register's pixels of [`probs_from_stats`], from column `j`: the lanes of `lm` of a
+/// class's logits `zc` and the row's statistics `st`, to its line `yc`.
+///
+/// # Safety
+/// As for [`probs_from_stats`]: the lanes of `lm` are on the row.
+#[inline(always)]
+unsafe fn probs_chunk<T: Simd>(
+    (zc, st, yc): (*const T, *const T, *mut T),
+    w: usize,
+    j: usize,
+    lm: u32,
+    ahead: Option<usize>,
+) {
+    if let Some(ahead) = ahead {
+        prefetch(zc.wrapping_add(j + ahead));
+    }
+    // SAFETY: the contract.
+    unsafe {
+        let d = T::vsub(T::ld(zc.add(j), lm), T::ld(st.add(j), lm));
+        T::storeu(yc.add(j), T::vmul(T::vexp_nonpos(d), T::ld(st.add(w + j), lm)));
     }
 }
 
@@ -310,12 +384,13 @@ unsafe fn flush<T: Simd, const C: usize>(sums: &mut [T], area: &mut [f64], momen
 /// With `ahead`, the copy asks for the line `ahead` values past each line it reads (the same
 /// columns of a later row), so that the logits come in a line per load, in step with the
 /// sweep: prefetched a whole row at once, the requests fill the core's queue of misses and
-/// stall it (in S4, the burst took a sixth of pass 1's time).
+/// stall it (in S4, the burst took a sixth of pass 1's time). With `stats = (st, w)`, each
+/// pixel's maximum goes to `st` and its reciprocal sum `w` further (see [`Stats`]).
 ///
 /// # Safety
 /// The CPU has AVX-512 F; `len` values of each class are readable from `z`; `len.div_ceil(16)·16`
 /// values are writable at `i·tw` from `ebuf` for each class `i` and from `ibuf` (the values past
-/// `len` get zeros or values of no use).
+/// `len` get zeros or values of no use); `len` values from `st` and from `st + w`.
 #[inline(always)]
 unsafe fn exponentials<T: Simd>(
     z: *const T,
@@ -323,7 +398,7 @@ unsafe fn exponentials<T: Simd>(
     n: usize,
     len: usize,
     (ebuf, tw, ibuf): (*mut T, usize, *mut T),
-    ahead: Option<usize>,
+    (ahead, stats): (Option<usize>, Option<(*mut T, usize)>),
     mut check: T::V,
 ) -> T::V {
     let nl = T::LANES;
@@ -372,7 +447,13 @@ unsafe fn exponentials<T: Simd>(
                 tot = T::vadd(tot, T::vfmadd(d, zero, e));
             }
             check = T::vfmadd(tot, zero, check);
-            T::storeu(ibuf.add(j), T::vdiv(T::splat(T::one()), tot));
+            let inv = T::vdiv(T::splat(T::one()), tot);
+            T::storeu(ibuf.add(j), inv);
+            if let Some((st, w)) = stats {
+                let lm = lanes(len - j);
+                T::st(st.add(j), lm, mx);
+                T::st(st.add(w + j), lm, inv);
+            }
             j += nl;
         }
         check
