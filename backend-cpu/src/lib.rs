@@ -33,8 +33,8 @@
 //! or energy alone), the chunked pass 1 keeps each pixel's largest logit and reciprocal sum of
 //! exponentials (`2·B·H·W` values, at most what a cache of the probabilities takes), and pass 2
 //! computes a row's probabilities from them in one sweep, `e^(z − max)·(1/Σ e)`, the same bits
-//! as the full softmax without its copy, maximum and sum. With probabilities input nothing is cached, and pass 2
-//! writes a gradient buffer too large to stay in cache with non-temporal stores
+//! as the full softmax without its copy, maximum and sum. With probabilities input nothing is
+//! cached, and pass 2 writes a gradient buffer too large to stay in cache with non-temporal stores
 //! ([`CpuBackend::with_stream_bytes`]). For logits in the AVX-512 copy (`f32` and `f64`, 1 to 4
 //! channels) each tile is done in three sweeps with the classes inside its chunks of one
 //! register's pixels instead of one per step and class (`kernel/fused/pass1.rs`);

@@ -716,7 +716,8 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
                 prefetch_line(&p.image[(b * C + c) * sp + (r + 1) * w..][..w]);
             }
         }
-        if let Some(st) = k.stats.filter(|_| logits && cached.is_none() && r + 2 < h) {
+        // (Pass 1 kept statistics only for logits it did not cache.)
+        if let Some(st) = k.stats.filter(|_| r + 2 < h) {
             prefetch_span(st.row(p, b, r + 2), 2 * w);
         }
         let has_h = r + 1 < h;
