@@ -20,7 +20,8 @@
 //! are the same bits whatever the shift (see [`Sums`]), so results never depend on where the
 //! buffer is, and energy alone (unshifted) equals energy with a gradient.
 //!
-//! The probabilities of the row and the next are copied into per-class lines a padded stride
+//! The probabilities of the row and the next are copied (or computed: from pass 1's statistics
+//! where it kept them, see `pass1::probs_from_stats`) into per-class lines a padded stride
 //! apart: read in place, the chunk's lines of all classes would lie a whole plane apart, a
 //! power of two in the usual shapes, and so in one set of the first- and second-level caches.
 //!

@@ -16,6 +16,9 @@
 //! exponentials, normalisation, moments, copy) load and store it and their per-pixel
 //! temporaries several times each.
 //!
+//! Where pass 2 will compute the probabilities again, the second sweep also stores each chunk's
+//! maximum and reciprocal sum ([`Stats`]); pass 2's [`probs_from_stats`] then needs one sweep.
+//!
 //! The probabilities are those of the parent's `load_probs` bit for bit (the same maximum,
 //! exponential, class order of the sum, reciprocal and product), so the rows pass 2 reads back
 //! are the rows it would recompute. The moments are summed in another order than the tiled
@@ -50,7 +53,7 @@ pub(crate) fn usable<T: Real>(isa: Isa, p: &Problem<'_, T>) -> bool {
 
 /// Pass 1 over one block (see the module docs); fills `part` as the parent's `pass1` does,
 /// with `cache` stores the block's probabilities in the gradient buffer, and with `stats` its
-/// rows' softmax statistics there.
+/// rows' softmax statistics (see [`Stats`]).
 ///
 /// # Safety
 /// [`usable`] must hold (the CPU has the AVX-512 subsets of `Isa::Avx512`); `stats` holds
