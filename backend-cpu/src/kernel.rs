@@ -129,7 +129,8 @@ pub(crate) struct Block {
     pub(crate) r1: usize,
 }
 
-/// A gradient buffer that blocks write disjoint rows of, from several threads.
+/// A gradient buffer that blocks write disjoint rows of, from several threads (also the buffer
+/// under [`Stats`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct GradRows<T> {
     ptr: *mut T,
@@ -137,7 +138,8 @@ pub(crate) struct GradRows<T> {
 }
 
 // SAFETY: `GradRows` is only a pointer to a `&mut [T]` that outlives the parallel section; the
-// block partition guarantees that no two threads write the same element (see `row`).
+// block partition guarantees that no two threads write the same element (see `row`, and
+// `Stats::row`: pass 1's blocks write their own rows, pass 2 reads after pass 1 has joined).
 unsafe impl<T: Send> Send for GradRows<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Sync for GradRows<T> {}
@@ -179,16 +181,7 @@ impl<T> GradRows<T> {
 /// largest logit and the reciprocal sum of the exponentials, `[B, D·H, 2, W]` (a row's maxima,
 /// then its reciprocal sums). Blocks write their own rows in pass 1 and read any in pass 2.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Stats<T> {
-    ptr: *mut T,
-    len: usize,
-}
-
-// SAFETY: as for `GradRows`: a pointer to a `&mut [T]` that outlives both parallel sections;
-// pass 1's blocks write disjoint rows, and pass 2 only reads, after pass 1 has joined.
-unsafe impl<T: Send> Send for Stats<T> {}
-// SAFETY: as above.
-unsafe impl<T: Send> Sync for Stats<T> {}
+pub(crate) struct Stats<T>(GradRows<T>);
 
 impl<T> Stats<T> {
     /// The values a problem's statistics take.
@@ -199,16 +192,16 @@ impl<T> Stats<T> {
     /// Wraps a buffer of at least [`Stats::len`] values; it must stay mutably borrowed for as
     /// long as this is used.
     pub(crate) fn new(buf: &mut [T]) -> Self {
-        Self { ptr: buf.as_mut_ptr(), len: buf.len() }
+        Self(GradRows::new(buf))
     }
 
     /// The start of row `r` of sample `b` (its `2·W` values are in the buffer: asserted).
     #[inline(always)]
     pub(crate) fn row(&self, p: &Problem<'_, T>, b: usize, r: usize) -> *mut T {
         let start = (b * p.d * p.h + r) * 2 * p.w;
-        assert!(start + 2 * p.w <= self.len, "statistics row {start}+{} out of {}", 2 * p.w, self.len);
+        assert!(start + 2 * p.w <= self.0.len, "statistics row {start}+{} out of {}", 2 * p.w, self.0.len);
         // In bounds (checked above).
-        self.ptr.wrapping_add(start)
+        self.0.ptr.wrapping_add(start)
     }
 
     /// The same buffer as statistics of `U`, the type `T` is (asserted: anything else panics).
@@ -217,7 +210,7 @@ impl<T> Stats<T> {
         T: 'static,
     {
         assert!(core::any::TypeId::of::<T>() == core::any::TypeId::of::<U>(), "statistics of the type they hold");
-        Stats { ptr: self.ptr.cast(), len: self.len }
+        Stats(GradRows { ptr: self.0.ptr.cast(), len: self.0.len })
     }
 }
 
