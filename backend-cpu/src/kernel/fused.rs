@@ -667,6 +667,8 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
         ($r:expr, $dst:expr) => {{
             let r = $r;
             let dst = &mut aligned_mut(&mut $dst)[off..];
+            // Whether a computed row asks for the next as it reads (else the chunk loop does).
+            let prefetch_next = !by_column || r == blk.r0;
             if !logits {
                 let ahead = (r + PREFETCH_ROWS < h).then_some(PREFETCH_ROWS * w);
                 for cls in 0..n {
@@ -684,17 +686,13 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
             } else if let Some(st) = k.stats {
                 // SAFETY: as below; pass 1 wrote every row's statistics (`Pass2::stats`), and
                 // `Stats::row` asserts the row is in the buffer.
-                unsafe {
-                    pass1::probs_from_stats(p, b, r, st.row(p, b, r), dst.as_mut_ptr(), ws, !by_column || r == blk.r0)
-                };
+                unsafe { pass1::probs_from_stats(p, b, r, st.row(p, b, r), dst.as_mut_ptr(), ws, prefetch_next) };
             } else {
                 // SAFETY: the CPU has the features (this function's contract); row `r` of sample
                 // `b` is in the input; the lines and `inv` are sized as `softmax_row` needs
                 // (asserted at the block's start; `ws` is `w` rounded up to 16 and 16 more) and
                 // only borrowed here.
-                unsafe {
-                    pass1::softmax_row(p, b, r, dst.as_mut_ptr(), ws, s.inv.as_mut_ptr(), !by_column || r == blk.r0)
-                };
+                unsafe { pass1::softmax_row(p, b, r, dst.as_mut_ptr(), ws, s.inv.as_mut_ptr(), prefetch_next) };
             }
         }};
     }

@@ -269,8 +269,7 @@ pub(crate) unsafe fn softmax_row<T: Simd>(
     let (n, w, sp) = (p.n, p.w, p.sp());
     let nl = T::LANES;
     let tile = p.tile.min(MAX_TILE);
-    let z = p.scores[(b * n * sp) + r * w..(b * n + n - 1) * sp + (r + 1) * w].as_ptr();
-    let ahead = (prefetch_next && r + PREFETCH_ROWS < p.d * p.h).then_some(PREFETCH_ROWS * w);
+    let (z, ahead) = row_logits(p, b, r, prefetch_next);
     for a in (0..w).step_by(tile) {
         let len = tile.min(w - a);
         // SAFETY: the contract; class `i`'s logits `a..a + len` of the row are in `p.scores`
@@ -290,6 +289,17 @@ pub(crate) unsafe fn softmax_row<T: Simd>(
             }
         }
     }
+}
+
+/// Where row `r` of sample `b`'s logits start (class `i`'s `i·sp` further; every class's row is
+/// within the input, sliced with bounds checks), and with `prefetch_next` the offset of the
+/// same columns [`PREFETCH_ROWS`] rows on, where the sample has them: what [`softmax_row`] and
+/// [`probs_from_stats`] read and ask for.
+#[inline(always)]
+fn row_logits<T>(p: &Problem<'_, T>, b: usize, r: usize, prefetch_next: bool) -> (*const T, Option<usize>) {
+    let (n, w, sp) = (p.n, p.w, p.sp());
+    let z = p.scores[(b * n * sp) + r * w..(b * n + n - 1) * sp + (r + 1) * w].as_ptr();
+    (z, (prefetch_next && r + PREFETCH_ROWS < p.d * p.h).then_some(PREFETCH_ROWS * w))
 }
 
 /// The probabilities of row `r` of sample `b`, as [`softmax_row`] computes them (the same
@@ -313,8 +323,7 @@ pub(crate) unsafe fn probs_from_stats<T: Simd>(
 ) {
     let (n, w, sp) = (p.n, p.w, p.sp());
     let nl = T::LANES;
-    let z = p.scores[(b * n * sp) + r * w..(b * n + n - 1) * sp + (r + 1) * w].as_ptr();
-    let ahead = (prefetch_next && r + PREFETCH_ROWS < p.d * p.h).then_some(PREFETCH_ROWS * w);
+    let (z, ahead) = row_logits(p, b, r, prefetch_next);
     // SAFETY: the contract; class `i`'s logits `0..w` of the row are in `p.scores` (sliced
     // above), loads are masked to the row's columns, and the stores write `w.div_ceil(nl)·nl`
     // values of each line, within `w.div_ceil(16)·16 + 16`.
