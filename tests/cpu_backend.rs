@@ -520,6 +520,10 @@ fn bad_input_gives_the_references_errors() {
     let mean = params.with_reduction(Reduction::Mean);
     let (got, want) = both(Scores::Logits(&data.logits), &data.image, Some(&zeros), &mean);
     assert_eq!((&got, &want), (&Error::EmptyMask, &Error::EmptyMask));
+    // A bad value comes before an empty mask (the CPU backend counts the mask before its passes).
+    let mut z = data.logits.clone();
+    z[7] = f32::NAN;
+    check(both(Scores::Logits(&z), &data.image, Some(&zeros), &mean));
     // The sum reduction over an empty mask is fine: everything is zero.
     let input = Input::new(s, Scores::Logits(&data.logits), &data.image, Some(&zeros)).expect("fits");
     let e = cpu.energy(&input, &params, &mut Backend::<f32>::workspace(&cpu)).expect("valid");
@@ -532,6 +536,48 @@ fn bad_input_gives_the_references_errors() {
     let got = cpu.energy_and_grad(&input, &params, &mut short, &mut Backend::<f32>::workspace(&cpu));
     let want = Reference.energy_and_grad(&input, &params, &mut short, &mut Reference.workspace());
     check((got.expect_err("short gradient"), want.expect_err("short gradient")));
+}
+
+/// Pass 2 runs on each sample as soon as its pass 1 is done, before the checks of all samples
+/// are added up: bad values anywhere, on shapes that take every kernel (chunked and not, both
+/// float types), still give the reference's error and no panic.
+#[test]
+fn bad_values_in_large_inputs_give_the_references_errors() {
+    fn check<T: Real>() {
+        let nan = T::nan();
+        for (s, threads) in
+            [(shape(3, 5, 3, 1, 24, 80), 2), (shape(2, 3, 2, 1, 64, 33), 3), (shape(2, 2, 1, 4, 8, 16), 2)]
+        {
+            let data = RandomInputs::<T>::new(s, 11);
+            let cpu = CpuBackend::with_threads(threads);
+            let sp = s.spatial();
+            for reduction in [Reduction::Sum, Reduction::Mean] {
+                let params = Params::default().with_reduction(reduction);
+                let run = |scores: Scores<'_, T>, image: &[T], mask: Option<&[T]>| {
+                    let input = Input::new(s, scores, image, mask).expect("lengths fit");
+                    let mut g = vec![T::zero(); s.scores_len()];
+                    let got = cpu.energy_and_grad(&input, &params, &mut g, &mut Backend::<T>::workspace(&cpu));
+                    let want = Reference.energy_and_grad(&input, &params, &mut g, &mut Reference.workspace());
+                    let (got, want) = (got.expect_err("cpu must refuse"), want.expect_err("reference must refuse"));
+                    assert_eq!(format!("{got:?}"), format!("{want:?}"), "{s:?} {reduction:?}");
+                };
+                // In the last sample, which pass 2 may reach before the others' checks are in.
+                let mut z = data.logits.clone();
+                let at = z.len() - sp / 2;
+                z[at] = nan;
+                run(Scores::Logits(&z), &data.image, None);
+                run(Scores::Probs(&z), &data.image, None);
+                let mut x = data.image.clone();
+                x[sp + 5] = T::infinity();
+                run(Scores::Logits(&data.logits), &x, Some(&data.mask));
+                let mut m = data.mask.clone();
+                m[sp - 1] = nan;
+                run(Scores::Logits(&data.logits), &data.image, Some(&m));
+            }
+        }
+    }
+    check::<f32>();
+    check::<f64>();
 }
 
 /// Energies too large for f32 are refused rather than returned as infinity.

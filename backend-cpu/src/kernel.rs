@@ -93,18 +93,18 @@ impl<T> Problem<'_, T> {
     }
 }
 
-/// The constants of pass 2, in `T`.
+/// The constants of pass 2 for one sample, in `T`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Pass2<'a, T> {
-    /// Centroids `[B, N, C]`.
+    /// The sample's centroids, `[N, C]`.
     pub(crate) centroids: &'a [T],
-    /// `2·ε_c/(A_bn + ε_c)`, `[B, N]`.
+    /// `2·ε_c/(A_n + ε_c)`, `[N]`.
     pub(crate) corr: &'a [T],
-    /// A common centre `ĉ_b` of each sample's centroids, `[B, C]` (see [`ClassConsts`]).
+    /// A common centre `ĉ` of the sample's centroids, `[C]` (see [`ClassConsts`]).
     pub(crate) center: &'a [T],
-    /// `w·(2δ_bn + corr_bn·c_bn)` with `δ_bn = c_bn − ĉ_b`, `[B, N, C]` (see [`ClassConsts`]).
+    /// `w·(2δ_n + corr_n·c_n)` with `δ_n = c_n − ĉ`, `[N, C]` (see [`ClassConsts`]).
     pub(crate) weights: &'a [T],
-    /// `w·(‖δ_bn‖² + corr_bn·⟨c_bn, δ_bn⟩)`, `[B, N]`.
+    /// `w·(‖δ_n‖² + corr_n·⟨c_n, δ_n⟩)`, `[N]`.
     pub(crate) base: &'a [T],
     pub(crate) fidelity_weight: T,
     pub(crate) lambda: T,
@@ -1446,8 +1446,7 @@ pub(crate) fn pass2<T: Real, const FMA: bool>(
     s.cache_hi = blk.r1;
     let (n, c, w, sp) = (p.n, p.c, p.w, p.sp());
     let b = blk.b;
-    let cent = &k.centroids[b * n * c..(b + 1) * n * c];
-    let corr = &k.corr[b * n..(b + 1) * n];
+    let (cent, corr) = (k.centroids, k.corr);
     let mut fclock = 0;
     let flen = 3 * n * w;
     let flags =
@@ -1500,9 +1499,9 @@ pub(crate) fn pass2<T: Real, const FMA: bool>(
             let image = &p.image[b * c * sp + r * w..];
             let kc = ClassConsts {
                 cent: &cent[cls * c..(cls + 1) * c],
-                center: &k.center[b * c..(b + 1) * c],
-                weights: &k.weights[(b * n + cls) * c..(b * n + cls + 1) * c],
-                base: k.base[b * n + cls],
+                center: k.center,
+                weights: &k.weights[cls * c..(cls + 1) * c],
+                base: k.base[cls],
                 wf: k.fidelity_weight,
                 cr: corr[cls],
                 shifted: p.logits,

@@ -49,9 +49,13 @@
 //!
 //! The work is split into blocks of whole rows of one sample, fixed by the shape alone, and run
 //! in parallel with [rayon](https://docs.rs/rayon) (its work stealing balances the blocks when
-//! other processes share the cores). Each block's partial sums go into their own slot and are
-//! added in block order, so results are bitwise identical for any thread count and from run to
-//! run. Arithmetic is in `T` (eight `f32` lanes per AVX2 vector); the inner loops are
+//! other processes share the cores). Samples run in parallel too, each on its own: its pass 1,
+//! its centroids and constants, then its pass 2 at once, while its data are still in cache (a
+//! sample of S2, 1.3 MiB of logits, fits a core's second-level cache; the passes of all samples
+//! one after the other would read it back from memory). Pass 2 scales the gradient by the
+//! reduction's factor, so under the mean reduction with a mask the mask's ones are counted
+//! first. Each block's partial sums go into their own slot and are added in block order, so
+//! results are bitwise identical for any thread count and from run to run. Arithmetic is in `T` (eight `f32` lanes per AVX2 vector); the inner loops are
 //! branch-free over rows and vectorise (the softmax uses its own vectorisable `exp`), and on
 //! x86-64 a copy compiled for AVX-512 (F, VL, DQ, BW) or for AVX2 and FMA is picked at run time
 //! where the CPU has them (the environment variable `MSLOSS_CPU_ISA=generic|avx2|avx512` caps
@@ -122,6 +126,9 @@ pub const SMALL_BLOCK_PIXELS: usize = 4096;
 /// about one slice's worth of rows at each end (64³, one thread: 5.8 ms with 4 slices, 5.0 with
 /// 8, 4.4 with one block).
 pub const DEFAULT_BLOCK_SLICES: usize = 8;
+
+/// The mask values each task counts when the mean reduction's divisor is counted up front.
+const MASK_CHUNK: usize = 1 << 16;
 
 /// The default size in bytes above which a gradient buffer is written with non-temporal stores
 /// when nothing is cached in it (see [`CpuBackend::with_stream_bytes`]).
@@ -298,9 +305,9 @@ pub struct CpuWorkspace {
     part2: Vec<f64>,
     /// Per-sample totals of pass 1, `[B, N·(1 + C)]`.
     sums: Vec<f64>,
+    /// `[B, N, C]`.
     centroids: Vec<f64>,
-    corr: Vec<f64>,
-    /// `centroids` and `corr` in the call's float type.
+    /// Pass 2's constants in the call's float type (`Consts<T>`).
     consts: Option<Box<dyn Any + Send>>,
 }
 
@@ -534,19 +541,20 @@ macro_rules! isa_copies {
 isa_copies!(pass1_avx2, pass2_avx2, "avx2,fma");
 isa_copies!(pass1_avx512, pass2_avx512, "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma");
 
-/// Runs `f` on every block in parallel, each with its thread's scratch and its own slot of
-/// `parts` (`stride` values per block).
+/// Runs `f` in parallel on the blocks from number `first` on, one per slot of `parts` (`stride`
+/// values each), each with its thread's scratch.
 fn for_blocks<T: Real>(
     parts: &mut [f64],
     stride: usize,
     scratch: &[Mutex<Option<Box<dyn Any + Send>>>],
     plan: Plan,
+    first: usize,
     f: impl Fn(Block, &mut Scratch<T>, &mut [f64]) + Sync,
 ) {
     parts.par_chunks_mut(stride).enumerate().for_each(|(i, part)| {
         let slot = rayon::current_thread_index().unwrap_or(0) % scratch.len();
         let mut s = scratch[slot].lock().unwrap_or_else(PoisonError::into_inner);
-        f(plan.block(i), typed::<T>(&mut s), part);
+        f(plan.block(first + i), typed::<T>(&mut s), part);
     });
 }
 
@@ -582,11 +590,8 @@ impl<T: Real> Backend<T> for CpuBackend {
 /// calls.
 #[derive(Debug, Default)]
 struct Consts<T> {
-    centroids: Vec<T>,
-    corr: Vec<T>,
-    center: Vec<T>,
-    weights: Vec<T>,
-    base: Vec<T>,
+    /// Each sample's constants (see `sample_consts`), `[B, table_len(N, C)]`.
+    table: Vec<T>,
     /// See `kernel::Stats` (grows to the largest shape that kept them).
     stats: Vec<T>,
 }
@@ -661,7 +666,26 @@ fn evaluate<T: Real>(
     #[cfg(not(target_arch = "x86_64"))]
     let keep_stats = false;
 
-    // Workspace: one scratch per thread, partials per block.
+    // The mean reduction's divisor, known before pass 1 since pass 2 scales the gradient by it.
+    // The count of ones is the divisor `Σ m` of a mask of zeros and ones, in any order (pass 1's
+    // checks fail any other mask).
+    let valid = match p.mask {
+        Some(m) if params.reduction == Reduction::Mean => {
+            m.par_chunks(MASK_CHUNK).map(|m| m.iter().filter(|&&v| v == T::one()).count()).sum::<usize>()
+        }
+        _ => bsz * d * h * w,
+    };
+    if valid == 0 && params.reduction == Reduction::Mean {
+        // A bad value is reported first, as by the reference.
+        input.validate_values()?;
+        return Err(Error::EmptyMask);
+    }
+    let scale = match params.reduction {
+        Reduction::Sum => 1.0,
+        Reduction::Mean => 1.0 / valid as f64,
+    };
+
+    // Workspace: one scratch per thread, partials per block, totals and constants per sample.
     let threads = threads.max(1);
     if ws.scratch.len() < threads {
         ws.scratch.resize_with(threads, || Mutex::new(None));
@@ -669,20 +693,21 @@ fn evaluate<T: Real>(
     for s in &mut ws.scratch {
         typed::<T>(s.get_mut().unwrap_or_else(PoisonError::into_inner)).prepare(n, d, h, w);
     }
-    let stride1 = P1_HEAD + n * (1 + c);
+    let bps = plan.blocks_per_sample;
+    let (stride1, sn, tn) = (P1_HEAD + n * (1 + c), n * (1 + c), table_len(n, c));
     ws.part1.resize(blocks * stride1, 0.0);
     ws.part2.resize(blocks * P2_LEN, 0.0);
-    ws.sums.resize(bsz * n * (1 + c), 0.0);
+    ws.sums.resize(bsz * sn, 0.0);
     ws.centroids.resize(bsz * n * c, 0.0);
-    ws.corr.resize(bsz * n, 0.0);
+    let consts = typed_consts::<T>(&mut ws.consts);
+    consts.table.resize(bsz * tn, T::zero());
 
-    // Pass 1. With logits and a gradient requested, it also stores the probabilities in the
-    // gradient buffer (an output, overwritten in pass 2 anyway), so that pass 2 reads them back
-    // instead of recomputing the softmax, unless pass 2 is to recompute them.
+    // With logits and a gradient requested, pass 1 also stores the probabilities in the gradient
+    // buffer (an output, overwritten in pass 2 anyway), so that pass 2 reads them back instead
+    // of recomputing the softmax, unless pass 2 is to recompute them.
     let mut out = out;
     let grad = out.grad.as_deref_mut().map(GradRows::new);
     let cache = if recompute { None } else { grad.filter(|_| p.logits) };
-    let consts = typed_consts::<T>(&mut ws.consts);
     let stats = keep_stats.then(|| {
         let len = Stats::len(&p, bsz);
         if consts.stats.len() < len {
@@ -690,95 +715,13 @@ fn evaluate<T: Real>(
         }
         Stats::new(&mut consts.stats[..len])
     });
-    let scratch = &ws.scratch[..threads];
-    for_blocks(&mut ws.part1[..blocks * stride1], stride1, scratch, plan, |blk, s, part| {
-        pass1_dispatch((isa, chunked.0), &p, blk, s, (cache, stats), part);
-    });
-
-    // Reduce in block order; checks first.
-    let mut head = [0.0; P1_HEAD];
-    ws.sums.fill(0.0);
-    for (i, part) in ws.part1[..blocks * stride1].chunks_exact(stride1).enumerate() {
-        head[0] += part[0];
-        head[1] = head[1].min(part[1]);
-        head[2] += part[2];
-        head[3] += part[3];
-        head[4] += part[4];
-        let b = i / plan.blocks_per_sample;
-        for (acc, v) in ws.sums[b * n * (1 + c)..(b + 1) * n * (1 + c)].iter_mut().zip(&part[P1_HEAD..]) {
-            *acc += v;
-        }
-    }
-    if !head[0].is_finite() || head[1] < 0.0 || !head[2].is_finite() || head[3] != 0.0 {
-        // Some value is invalid: the core's own check names the first one, as the reference does.
-        input.validate_values()?;
-    }
-    let valid = head[4];
-    if valid == 0.0 && params.reduction == Reduction::Mean {
-        return Err(Error::EmptyMask);
-    }
-    let scale = match params.reduction {
-        Reduction::Sum => 1.0,
-        Reduction::Mean => 1.0 / valid,
-    };
-
-    // Centroids and the ε_c correction.
-    let eps = params.centroid_eps;
-    for b in 0..bsz {
-        let sums = &ws.sums[b * n * (1 + c)..(b + 1) * n * (1 + c)];
-        for cls in 0..n {
-            let area = sums[cls];
-            for k in 0..c {
-                ws.centroids[(b * n + cls) * c + k] = sums[n + cls * c + k] / (area + eps);
-            }
-            ws.corr[b * n + cls] = 2.0 * eps / (area + eps);
-        }
-    }
-    if let Some(cs) = out.centroids.as_deref_mut() {
-        for (o, v) in cs.iter_mut().zip(&ws.centroids) {
-            *o = T::from_f64_lossy(*v);
-        }
-    }
-
-    // Pass 2, with its constants in T.
-    let lossy = |v: &f64| T::from_f64_lossy(*v);
-    consts.centroids.clear();
-    consts.centroids.extend(ws.centroids.iter().map(lossy));
-    consts.corr.clear();
-    consts.corr.extend(ws.corr.iter().map(lossy));
-    // The common centre of each sample's centroids (their mean), and the constants of the logits'
-    // fidelity part.
-    consts.center.clear();
-    consts.weights.clear();
-    consts.base.clear();
-    let wf = params.fidelity_weight;
-    for b in 0..bsz {
-        let cent = &ws.centroids[b * n * c..(b + 1) * n * c];
-        for k in 0..c {
-            let mean = (0..n).map(|cls| cent[cls * c + k]).sum::<f64>() / n as f64;
-            consts.center.push(T::from_f64_lossy(mean));
-        }
-        // The fidelity part of `g_n` for logits is `m·(β_n − ⟨x − ĉ, v_n⟩)` (see the kernel's
-        // `ClassConsts`), from the offsets `δ_n = c_n − ĉ` to the centre as rounded to `T`.
-        for cls in 0..n {
-            let corr = ws.corr[b * n + cls];
-            let (mut kappa, mut cd) = (0.0, 0.0);
-            for k in 0..c {
-                let ck = cent[cls * c + k];
-                let d = ck - consts.center[b * c + k].to_f64_lossless();
-                consts.weights.push(T::from_f64_lossy(wf * (2.0 * d + corr * ck)));
-                kappa += d * d;
-                cd += ck * d;
-            }
-            consts.base.push(T::from_f64_lossy(wf * (kappa + corr * cd)));
-        }
-    }
-    let k = Pass2 {
-        centroids: &consts.centroids,
-        corr: &consts.corr,
-        center: &consts.center,
-        weights: &consts.weights,
-        base: &consts.base,
+    // What pass 2 takes besides a sample's constants.
+    let common = Pass2 {
+        centroids: &[],
+        corr: &[],
+        center: &[],
+        weights: &[],
+        base: &[],
         fidelity_weight: T::from_f64_lossy(params.fidelity_weight),
         lambda: T::from_f64_lossy(params.lambda),
         delta: T::from_f64_lossy(params.delta),
@@ -788,9 +731,51 @@ fn evaluate<T: Real>(
         stats,
         fused: chunked.1,
     };
-    for_blocks(&mut ws.part2[..blocks * P2_LEN], P2_LEN, scratch, plan, |blk, s, part| {
-        pass2_dispatch(isa, &p, &k, blk, s, grad, part);
-    });
+
+    // Sample by sample (samples in parallel, and each pass's blocks in parallel): pass 1, the
+    // sample's totals and constants, and pass 2 right after, while the sample's data are still
+    // in cache. Every sum is in block order, so results do not depend on the thread count.
+    let scratch = &ws.scratch[..threads];
+    ws.part1[..blocks * stride1]
+        .par_chunks_mut(bps * stride1)
+        .zip(ws.part2[..blocks * P2_LEN].par_chunks_mut(bps * P2_LEN))
+        .zip(ws.sums[..bsz * sn].par_chunks_mut(sn))
+        .zip(ws.centroids[..bsz * n * c].par_chunks_mut(n * c))
+        .zip(consts.table[..bsz * tn].par_chunks_mut(tn))
+        .enumerate()
+        .for_each(|(b, ((((part1, part2), sums), cent), table))| {
+            for_blocks(part1, stride1, scratch, plan, b * bps, |blk, s, part| {
+                pass1_dispatch((isa, chunked.0), &p, blk, s, (cache, stats), part);
+            });
+            sums.fill(0.0);
+            for part in part1.chunks_exact(stride1) {
+                for (acc, v) in sums.iter_mut().zip(&part[P1_HEAD..]) {
+                    *acc += v;
+                }
+            }
+            let k = sample_consts(sums, (n, c), params, cent, table, &common);
+            for_blocks(part2, P2_LEN, scratch, plan, b * bps, |blk, s, part| {
+                pass2_dispatch(isa, &p, &k, blk, s, grad, part);
+            });
+        });
+
+    // The checks of every block, in order.
+    let mut head = [0.0; P1_HEAD];
+    for part in ws.part1[..blocks * stride1].chunks_exact(stride1) {
+        head[0] += part[0];
+        head[1] = head[1].min(part[1]);
+        head[2] += part[2];
+        head[3] += part[3];
+    }
+    if !head[0].is_finite() || head[1] < 0.0 || !head[2].is_finite() || head[3] != 0.0 {
+        // Some value is invalid: the core's own check names the first one, as the reference does.
+        input.validate_values()?;
+    }
+    if let Some(cs) = out.centroids.as_deref_mut() {
+        for (o, v) in cs.iter_mut().zip(&ws.centroids) {
+            *o = T::from_f64_lossy(*v);
+        }
+    }
     let mut tot = [0.0; P2_LEN];
     for part in ws.part2[..blocks * P2_LEN].chunks_exact(P2_LEN) {
         for (t, v) in tot.iter_mut().zip(part) {
@@ -807,6 +792,57 @@ fn evaluate<T: Real>(
         return Err(Error::NonFiniteResult { what: "gradient", value: tot[2] });
     }
     Ok(e)
+}
+
+/// The values of one sample's pass-2 constants in `T` (see `sample_consts`).
+fn table_len(n: usize, c: usize) -> usize {
+    2 * n * c + 2 * n + c
+}
+
+/// One sample's centroids (`cent`, `[N, C]`, in `f64`) from its pass-1 totals `sums` (`A_n`,
+/// then `M_nk`), and pass 2's constants for it: `common` with the sample's constants, in `table`
+/// (`table_len` values).
+fn sample_consts<'a, T: Real>(
+    sums: &[f64],
+    (n, c): (usize, usize),
+    params: &Params,
+    cent: &mut [f64],
+    table: &'a mut [T],
+    common: &Pass2<'static, T>,
+) -> Pass2<'a, T> {
+    let (eps, wf) = (params.centroid_eps, params.fidelity_weight);
+    let lossy = T::from_f64_lossy;
+    let (centroids, rest) = table.split_at_mut(n * c);
+    let (corr, rest) = rest.split_at_mut(n);
+    let (center, rest) = rest.split_at_mut(c);
+    let (weights, base) = rest.split_at_mut(n * c);
+    for cls in 0..n {
+        let area = sums[cls];
+        for k in 0..c {
+            cent[cls * c + k] = sums[n + cls * c + k] / (area + eps);
+            centroids[cls * c + k] = lossy(cent[cls * c + k]);
+        }
+    }
+    // The common centre of the centroids (their mean), and the constants of the logits'
+    // fidelity part: `g_n`'s is `m·(β_n − ⟨x − ĉ, v_n⟩)` (see the kernel's `ClassConsts`), from
+    // the offsets `δ_n = c_n − ĉ` to the centre as rounded to `T`.
+    for (k, h) in center.iter_mut().enumerate() {
+        *h = lossy((0..n).map(|cls| cent[cls * c + k]).sum::<f64>() / n as f64);
+    }
+    for cls in 0..n {
+        let cr = 2.0 * eps / (sums[cls] + eps);
+        corr[cls] = lossy(cr);
+        let (mut kappa, mut cd) = (0.0, 0.0);
+        for k in 0..c {
+            let ck = cent[cls * c + k];
+            let d = ck - center[k].to_f64_lossless();
+            weights[cls * c + k] = lossy(wf * (2.0 * d + cr * ck));
+            kappa += d * d;
+            cd += ck * d;
+        }
+        base[cls] = lossy(wf * (kappa + cr * cd));
+    }
+    Pass2 { centroids, corr, center, weights, base, ..*common }
 }
 
 #[cfg(test)]

@@ -245,8 +245,8 @@ struct Row<'a, T> {
 }
 
 /// A sample's per-class constants (see the parent's `ClassConsts`): `cent` and `weights` hold
-/// `n·C` values, `base` and `corr` `n`, `center` `C` ([`Consts::new`] slices them so; the
-/// chunks read them unchecked).
+/// `n·C` values, `base` and `corr` `n`, `center` `C` ([`Consts::new`] checks it; the chunks read
+/// them unchecked).
 struct Consts<'a, T> {
     n: usize,
     cent: &'a [T],
@@ -270,18 +270,26 @@ struct Consts<'a, T> {
 }
 
 impl<'a, T: Real> Consts<'a, T> {
-    /// Sample `b`'s constants with `C` channels.
-    fn new<const C: usize>(p: &Problem<'_, T>, k: &'a Pass2<'a, T>, b: usize, logits_l1: bool) -> Self {
+    /// The sample's constants with `C` channels.
+    fn new<const C: usize>(p: &Problem<'_, T>, k: &'a Pass2<'a, T>, logits_l1: bool) -> Self {
         let n = p.n;
         // Softmax outputs carry a relative error below (N + 4)·ε (see the parent's `flux_row`).
         let tol = if logits_l1 { T::from_f64_lossy(2.0 * (n + 4) as f64) * T::epsilon() } else { T::zero() };
+        assert!(
+            k.centroids.len() == n * C
+                && k.weights.len() == n * C
+                && k.base.len() == n
+                && k.corr.len() == n
+                && k.center.len() == C,
+            "one sample's constants"
+        );
         Self {
             n,
-            cent: &k.centroids[b * n * C..(b + 1) * n * C],
-            center: &k.center[b * C..(b + 1) * C],
-            weights: &k.weights[b * n * C..(b + 1) * n * C],
-            base: &k.base[b * n..(b + 1) * n],
-            corr: &k.corr[b * n..(b + 1) * n],
+            cent: k.centroids,
+            center: k.center,
+            weights: k.weights,
+            base: k.base,
+            corr: k.corr,
             wf: k.fidelity_weight,
             lam: k.lambda,
             tol,
@@ -611,7 +619,7 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
     // buffer (`k.cached`, see `SoftmaxCache`); otherwise each row's are computed here.
     debug_assert!(!k.cached || (logits && grad.is_some()), "only logits with a gradient are cached");
     let cached = if logits && k.cached { grad } else { None };
-    let consts = Consts::new::<C>(p, k, b, logits && F & L1 != 0);
+    let consts = Consts::new::<C>(p, k, logits && F & L1 != 0);
     s.cache = cached;
     s.cache_lo = blk.r0;
     s.cache_hi = blk.r1;
