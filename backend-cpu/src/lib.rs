@@ -47,21 +47,22 @@
 //! sweeps that compute ask for them instead, a column of every class at a time: pass 1's third
 //! sweep for the next row, pass 2's chunk loop for the row after next.
 //!
-//! The work is split into blocks of whole rows of one sample, fixed by the shape alone, and run
-//! in parallel with [rayon](https://docs.rs/rayon) (its work stealing balances the blocks when
-//! other processes share the cores). Samples run in parallel too, each on its own: its pass 1,
-//! its centroids and constants, then its pass 2 at once, while its data are still in cache (a
-//! sample of S2, 1.3 MiB of logits, fits a core's second-level cache; the passes of all samples
-//! one after the other would read it back from memory). Pass 2 scales the gradient by the
-//! reduction's factor, so under the mean reduction with a mask the mask's ones are counted
-//! first. Each block's partial sums go into their own slot and are added in block order, so
-//! results are bitwise identical for any thread count and from run to run. Arithmetic is in `T` (eight `f32` lanes per AVX2 vector); the inner loops are
-//! branch-free over rows and vectorise (the softmax uses its own vectorisable `exp`), and on
-//! x86-64 a copy compiled for AVX-512 (F, VL, DQ, BW) or for AVX2 and FMA is picked at run time
-//! where the CPU has them (the environment variable `MSLOSS_CPU_ISA=generic|avx2|avx512` caps
-//! the choice; [`CpuBackend::isa`] says which runs). The copies for AVX2 and AVX-512 fuse the
-//! multiply-adds of the softmax's `exp` and of pass 2's per-pixel gradient (one rounding instead
-//! of two); sums are never fused (it would lengthen their dependency chains).
+//! The work is split into blocks of whole rows of one sample, fixed by the shape alone, and run in
+//! parallel with [rayon](https://docs.rs/rayon) (its work stealing balances the blocks when other
+//! processes share the cores). Samples run in parallel too, each on its own: its pass 1, its
+//! centroids and constants, then its pass 2 at once, while its data are still in cache (a sample of
+//! S2 is 1.3 MiB of logits, against 2 MiB of second-level cache per core on the development
+//! machine; pass 1 over every sample before any pass 2 read them back from further away). Pass 2
+//! scales the gradient by the reduction's factor, so under the mean reduction with a mask the
+//! mask's ones are counted first. Each block's partial sums go into their own slot and are added in
+//! block order, so results are bitwise identical for any thread count and from run to run.
+//! Arithmetic is in `T` (eight `f32` lanes per AVX2 vector); the inner loops are branch-free over
+//! rows and vectorise (the softmax uses its own vectorisable `exp`), and on x86-64 a copy compiled
+//! for AVX-512 (F, VL, DQ, BW) or for AVX2 and FMA is picked at run time where the CPU has them
+//! (the environment variable `MSLOSS_CPU_ISA=generic|avx2|avx512` caps the choice;
+//! [`CpuBackend::isa`] says which runs). The copies for AVX2 and AVX-512 fuse the multiply-adds of
+//! the softmax's `exp` and of pass 2's per-pixel gradient (one rounding instead of two); sums are
+//! never fused (it would lengthen their dependency chains).
 //!
 //! ## Accuracy
 //! `f32` results stay within about `1e-6` of the `f64` reference (relative to the energy and to
@@ -759,18 +760,24 @@ fn evaluate<T: Real>(
             });
         });
 
-    // The checks of every block, in order.
+    // The checks and counts of every block, in order.
     let mut head = [0.0; P1_HEAD];
     for part in ws.part1[..blocks * stride1].chunks_exact(stride1) {
         head[0] += part[0];
         head[1] = head[1].min(part[1]);
         head[2] += part[2];
         head[3] += part[3];
+        head[4] += part[4];
     }
     if !head[0].is_finite() || head[1] < 0.0 || !head[2].is_finite() || head[3] != 0.0 {
         // Some value is invalid: the core's own check names the first one, as the reference does.
         input.validate_values()?;
     }
+    debug_assert!(
+        params.reduction == Reduction::Sum || head[4] == valid as f64,
+        "pass 1 counts {} valid pixels, the divisor is {valid}",
+        head[4]
+    );
     if let Some(cs) = out.centroids.as_deref_mut() {
         for (o, v) in cs.iter_mut().zip(&ws.centroids) {
             *o = T::from_f64_lossy(*v);
