@@ -139,7 +139,8 @@ pub(crate) struct GradRows<T> {
 
 // SAFETY: `GradRows` is only a pointer to a `&mut [T]` that outlives the parallel section; the
 // block partition guarantees that no two threads write the same element (see `row`, and
-// `Stats::row`: pass 1's blocks write their own rows, pass 2 reads after pass 1 has joined).
+// `Stats::row`: pass 1's blocks write their own rows; pass 2 reads a sample's rows only after that
+// sample's pass 1 has joined, while other samples' passes touch only their own rows).
 unsafe impl<T: Send> Send for GradRows<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Sync for GradRows<T> {}
@@ -179,7 +180,8 @@ impl<T> GradRows<T> {
 /// Pass 1's softmax statistics, for pass 2 to compute the probabilities from the logits in one
 /// sweep (`e^(z − max)·(1/Σ e)`, the same bits as computing the softmax again): per pixel, the
 /// largest logit and the reciprocal sum of the exponentials, `[B, D·H, 2, W]` (a row's maxima,
-/// then its reciprocal sums). Blocks write their own rows in pass 1 and read any in pass 2.
+/// then its reciprocal sums). Blocks write their own rows in pass 1 and read any of their sample's
+/// in pass 2 (which starts once the sample's pass 1 is done).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Stats<T>(GradRows<T>);
 

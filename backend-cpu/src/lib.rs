@@ -85,8 +85,9 @@
 //! also the length's fluxes along D of one slice, `(H + 1)·N·W` values, which the next slice
 //! needs) and the partial sums (`O(B·N·C)` per block); after the first call with a given shape,
 //! calls allocate nothing.
-//! On an error found after pass 1 (an invalid input value), the gradient buffer may hold
-//! probabilities.
+//! On an error found after the passes (an invalid input value: each sample's pass 2 runs before
+//! the checks of all samples are added up), the gradient buffer holds no meaningful values
+//! (probabilities, or gradients of invalid inputs).
 //!
 //! ## Example
 //! ```
