@@ -385,8 +385,9 @@ fn gradient_buffer_alignment_changes_no_bit() {
     check::<f64>();
 }
 
-/// The same bits whether pass 1 caches the probabilities in the gradient buffer or pass 2
-/// computes them again (then writing the gradient with non-temporal stores): odd widths, tiles
+/// The same bits whether pass 1 caches the probabilities in the gradient buffer or in a buffer
+/// of each sample's own, or pass 2 computes them again (then writing the gradient with
+/// non-temporal stores, as it may from a sample's own buffer): odd widths, tiles
 /// that end mid-chunk, many blocks, masks, both lengths, and cases the chunked kernels do not
 /// take (3D, five channels), where pass 2 reads a cache whatever the setting.
 #[test]
@@ -414,18 +415,26 @@ fn softmax_cache_changes_no_bit() {
                         None => cpu,
                     }
                 };
-                let cached = backend(SoftmaxCache::Always);
+                // The probabilities cached in the gradient buffer.
+                let cached = backend(SoftmaxCache::Always).with_sample_cache_bytes(0);
                 let want = eval(&cached, &mut Backend::<T>::workspace(&cached), &case, &data);
-                for (cache, stream, offset) in
-                    [(SoftmaxCache::Never, usize::MAX, 0), (SoftmaxCache::Never, 0, 3), (SoftmaxCache::Auto, 0, 0)]
-                {
-                    let cpu = backend(cache).with_stream_bytes(stream);
+                // Recomputed, and cached in buffers of each sample's own (by default the shapes'
+                // samples are small enough), with and without streaming the gradient.
+                for (cache, stream, own, offset) in [
+                    (SoftmaxCache::Never, usize::MAX, 0, 0),
+                    (SoftmaxCache::Never, 0, 0, 3),
+                    (SoftmaxCache::Auto, 0, 0, 0),
+                    (SoftmaxCache::Always, usize::MAX, usize::MAX, 0),
+                    (SoftmaxCache::Always, 0, usize::MAX, 3),
+                    (SoftmaxCache::Auto, 0, usize::MAX, 1),
+                ] {
+                    let cpu = backend(cache).with_stream_bytes(stream).with_sample_cache_bytes(own);
                     let mut ws = Backend::<T>::workspace(&cpu);
                     let got = eval_at(&cpu, &mut ws, &case, &data, offset);
                     assert!(
                         bits(&got) == bits(&want),
-                        "{} {case:?} tiles {tile:?}: {cache:?} (stream above {stream} bytes, gradient {offset} on) \
-                         differs from the cache",
+                        "{} {case:?} tiles {tile:?}: {cache:?} (stream above {stream} bytes, own cache up to \
+                         {own} bytes, gradient {offset} on) differs from the cache in the gradient buffer",
                         T::NAME
                     );
                     compare::<T>(&cpu, &mut ws, &case);

@@ -91,6 +91,17 @@ impl<T> Problem<'_, T> {
     pub(crate) fn sp(&self) -> usize {
         self.d * self.h * self.w
     }
+
+    /// Sample `b` alone, as a problem of one sample (its inputs' slices; in bounds: asserted).
+    pub(crate) fn sample(&self, b: usize) -> Self {
+        let sp = self.sp();
+        Self {
+            scores: &self.scores[b * self.n * sp..][..self.n * sp],
+            image: &self.image[b * self.c * sp..][..self.c * sp],
+            mask: self.mask.map(|m| &m[b * sp..][..sp]),
+            ..*self
+        }
+    }
 }
 
 /// The constants of pass 2 for one sample, in `T`.
@@ -112,8 +123,9 @@ pub(crate) struct Pass2<'a, T> {
     pub(crate) length: LengthKind,
     /// The reduction's factor applied to the gradient.
     pub(crate) scale: T,
-    /// Whether pass 1 stored the probabilities in the gradient buffer (logits and a gradient).
-    pub(crate) cached: bool,
+    /// Where pass 1 stored the sample's probabilities (logits and a gradient), if it did: the
+    /// gradient buffer, which pass 2 overwrites in place, or a buffer of their own.
+    pub(crate) cache: Option<GradRows<T>>,
     /// Pass 1's softmax statistics of every row, where it stored them (logits not cached, for
     /// the fused pass 2).
     pub(crate) stats: Option<Stats<T>>,
@@ -140,7 +152,8 @@ pub(crate) struct GradRows<T> {
 // SAFETY: `GradRows` is only a pointer to a `&mut [T]` that outlives the parallel section; the
 // block partition guarantees that no two threads write the same element (see `row`, and
 // `Stats::row`: pass 1's blocks write their own rows; pass 2 reads a sample's rows only after that
-// sample's pass 1 has joined, while other samples' passes touch only their own rows).
+// sample's pass 1 has joined, while other samples' passes touch only their own rows; a sample's
+// own buffer of probabilities is held by that sample alone for both its passes).
 unsafe impl<T: Send> Send for GradRows<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Sync for GradRows<T> {}
@@ -149,6 +162,18 @@ impl<T> GradRows<T> {
     /// Wraps the caller's gradient buffer; it must stay mutably borrowed for as long as this is used.
     pub(crate) fn new(grad: &mut [T]) -> Self {
         Self { ptr: grad.as_mut_ptr(), len: grad.len() }
+    }
+
+    /// Part `i` of the buffer cut into parts of `len` values (in bounds: asserted).
+    pub(crate) fn part(self, i: usize, len: usize) -> Self {
+        assert!((i + 1) * len <= self.len, "part {i} of {len} values out of {}", self.len);
+        // In bounds (checked above).
+        Self { ptr: self.ptr.wrapping_add(i * len), len }
+    }
+
+    /// Whether both are the same buffer.
+    pub(crate) fn same(self, other: Self) -> bool {
+        core::ptr::eq(self.ptr, other.ptr)
     }
 
     /// Row `r` of class `n` of sample `b`.
@@ -195,6 +220,11 @@ impl<T> Stats<T> {
     /// long as this is used.
     pub(crate) fn new(buf: &mut [T]) -> Self {
         Self(GradRows::new(buf))
+    }
+
+    /// Sample `b`'s statistics alone, for [`Problem::sample`]'s problem (in bounds: asserted).
+    pub(crate) fn sample(self, p: &Problem<'_, T>, b: usize) -> Self {
+        Self(self.0.part(b, Self::len(p, 1)))
     }
 
     /// The start of row `r` of sample `b` (its `2·W` values are in the buffer: asserted).
@@ -1444,7 +1474,7 @@ pub(crate) fn pass2<T: Real, const FMA: bool>(
 ) {
     part.fill(0.0);
     s.forget();
-    s.cache = if k.cached { grad } else { None };
+    s.cache = k.cache;
     s.cache_hi = blk.r1;
     let (n, c, w, sp) = (p.n, p.c, p.w, p.sp());
     let b = blk.b;
@@ -1534,15 +1564,24 @@ pub(crate) fn pass2<T: Real, const FMA: bool>(
             // ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m). A non-finite g_n (overflow) makes Σ y·g
             // non-finite too (0·∞ is NaN).
             part[2] += check_sum(yg);
-            // With logits and a gradient pass 1 cached every row of the block in the gradient
-            // buffer (`k.cached`), so row r's probabilities are there: overwrite them in place.
+            // With logits and a gradient pass 1 cached every row of the block (`k.cache`), so
+            // row r's probabilities are there: in the gradient buffer, overwritten in place, or
+            // in a buffer of their own.
             debug_assert!(matches!(yr, YRow::Cached(..)), "logits with a gradient are cached");
+            let in_place = k.cache.is_some_and(|c| c.same(gr));
             for (cls, g) in s.g.chunks_exact(w).enumerate() {
                 // SAFETY: row r of this block's sample belongs to this block only, and no
-                // reference into it is live.
+                // reference into it is live (`ys` reads it from the gradient buffer only when
+                // it is not `in_place`).
                 let out = unsafe { gr.row(p, b, cls, r) };
-                for ((o, &gv), &mean) in out.iter_mut().zip(g).zip(yg.iter()) {
-                    *o = scale * *o * (gv - mean);
+                if in_place {
+                    for ((o, &gv), &mean) in out.iter_mut().zip(g).zip(yg.iter()) {
+                        *o = scale * *o * (gv - mean);
+                    }
+                } else {
+                    for (((o, &y), &gv), &mean) in out.iter_mut().zip(ys.line(yr, cls)).zip(g).zip(yg.iter()) {
+                        *o = scale * y * (gv - mean);
+                    }
                 }
             }
         } else {

@@ -10,10 +10,13 @@
 //! 1. the softmax of each pixel and the per-block sums `A_bn = Σ m·y` and `Σ m·y·x_k`, with the
 //!    input checks fused in;
 //! 2. the fidelity, the length and the gradient of each row in one sweep. With logits and a
-//!    gradient requested, pass 1 stores the probabilities in the gradient buffer (an output,
-//!    overwritten row by row in pass 2) and pass 2 reads its block's rows there, in place (each
-//!    row's gradient then overwrites its probabilities); rows it needs from other blocks, and rows
-//!    already overwritten, get their softmax recomputed (the same code, so the same bits).
+//!    gradient requested, pass 1 stores the probabilities and pass 2 reads its block's rows back:
+//!    from a buffer of the sample's own where a sample's probabilities take at most
+//!    [`DEFAULT_SAMPLE_CACHE_BYTES`] ([`CpuBackend::with_sample_cache_bytes`]; one buffer per
+//!    thread, reused by sample after sample, so it stays in the core's caches, and the gradient
+//!    is written once), else from the gradient buffer (an output, overwritten row by row in pass
+//!    2: each row's gradient overwrites its probabilities). Rows it needs from other blocks, and
+//!    rows already overwritten, get their softmax recomputed (the same code, so the same bits).
 //!    Otherwise pass 2 recomputes the softmax.
 //!
 //! In the AVX-512 copy, for 2D images, an L1 or L2 length and 1 to 4 channels, pass 2 is one
@@ -25,11 +28,14 @@
 //!
 //! Pass 1 runs over tiles of columns (a tile of every class fits the first-level cache; see
 //! [`CpuBackend::with_tile_width`]) and, with logits and a gradient, computes the probabilities
-//! in place in the gradient buffer, with plain stores: even when the buffer is larger than the
+//! in place in the cache, with plain stores. A sample's own buffer (S1–S3) saves reading the
+//! gradient buffer's old contents from memory and writing it twice: S2 went about a sixth faster,
+//! in `f32` and `f64`, and pass 2 writes the gradient with non-temporal stores above the streaming
+//! size. For larger samples the cache is the gradient buffer: even when it is larger than the
 //! last-level cache, part of it is still there when pass 2 reads it back, and pass 2's gradient
-//! then overwrites lines it has just read (non-temporal stores made S4 a third slower). For
-//! large `f32` buffers the chunked pass 2 computes the softmax again instead, and writes the
-//! gradient once ([`SoftmaxCache`]). Where the chunked pass 2 computes the softmax again (that,
+//! then overwrites lines it has just read (non-temporal stores made S4 a third slower); a buffer
+//! of their own measured slower there (S4 about a quarter). For large `f32` buffers the chunked
+//! pass 2 computes the softmax again instead, and writes the gradient once ([`SoftmaxCache`]). Where the chunked pass 2 computes the softmax again (that,
 //! or energy alone), the chunked pass 1 keeps each pixel's largest logit and reciprocal sum of
 //! exponentials (`2·B·H·W` values, at most what a cache of the probabilities takes), and pass 2
 //! computes a row's probabilities from them in one sweep, `e^(z − max)·(1/Σ e)`, the same bits
@@ -83,8 +89,10 @@
 //! ## Memory
 //! A [`CpuWorkspace`] holds per-thread row scratch (a few rows of `N·W` values; for 3D volumes
 //! also the length's fluxes along D of one slice, `(H + 1)·N·W` values, which the next slice
-//! needs) and the partial sums (`O(B·N·C)` per block); after the first call with a given shape,
-//! calls allocate nothing.
+//! needs), the partial sums (`O(B·N·C)` per block) and, where pass 1 caches samples'
+//! probabilities in buffers of their own, one sample's worth per thread (at most the batch's,
+//! and at most [`DEFAULT_SAMPLE_CACHE_BYTES`] each by default); after the first call with a
+//! given shape, calls allocate nothing.
 //! On an error found after the passes (an invalid input value: each sample's pass 2 runs before
 //! the checks of all samples are added up), the gradient buffer holds no meaningful values
 //! (probabilities, or gradients of invalid inputs).
@@ -136,6 +144,10 @@ const MASK_CHUNK: usize = 1 << 16;
 /// when nothing is cached in it (see [`CpuBackend::with_stream_bytes`]).
 pub const DEFAULT_STREAM_BYTES: usize = 24 << 20;
 
+/// The default size in bytes up to which a sample's probabilities are cached in a buffer of
+/// their own rather than in the gradient buffer (see [`CpuBackend::with_sample_cache_bytes`]).
+pub const DEFAULT_SAMPLE_CACHE_BYTES: usize = 4 << 20;
+
 /// The fused multithreaded CPU backend.
 ///
 /// Results depend on the block size (it fixes the summation order) but never on the thread
@@ -152,21 +164,24 @@ pub struct CpuBackend {
     /// Columns per tile of pass 1 (`None`: chosen from the class count).
     tile_width: Option<usize>,
     stream_bytes: usize,
+    sample_cache_bytes: usize,
     softmax_cache: SoftmaxCache,
 }
 
 /// Where the gradient pass gets the probabilities from, with logits input and a gradient.
 ///
-/// Pass 1 computes the softmax for the classes' moments. It can store the probabilities in the
-/// gradient buffer for pass 2 to read back and overwrite (the cache: the buffer is read once
-/// more and written twice), or pass 2 can compute them again from the logits (read twice, the
-/// gradient written once, with non-temporal stores when large). Results are the same bits
-/// either way.
+/// Pass 1 computes the softmax for the classes' moments. It can store the probabilities for
+/// pass 2 to read back (the cache), or pass 2 can compute them again from the logits (read
+/// twice, the gradient written once, with non-temporal stores when large). The cache is a buffer
+/// of the sample's own where a sample's probabilities are small enough
+/// ([`CpuBackend::with_sample_cache_bytes`]), else the gradient buffer, which pass 2 overwrites
+/// in place (read once more and written twice). Results are the same bits either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SoftmaxCache {
-    /// Recompute in `f32` where the buffer is larger than the streaming threshold
+    /// Cache in a sample's own buffer where it is small enough; else recompute in `f32` where
+    /// the gradient buffer is larger than the streaming threshold
     /// ([`CpuBackend::with_stream_bytes`]) and the chunked gradient kernel runs (AVX-512, 2D,
-    /// L1 or L2 length, 1 to 4 channels), else cache. Measured on S4 (2,21,3,512²), two
+    /// L1 or L2 length, 1 to 4 channels); else cache. Measured on S4 (2,21,3,512²), two
     /// threads: `f32` about a tenth faster recomputed, `f64` (whose exponential costs more than
     /// twice as much a value) about a twentieth slower (BENCHMARKS.md).
     #[default]
@@ -193,6 +208,7 @@ impl CpuBackend {
             block_pixels: None,
             tile_width: None,
             stream_bytes: DEFAULT_STREAM_BYTES,
+            sample_cache_bytes: DEFAULT_SAMPLE_CACHE_BYTES,
             softmax_cache: SoftmaxCache::Auto,
         }
     }
@@ -221,6 +237,7 @@ impl CpuBackend {
             block_pixels: None,
             tile_width: None,
             stream_bytes: DEFAULT_STREAM_BYTES,
+            sample_cache_bytes: DEFAULT_SAMPLE_CACHE_BYTES,
             softmax_cache: SoftmaxCache::Auto,
         }
     }
@@ -269,6 +286,17 @@ impl CpuBackend {
         self
     }
 
+    /// The same backend with each sample's probabilities cached in a buffer of their own (one
+    /// per thread, reused from sample to sample, so it stays in the cores' caches) where a
+    /// sample's take at most `bytes` (default [`DEFAULT_SAMPLE_CACHE_BYTES`]); `0` never does.
+    /// Pass 1 then stores them there instead of in the gradient buffer, and pass 2 reads them
+    /// there and writes the gradient once, with non-temporal stores above the streaming size
+    /// ([`CpuBackend::with_stream_bytes`]). Results are the same bits either way.
+    pub fn with_sample_cache_bytes(mut self, bytes: usize) -> Self {
+        self.sample_cache_bytes = bytes;
+        self
+    }
+
     /// The same backend with the probabilities cached or recomputed as `cache` says (default
     /// [`SoftmaxCache::Auto`]). Results are the same bits either way.
     pub fn with_softmax_cache(mut self, cache: SoftmaxCache) -> Self {
@@ -311,6 +339,9 @@ pub struct CpuWorkspace {
     centroids: Vec<f64>,
     /// Pass 2's constants in the call's float type (`Consts<T>`).
     consts: Option<Box<dyn Any + Send>>,
+    /// Buffers for one sample's probabilities each (`Vec<T>`; see
+    /// [`CpuBackend::with_sample_cache_bytes`]), taken by a sample for both its passes.
+    samples: Vec<Mutex<Option<Box<dyn Any + Send>>>>,
 }
 
 impl core::fmt::Debug for CpuWorkspace {
@@ -543,21 +574,42 @@ macro_rules! isa_copies {
 isa_copies!(pass1_avx2, pass2_avx2, "avx2,fma");
 isa_copies!(pass1_avx512, pass2_avx512, "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma");
 
-/// Runs `f` in parallel on the blocks from number `first` on, one per slot of `parts` (`stride`
-/// values each), each with its thread's scratch.
+/// Runs `f` in parallel on the blocks of one sample, one per slot of `parts` (`stride` values
+/// each), each with its thread's scratch.
 fn for_blocks<T: Real>(
     parts: &mut [f64],
     stride: usize,
     scratch: &[Mutex<Option<Box<dyn Any + Send>>>],
     plan: Plan,
-    first: usize,
     f: impl Fn(Block, &mut Scratch<T>, &mut [f64]) + Sync,
 ) {
     parts.par_chunks_mut(stride).enumerate().for_each(|(i, part)| {
         let slot = rayon::current_thread_index().unwrap_or(0) % scratch.len();
         let mut s = scratch[slot].lock().unwrap_or_else(PoisonError::into_inner);
-        f(plan.block(first + i), typed::<T>(&mut s), part);
+        f(plan.block(i), typed::<T>(&mut s), part);
     });
+}
+
+type Slot = Mutex<Option<Box<dyn Any + Send>>>;
+
+/// A free one of `slots`, the thread's own first (`None` if all are taken).
+fn take_slot(slots: &[Slot]) -> Option<std::sync::MutexGuard<'_, Option<Box<dyn Any + Send>>>> {
+    let first = rayon::current_thread_index().unwrap_or(0);
+    (0..slots.len()).find_map(|i| match slots[(first + i) % slots.len()].try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    })
+}
+
+fn typed_buffer<T: Real>(slot: &mut Option<Box<dyn Any + Send>>) -> &mut Vec<T> {
+    if !slot.as_ref().is_some_and(|b| b.is::<Vec<T>>()) {
+        *slot = Some(Box::new(Vec::<T>::new()));
+    }
+    match slot.as_mut().and_then(|b| b.downcast_mut::<Vec<T>>()) {
+        Some(v) => v,
+        None => unreachable!("the slot was just given a buffer"),
+    }
 }
 
 impl<T: Real> Backend<T> for CpuBackend {
@@ -645,14 +697,21 @@ fn evaluate<T: Real>(
     let fused2 = chunked.1 && kernel::fused::usable(isa, &p, params.length);
     #[cfg(not(target_arch = "x86_64"))]
     let fused2 = false;
+    // Whether pass 1 may cache each sample's probabilities in a buffer of their own.
+    let sp = d * h * w;
+    let own = p.logits
+        && out.grad.is_some()
+        && cfg.softmax_cache != SoftmaxCache::Never
+        && n * sp * core::mem::size_of::<T>() <= cfg.sample_cache_bytes;
     let recompute = p.logits
         && out.grad.is_some()
         && fused2
         && match cfg.softmax_cache {
             SoftmaxCache::Always => false,
             SoftmaxCache::Never => true,
-            SoftmaxCache::Auto => large && TypeId::of::<T>() == TypeId::of::<f32>(),
+            SoftmaxCache::Auto => !own && large && TypeId::of::<T>() == TypeId::of::<f32>(),
         };
+    let own = own && !recompute;
     let p = Problem { stream: large && (!p.logits || recompute), ..p };
 
     // Where pass 2 computes the probabilities again from the logits, pass 1 keeps its softmax
@@ -703,6 +762,18 @@ fn evaluate<T: Real>(
     ws.centroids.resize(bsz * n * c, 0.0);
     let consts = typed_consts::<T>(&mut ws.consts);
     consts.table.resize(bsz * tn, T::zero());
+    // As many sample buffers as samples can run at once, which is at most one cache of all the
+    // probabilities.
+    let slots = if own { threads.min(bsz) } else { 0 };
+    if ws.samples.len() < slots {
+        ws.samples.resize_with(slots, || Mutex::new(None));
+    }
+    for slot in &mut ws.samples[..slots] {
+        let buf = typed_buffer::<T>(slot.get_mut().unwrap_or_else(PoisonError::into_inner));
+        if buf.len() < n * sp {
+            buf.resize(n * sp, T::zero());
+        }
+    }
 
     // With logits and a gradient requested, pass 1 also stores the probabilities in the gradient
     // buffer (an output, overwritten in pass 2 anyway), so that pass 2 reads them back instead
@@ -729,15 +800,17 @@ fn evaluate<T: Real>(
         delta: T::from_f64_lossy(params.delta),
         length: params.length,
         scale: T::from_f64_lossy(scale),
-        cached: cache.is_some(),
-        stats,
+        cache: None,
+        stats: None,
         fused: chunked.1,
     };
 
     // Sample by sample (samples in parallel, and each pass's blocks in parallel): pass 1, the
     // sample's totals and constants, and pass 2 right after, while the sample's data are still
-    // in cache. Every sum is in block order, so results do not depend on the thread count.
+    // in cache. Every sum is in block order, so results do not depend on the thread count. The
+    // kernels see each sample as a problem of its own.
     let scratch = &ws.scratch[..threads];
+    let samples = &ws.samples[..slots];
     ws.part1[..blocks * stride1]
         .par_chunks_mut(bps * stride1)
         .zip(ws.part2[..blocks * P2_LEN].par_chunks_mut(bps * P2_LEN))
@@ -746,7 +819,21 @@ fn evaluate<T: Real>(
         .zip(consts.table[..bsz * tn].par_chunks_mut(tn))
         .enumerate()
         .for_each(|(b, ((((part1, part2), sums), cent), table))| {
-            for_blocks(part1, stride1, scratch, plan, b * bps, |blk, s, part| {
+            let grad = grad.map(|g| g.part(b, n * sp));
+            let stats = stats.map(|st| st.sample(&p, b));
+            // A buffer of the sample's own for its probabilities where one is free (a thread
+            // that starts a sample while waiting on another's blocks finds its own taken), else
+            // the gradient buffer.
+            let mut slot = take_slot(samples);
+            let (p, cache) = match slot.as_deref_mut() {
+                Some(buf) => {
+                    let own = GradRows::new(&mut typed_buffer::<T>(buf)[..n * sp]);
+                    (Problem { stream: large, ..p.sample(b) }, Some(own))
+                }
+                None => (p.sample(b), cache.and(grad)),
+            };
+            let common = Pass2 { cache, stats, ..common };
+            for_blocks(part1, stride1, scratch, plan, |blk, s, part| {
                 pass1_dispatch((isa, chunked.0), &p, blk, s, (cache, stats), part);
             });
             sums.fill(0.0);
@@ -756,9 +843,10 @@ fn evaluate<T: Real>(
                 }
             }
             let k = sample_consts(sums, (n, c), params, cent, table, &common);
-            for_blocks(part2, P2_LEN, scratch, plan, b * bps, |blk, s, part| {
+            for_blocks(part2, P2_LEN, scratch, plan, |blk, s, part| {
                 pass2_dispatch(isa, &p, &k, blk, s, grad, part);
             });
+            drop(slot);
         });
 
     // The checks and counts of every block, in order.

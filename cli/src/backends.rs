@@ -40,6 +40,10 @@ pub(crate) struct BackendArgs {
     /// probabilities the softmax pass cached in the gradient buffer or computes them again.
     #[arg(long, value_enum)]
     pub(crate) softmax_cache: Option<SoftmaxCacheChoice>,
+    /// CPU backend tuning: the largest size in bytes of one sample's probabilities that the
+    /// softmax pass caches in a buffer of their own (the help text states the default).
+    #[arg(long, help = sample_cache_bytes_help())]
+    pub(crate) sample_cache_bytes: Option<usize>,
 }
 
 /// The `--softmax-cache` choices (see `msloss::cpu::SoftmaxCache`; results are the same bits).
@@ -85,6 +89,17 @@ fn stream_bytes_help() -> String {
     )
 }
 
+/// `--sample-cache-bytes`' help, with the CPU backend's default.
+fn sample_cache_bytes_help() -> String {
+    let bytes = msloss::cpu::DEFAULT_SAMPLE_CACHE_BYTES;
+    format!(
+        "CPU backend tuning: with logits and a gradient, the softmax pass caches a sample's probabilities in a \
+         buffer of their own (one per thread, reused) rather than in the gradient buffer where they take at \
+         most this many bytes; 0 never does (default {bytes}, {} MiB)",
+        bytes >> 20
+    )
+}
+
 impl BackendArgs {
     /// Builds the chosen backend.
     pub(crate) fn build(&self) -> anyhow::Result<AnyBackend> {
@@ -95,6 +110,7 @@ impl BackendArgs {
                 ("--tile-width", self.tile_width),
                 ("--stream-bytes", self.stream_bytes),
                 ("--softmax-cache", self.softmax_cache.map(|_| 0)),
+                ("--sample-cache-bytes", self.sample_cache_bytes),
             ];
             if let Some((flag, _)) = given.iter().find(|(_, v)| v.is_some()) {
                 anyhow::bail!(
@@ -117,6 +133,9 @@ impl BackendArgs {
         }
         if let Some(cache) = self.softmax_cache {
             *cpu = std::mem::take(cpu).with_softmax_cache(cache.into());
+        }
+        if let Some(bytes) = self.sample_cache_bytes {
+            *cpu = std::mem::take(cpu).with_sample_cache_bytes(bytes);
         }
         Ok(backend)
     }

@@ -615,10 +615,11 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
     let (n, w, h, sp) = (p.n, p.w, p.h, p.sp());
     let b = blk.b;
     let logits = F & LOGITS != 0;
-    // With logits and a gradient pass 1 may have cached the probabilities in the gradient
-    // buffer (`k.cached`, see `SoftmaxCache`); otherwise each row's are computed here.
-    debug_assert!(!k.cached || (logits && grad.is_some()), "only logits with a gradient are cached");
-    let cached = if logits && k.cached { grad } else { None };
+    // With logits and a gradient pass 1 may have cached the probabilities (`k.cache`, in the
+    // gradient buffer or a buffer of their own; see `SoftmaxCache`); otherwise each row's are
+    // computed here.
+    debug_assert!(k.cache.is_none() || (logits && grad.is_some()), "only logits with a gradient are cached");
+    let cached = if logits { k.cache } else { None };
     let consts = Consts::new::<C>(p, k, logits && F & L1 != 0);
     s.cache = cached;
     s.cache_lo = blk.r0;
