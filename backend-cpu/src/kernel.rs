@@ -133,6 +133,25 @@ pub(crate) struct Pass2<'a, T> {
     pub(crate) fused: bool,
 }
 
+impl<T> Pass2<'_, T> {
+    /// The rows of sample `b` that pass 2 of block `blk` reads from the cache (empty without
+    /// one): every row from a sample's own buffer, which nothing writes in pass 2; from the
+    /// gradient buffer `grad`, the block's own rows (their gradient overwrites them in order,
+    /// and other blocks' may already be overwritten).
+    pub(crate) fn cached_rows(&self, p: &Problem<'_, T>, grad: Option<GradRows<T>>, blk: Block) -> (usize, usize) {
+        match self.cache {
+            None => (0, 0),
+            Some(_) if self.in_place(grad) => (blk.r0, blk.r1),
+            Some(_) => (0, p.d * p.h),
+        }
+    }
+
+    /// Whether the cache is the gradient buffer `grad`, whose rows pass 2 overwrites in place.
+    pub(crate) fn in_place(&self, grad: Option<GradRows<T>>) -> bool {
+        matches!((&self.cache, &grad), (Some(c), Some(g)) if c.same(g))
+    }
+}
+
 /// One block: rows `r0..r1` of sample `b`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Block {
@@ -172,7 +191,7 @@ impl<T> GradRows<T> {
     }
 
     /// Whether both are the same buffer.
-    pub(crate) fn same(self, other: Self) -> bool {
+    pub(crate) fn same(&self, other: &Self) -> bool {
         core::ptr::eq(self.ptr, other.ptr)
     }
 
@@ -279,9 +298,10 @@ pub(crate) struct Scratch<T> {
     zero: Vec<T>,
     /// The mask line of a row without a mask.
     ones: Vec<T>,
-    /// In pass 2 with logits and a gradient: the gradient buffer, which pass 1 filled with the
-    /// probabilities; rows `cache_lo..cache_hi` (this block's rows not yet overwritten by their
-    /// gradient) are read from it in place instead of recomputing the softmax. `None` outside
+    /// In pass 2 with logits and a gradient: where pass 1 stored the probabilities (the
+    /// gradient buffer or the sample's own buffer); rows `cache_lo..cache_hi` (see
+    /// [`Pass2::cached_rows`]; in the gradient buffer, the block's rows not yet overwritten by
+    /// their gradient) are read from it instead of recomputing the softmax. `None` outside
     /// pass 2.
     cache: Option<GradRows<T>>,
     cache_lo: usize,
@@ -490,7 +510,7 @@ impl<'a, T: Real> YLines<'a, T> {
                 None => &self.ones[..w],
             },
             // SAFETY: `Scratch::y_row` hands out `Cached` rows only within `cache_lo..cache_hi`:
-            // this block's rows that nothing writes while they are read.
+            // rows that nothing writes while they are read (`Pass2::cached_rows`).
             YRow::Cached(g, r) => unsafe { g.row_ref(self.p, self.b, i, r) },
         }
     }
@@ -1475,7 +1495,9 @@ pub(crate) fn pass2<T: Real, const FMA: bool>(
     part.fill(0.0);
     s.forget();
     s.cache = k.cache;
-    s.cache_hi = blk.r1;
+    let (lo, hi) = k.cached_rows(p, grad, blk);
+    let in_place = k.in_place(grad);
+    s.cache_hi = hi;
     let (n, c, w, sp) = (p.n, p.c, p.w, p.sp());
     let b = blk.b;
     let (cent, corr) = (k.centroids, k.corr);
@@ -1484,12 +1506,12 @@ pub(crate) fn pass2<T: Real, const FMA: bool>(
     let flags =
         u8::from(grad.is_some()) * CL_GRAD + u8::from(p.mask.is_some()) * CL_MASK + u8::from(p.logits) * CL_LOGITS;
     for r in blk.r0..blk.r1 {
-        // Rows before `r` already hold their gradient.
-        s.cache_lo = r;
+        // In the gradient buffer, rows before `r` already hold their gradient.
+        s.cache_lo = if in_place { r } else { lo };
         // The inputs of the next rows the sweep will load, ahead of the hardware prefetcher.
-        prefetch_rows(p, s.cache.filter(|_| r + 2 < blk.r1), b, r + 2);
+        prefetch_rows(p, s.cache.filter(|_| r + 2 < hi), b, r + 2);
         if p.d > 1 {
-            prefetch_rows(p, s.cache.filter(|_| r + 1 + p.h < blk.r1), b, r + 1 + p.h);
+            prefetch_rows(p, s.cache.filter(|_| r + 1 + p.h < hi), b, r + 1 + p.h);
         }
         if r + 1 < p.d * p.h {
             for k in 0..c {
@@ -1568,7 +1590,6 @@ pub(crate) fn pass2<T: Real, const FMA: bool>(
             // row r's probabilities are there: in the gradient buffer, overwritten in place, or
             // in a buffer of their own.
             debug_assert!(matches!(yr, YRow::Cached(..)), "logits with a gradient are cached");
-            let in_place = k.cache.is_some_and(|c| c.same(gr));
             for (cls, g) in s.g.chunks_exact(w).enumerate() {
                 // SAFETY: row r of this block's sample belongs to this block only, and no
                 // reference into it is live (`ys` reads it from the gradient buffer only when

@@ -622,8 +622,9 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
     let cached = if logits { k.cache } else { None };
     let consts = Consts::new::<C>(p, k, logits && F & L1 != 0);
     s.cache = cached;
-    s.cache_lo = blk.r0;
-    s.cache_hi = blk.r1;
+    // The rows read from the cache (`Pass2::cached_rows`).
+    let (lo, hi) = k.cached_rows(p, grad, blk);
+    (s.cache_lo, s.cache_hi) = (lo, hi);
     // The probabilities of the row and the next, and the H fluxes of the row above and this
     // one, each class's line `ws` apart: a stride that is not a multiple of a page, so that the
     // chunk's lines of all classes fall in different cache sets (the sample's planes are a
@@ -685,11 +686,12 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
                     // SAFETY: the CPU has the features (this function's contract).
                     unsafe { copy_line(&mut dst[cls * ws..][..w], from, ahead) };
                 }
-            } else if let (Some(g), true) = (cached, r < blk.r1) {
-                let ahead = (r + PREFETCH_ROWS < blk.r1).then_some(PREFETCH_ROWS * w);
+            } else if let (Some(g), true) = (cached, r < hi) {
+                let ahead = (r + PREFETCH_ROWS < hi).then_some(PREFETCH_ROWS * w);
                 for cls in 0..n {
-                    // SAFETY: row `r` of this block, cached by pass 1 and not yet overwritten;
-                    // the CPU has the features (this function's contract).
+                    // SAFETY: a row pass 1 cached that nothing writes while it is read (`lo ≤ r <
+                    // hi`: rows before `r` are below `lo` only in a sample's own buffer); the CPU
+                    // has the features (this function's contract).
                     unsafe { copy_line(&mut dst[cls * ws..][..w], g.row_ref(p, b, cls, r), ahead) };
                 }
             } else if let Some(st) = k.stats {
@@ -714,7 +716,7 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
         // The probabilities (given, cached or computed) are asked for a line at a time as the
         // row before them is loaded (`copy_line`, `softmax_row`); the mask here, and the logits
         // of the first row past a block whose rows are cached, which nothing before loads.
-        if cached.is_some() && r + 2 == blk.r1 {
+        if cached.is_some() && r + 2 == hi {
             prefetch_rows(p, None, b, r + 2);
         } else if let Some(mask) = p.mask.filter(|_| r + 2 < h) {
             prefetch_line(&mask[b * sp + (r + 2) * w..][..w]);
