@@ -1510,6 +1510,14 @@ pub(crate) fn pass2<T: Real, const FMA: bool>(
         s.cache_lo = if in_place { r } else { lo };
         // The inputs of the next rows the sweep will load, ahead of the hardware prefetcher.
         prefetch_rows(p, s.cache.filter(|_| r + 2 < hi), b, r + 2);
+        // And the gradient rows it will write, where nothing else reads them first (S2 `f32`
+        // in the AVX2 copy, 6 alternations: two threads 6.50 → 6.00 ms, one 12.3 → 11.5).
+        if let Some(g) = grad.filter(|_| s.cache.is_some() && !in_place && !p.stream && r + 2 < blk.r1) {
+            for cls in 0..n {
+                // SAFETY: only a prefetch of a row of this block, which nothing writes yet.
+                prefetch_line(unsafe { g.row_ref(p, b, cls, r + 2) });
+            }
+        }
         if p.d > 1 {
             prefetch_rows(p, s.cache.filter(|_| r + 1 + p.h < hi), b, r + 1 + p.h);
         }
