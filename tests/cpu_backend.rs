@@ -418,8 +418,8 @@ fn softmax_cache_changes_no_bit() {
                 // The probabilities cached in the gradient buffer.
                 let cached = backend(SoftmaxCache::Always).with_sample_cache_bytes(0);
                 let want = eval(&cached, &mut Backend::<T>::workspace(&cached), &case, &data);
-                // Recomputed, and cached in buffers of each sample's own (by default the shapes'
-                // samples are small enough), with and without streaming the gradient.
+                // Recomputed, and cached in buffers of each sample's own (the shapes' samples are
+                // too small by default), with and without streaming the gradient.
                 for (cache, stream, own, offset) in [
                     (SoftmaxCache::Never, usize::MAX, 0, 0),
                     (SoftmaxCache::Never, 0, 0, 3),
@@ -428,7 +428,8 @@ fn softmax_cache_changes_no_bit() {
                     (SoftmaxCache::Always, 0, usize::MAX, 3),
                     (SoftmaxCache::Auto, 0, usize::MAX, 1),
                 ] {
-                    let cpu = backend(cache).with_stream_bytes(stream).with_sample_cache_bytes(own);
+                    let cpu =
+                        backend(cache).with_stream_bytes(stream).with_sample_cache_bytes(own).with_sample_cache_from(0);
                     let mut ws = Backend::<T>::workspace(&cpu);
                     let got = eval_at(&cpu, &mut ws, &case, &data, offset);
                     assert!(

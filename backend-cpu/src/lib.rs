@@ -27,17 +27,22 @@
 //! environment makes every case take them, to compare the two.
 //!
 //! Pass 1 runs over tiles of columns (a tile of every class fits the first-level cache; see
-//! [`CpuBackend::with_tile_width`]) and, with logits and a gradient, computes the probabilities
-//! in place in the cache, with plain stores. A sample's own buffer (S1–S3) saves reading the
-//! gradient buffer's old contents from memory and writing it twice: S2 went about a sixth faster,
-//! in `f32` and `f64`, and pass 2 writes the gradient with non-temporal stores above the streaming
-//! size. For larger samples the cache is the gradient buffer: even when it is larger than the
-//! last-level cache, part of it is still there when pass 2 reads it back, and pass 2's gradient
-//! then overwrites lines it has just read (non-temporal stores made S4 a third slower); a buffer
-//! of their own measured slower there (S4 about a quarter). For large `f32` buffers the chunked
-//! pass 2 computes the softmax again instead, and writes the gradient once ([`SoftmaxCache`]). Where the chunked pass 2 computes the softmax again (that,
-//! or energy alone), the chunked pass 1 keeps each pixel's largest logit and reciprocal sum of
-//! exponentials (`2·B·H·W` values, at most what a cache of the probabilities takes), and pass 2
+//! [`CpuBackend::with_tile_width`]) and, with logits and a gradient, stores the probabilities
+//! in the cache, with plain stores. A sample's own buffer (S2, S3: a sample's logits,
+//! image and probabilities overflow a core's second-level cache, but its probabilities take at
+//! most 4 MiB) saves pass 1 reading the gradient buffer's old contents from memory while it
+//! reads the logits: pass 2 reads the gradient's lines instead, asking for them two rows ahead,
+//! and writes them once (with non-temporal stores above the streaming size). S2 went about a
+//! tenth faster in `f32` and `f64`. Smaller samples (S1) keep the gradient buffer, where the
+//! whole sample stays in the second-level cache. For larger samples the cache is the gradient
+//! buffer too: even when it is larger than the last-level cache, part of it is still there when
+//! pass 2 reads it back, and pass 2's gradient then overwrites lines it has just read
+//! (non-temporal stores made S4 a third slower); a buffer of their own measured slower there
+//! (S4 about a quarter). For large `f32` buffers the chunked pass 2 computes the softmax again
+//! instead, and writes the gradient once ([`SoftmaxCache`]). Where the chunked pass 2 computes
+//! the softmax again (that, or energy alone), the chunked pass 1 keeps each pixel's largest
+//! logit and reciprocal sum of exponentials (`2·B·H·W` values, at most what a cache of the
+//! probabilities takes), and pass 2
 //! computes a row's probabilities from them in one sweep, `e^(z − max)·(1/Σ e)`, the same bits
 //! as the full softmax without its copy, maximum and sum. With probabilities input nothing is
 //! cached, and pass 2 writes a gradient buffer too large to stay in cache with non-temporal stores
@@ -148,6 +153,14 @@ pub const DEFAULT_STREAM_BYTES: usize = 24 << 20;
 /// their own rather than in the gradient buffer (see [`CpuBackend::with_sample_cache_bytes`]).
 pub const DEFAULT_SAMPLE_CACHE_BYTES: usize = 4 << 20;
 
+/// The default size in bytes of a sample's logits, image and probabilities together up to
+/// which its probabilities stay in the gradient buffer (see
+/// [`CpuBackend::with_sample_cache_from`]): pass 1 and pass 2 then run on a sample that stays
+/// in a core's second-level cache (2 MiB on the development machine), and a buffer of its own
+/// would only add to it (S1, 1.75 MiB a sample: 0.66 ms in place against 0.98 in its own
+/// buffer, two threads, 12 alternations).
+pub const DEFAULT_SAMPLE_CACHE_FROM_BYTES: usize = 2 << 20;
+
 /// The fused multithreaded CPU backend.
 ///
 /// Results depend on the block size (it fixes the summation order) but never on the thread
@@ -165,6 +178,7 @@ pub struct CpuBackend {
     tile_width: Option<usize>,
     stream_bytes: usize,
     sample_cache_bytes: usize,
+    sample_cache_from: usize,
     softmax_cache: SoftmaxCache,
 }
 
@@ -209,6 +223,7 @@ impl CpuBackend {
             tile_width: None,
             stream_bytes: DEFAULT_STREAM_BYTES,
             sample_cache_bytes: DEFAULT_SAMPLE_CACHE_BYTES,
+            sample_cache_from: DEFAULT_SAMPLE_CACHE_FROM_BYTES,
             softmax_cache: SoftmaxCache::Auto,
         }
     }
@@ -238,6 +253,7 @@ impl CpuBackend {
             tile_width: None,
             stream_bytes: DEFAULT_STREAM_BYTES,
             sample_cache_bytes: DEFAULT_SAMPLE_CACHE_BYTES,
+            sample_cache_from: DEFAULT_SAMPLE_CACHE_FROM_BYTES,
             softmax_cache: SoftmaxCache::Auto,
         }
     }
@@ -289,11 +305,22 @@ impl CpuBackend {
     /// The same backend with each sample's probabilities cached in a buffer of their own (one
     /// per thread, reused from sample to sample, so it stays in the cores' caches) where a
     /// sample's take at most `bytes` (default [`DEFAULT_SAMPLE_CACHE_BYTES`]); `0` never does.
+    /// Samples too small to gain are left out ([`CpuBackend::with_sample_cache_from`]).
     /// Pass 1 then stores them there instead of in the gradient buffer, and pass 2 reads them
     /// there and writes the gradient once, with non-temporal stores above the streaming size
     /// ([`CpuBackend::with_stream_bytes`]). Results are the same bits either way.
     pub fn with_sample_cache_bytes(mut self, bytes: usize) -> Self {
         self.sample_cache_bytes = bytes;
+        self
+    }
+
+    /// The same backend that caches a sample's probabilities in a buffer of their own (see
+    /// [`CpuBackend::with_sample_cache_bytes`]) only where its logits, image and probabilities
+    /// together take more than `bytes` (default [`DEFAULT_SAMPLE_CACHE_FROM_BYTES`]); smaller
+    /// samples stay in a core's second-level cache with the probabilities in the gradient
+    /// buffer. Results are the same bits either way.
+    pub fn with_sample_cache_from(mut self, bytes: usize) -> Self {
+        self.sample_cache_from = bytes;
         self
     }
 
@@ -697,12 +724,16 @@ fn evaluate<T: Real>(
     let fused2 = chunked.1 && kernel::fused::usable(isa, &p, params.length);
     #[cfg(not(target_arch = "x86_64"))]
     let fused2 = false;
-    // Whether pass 1 may cache each sample's probabilities in a buffer of their own.
+    // Whether pass 1 may cache each sample's probabilities in a buffer of their own: where they
+    // fit `sample_cache_bytes`, and the sample's logits, image and probabilities together take
+    // more than `sample_cache_from`.
     let sp = d * h * w;
+    let elem = core::mem::size_of::<T>();
     let own = p.logits
         && out.grad.is_some()
         && cfg.softmax_cache != SoftmaxCache::Never
-        && n * sp * core::mem::size_of::<T>() <= cfg.sample_cache_bytes;
+        && n * sp * elem <= cfg.sample_cache_bytes
+        && (2 * n + c) * sp * elem > cfg.sample_cache_from;
     let recompute = p.logits
         && out.grad.is_some()
         && fused2
