@@ -125,6 +125,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use msloss_core::{Backend, Energy, Error, Input, Outputs, Params, Real, Reduction};
 use rayon::prelude::*;
 
+/// A workspace slot holding one typed part (see `typed`), locked by whoever uses it.
+type Slot = Mutex<Option<Box<dyn Any + Send>>>;
+
 mod exp;
 mod kernel;
 
@@ -305,10 +308,10 @@ impl CpuBackend {
     /// The same backend with each sample's probabilities cached in a buffer of their own (one
     /// per thread, reused from sample to sample, so it stays in the cores' caches) where a
     /// sample's take at most `bytes` (default [`DEFAULT_SAMPLE_CACHE_BYTES`]); `0` never does.
-    /// Samples too small to gain are left out ([`CpuBackend::with_sample_cache_from`]).
     /// Pass 1 then stores them there instead of in the gradient buffer, and pass 2 reads them
     /// there and writes the gradient once, with non-temporal stores above the streaming size
-    /// ([`CpuBackend::with_stream_bytes`]). Results are the same bits either way.
+    /// ([`CpuBackend::with_stream_bytes`]). Samples too small to gain are left out
+    /// ([`CpuBackend::with_sample_cache_from`]). Results are the same bits either way.
     pub fn with_sample_cache_bytes(mut self, bytes: usize) -> Self {
         self.sample_cache_bytes = bytes;
         self
@@ -357,7 +360,7 @@ impl CpuBackend {
 #[derive(Default)]
 pub struct CpuWorkspace {
     /// One `Scratch<T>` per thread, typed by the last call's float type.
-    scratch: Vec<Mutex<Option<Box<dyn Any + Send>>>>,
+    scratch: Vec<Slot>,
     part1: Vec<f64>,
     part2: Vec<f64>,
     /// Per-sample totals of pass 1, `[B, N·(1 + C)]`.
@@ -368,7 +371,7 @@ pub struct CpuWorkspace {
     consts: Option<Box<dyn Any + Send>>,
     /// Buffers for one sample's probabilities each (`Vec<T>`; see
     /// [`CpuBackend::with_sample_cache_bytes`]), taken by a sample for both its passes.
-    samples: Vec<Mutex<Option<Box<dyn Any + Send>>>>,
+    samples: Vec<Slot>,
 }
 
 impl core::fmt::Debug for CpuWorkspace {
@@ -382,13 +385,15 @@ impl core::fmt::Debug for CpuWorkspace {
 }
 
 /// The workspace's scratch of one thread as `Scratch<T>`, replacing it if it held another type.
-fn typed<T: Real>(slot: &mut Option<Box<dyn Any + Send>>) -> &mut Scratch<T> {
-    if !slot.as_ref().is_some_and(|b| b.is::<Scratch<T>>()) {
-        *slot = Some(Box::new(Scratch::<T>::default()));
+/// What `slot` holds as an `S`, after replacing anything else it held with a fresh one (the
+/// workspace's typed parts follow the call's float type).
+fn typed<S: Any + Send + Default>(slot: &mut Option<Box<dyn Any + Send>>) -> &mut S {
+    if !slot.as_ref().is_some_and(|b| b.is::<S>()) {
+        *slot = Some(Box::new(S::default()));
     }
-    match slot.as_mut().and_then(|b| b.downcast_mut::<Scratch<T>>()) {
+    match slot.as_mut().and_then(|b| b.downcast_mut::<S>()) {
         Some(s) => s,
-        None => unreachable!("the slot was just given a Scratch<T>"),
+        None => unreachable!("the slot was just given one"),
     }
 }
 
@@ -606,18 +611,16 @@ isa_copies!(pass1_avx512, pass2_avx512, "avx512f,avx512vl,avx512dq,avx512bw,avx2
 fn for_blocks<T: Real>(
     parts: &mut [f64],
     stride: usize,
-    scratch: &[Mutex<Option<Box<dyn Any + Send>>>],
+    scratch: &[Slot],
     plan: Plan,
     f: impl Fn(Block, &mut Scratch<T>, &mut [f64]) + Sync,
 ) {
     parts.par_chunks_mut(stride).enumerate().for_each(|(i, part)| {
         let slot = rayon::current_thread_index().unwrap_or(0) % scratch.len();
         let mut s = scratch[slot].lock().unwrap_or_else(PoisonError::into_inner);
-        f(plan.block(i), typed::<T>(&mut s), part);
+        f(plan.block(i), typed::<Scratch<T>>(&mut s), part);
     });
 }
-
-type Slot = Mutex<Option<Box<dyn Any + Send>>>;
 
 /// A free one of `slots`, the thread's own first (`None` if all are taken).
 fn take_slot(slots: &[Slot]) -> Option<std::sync::MutexGuard<'_, Option<Box<dyn Any + Send>>>> {
@@ -627,16 +630,6 @@ fn take_slot(slots: &[Slot]) -> Option<std::sync::MutexGuard<'_, Option<Box<dyn 
         Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
         Err(std::sync::TryLockError::WouldBlock) => None,
     })
-}
-
-fn typed_buffer<T: Real>(slot: &mut Option<Box<dyn Any + Send>>) -> &mut Vec<T> {
-    if !slot.as_ref().is_some_and(|b| b.is::<Vec<T>>()) {
-        *slot = Some(Box::new(Vec::<T>::new()));
-    }
-    match slot.as_mut().and_then(|b| b.downcast_mut::<Vec<T>>()) {
-        Some(v) => v,
-        None => unreachable!("the slot was just given a buffer"),
-    }
 }
 
 impl<T: Real> Backend<T> for CpuBackend {
@@ -675,16 +668,6 @@ struct Consts<T> {
     table: Vec<T>,
     /// See `kernel::Stats` (grows to the largest shape that kept them).
     stats: Vec<T>,
-}
-
-fn typed_consts<T: Real>(slot: &mut Option<Box<dyn Any + Send>>) -> &mut Consts<T> {
-    if !slot.as_ref().is_some_and(|b| b.is::<Consts<T>>()) {
-        *slot = Some(Box::new(Consts::<T>::default()));
-    }
-    match slot.as_mut().and_then(|b| b.downcast_mut::<Consts<T>>()) {
-        Some(s) => s,
-        None => unreachable!("the slot was just given the constants"),
-    }
 }
 
 fn evaluate<T: Real>(
@@ -783,7 +766,7 @@ fn evaluate<T: Real>(
         ws.scratch.resize_with(threads, || Mutex::new(None));
     }
     for s in &mut ws.scratch {
-        typed::<T>(s.get_mut().unwrap_or_else(PoisonError::into_inner)).prepare(n, d, h, w);
+        typed::<Scratch<T>>(s.get_mut().unwrap_or_else(PoisonError::into_inner)).prepare(n, d, h, w);
     }
     let bps = plan.blocks_per_sample;
     let (stride1, sn, tn) = (P1_HEAD + n * (1 + c), n * (1 + c), table_len(n, c));
@@ -791,7 +774,7 @@ fn evaluate<T: Real>(
     ws.part2.resize(blocks * P2_LEN, 0.0);
     ws.sums.resize(bsz * sn, 0.0);
     ws.centroids.resize(bsz * n * c, 0.0);
-    let consts = typed_consts::<T>(&mut ws.consts);
+    let consts = typed::<Consts<T>>(&mut ws.consts);
     consts.table.resize(bsz * tn, T::zero());
     // As many sample buffers as samples can run at once, which is at most one cache of all the
     // probabilities.
@@ -800,7 +783,7 @@ fn evaluate<T: Real>(
         ws.samples.resize_with(slots, || Mutex::new(None));
     }
     for slot in &mut ws.samples[..slots] {
-        let buf = typed_buffer::<T>(slot.get_mut().unwrap_or_else(PoisonError::into_inner));
+        let buf = typed::<Vec<T>>(slot.get_mut().unwrap_or_else(PoisonError::into_inner));
         if buf.len() < n * sp {
             buf.resize(n * sp, T::zero());
         }
@@ -858,7 +841,7 @@ fn evaluate<T: Real>(
             let mut slot = take_slot(samples);
             let (p, cache) = match slot.as_deref_mut() {
                 Some(buf) => {
-                    let own = GradRows::new(&mut typed_buffer::<T>(buf)[..n * sp]);
+                    let own = GradRows::new(&mut typed::<Vec<T>>(buf)[..n * sp]);
                     (Problem { stream: large, ..p.sample(b) }, Some(own))
                 }
                 None => (p.sample(b), cache.and(grad)),
