@@ -44,6 +44,11 @@ pub(crate) struct BackendArgs {
     /// softmax pass caches in a buffer of their own (the help text states the default).
     #[arg(long, help = sample_cache_bytes_help())]
     pub(crate) sample_cache_bytes: Option<usize>,
+    /// CPU backend tuning: the size in bytes of one sample's logits, image and probabilities
+    /// above which its probabilities take a buffer of their own (the help text states the
+    /// default).
+    #[arg(long, help = sample_cache_from_help())]
+    pub(crate) sample_cache_from: Option<usize>,
 }
 
 /// The `--softmax-cache` choices (see `msloss::cpu::SoftmaxCache`; results are the same bits).
@@ -100,6 +105,18 @@ fn sample_cache_bytes_help() -> String {
     )
 }
 
+/// `--sample-cache-from`'s help, with the CPU backend's default.
+fn sample_cache_from_help() -> String {
+    let bytes = msloss::cpu::DEFAULT_SAMPLE_CACHE_FROM_BYTES;
+    format!(
+        "CPU backend tuning: a sample's probabilities take a buffer of their own (see --sample-cache-bytes) only \
+         where its logits, image and probabilities together take more than this many bytes; smaller samples \
+         stay in a core's second-level cache either way; 0 lets every sample up to --sample-cache-bytes take \
+         one (default {bytes}, {} MiB)",
+        bytes >> 20
+    )
+}
+
 impl BackendArgs {
     /// Builds the chosen backend.
     pub(crate) fn build(&self) -> anyhow::Result<AnyBackend> {
@@ -111,6 +128,7 @@ impl BackendArgs {
                 ("--stream-bytes", self.stream_bytes),
                 ("--softmax-cache", self.softmax_cache.map(|_| 0)),
                 ("--sample-cache-bytes", self.sample_cache_bytes),
+                ("--sample-cache-from", self.sample_cache_from),
             ];
             if let Some((flag, _)) = given.iter().find(|(_, v)| v.is_some()) {
                 anyhow::bail!(
@@ -136,6 +154,9 @@ impl BackendArgs {
         }
         if let Some(bytes) = self.sample_cache_bytes {
             *cpu = std::mem::take(cpu).with_sample_cache_bytes(bytes);
+        }
+        if let Some(bytes) = self.sample_cache_from {
+            *cpu = std::mem::take(cpu).with_sample_cache_from(bytes);
         }
         Ok(backend)
     }

@@ -210,6 +210,12 @@ fn cpu_tuning_flags_are_accepted_and_checked() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["pass"], true);
+    // Every sample's probabilities in a buffer of their own, whatever its size.
+    let args = ["gradcheck", "--shape", "3,3,2,9,20", "--block-pixels", "40", "--sample-cache-from", "0"];
+    let out = run(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["pass"], true);
     let out = run(&["bench", "--shape", "1,2,1,32,32", "--iters", "2", "--block-pixels", "64", "--tile-width", "8"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -221,6 +227,10 @@ fn cpu_tuning_flags_are_accepted_and_checked() {
         (
             &["bench", "--shape", "1,2,1,8,8", "--backend", "reference", "--stream-bytes", "0"][..],
             "--stream-bytes applies to the cpu backend only",
+        ),
+        (
+            &["bench", "--shape", "1,2,1,8,8", "--backend", "reference", "--sample-cache-from", "0"][..],
+            "--sample-cache-from applies to the cpu backend only",
         ),
     ] {
         let out = run(args);
