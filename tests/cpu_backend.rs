@@ -125,6 +125,7 @@ fn matches_reference_on_every_feature() {
         shape(1, 4, 3, 1, 9, 1),   // a single column
         shape(2, 2, 3, 3, 5, 7),   // 3D
         shape(1, 5, 1, 4, 3, 2),   // 3D, thin
+        shape(2, 3, 2, 5, 4, 37),  // 3D, rows longer than a register
         shape(1, 2, 5, 1, 6, 5),   // more channels than the specialised kernels
     ];
     let mut seed = 10;
@@ -275,6 +276,45 @@ fn tied_row_ends<T: Real>() {
 fn tied_row_ends_match_reference() {
     tied_row_ends::<f32>();
     tied_row_ends::<f64>();
+}
+
+/// Ties (zero L1 differences) only along D, between a pixel and the same pixel of the next
+/// slice, amid random logits (no W or H pair ties with them): inside rows, where the chunked
+/// pass 2 takes each flux's sign from the difference's sign bit and must find the tie by its
+/// test of the pixel, and at rows' ends. Only class 0 ties, at exactly 1/2 (see
+/// [`tied_row_ends`]); blocks of two rows, so that the first slice of most blocks takes the
+/// D fluxes of the slice before from the row-line kernels.
+fn tied_slices<T: Real>() {
+    let s = shape(1, 4, 2, 3, 4, 64);
+    let mut data = RandomInputs::<T>::new(s, 6);
+    let (sp, w, hw) = (s.spatial(), 64, 4 * 64);
+    let pairs = [(w + 30, w + 30 + hw), (hw + 2 * w + 45, 2 * hw + 2 * w + 45), (0, hw), (hw + 63, 2 * hw + 63)];
+    for (a, b) in pairs {
+        for (n, (za, zb)) in [(0.0, 0.0), (0.0, -200.0), (-200.0, 0.0), (-200.0, -200.0)].into_iter().enumerate() {
+            data.logits[n * sp + a] = T::from_f64_lossy(za);
+            data.logits[n * sp + b] = T::from_f64_lossy(zb);
+        }
+    }
+    for blocks in [128, 1 << 20] {
+        let cpu = CpuBackend::with_threads(2).with_block_pixels(blocks);
+        for mask in [false, true] {
+            let params = Params::default().with_lambda(0.3).with_length(LengthKind::L1);
+            let case = Case { shape: s, logits: true, mask, params, seed: 0 };
+            let (e, g, c) = eval(&cpu, &mut cpu.workspace(), &case, &data);
+            let (er, gr, cr) = eval(&Reference, &mut Reference.workspace(), &case, &data);
+            let name = format!("tied slices {} blocks of {blocks} mask={mask}", T::NAME);
+            let tol = Tolerance::of::<T>();
+            tol.energy(&name, e, er);
+            tol.slices("gradient", &name, &g, &gr);
+            tol.slices("centroids", &name, &c, &cr);
+        }
+    }
+}
+
+#[test]
+fn tied_slices_match_reference() {
+    tied_slices::<f32>();
+    tied_slices::<f64>();
 }
 
 /// Larger images with many blocks of many rows, and classes up to 21; tiles of whole chunks of
@@ -648,7 +688,7 @@ fn every_kernel_copy_agrees_with_the_reference() {
             .expect("the test binary runs");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "MSLOSS_CPU_ISA={isa}:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
-        assert!(text.contains("test result: ok. 7 passed"), "MSLOSS_CPU_ISA={isa} ran other tests:\n{text}");
+        assert!(text.contains("test result: ok. 8 passed"), "MSLOSS_CPU_ISA={isa} ran other tests:\n{text}");
     }
 }
 

@@ -325,6 +325,9 @@ pub(crate) struct Scratch<T> {
     /// The fused pass 2: the current row's probabilities (`ynext` the next row's), each class
     /// a padded line.
     ycur: Vec<T>,
+    /// The fused pass 2 in 3D: the same row of the next slice's probabilities (see `ycur`;
+    /// empty in 2D).
+    yd: Vec<T>,
 }
 
 impl<T: Real> Scratch<T> {
@@ -346,6 +349,7 @@ impl<T: Real> Scratch<T> {
         for t in [&mut self.up, &mut self.up_next, &mut self.ycur, &mut self.ynext] {
             t.resize(n * ws + 3 * PADDED_LANES, T::zero());
         }
+        self.yd.resize(if d > 1 { n * ws + 3 * PADDED_LANES } else { 0 }, T::zero());
         self.carry.resize(2 * n, T::zero());
         self.gbuf.resize(n * PADDED_LANES, T::zero());
         self.sums1.resize(n * (1 + MAX_FUSED_CHANNELS) * PADDED_LANES, T::zero());

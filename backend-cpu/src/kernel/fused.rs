@@ -1,6 +1,6 @@
-//! Pass 2 in one sweep per row for `f32` and `f64` on AVX-512: 2D images, an L1 or L2 length,
-//! 1 to 4 channels (every other case takes the row-line kernels of the parent module). The
-//! kernel is written once over the register operations of [`simd::Simd`].
+//! Pass 2 in one sweep per row for `f32` and `f64` on AVX-512: 2D images and 3D volumes, an L1
+//! or L2 length, 1 to 4 channels (every other case takes the row-line kernels of the parent
+//! module). The kernel is written once over the register operations of [`simd::Simd`].
 //!
 //! A row is done in chunks of one register's pixels (16 of `f32`, 8 of `f64`), and within a
 //! chunk class by class: the chunk's image values, their offsets to the centre, and the sums
@@ -8,7 +8,11 @@
 //! fluxes go straight into its gradient, so a class-pixel is loaded and stored far fewer times
 //! than through the per-class row lines. What crosses chunks and rows is small: per class, the W flux of the chunk's last
 //! pixel (the next chunk's first pixel needs it) and the line of H fluxes of the row above
-//! (`up`, updated in place as the row's own H fluxes are computed). With logits the chunk's `g`
+//! (`up`, updated in place as the row's own H fluxes are computed). In 3D a row also pairs with
+//! the same row of the next slice (its D fluxes), and reads the D fluxes of the same row of the
+//! slice before from a ring of `H + 1` rows of every class (the parent's `fd_ring`, in its
+//! layout: the block's first slice takes them from the row-line kernels, as `up` of the
+//! block's first row). With logits the chunk's `g`
 //! of every class waits in a small buffer until `Σ y·g` is complete, then the outputs overwrite
 //! the cached probabilities of the chunk. The row's last chunk uses masked loads and stores.
 //!
@@ -49,6 +53,9 @@ use simd::{Simd, lanes};
 pub(crate) mod pass1;
 mod simd;
 
+/// The flag of [`block`] for a 3D volume (with the parent's three: `L1`, `MASKED`, `LOGITS`).
+const D3: u8 = 8;
+
 /// The most lanes a register of any of the types has: 16 of `f32`.
 const L: usize = PADDED_LANES;
 /// Chunks whose sums are added in `T` before they are added in `f64`.
@@ -59,7 +66,6 @@ const FOLD_CHUNKS: usize = 16;
 pub(crate) fn usable<T: Real>(isa: Isa, p: &Problem<'_, T>, length: LengthKind) -> bool {
     isa == Isa::Avx512
         && (TypeId::of::<T>() == TypeId::of::<f32>() || TypeId::of::<T>() == TypeId::of::<f64>())
-        && p.d == 1
         && (1..=MAX_FUSED_CHANNELS).contains(&p.c)
         && p.n <= MAX_CLASSES
         && matches!(length, LengthKind::L1 | LengthKind::L2)
@@ -104,8 +110,10 @@ unsafe fn typed<T: Real, U: Simd>(
     let (p, s, grad) = retype::<T, U>(p, s, grad);
     // SAFETY: `T` is `U` (`retype` asserts it): the cast only names the type by what it is.
     let k = unsafe { &*core::ptr::from_ref(k).cast::<Pass2<'_, U>>() };
-    let flags =
-        u8::from(k.length == LengthKind::L1) * L1 + u8::from(p.mask.is_some()) * MASKED + u8::from(p.logits) * LOGITS;
+    let flags = u8::from(k.length == LengthKind::L1) * L1
+        + u8::from(p.mask.is_some()) * MASKED
+        + u8::from(p.logits) * LOGITS
+        + u8::from(p.d > 1) * D3;
     macro_rules! dispatch {
         ($($c:literal)*; $($f:literal)*) => {
             dispatch!(@c ($($c)*) ($($f)*))
@@ -120,11 +128,11 @@ unsafe fn typed<T: Real, U: Simd>(
             match flags {
                 // SAFETY: the caller's contract.
                 $($f => unsafe { block::<U, $c, $f>(p, k, blk, s, grad, part) },)*
-                _ => unreachable!("three flag bits"),
+                _ => unreachable!("four flag bits"),
             }
         };
     }
-    dispatch!(1 2 3 4; 0 1 2 3 4 5 6 7);
+    dispatch!(1 2 3 4; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
 }
 
 /// The problem, scratch and gradient rows of a kernel generic over `T` as the type `U` that `T`
@@ -227,20 +235,31 @@ struct Row<'a, T> {
     /// The next row's probabilities (`has_h`; a copy in scratch).
     y1: ClassRows<T>,
     has_h: bool,
+    /// In 3D, the same row of the next slice's probabilities (`has_d`; a copy in scratch).
+    y2: ClassRows<T>,
+    has_d: bool,
     /// `φ_H` of the row above.
     up: ClassRows<T>,
     /// This row's `φ_H`.
     up_out: ClassRows<T>,
+    /// In 3D, `φ_D` of the same row of the slice before (zeros in the first slice).
+    back: ClassRows<T>,
+    /// In 3D, this row's `φ_D` (`has_d`).
+    back_out: ClassRows<T>,
     out: ClassRows<T>,
     /// Whether `out` is written with non-temporal stores (a buffer too large to stay in cache,
     /// and every chunk 64-byte aligned).
     stream: bool,
     m0: Option<&'a [T]>,
     m1: Option<&'a [T]>,
+    /// The mask's row of the next slice (`has_d`).
+    m2: Option<&'a [T]>,
     /// Channel `c` of this row of the image at `c·sp`.
     image: &'a [T],
     sp: usize,
     w: usize,
+    /// A slice's pixels, `H·W` (the D pair's stride).
+    hw: usize,
     exact: Exact<'a, 'a, T>,
 }
 
@@ -324,15 +343,16 @@ const MAX_CLASSES: usize = 1 << 16;
 /// One chunk of a row, lane `l` on column `a + l`: with `PARTIAL`, the lanes of `valid` only
 /// (the row's first chunk, which starts before column 0 when the row's chunks are aligned to
 /// its gradient, or its last, which ends at the row's end; or any chunk of a row without a next
-/// row), of which those of `next` have a W pair; otherwise all lanes, on columns that all
-/// exist, the one after the chunk too, and the row has a next row. Returns the chunk's
+/// row, or in 3D without a next slice), of which those of `next` have a W pair; otherwise all
+/// lanes, on columns that all exist, the one after the chunk too, and the row has a next row
+/// (and in 3D a next slice). Returns the chunk's
 /// `[fidelity, length, gradient check]` lanes (exact zeros on the lanes not in `valid`), and
 /// whether some L1 sign was in doubt (then nothing was written).
 ///
 /// # Safety
 /// AVX-512 F, VL, DQ and BW; the row's lines as [`Row`] says, this block's row only; the
 /// columns of `valid` exist, and `next ⊆ valid` (both `FULL` without `PARTIAL`, and then
-/// `row.has_h`); `k` as [`Consts::new`] makes it; `carry` and `carry_out` hold at least `k.n`
+/// `row.has_h`, and `row.has_d` in 3D); `k` as [`Consts::new`] makes it; `carry` and `carry_out` hold at least `k.n`
 /// values, `gbuf` `k.n` registers' worth.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, reason = "a chunk reads the row, the constants, its place and the carried state")]
@@ -348,6 +368,7 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const PARTIAL: bool, const
     let masked = F & MASKED != 0;
     let weighted = masked || PARTIAL;
     let logits = F & LOGITS != 0;
+    let d3 = F & D3 != 0;
     // Unweighted chunks test doubt for the pixel at once (see `Consts::tol_any`), and the exact
     // pass uses `pairs`' test.
     let test_any = F & L1 != 0 && logits && !weighted && !EXACT;
@@ -360,11 +381,12 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const PARTIAL: bool, const
             && carry.len() >= n
             && carry_out.len() >= n
             && gbuf.len() >= n * nl
-            && (weighted || row.has_h),
+            && (weighted || (row.has_h && (row.has_d || !d3))),
         "a chunk's constants and carried state"
     );
-    // Only rows with a next row take unweighted chunks.
+    // Only rows with a next row (and a next slice) take unweighted chunks.
     let has_h = !weighted || row.has_h;
+    let has_d = d3 && (!weighted || row.has_d);
     // Column `a` of the line that starts at `line` (before it, for a first chunk that starts
     // before column 0: only its lanes past the line's start are read or written).
     let at = |line: *const T| line.wrapping_offset(a);
@@ -379,7 +401,7 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const PARTIAL: bool, const
         let (valid, next) = if PARTIAL { (valid, next) } else { (T::FULL, T::FULL) };
         let xs: [T::V; C] = core::array::from_fn(|c| T::ld(at(row.image.as_ptr().wrapping_add(c * row.sp)), valid));
         // Pair weights: the masks, and zero where a pair is missing.
-        let (m0, mw, mh) = if weighted {
+        let (m0, mw, mh, md) = if weighted {
             let m0 = match row.m0 {
                 Some(m) => T::ld(at(m.as_ptr()), valid),
                 None => T::keep(valid, one),
@@ -392,9 +414,13 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const PARTIAL: bool, const
                 (Some(m), true) => T::vmul(m0, T::ld(at(m.as_ptr()), valid)),
                 _ => m0,
             };
-            (m0, T::vmul(m0, mn), mh)
+            let md = match (row.m2, has_d) {
+                (Some(m), true) => T::vmul(m0, T::ld(at(m.as_ptr()), valid)),
+                _ => m0,
+            };
+            (m0, T::vmul(m0, mn), mh, md)
         } else {
-            (one, one, one)
+            (one, one, one, one)
         };
         // With logits, `ĉ − x` (see the parent's `ClassConsts`).
         let us: [T::V; C] = core::array::from_fn(|c| T::vsub(T::splat(*k.center.get_unchecked(c)), xs[c]));
@@ -414,7 +440,14 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const PARTIAL: bool, const
             } else {
                 (zero, zero, 0)
             };
-            len_sum = T::vadd(len_sum, T::vadd(lw, lh));
+            let (mut pd, ld, dd) = if has_d {
+                let y2 = T::ld(at(row.y2.ptr.wrapping_add(cls * row.y2.stride)), valid);
+                pairs::<T, F>(weighted, test_any, yc, y2, md, k)
+            } else {
+                (zero, zero, 0)
+            };
+            let lwh = T::vadd(lw, lh);
+            len_sum = T::vadd(len_sum, if d3 { T::vadd(lwh, ld) } else { lwh });
             // The fidelity term, and the fidelity part of `g` (as the parent's `class_line`).
             let mut d2 = zero;
             let mut dc = if logits { T::splat(*base.add(cls)) } else { zero };
@@ -434,32 +467,44 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const PARTIAL: bool, const
                 continue;
             }
             if test_any {
-                // (`lw` and `lh` are the pairs' `|d|`.)
-                let slack = T::vfmsub(yc, tol_any, T::vmin(lw, lh));
+                // (`lw`, `lh` and `ld` are the pairs' `|d|`.)
+                let least = if d3 { T::vmin(T::vmin(lw, lh), ld) } else { T::vmin(lw, lh) };
+                let slack = T::vfmsub(yc, tol_any, least);
                 doubt |= T::ge_ordered(slack, neg_tiny);
             } else if !EXACT {
-                doubt |= dw | dh;
-            } else if (dw | dh) != 0 {
+                doubt |= dw | dh | dd;
+            } else if (dw | dh | dd) != 0 {
                 let ex = Exact { cls, ..row.exact };
                 let mut fw = [T::zero(); L];
                 let mut fh = [T::zero(); L];
+                let mut fd = [T::zero(); L];
                 T::storeu(fw.as_mut_ptr(), pw);
                 T::storeu(fh.as_mut_ptr(), ph);
+                T::storeu(fd.as_mut_ptr(), pd);
                 // (Lanes in doubt are lanes of `valid`: their columns exist.)
                 for l in 0..nl {
+                    let i = a.wrapping_add_unsigned(l) as usize;
                     if dw >> l & 1 != 0 {
-                        fw[l] = ex.flux(a.wrapping_add_unsigned(l) as usize, 1, k.lam);
+                        fw[l] = ex.flux(i, 1, k.lam);
                     }
                     if dh >> l & 1 != 0 {
-                        fh[l] = ex.flux(a.wrapping_add_unsigned(l) as usize, row.w, k.lam);
+                        fh[l] = ex.flux(i, row.w, k.lam);
+                    }
+                    if dd >> l & 1 != 0 {
+                        fd[l] = ex.flux(i, row.hw, k.lam);
                     }
                 }
                 pw = T::loadu(fw.as_ptr());
                 ph = T::loadu(fh.as_ptr());
+                pd = T::loadu(fd.as_ptr());
             }
             let up = T::ld(at(row.up.ptr.wrapping_add(cls * row.up.stride)), valid);
             if has_h {
                 T::st(at(row.up_out.ptr.wrapping_add(cls * row.up_out.stride)).cast_mut(), valid, ph);
+            }
+            let back = if d3 { T::ld(at(row.back.ptr.wrapping_add(cls * row.back.stride)), valid) } else { zero };
+            if has_d {
+                T::st(at(row.back_out.ptr.wrapping_add(cls * row.back_out.stride)).cast_mut(), valid, pd);
             }
             // The W flux before each pixel: the previous lane's, or the previous chunk's last.
             *carry_out.add(cls) = T::last(pw);
@@ -471,6 +516,7 @@ unsafe fn chunk<T: Simd, const C: usize, const F: u8, const PARTIAL: bool, const
                 (false, false) => T::vmul(T::splat(k.wf), T::vfmadd(T::splat(-*corr.add(cls)), dc, d2)),
             };
             let own = T::vadd(T::vsub(T::vsub(pb, pw), ph), up);
+            let own = if d3 { T::vadd(T::vsub(own, pd), back) } else { own };
             let g = T::vadd(f, own);
             if logits {
                 yg = T::vfmadd(yc, g, yg);
@@ -618,8 +664,11 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
     part.fill(0.0);
     s.forget();
     let (n, w, h, sp) = (p.n, p.w, p.h, p.sp());
+    // The sample's rows (`D·H`: row `r` is row `r mod H` of slice `r / H`).
+    let rows = p.d * h;
     let b = blk.b;
     let logits = F & LOGITS != 0;
+    let d3 = F & D3 != 0;
     // With logits and a gradient pass 1 may have cached the probabilities (`k.cache`, in the
     // gradient buffer or a buffer of their own; see `SoftmaxCache`); otherwise each row's are
     // computed here.
@@ -651,24 +700,39 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
     let off = nl + shift(blk.r0);
     // Sized by `Scratch::prepare`; the raw reads and writes below rely on it.
     let lines = [&s.up, &s.up_next, &s.ycur, &s.ynext];
+    // In 3D, the ring of `φ_D` lines (`H + 1` rows of `n` lines of `w`, as the parent's
+    // `fd_ring`) and the lines of the next slice's row.
+    let ring = h + 1;
     assert!(
         lines.iter().all(|l| aligned(l).len() >= off + n * ws)
+            && (!d3
+                || (aligned(&s.yd).len() >= off + n * ws
+                    && s.fd_ring.len() >= ring * n * w
+                    && s.fd_keys.len() == ring
+                    && s.zero.len() >= w))
             && s.carry.len() >= 2 * n
             && s.gbuf.len() >= n * T::LANES
             && s.inv.len() >= pass1::MAX_TILE,
         "scratch sized"
     );
-    // `φ_H` of the row above the block, computed as the row-line kernels do (a row of another
-    // block, whose probabilities may already be overwritten there: recomputed).
+    // `φ_H` of the row above the block (in its slice), and in 3D `φ_D` of the block's first
+    // rows' slice before, computed as the row-line kernels do (rows of another block, whose
+    // probabilities may already be overwritten there: recomputed). In 3D the row-line kernels
+    // leave each row's `φ_D` in the ring, where the rows here read and write them.
+    s.up.fill(T::zero());
     if grad.is_some() && blk.r0 > 0 {
-        let fi = s.flux_slot::<true>(p, k, b, blk.r0 - 1, 1);
-        let flen = 3 * n * w;
-        for cls in 0..n {
-            let from = fi * flen + (3 * cls + 1) * w;
-            aligned_mut(&mut s.up)[off + cls * ws..][..w].copy_from_slice(&s.flux[from..from + w]);
+        let first = if d3 { blk.r0.saturating_sub(h) } else { blk.r0 - 1 };
+        let mut above = 0;
+        for (clock, r) in (first..blk.r0).enumerate() {
+            above = s.flux_slot::<true>(p, k, b, r, clock as u64 + 1);
         }
-    } else {
-        s.up.fill(T::zero());
+        if !blk.r0.is_multiple_of(h) {
+            let flen = 3 * n * w;
+            for cls in 0..n {
+                let from = above * flen + (3 * cls + 1) * w;
+                aligned_mut(&mut s.up)[off + cls * ws..][..w].copy_from_slice(&s.flux[from..from + w]);
+            }
+        }
     }
     // The gradient's rows (only taken with a gradient).
     let own_rows = |r: usize| ClassRows { ptr: grad_ptr.wrapping_add(b * n * sp + r * w), stride: sp };
@@ -686,7 +750,7 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
             // Whether a computed row asks for the next as it reads (else the chunk loop does).
             let prefetch_next = !by_column || r == blk.r0;
             if !logits {
-                let ahead = (r + PREFETCH_ROWS < h).then_some(PREFETCH_ROWS * w);
+                let ahead = (r + PREFETCH_ROWS < rows).then_some(PREFETCH_ROWS * w);
                 for cls in 0..n {
                     let from = &p.scores[(b * n + cls) * sp + r * w..][..w];
                     // SAFETY: the CPU has the features (this function's contract).
@@ -714,6 +778,9 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
         }};
     }
     load_row!(blk.r0, s.ycur);
+    // The ring's start (3D; written through, so taken from a mutable borrow, after `flux_slot`
+    // filled it and before the rows read and write it).
+    let ring_ptr = s.fd_ring.as_mut_ptr();
     // Every whole chunk of the gradient starts on a 64-byte boundary when the rows' chunks are
     // shifted to where they are.
     let stream = p.stream && shifted;
@@ -724,38 +791,52 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
         // of the first row past a block whose rows are cached, which nothing before loads.
         if cached.is_some() && r + 2 == hi {
             prefetch_rows(p, None, b, r + 2);
-        } else if let Some(mask) = p.mask.filter(|_| r + 2 < h) {
+        } else if let Some(mask) = p.mask.filter(|_| r + 2 < rows) {
             prefetch_line(&mask[b * sp + (r + 2) * w..][..w]);
         }
-        if r + 1 < h {
+        if r + 1 < rows {
             for c in 0..C {
                 prefetch_line(&p.image[(b * C + c) * sp + (r + 1) * w..][..w]);
             }
         }
         // (Pass 1 kept statistics only for logits it did not cache.)
-        if let Some(st) = k.stats.filter(|_| r + 2 < h) {
+        if let Some(st) = k.stats.filter(|_| r + 2 < rows) {
             prefetch_span(st.row(p, b, r + 2), 2 * w);
         }
-        let has_h = r + 1 < h;
-        if has_h {
+        let has_h = r % h + 1 < h;
+        // (In 3D the next row is also the next slice's first, which the block may go on to.)
+        if has_h || r + 1 < blk.r1 {
             load_row!(r + 1, s.ynext);
+        }
+        let has_d = d3 && r + h < rows;
+        if has_d {
+            load_row!(r + h, s.yd);
         }
         let line = |v: &[T]| ClassRows { ptr: aligned(v)[off..].as_ptr(), stride: ws };
         let (y0, y1) = (line(&s.ycur), line(&s.ynext));
+        // The ring's lines of row `r` (`n` lines of `w`).
+        let ring_row = |r: usize| ClassRows { ptr: ring_ptr.wrapping_add((r % ring) * n * w).cast_const(), stride: w };
+        let zeros = ClassRows { ptr: s.zero.as_ptr(), stride: 0 };
         let mask_row = |r: usize| p.mask.map(|m| &m[b * sp + r * w..][..w]);
         let row = Row {
             y0,
             y1,
             has_h,
+            y2: if has_d { line(&s.yd) } else { zeros },
+            has_d,
             up: line(&s.up),
             up_out: line(&s.up_next),
+            back: if d3 && grad.is_some() && r >= h { ring_row(r - h) } else { zeros },
+            back_out: if has_d { ring_row(r) } else { zeros },
             out: if grad.is_some() { own_rows(r) } else { y0 },
             stream,
             m0: mask_row(r),
             m1: if has_h { mask_row(r + 1) } else { None },
+            m2: if has_d { mask_row(r + h) } else { None },
             image: &p.image[b * C * sp + r * w..],
             sp,
             w,
+            hw: h * w,
             exact: Exact { p, b, cls: 0, s0: r * w },
         };
         let (mut carry, mut carry_out) = s.carry.split_at_mut(n);
@@ -768,7 +849,7 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
         // `r + 2` (see `by_column`), or, where the probabilities come from a sample's own
         // buffer, the gradient rows it will write `GRAD_PREFETCH_ROWS` rows on, which nothing
         // else brings in (written with plain stores, each line is read first).
-        let ahead = if by_column && r + 2 < h {
+        let ahead = if by_column && r + 2 < rows {
             Some(p.scores[b * n * sp + (r + 2) * w..].as_ptr())
         } else if prefetch_grad && r + GRAD_PREFETCH_ROWS < blk.r1 {
             Some(grad_ptr.wrapping_add(b * n * sp + (r + GRAD_PREFETCH_ROWS) * w))
@@ -777,10 +858,12 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
         };
         // SAFETY: the CPU has the features (this function's contract). `out` is row `r` of
         // this block's gradient, which no other thread touches and nothing else borrows.
-        // `y0`, `y1`, `up` and `up_out` point into this thread's scratch (`ycur`, `ynext`,
-        // `up`, `up_next`), `ws` apart per class with `w` columns each and `off ≥ nl` before
-        // the first, sized above and not otherwise borrowed while the chunks run; the image
-        // and masks are rows of their slices. A first chunk that starts before column 0 has
+        // `y0`, `y1`, `y2`, `up` and `up_out` point into this thread's scratch (`ycur`,
+        // `ynext`, `yd`, `up`, `up_next`), `ws` apart per class with `w` columns each and
+        // `off ≥ nl` before the first, sized above and not otherwise borrowed while the chunks
+        // run; `back` and `back_out` are two rows of the ring (`w` apart per class; `back` row
+        // `r − h`, written by this block or by `flux_slot` above, `back_out` row `r`: distinct
+        // entries of `H + 1`), or the zero line; the image and masks are rows of their slices. A first chunk that starts before column 0 has
         // only the lanes from column 0 on, and any chunk only the columns before `w`.
         unsafe {
             // A chunk with a sign in doubt is done again with the exact signs, from the same
@@ -812,7 +895,7 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
             }
             // (A row without a next row has only weighted chunks: its H pairs are missing.)
             while a + nl < w {
-                if has_h {
+                if has_h && (has_d || !d3) {
                     run!(false, a as isize, (T::FULL, T::FULL));
                 } else {
                     run!(true, a as isize, (T::FULL, T::FULL));
@@ -828,6 +911,12 @@ unsafe fn block<T: Simd, const C: usize, const F: u8>(
         core::mem::swap(&mut s.ycur, &mut s.ynext);
         if has_h {
             core::mem::swap(&mut s.up, &mut s.up_next);
+        } else if d3 {
+            // The next slice's first row has no row above.
+            s.up.fill(T::zero());
+        }
+        if has_d && g {
+            s.fd_keys[r % ring] = r;
         }
     }
     if stream {
