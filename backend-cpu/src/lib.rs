@@ -19,10 +19,10 @@
 //!    rows already overwritten, get their softmax recomputed (the same code, so the same bits).
 //!    Otherwise pass 2 recomputes the softmax.
 //!
-//! In the AVX-512 copy, for 2D images, an L1 or L2 length and 1 to 4 channels, pass 2 is one
-//! sweep per row in chunks of one register's pixels (16 of `f32`, 8 of `f64`) with the classes
-//! inside, written with AVX-512 intrinsics: the sums over classes stay in registers and each
-//! class's fluxes go straight into its gradient (`kernel/fused.rs`). Everything else takes the
+//! In the AVX-512 copy, for 2D images and 3D volumes, an L1 or L2 length and 1 to 4 channels,
+//! pass 2 is one sweep per row in chunks of one register's pixels (16 of `f32`, 8 of `f64`)
+//! with the classes inside, written with AVX-512 intrinsics: the sums over classes stay in
+//! registers and each class's fluxes go straight into its gradient (`kernel/fused.rs`). Everything else takes the
 //! row-line kernels, which loop over each row once per class; `MSLOSS_CPU_PASS2=rows` in the
 //! environment makes every case take them, to compare the two.
 //!
@@ -94,7 +94,7 @@
 //! ## Memory
 //! A [`CpuWorkspace`] holds per-thread row scratch (a few rows of `N·W` values; for 3D volumes
 //! also the length's fluxes along D of one slice, `(H + 1)·N·W` values, which the next slice
-//! needs), the partial sums (`O(B·N·C)` per block) and, where pass 1 caches samples'
+//! needs, and a padded row of every class of the next slice), the partial sums (`O(B·N·C)` per block) and, where pass 1 caches samples'
 //! probabilities in buffers of their own, one sample's worth per thread (at most the batch's,
 //! and at most [`DEFAULT_SAMPLE_CACHE_BYTES`] each by default); after the first call with a
 //! given shape, calls allocate nothing.
@@ -197,10 +197,13 @@ pub struct CpuBackend {
 pub enum SoftmaxCache {
     /// Cache in a sample's own buffer where it is small enough; else recompute in `f32` where
     /// the gradient buffer is larger than the streaming threshold
-    /// ([`CpuBackend::with_stream_bytes`]) and the chunked gradient kernel runs (AVX-512, 2D,
-    /// L1 or L2 length, 1 to 4 channels); else cache. Measured on S4 (2,21,3,512²), two
-    /// threads: `f32` about a tenth faster recomputed, `f64` (whose exponential costs more than
-    /// twice as much a value) about a twentieth slower (BENCHMARKS.md).
+    /// ([`CpuBackend::with_stream_bytes`]) and the chunked gradient kernel runs on a 2D image
+    /// (AVX-512, L1 or L2 length, 1 to 4 channels); else cache. Measured on S4 (2,21,3,512²),
+    /// two threads: `f32` about a tenth faster recomputed, `f64` (whose exponential costs more
+    /// than twice as much a value) about a twentieth slower. A volume's pass 2 would compute each
+    /// row's softmax twice (as the next row, and as the next slice's row): 1×4×3×128³ `f32`
+    /// took 23.7 ms recomputed against 20.0 cached on two threads, 39.4 against 32.9 on one
+    /// (BENCHMARKS.md).
     #[default]
     Auto,
     /// Always cache (the only choice of the other kernels).
@@ -723,7 +726,7 @@ fn evaluate<T: Real>(
         && match cfg.softmax_cache {
             SoftmaxCache::Always => false,
             SoftmaxCache::Never => true,
-            SoftmaxCache::Auto => !own && large && TypeId::of::<T>() == TypeId::of::<f32>(),
+            SoftmaxCache::Auto => !own && large && d == 1 && TypeId::of::<T>() == TypeId::of::<f32>(),
         };
     let own = own && !recompute;
     let p = Problem { stream: large && (!p.logits || recompute), ..p };

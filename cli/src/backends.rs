@@ -54,8 +54,8 @@ pub(crate) struct BackendArgs {
 /// The `--softmax-cache` choices (see `msloss::cpu::SoftmaxCache`; results are the same bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum SoftmaxCacheChoice {
-    /// Recompute for large f32 gradient buffers where the chunked kernels run, else cache (the
-    /// default).
+    /// Recompute for large f32 gradient buffers of 2D images where the chunked kernels run, else
+    /// cache (the default).
     Auto,
     /// Always cache the probabilities.
     Always,
@@ -88,7 +88,7 @@ fn stream_bytes_help() -> String {
     let bytes = msloss::cpu::DEFAULT_STREAM_BYTES;
     format!(
         "CPU backend tuning: gradient buffers larger than this many bytes that hold no cached probabilities \
-         are written with non-temporal stores, and above it --softmax-cache auto recomputes in f32 (default \
+         are written with non-temporal stores, and above it --softmax-cache auto recomputes 2D images in f32 (default \
          {bytes}, {} MiB)",
         bytes >> 20
     )
