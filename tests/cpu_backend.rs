@@ -94,16 +94,29 @@ fn eval_at<T: Real, B: Backend<T>>(
     (e, grad.to_vec(), cent)
 }
 
+/// The CPU backend against the reference on `data`, within `T`'s tolerance; returns the CPU
+/// backend's results.
+fn agrees_with_reference<T: Real>(
+    cpu: &CpuBackend,
+    ws: &mut CpuWorkspace,
+    case: &Case,
+    data: &RandomInputs<T>,
+    name: &str,
+) -> Results<T> {
+    let (e, g, c) = eval(cpu, ws, case, data);
+    let (er, gr, cr) = eval(&Reference, &mut Reference.workspace(), case, data);
+    let tol = Tolerance::of::<T>();
+    tol.energy(name, e, er);
+    tol.slices("gradient", name, &g, &gr);
+    tol.slices("centroids", name, &c, &cr);
+    (e, g, c)
+}
+
 /// Compares the CPU backend with the reference on one case.
 fn compare<T: Real>(backend: &CpuBackend, ws: &mut CpuWorkspace, case: &Case) {
     let data = RandomInputs::<T>::new(case.shape, case.seed);
-    let (e, g, c) = eval(backend, ws, case, &data);
-    let (er, gr, cr) = eval(&Reference, &mut Reference.workspace(), case, &data);
     let name = format!("{} {case:?} blocks of {}", T::NAME, backend.block_pixels());
-    let tol = Tolerance::of::<T>();
-    tol.energy(&name, e, er);
-    tol.slices("gradient", &name, &g, &gr);
-    tol.slices("centroids", &name, &c, &cr);
+    let (e, _, _) = agrees_with_reference(backend, ws, case, &data, &name);
     // Energy alone agrees with the energy of a full evaluation.
     let scores = if case.logits { Scores::Logits(&data.logits[..]) } else { Scores::Probs(&data.probs[..]) };
     let input = Input::new(case.shape, scores, &data.image, case.mask.then_some(&data.mask[..])).expect("fits");
@@ -192,12 +205,7 @@ fn one_hot_probabilities_match_reference() {
     for length in LengthKind::ALL {
         for mask in [false, true] {
             let case = Case { shape: s, logits: false, mask, params: Params::default().with_length(length), seed: 0 };
-            let (e, g, c) = eval(&cpu, &mut cpu.workspace(), &case, &data);
-            let (er, gr, cr) = eval(&Reference, &mut Reference.workspace(), &case, &data);
-            let name = format!("one-hot {length:?} mask={mask}");
-            Tolerance::F64.energy(&name, e, er);
-            Tolerance::F64.slices("gradient", &name, &g, &gr);
-            Tolerance::F64.slices("centroids", &name, &c, &cr);
+            agrees_with_reference(&cpu, &mut cpu.workspace(), &case, &data, &format!("one-hot {length:?} mask={mask}"));
         }
     }
 }
@@ -225,13 +233,13 @@ fn tied_logits<T: Real>() {
         for mask in [false, true] {
             let params = Params::default().with_lambda(0.3).with_length(length);
             let case = Case { shape: s, logits: true, mask, params, seed: 0 };
-            let (e, g, c) = eval(&cpu, &mut cpu.workspace(), &case, &data);
-            let (er, gr, cr) = eval(&Reference, &mut Reference.workspace(), &case, &data);
-            let name = format!("tied logits {} {length:?} mask={mask}", T::NAME);
-            let tol = Tolerance::of::<T>();
-            tol.energy(&name, e, er);
-            tol.slices("gradient", &name, &g, &gr);
-            tol.slices("centroids", &name, &c, &cr);
+            agrees_with_reference(
+                &cpu,
+                &mut cpu.workspace(),
+                &case,
+                &data,
+                &format!("tied logits {} {length:?} mask={mask}", T::NAME),
+            );
         }
     }
 }
@@ -262,13 +270,13 @@ fn tied_row_ends<T: Real>() {
     for mask in [false, true] {
         let params = Params::default().with_lambda(0.3).with_length(LengthKind::L1);
         let case = Case { shape: s, logits: true, mask, params, seed: 0 };
-        let (e, g, c) = eval(&cpu, &mut cpu.workspace(), &case, &data);
-        let (er, gr, cr) = eval(&Reference, &mut Reference.workspace(), &case, &data);
-        let name = format!("tied row ends {} mask={mask}", T::NAME);
-        let tol = Tolerance::of::<T>();
-        tol.energy(&name, e, er);
-        tol.slices("gradient", &name, &g, &gr);
-        tol.slices("centroids", &name, &c, &cr);
+        agrees_with_reference(
+            &cpu,
+            &mut cpu.workspace(),
+            &case,
+            &data,
+            &format!("tied row ends {} mask={mask}", T::NAME),
+        );
     }
 }
 
@@ -300,13 +308,13 @@ fn tied_slices<T: Real>() {
         for mask in [false, true] {
             let params = Params::default().with_lambda(0.3).with_length(LengthKind::L1);
             let case = Case { shape: s, logits: true, mask, params, seed: 0 };
-            let (e, g, c) = eval(&cpu, &mut cpu.workspace(), &case, &data);
-            let (er, gr, cr) = eval(&Reference, &mut Reference.workspace(), &case, &data);
-            let name = format!("tied slices {} blocks of {blocks} mask={mask}", T::NAME);
-            let tol = Tolerance::of::<T>();
-            tol.energy(&name, e, er);
-            tol.slices("gradient", &name, &g, &gr);
-            tol.slices("centroids", &name, &c, &cr);
+            agrees_with_reference(
+                &cpu,
+                &mut cpu.workspace(),
+                &case,
+                &data,
+                &format!("tied slices {} blocks of {blocks} mask={mask}", T::NAME),
+            );
         }
     }
 }
