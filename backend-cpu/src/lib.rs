@@ -167,7 +167,8 @@ pub const DEFAULT_SAMPLE_CACHE_FROM_BYTES: usize = 2 << 20;
 /// The fused multithreaded CPU backend.
 ///
 /// Results depend on the block size (it fixes the summation order) but never on the thread
-/// count.
+/// count. It computes in `f32` and `f64`; any other [`Real`] type gets
+/// [`Error::Unsupported`].
 #[derive(Debug, Clone)]
 pub struct CpuBackend {
     threads: Option<usize>,
@@ -659,9 +660,69 @@ impl<T: Real> Backend<T> for CpuBackend {
         }
         params.validate()?;
         out.check(input.shape())?;
-        self.run(|threads| evaluate(self, threads, input, params, out, ws))
+        // The kernels run in the copies compiled in this crate, one per type (see `evaluate_as`).
+        if TypeId::of::<T>() == TypeId::of::<f32>() {
+            evaluate_as(self, input, params, out, ws, evaluate_f32)
+        } else if TypeId::of::<T>() == TypeId::of::<f64>() {
+            evaluate_as(self, input, params, out, ws, evaluate_f64)
+        } else {
+            Err(Error::Unsupported { backend: "cpu", what: "float types other than f32 and f64" })
+        }
     }
 }
+
+/// The call of [`Backend::evaluate`] for `T`, made by `f` on the type `U` that `T` is (asserted:
+/// anything else panics).
+///
+/// The kernels are generic over the float type, and a generic function is compiled in the
+/// crate that names its type: called as `evaluate::<T>`, every crate that evaluates with this
+/// backend (the CLI, each test and bench binary, a user's trainer) would compile all of them
+/// again, which takes minutes in a release build. `evaluate_f32` and `evaluate_f64` are not
+/// generic, so they and the kernels are compiled here, once.
+fn evaluate_as<T: Real, U: Real>(
+    cfg: &CpuBackend,
+    input: &Input<'_, T>,
+    params: &Params,
+    out: Outputs<'_, T>,
+    ws: &mut CpuWorkspace,
+    f: EvaluateIn<U>,
+) -> Result<Energy<T>, Error> {
+    assert!(TypeId::of::<T>() == TypeId::of::<U>(), "a type named as itself");
+    let slice = |v: &mut [T]| {
+        // SAFETY: `T` is `U` (asserted): the same slice, its type named as what it is.
+        unsafe { core::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<U>(), v.len()) }
+    };
+    let out = Outputs { grad: out.grad.map(slice), centroids: out.centroids.map(slice) };
+    // SAFETY: as above, for the input and the energy.
+    unsafe {
+        let input = &*core::ptr::from_ref(input).cast::<Input<'_, U>>();
+        let e = f(cfg, input, params, out, ws)?;
+        Ok(core::ptr::from_ref(&e).cast::<Energy<T>>().read())
+    }
+}
+
+/// [`Backend::evaluate`] in `U`, as `evaluate_f32` and `evaluate_f64` do it.
+type EvaluateIn<U> =
+    fn(&CpuBackend, &Input<'_, U>, &Params, Outputs<'_, U>, &mut CpuWorkspace) -> Result<Energy<U>, Error>;
+
+/// `fn $name`: [`Backend::evaluate`] in `$t`, not generic (see [`evaluate_as`]).
+macro_rules! evaluate_in {
+    ($name:ident, $t:ty) => {
+        #[doc = concat!("[`Backend::evaluate`] in `", stringify!($t), "` (see [`evaluate_as`]).")]
+        fn $name(
+            cfg: &CpuBackend,
+            input: &Input<'_, $t>,
+            params: &Params,
+            out: Outputs<'_, $t>,
+            ws: &mut CpuWorkspace,
+        ) -> Result<Energy<$t>, Error> {
+            cfg.run(|threads| evaluate(cfg, threads, input, params, out, ws))
+        }
+    };
+}
+
+evaluate_in!(evaluate_f32, f32);
+evaluate_in!(evaluate_f64, f64);
 
 /// The pass-2 constants in `T`, and pass 1's softmax statistics, kept in the workspace between
 /// calls.
