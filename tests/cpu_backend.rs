@@ -229,17 +229,37 @@ fn tied_logits<T: Real>() {
         }
     }
     let cpu = CpuBackend::with_threads(2).with_block_pixels(60).with_tile_width(16);
-    for length in LengthKind::ALL {
+    ties_agree(&cpu, s, &data, &LengthKind::ALL, "tied logits");
+}
+
+/// The CPU backend `cpu` against the reference on the logits of `data`, of shape `s` (λ = 0.3),
+/// for each of `lengths`, with and without the mask.
+fn ties_agree<T: Real>(cpu: &CpuBackend, s: Shape, data: &RandomInputs<T>, lengths: &[LengthKind], name: &str) {
+    for &length in lengths {
         for mask in [false, true] {
             let params = Params::default().with_lambda(0.3).with_length(length);
             let case = Case { shape: s, logits: true, mask, params, seed: 0 };
-            agrees_with_reference(
-                &cpu,
-                &mut cpu.workspace(),
-                &case,
-                &data,
-                &format!("tied logits {} {length:?} mask={mask}", T::NAME),
-            );
+            let name = format!("{name} {} {length:?} mask={mask}", T::NAME);
+            agrees_with_reference(cpu, &mut cpu.workspace(), &case, data, &name);
+        }
+    }
+}
+
+/// Ties class 0 at exactly 1/2 between the two pixels of each pair (indices in sample 0 of the
+/// shape `s`): the logits `(0, 0, −200, −200, …)` at the first and `(0, −200, 0, −200, …)` at
+/// the second.
+fn tie_class_zero<T: Real>(data: &mut RandomInputs<T>, s: Shape, pairs: &[(usize, usize)]) {
+    let sp = s.spatial();
+    for &(a, b) in pairs {
+        for n in 0..s.classes() {
+            let (za, zb) = match n {
+                0 => (0.0, 0.0),
+                1 => (0.0, -200.0),
+                2 => (-200.0, 0.0),
+                _ => (-200.0, -200.0),
+            };
+            data.logits[n * sp + a] = T::from_f64_lossy(za);
+            data.logits[n * sp + b] = T::from_f64_lossy(zb);
         }
     }
 }
@@ -258,26 +278,9 @@ fn tied_logits_match_reference() {
 fn tied_row_ends<T: Real>() {
     let s = shape(1, 3, 2, 1, 6, 20);
     let mut data = RandomInputs::<T>::new(s, 5);
-    let (sp, w) = (s.spatial(), 20);
-    let pairs = [(w, w + 1), (3 * w, 4 * w), (3 * w + w - 1, 4 * w + w - 1)];
-    for (a, b) in pairs {
-        for (n, (za, zb)) in [(0.0, 0.0), (0.0, -200.0), (-200.0, 0.0)].into_iter().enumerate() {
-            data.logits[n * sp + a] = T::from_f64_lossy(za);
-            data.logits[n * sp + b] = T::from_f64_lossy(zb);
-        }
-    }
-    let cpu = CpuBackend::with_threads(2);
-    for mask in [false, true] {
-        let params = Params::default().with_lambda(0.3).with_length(LengthKind::L1);
-        let case = Case { shape: s, logits: true, mask, params, seed: 0 };
-        agrees_with_reference(
-            &cpu,
-            &mut cpu.workspace(),
-            &case,
-            &data,
-            &format!("tied row ends {} mask={mask}", T::NAME),
-        );
-    }
+    let w = 20;
+    tie_class_zero(&mut data, s, &[(w, w + 1), (3 * w, 4 * w), (3 * w + w - 1, 4 * w + w - 1)]);
+    ties_agree(&CpuBackend::with_threads(2), s, &data, &[LengthKind::L1], "tied row ends");
 }
 
 #[test]
@@ -295,27 +298,12 @@ fn tied_row_ends_match_reference() {
 fn tied_slices<T: Real>() {
     let s = shape(1, 4, 2, 3, 4, 64);
     let mut data = RandomInputs::<T>::new(s, 6);
-    let (sp, w, hw) = (s.spatial(), 64, 4 * 64);
+    let (w, hw) = (64, 4 * 64);
     let pairs = [(w + 30, w + 30 + hw), (hw + 2 * w + 45, 2 * hw + 2 * w + 45), (0, hw), (hw + 63, 2 * hw + 63)];
-    for (a, b) in pairs {
-        for (n, (za, zb)) in [(0.0, 0.0), (0.0, -200.0), (-200.0, 0.0), (-200.0, -200.0)].into_iter().enumerate() {
-            data.logits[n * sp + a] = T::from_f64_lossy(za);
-            data.logits[n * sp + b] = T::from_f64_lossy(zb);
-        }
-    }
+    tie_class_zero(&mut data, s, &pairs);
     for blocks in [128, 1 << 20] {
         let cpu = CpuBackend::with_threads(2).with_block_pixels(blocks);
-        for mask in [false, true] {
-            let params = Params::default().with_lambda(0.3).with_length(LengthKind::L1);
-            let case = Case { shape: s, logits: true, mask, params, seed: 0 };
-            agrees_with_reference(
-                &cpu,
-                &mut cpu.workspace(),
-                &case,
-                &data,
-                &format!("tied slices {} blocks of {blocks} mask={mask}", T::NAME),
-            );
-        }
+        ties_agree(&cpu, s, &data, &[LengthKind::L1], &format!("tied slices blocks of {blocks}"));
     }
 }
 
