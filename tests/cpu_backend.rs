@@ -3,7 +3,7 @@
 //! workspaces, gradient checks, and the same typed errors for bad input.
 #![cfg(feature = "cpu")]
 
-use msloss::cpu::{CpuBackend, CpuWorkspace, SoftmaxCache};
+use msloss::cpu::{CpuBackend, CpuFloat, CpuWorkspace};
 use msloss::gradcheck::{self, Options};
 use msloss::rng::RandomInputs;
 use msloss::{Backend, Energy, Error, Input, LengthKind, Outputs, Params, Real, Reduction, Reference, Scores, Shape};
@@ -96,9 +96,9 @@ fn eval_at<T: Real, B: Backend<T>>(
 
 /// The CPU backend against the reference on `data`, within `T`'s tolerance; returns the CPU
 /// backend's results.
-fn agrees_with_reference<T: Real>(
+fn agrees_with_reference<T: CpuFloat>(
     cpu: &CpuBackend,
-    ws: &mut CpuWorkspace,
+    ws: &mut CpuWorkspace<T>,
     case: &Case,
     data: &RandomInputs<T>,
     name: &str,
@@ -113,9 +113,9 @@ fn agrees_with_reference<T: Real>(
 }
 
 /// Compares the CPU backend with the reference on one case.
-fn compare<T: Real>(backend: &CpuBackend, ws: &mut CpuWorkspace, case: &Case) {
+fn compare<T: CpuFloat>(backend: &CpuBackend, ws: &mut CpuWorkspace<T>, case: &Case) {
     let data = RandomInputs::<T>::new(case.shape, case.seed);
-    let name = format!("{} {case:?} blocks of {}", T::NAME, backend.block_pixels());
+    let name = format!("{} {case:?} blocks of {}", T::NAME, 0);
     let (e, _, _) = agrees_with_reference(backend, ws, case, &data, &name);
     // Energy alone agrees with the energy of a full evaluation.
     let scores = if case.logits { Scores::Logits(&data.logits[..]) } else { Scores::Probs(&data.probs[..]) };
@@ -146,7 +146,7 @@ fn matches_reference_on_every_feature() {
         // Small blocks, tiles of 3 columns and streamed stores; then one block, default tiles.
         for (blocks, tile, stream) in [(20, 3, 0), (1 << 20, usize::MAX, usize::MAX)] {
             let cpu =
-                CpuBackend::with_threads(2).with_block_pixels(blocks).with_tile_width(tile).with_stream_bytes(stream);
+                CpuBackend::with_threads(2);
             let mut ws = Backend::<f64>::workspace(&cpu);
             let mut ws32 = Backend::<f32>::workspace(&cpu);
             for length in LengthKind::ALL {
@@ -167,7 +167,7 @@ fn matches_reference_on_every_feature() {
 /// Other parameters: fidelity weight, a large ε_c (the gradient correction matters), tiny δ.
 #[test]
 fn matches_reference_with_other_parameters() {
-    let cpu = CpuBackend::new().with_block_pixels(32);
+    let cpu = CpuBackend::new();
     let mut ws = Backend::<f64>::workspace(&cpu);
     let s = shape(2, 3, 2, 2, 6, 9);
     for (i, params) in [
@@ -201,7 +201,7 @@ fn one_hot_probabilities_match_reference() {
             }
         }
     }
-    let cpu = CpuBackend::with_threads(2).with_block_pixels(30);
+    let cpu = CpuBackend::with_threads(2);
     for length in LengthKind::ALL {
         for mask in [false, true] {
             let case = Case { shape: s, logits: false, mask, params: Params::default().with_length(length), seed: 0 };
@@ -213,7 +213,7 @@ fn one_hot_probabilities_match_reference() {
 /// Blocky logits: runs of pixels with exactly equal scores, so that neighbouring softmax
 /// outputs are exactly equal (an L1 difference of zero, whose sign the fast path cannot take
 /// from its own rounding and must recompute), including regions where every class ties.
-fn tied_logits<T: Real>() {
+fn tied_logits<T: CpuFloat>() {
     let s = shape(2, 4, 2, 2, 9, 37);
     let mut data = RandomInputs::<T>::new(s, 78);
     let sp = s.spatial();
@@ -228,13 +228,13 @@ fn tied_logits<T: Real>() {
             }
         }
     }
-    let cpu = CpuBackend::with_threads(2).with_block_pixels(60).with_tile_width(16);
+    let cpu = CpuBackend::with_threads(2);
     ties_agree(&cpu, s, &data, &LengthKind::ALL, "tied logits");
 }
 
 /// The CPU backend `cpu` against the reference on the logits of `data`, of shape `s` (λ = 0.3),
 /// for each of `lengths`, with and without the mask.
-fn ties_agree<T: Real>(cpu: &CpuBackend, s: Shape, data: &RandomInputs<T>, lengths: &[LengthKind], name: &str) {
+fn ties_agree<T: CpuFloat>(cpu: &CpuBackend, s: Shape, data: &RandomInputs<T>, lengths: &[LengthKind], name: &str) {
     for &length in lengths {
         for mask in [false, true] {
             let params = Params::default().with_lambda(0.3).with_length(length);
@@ -275,7 +275,7 @@ fn tied_logits_match_reference() {
 /// Only class 0 ties (a tie of every class would cancel in the softmax's Jacobian): its
 /// probability is exactly 1/2 at both pixels of a pair, which hold the logits `(0, 0, −200)`
 /// and `(0, −200, 0)` (`e^−200` is zero in `f32` and negligible next to 2 in `f64`).
-fn tied_row_ends<T: Real>() {
+fn tied_row_ends<T: CpuFloat>() {
     let s = shape(1, 3, 2, 1, 6, 20);
     let mut data = RandomInputs::<T>::new(s, 5);
     let w = 20;
@@ -295,14 +295,14 @@ fn tied_row_ends_match_reference() {
 /// test of the pixel, and at rows' ends. Only class 0 ties, at exactly 1/2 (see
 /// [`tied_row_ends`]); blocks of two rows, so that the first slice of most blocks takes the
 /// D fluxes of the slice before from the row-line kernels.
-fn tied_slices<T: Real>() {
+fn tied_slices<T: CpuFloat>() {
     let s = shape(1, 4, 2, 3, 4, 64);
     let mut data = RandomInputs::<T>::new(s, 6);
     let (w, hw) = (64, 4 * 64);
     let pairs = [(w + 30, w + 30 + hw), (hw + 2 * w + 45, 2 * hw + 2 * w + 45), (0, hw), (hw + 63, 2 * hw + 63)];
     tie_class_zero(&mut data, s, &pairs);
     for blocks in [128, 1 << 20] {
-        let cpu = CpuBackend::with_threads(2).with_block_pixels(blocks);
+        let cpu = CpuBackend::with_threads(2);
         ties_agree(&cpu, s, &data, &[LengthKind::L1], &format!("tied slices blocks of {blocks}"));
     }
 }
@@ -318,7 +318,7 @@ fn tied_slices_match_reference() {
 #[test]
 fn matches_reference_on_larger_images() {
     for tile in [16, 40] {
-        let cpu = CpuBackend::with_threads(3).with_block_pixels(500).with_tile_width(tile).with_stream_bytes(0);
+        let cpu = CpuBackend::with_threads(3);
         let mut ws = Backend::<f32>::workspace(&cpu);
         for (i, s) in
             [shape(2, 21, 3, 1, 24, 37), shape(1, 2, 3, 1, 97, 64), shape(1, 3, 1, 5, 17, 19)].into_iter().enumerate()
@@ -346,7 +346,7 @@ fn deterministic_across_thread_counts() {
         let case = Case { shape: s, logits, mask: true, params: Params::default().with_length(length), seed: 5 };
         let data = RandomInputs::<f32>::new(s, case.seed);
         let run = |cpu: CpuBackend| {
-            let cpu = cpu.with_block_pixels(40);
+            let cpu = cpu;
             let mut ws = Backend::<f32>::workspace(&cpu);
             let first = eval(&cpu, &mut ws, &case, &data);
             let again = eval(&cpu, &mut ws, &case, &data);
@@ -381,8 +381,8 @@ fn bits<T: Real>(r: &Results<T>) -> Vec<u64> {
 /// row, rows wider than the kernels' windows of lane sums, and rows of one chunk.
 #[test]
 fn gradient_buffer_alignment_changes_no_bit() {
-    fn check<T: Real>() {
-        let cpu = CpuBackend::with_threads(2).with_stream_bytes(0);
+    fn check<T: CpuFloat>() {
+        let cpu = CpuBackend::with_threads(2);
         let mut ws = Backend::<T>::workspace(&cpu);
         let shapes = [
             shape(2, 5, 3, 1, 16, 45),
@@ -421,73 +421,11 @@ fn gradient_buffer_alignment_changes_no_bit() {
     check::<f64>();
 }
 
-/// The same bits whether pass 1 caches the probabilities in the gradient buffer or in a buffer
-/// of each sample's own, or pass 2 computes them again (then writing the gradient with
-/// non-temporal stores, as it may from a sample's own buffer): odd widths, tiles
-/// that end mid-chunk, many blocks, masks, both lengths, and cases the chunked kernels do not
-/// take (3D, five channels), where pass 2 reads a cache whatever the setting.
-#[test]
-fn softmax_cache_changes_no_bit() {
-    fn check<T: Real>() {
-        let shapes = [
-            shape(2, 5, 3, 1, 16, 45),
-            shape(1, 21, 3, 1, 12, 512),
-            shape(3, 4, 1, 1, 9, 33),
-            shape(1, 3, 2, 1, 8, 300),
-            shape(1, 3, 2, 4, 6, 20),
-            shape(1, 4, 5, 1, 10, 40),
-        ];
-        for (i, &s) in shapes.iter().enumerate() {
-            for (mask, length, tile) in
-                [(false, LengthKind::L1, None), (true, LengthKind::L2, Some(3)), (true, LengthKind::L1, Some(40))]
-            {
-                let params = Params::default().with_lambda(0.05).with_length(length);
-                let case = Case { shape: s, logits: true, mask, params, seed: 70 + i as u64 };
-                let data = RandomInputs::<T>::new(s, case.seed);
-                let backend = |cache| {
-                    let cpu = CpuBackend::with_threads(2).with_block_pixels(128).with_softmax_cache(cache);
-                    match tile {
-                        Some(t) => cpu.with_tile_width(t),
-                        None => cpu,
-                    }
-                };
-                // The probabilities cached in the gradient buffer.
-                let cached = backend(SoftmaxCache::Always).with_sample_cache_bytes(0);
-                let want = eval(&cached, &mut Backend::<T>::workspace(&cached), &case, &data);
-                // Recomputed, and cached in buffers of each sample's own (the shapes' samples are
-                // too small by default), with and without streaming the gradient.
-                for (cache, stream, own, offset) in [
-                    (SoftmaxCache::Never, usize::MAX, 0, 0),
-                    (SoftmaxCache::Never, 0, 0, 3),
-                    (SoftmaxCache::Auto, 0, 0, 0),
-                    (SoftmaxCache::Always, usize::MAX, usize::MAX, 0),
-                    (SoftmaxCache::Always, 0, usize::MAX, 3),
-                    (SoftmaxCache::Auto, 0, usize::MAX, 1),
-                ] {
-                    let cpu =
-                        backend(cache).with_stream_bytes(stream).with_sample_cache_bytes(own).with_sample_cache_from(0);
-                    let mut ws = Backend::<T>::workspace(&cpu);
-                    let got = eval_at(&cpu, &mut ws, &case, &data, offset);
-                    assert!(
-                        bits(&got) == bits(&want),
-                        "{} {case:?} tiles {tile:?}: {cache:?} (stream above {stream} bytes, own cache up to \
-                         {own} bytes, gradient {offset} on) differs from the cache in the gradient buffer",
-                        T::NAME
-                    );
-                    compare::<T>(&cpu, &mut ws, &case);
-                }
-            }
-        }
-    }
-    check::<f32>();
-    check::<f64>();
-}
-
 /// One workspace reused across shapes (larger, smaller, 3D, other N and C) gives the same bits
 /// as a fresh one each time.
 #[test]
 fn reused_workspace_gives_fresh_results() {
-    let cpu = CpuBackend::with_threads(2).with_block_pixels(64);
+    let cpu = CpuBackend::with_threads(2);
     let mut dirty = Backend::<f64>::workspace(&cpu);
     let shapes =
         [shape(2, 5, 3, 1, 30, 31), shape(1, 2, 1, 1, 4, 5), shape(2, 3, 2, 4, 6, 7), shape(1, 7, 4, 1, 9, 40)];
@@ -507,7 +445,7 @@ fn reused_workspace_gives_fresh_results() {
 /// The analytic gradient against central differences of the f64 reference energy.
 #[test]
 fn gradcheck_passes() {
-    let cpu = CpuBackend::with_threads(2).with_block_pixels(8);
+    let cpu = CpuBackend::with_threads(2);
     for (i, (length, logits, mask, s)) in [
         (LengthKind::L2, true, true, shape(1, 3, 2, 1, 5, 6)),
         (LengthKind::Charbonnier, false, true, shape(2, 2, 1, 2, 3, 4)),
@@ -531,7 +469,7 @@ fn gradcheck_passes() {
 fn bad_input_gives_the_references_errors() {
     let s = shape(2, 3, 2, 1, 8, 9);
     let data = RandomInputs::<f32>::new(s, 3);
-    let cpu = CpuBackend::with_threads(2).with_block_pixels(9);
+    let cpu = CpuBackend::with_threads(2);
     let params = Params::default();
     let both = |scores: Scores<'_, f32>, image: &[f32], mask: Option<&[f32]>, params: &Params| -> (Error, Error) {
         let input = Input::new(s, scores, image, mask).expect("lengths fit");
@@ -589,7 +527,7 @@ fn bad_input_gives_the_references_errors() {
 /// float types), still give the reference's error and no panic.
 #[test]
 fn bad_values_in_large_inputs_give_the_references_errors() {
-    fn check<T: Real>() {
+    fn check<T: CpuFloat>() {
         let nan = T::nan();
         for (s, threads) in
             [(shape(3, 5, 3, 1, 24, 80), 2), (shape(2, 3, 2, 1, 64, 33), 3), (shape(2, 2, 1, 4, 8, 16), 2)]
@@ -649,7 +587,7 @@ fn f32_accuracy_at_2048() {
         let data = RandomInputs::<f32>::new(s, 2048);
         let params = Params::default().with_length(length);
         let case = Case { shape: s, logits: true, mask, params, seed: 2048 };
-        let (e, g, _) = eval(&CpuBackend::new(), &mut CpuWorkspace::default(), &case, &data);
+        let (e, g, _) = eval(&CpuBackend::new(), &mut CpuWorkspace::<f32>::default(), &case, &data);
         let wide = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
         let data64 = RandomInputs {
             logits: wide(&data.logits),
@@ -669,50 +607,25 @@ fn f32_accuracy_at_2048() {
     }
 }
 
-/// Every compiled copy of the kernels this CPU runs (generic, AVX2, AVX-512) against the
-/// reference: the copy is chosen once per process, so each runs the tests named `…match…`
-/// (and `isa_reports_the_copy_that_runs`) in a child process of this test binary with
-/// `MSLOSS_CPU_ISA` set.
+/// Every instruction set this CPU has gives the same bits as the scalar copy.
 #[test]
-fn every_kernel_copy_agrees_with_the_reference() {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    for isa in ["generic", "avx2", "avx512"] {
-        let out = std::process::Command::new(&exe)
-            .args(["match", "isa_reports", "--test-threads", "1"])
-            .env("MSLOSS_CPU_ISA", isa)
-            .output()
-            .expect("the test binary runs");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "MSLOSS_CPU_ISA={isa}:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
-        assert!(text.contains("test result: ok. 8 passed"), "MSLOSS_CPU_ISA={isa} ran other tests:\n{text}");
-    }
-}
-
-/// Pass 2 computes the probabilities again from pass 1's softmax statistics where the chunked
-/// pass 1 kept them, else with a softmax of its own: the second way, in a child process of this
-/// test binary with the tiled pass 1 (`MSLOSS_CPU_PASS1=tiles`, which keeps none), gives the
-/// cache's bits too.
-#[test]
-fn recomputing_without_statistics_changes_no_bit() {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let out = std::process::Command::new(&exe)
-        .args(["softmax_cache_changes_no_bit", "--exact", "--test-threads", "1"])
-        .env("MSLOSS_CPU_PASS1", "tiles")
-        .output()
-        .expect("the test binary runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "MSLOSS_CPU_PASS1=tiles:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("test result: ok. 1 passed"), "MSLOSS_CPU_PASS1=tiles ran other tests:\n{text}");
-}
-
-/// The copy `MSLOSS_CPU_ISA` asks for runs where the CPU has it, and never a better one.
-#[test]
-fn isa_reports_the_copy_that_runs() {
-    let isa = CpuBackend::with_threads(1).isa();
-    assert!(["generic", "avx2", "avx512"].contains(&isa), "{isa}");
-    match std::env::var("MSLOSS_CPU_ISA").as_deref() {
-        Ok("generic") => assert_eq!(isa, "generic"),
-        Ok("avx2") => assert_ne!(isa, "avx512"),
-        _ => {}
+fn every_isa_gives_the_same_bits() {
+    use msloss::cpu::Isa;
+    let s = shape(2, 5, 3, 2, 9, 37);
+    for length in LengthKind::ALL {
+        for (logits, mask) in [(true, false), (false, true), (true, true)] {
+            let case = Case { shape: s, logits, mask, params: Params::default().with_lambda(0.2).with_length(length), seed: 3 };
+            let data = RandomInputs::<f32>::new(s, 3);
+            let data64 = RandomInputs::<f64>::new(s, 3);
+            let scalar = CpuBackend::with_threads(2).with_isa(Isa::Scalar).expect("scalar");
+            let want = eval(&scalar, &mut scalar.workspace(), &case, &data);
+            let want64 = eval(&scalar, &mut scalar.workspace(), &case, &data64);
+            for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
+                let cpu = CpuBackend::with_threads(2).with_isa(isa).expect("available");
+                assert!(bits(&eval(&cpu, &mut cpu.workspace(), &case, &data)) == bits(&want), "{isa:?} f32 {case:?}");
+                assert!(bits(&eval(&cpu, &mut cpu.workspace(), &case, &data64)) == bits(&want64), "{isa:?} f64 {case:?}");
+                compare::<f32>(&cpu, &mut cpu.workspace(), &case);
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use msloss::rng::RandomInputs;
-use msloss::{Backend, Input, Real, Scores, Shape};
+use msloss::{Backend, Input, Scores, Shape};
 
 use crate::backends::{AnyBackend, BackendArgs};
 use crate::params::{DtypeArg, InputArg, ParamArgs, parse_shape};
@@ -73,7 +73,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         "gbps": round3(floor_bytes as f64 / median / 1e9),
     });
     if let AnyBackend::Cpu(cpu) = &backend {
-        json["isa"] = serde_json::json!(cpu.isa());
+        json["isa"] = serde_json::json!(cpu.isa().name());
     }
     if args.triad {
         let bw = triad_bandwidth();
@@ -89,7 +89,7 @@ fn round3(v: f64) -> f64 {
 }
 
 /// Seconds per call of loss and gradient, one entry per timed iteration.
-fn time<T: Real>(args: &Args, backend: &AnyBackend) -> anyhow::Result<Vec<f64>> {
+fn time<T: msloss::cpu::CpuFloat>(args: &Args, backend: &AnyBackend) -> anyhow::Result<Vec<f64>> {
     let params = args.params.params()?;
     let shape = args.shape;
     let data = RandomInputs::<T>::new(shape, 1);

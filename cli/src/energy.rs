@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use msloss::{Backend, Input, Real, Scores, Shape};
+use msloss::{Backend, Input, Scores, Shape};
 
 use crate::backends::{AnyBackend, BackendArgs};
 use crate::npy::{self, FloatData};
@@ -69,7 +69,7 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    fn run<T: Real + npyz::AutoSerialize>(
+    fn run<T: msloss::cpu::CpuFloat + npyz::AutoSerialize>(
         &self,
         scores: &[T],
         grad_out: Option<&PathBuf>,

@@ -2,7 +2,7 @@
 
 use msloss::gradcheck::{self, Mode, Options};
 use msloss::rng::RandomInputs;
-use msloss::{Input, Real, Scores, Shape};
+use msloss::{Input, Scores, Shape};
 
 use crate::backends::{AnyBackend, BackendArgs};
 use crate::params::{DtypeArg, InputArg, ParamArgs, parse_shape};
@@ -48,7 +48,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<bool> {
     }
 }
 
-fn check<T: Real>(args: &Args, backend: &AnyBackend) -> anyhow::Result<bool> {
+fn check<T: msloss::cpu::CpuFloat>(args: &Args, backend: &AnyBackend) -> anyhow::Result<bool> {
     let params = args.params.params()?;
     let shape = args.shape;
     let data = RandomInputs::<T>::new(shape, args.seed);

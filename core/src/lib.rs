@@ -88,5 +88,5 @@ pub use error::Error;
 pub use input::{Input, Scores};
 pub use params::{LengthKind, Params, Reduction};
 pub use real::Real;
-pub use reference::{Reference, ReferenceWorkspace};
+pub use reference::{Reference, ReferenceWorkspace, probability};
 pub use shape::Shape;

@@ -140,20 +140,30 @@ impl<T: Real> Backend<T> for Reference {
     }
 }
 
-/// Softmax over the class axis of `[N, S]` data, in place, subtracting the per-pixel maximum.
+/// Softmax over the class axis of `[N, S]` data, in place, pixel by pixel as [`probability`].
 pub(crate) fn softmax_in_place(y: &mut [f64], n_cls: usize, sp: usize) {
     for s in 0..sp {
-        let max = (0..n_cls).map(|n| y[n * sp + s]).fold(f64::NEG_INFINITY, f64::max);
-        let mut sum = 0.0;
+        let (max, sum) = softmax_stats(|m| y[m * sp + s], n_cls);
         for n in 0..n_cls {
-            let e = Float::exp(y[n * sp + s] - max);
-            y[n * sp + s] = e;
-            sum += e;
-        }
-        for n in 0..n_cls {
-            y[n * sp + s] /= sum;
+            y[n * sp + s] = Float::exp(y[n * sp + s] - max) / sum;
         }
     }
+}
+
+/// The reference's softmax output of class `n` at one pixel whose logits of classes `0..n_cls`
+/// are `z(m)`: the maximum subtracted, `e^(z_n − max) / Σ_m e^(z_m − max)` in `f64`, summed in
+/// class order. Fast backends that compute the softmax otherwise call it where a result's
+/// sign depends on the last bits (an L1 difference within their rounding of zero).
+pub fn probability(z: impl Fn(usize) -> f64, n_cls: usize, n: usize) -> f64 {
+    let (max, sum) = softmax_stats(&z, n_cls);
+    Float::exp(z(n) - max) / sum
+}
+
+/// The maximum of `z(0..n_cls)` and `Σ_m e^(z_m − max)`, in class order.
+fn softmax_stats(z: impl Fn(usize) -> f64, n_cls: usize) -> (f64, f64) {
+    let max = (0..n_cls).map(&z).fold(f64::NEG_INFINITY, f64::max);
+    let sum = (0..n_cls).map(|m| Float::exp(z(m) - max)).sum();
+    (max, sum)
 }
 
 /// `Len` of one class map `yn` (`[D, H, W]` flattened), and `λ·∂Len/∂y` added into `g`.
