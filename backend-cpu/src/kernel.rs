@@ -2,14 +2,13 @@
 //!
 //! Every loop `for l in 0..L` is the scalar form of the maths, one pixel per lane; the ISA
 //! copies (see `Isa`) compile it to vector instructions. Sums are kept per lane, in `T` for at
-//! most [`GROUP`] chunks and then in `f64`, and the lanes are added in lane order, so the order
-//! of every sum is fixed by the shape alone.
+//! most [`GROUP`] chunks of a row and then in `f64`, and the lanes are added in lane order at the
+//! end of a block, so the order of every sum is fixed by the shape alone.
 //!
-//! A row's probabilities live in padded lines (see [`Plan::line`]): a chunk of zeros on each
-//! side, so that the neighbours of the first and last pixels read zeros, and their masks too,
-//! which removes those pairs. Each pass fills the lines of the rows it needs from the input (the
-//! softmax of the logits, or a copy of the probabilities), so nothing a block reads is ever
-//! written by another block.
+//! A row lives in padded lines (see [`Plan::line`]): a chunk of zeros on each side, so that the
+//! neighbours of a row's first and last pixels read zeros, and so do their masks, which removes
+//! those pairs. Each pass fills the lines of the rows it needs from the input (the softmax of the
+//! logits, or a copy of the probabilities), so nothing a block reads is written by another block.
 
 use msloss_core::{LengthKind, probability};
 
@@ -38,128 +37,140 @@ pub(crate) struct Problem<'a, T> {
     pub(crate) scale: T,
 }
 
-/// One thread's scratch lines (see [`Plan::scratch_lines`]) and the rows its ring holds.
+/// One thread's scratch: the ring of rows (read by the sweeps), the lines the sweeps write,
+/// the rows the ring holds, and pass 1's `f64` lane sums.
 #[derive(Debug)]
 pub(crate) struct Scratch<T> {
-    lines: Vec<T>,
+    ring: Vec<T>,
+    work: Vec<T>,
     keys: Vec<usize>,
-    /// Pass 1's sums, `N·(1 + C)`.
-    sums: Vec<Acc<T>>,
+    wide: Vec<[f64; L]>,
 }
 
 impl<T> Default for Scratch<T> {
     fn default() -> Self {
-        Self { lines: Vec::new(), keys: Vec::new(), sums: Vec::new() }
+        Self { ring: Vec::new(), work: Vec::new(), keys: Vec::new(), wide: Vec::new() }
     }
 }
 
 impl<T: CpuFloat> Scratch<T> {
     /// Grows to `plan`'s needs (allocates only when it must grow).
     pub(crate) fn fit(&mut self, plan: &Plan) {
-        let len = plan.scratch_lines() * plan.line;
-        if self.lines.len() < len {
-            self.lines.resize(len, T::zero());
-        }
+        let grow = |v: &mut Vec<T>, lines: usize| {
+            if v.len() < lines * plan.line {
+                v.resize(lines * plan.line, T::zero());
+            }
+        };
+        grow(&mut self.ring, ring_lines(plan));
+        grow(&mut self.work, work_lines(plan));
         if self.keys.len() < plan.ring {
             self.keys.resize(plan.ring, usize::MAX);
         }
         let sums = plan.classes * (1 + plan.channels);
-        if self.sums.len() < sums {
-            self.sums.resize(sums, Acc::new());
+        if self.wide.len() < sums {
+            self.wide.resize(sums, [0.0; L]);
         }
     }
 }
 
-/// Where each line starts in the scratch (element offsets).
-#[derive(Clone, Copy)]
-struct Lines {
-    len: usize,
-    n: usize,
-    x: usize,
-    fh: usize,
-    fd: usize,
-    g: usize,
-    gsum: usize,
-    /// Sweep 1's fluxes of the row: east, south (H), deep (D).
-    fe: usize,
-    fs: usize,
-    fdn: usize,
-    /// The fidelity's terms of a row for one class: `‖u − δ‖²`, `⟨β, u⟩`, `⟨c, u⟩`.
-    dist: usize,
-    zero: usize,
-    ones: usize,
+/// The ring: `N` lines of probabilities and one of mask per row it holds, a line of zeros (the
+/// row and mask of a neighbour that is not there) and a line of ones (the mask when none is given).
+fn ring_lines(p: &Plan) -> usize {
+    p.ring * (p.classes + 1) + 2
 }
 
-impl Lines {
-    fn new(p: &Plan) -> Self {
+/// The work lines, in [`Work`]'s order.
+fn work_lines(p: &Plan) -> usize {
+    let d_ring = if p.depth > 1 { (p.height + 1) * p.classes } else { 0 };
+    p.channels + 2 * p.classes + d_ring + p.classes + 1 + 1 + 1 + 3
+}
+
+/// The lines the sweeps write, carved from the work buffer.
+struct Work<'a, T> {
+    /// The image row, minus the sample's centre in pass 2 (`C` lines).
+    x: &'a mut [T],
+    /// The H fluxes of two rows (`2N` lines: the row before's and this row's, by parity).
+    fh: &'a mut [T],
+    /// The D fluxes of the last `H + 1` rows (`(H + 1)·N` lines, in 3D).
+    fd: &'a mut [T],
+    /// Each class's fidelity-and-length gradient (`N` lines) and `Σ_n y_n·g_n`.
+    g: &'a mut [T],
+    gsum: &'a mut [T],
+    /// The row's east fluxes of one class; `m·y` in pass 1.
+    fe: &'a mut [T],
+    tmp: &'a mut [T],
+    /// `‖u − δ‖²`, `⟨β, u⟩`, `⟨c, u⟩` of one class (3 lines).
+    dist: &'a mut [T],
+}
+
+impl<'a, T> Work<'a, T> {
+    fn carve(w: &'a mut [T], p: &Plan) -> Self {
         let len = p.line;
-        let x = p.ring * (p.classes + 1) * len;
-        let fh = x + p.channels * len;
-        let fd = fh + p.classes * len;
-        let g = fd + if p.depth > 1 { p.height * p.classes * len } else { 0 };
-        let gsum = g + p.classes * len;
-        let (fe, fs, fdn, dist) = (gsum + len, gsum + 2 * len, gsum + 3 * len, gsum + 4 * len);
-        Self { len, n: p.classes, x, fh, fd, g, gsum, fe, fs, fdn, dist, zero: dist + 3 * len, ones: dist + 4 * len }
-    }
-    /// Class `n`'s probabilities in ring slot `slot`; `n = N` is the slot's mask.
-    fn y(&self, slot: usize, n: usize) -> usize {
-        (slot * (self.n + 1) + n) * self.len
-    }
-    /// Zeros every line (their pads stay zero: fills write rows only) and sets the line of ones.
-    fn reset<T: CpuFloat>(&self, plan: &Plan, s: &mut [T]) {
-        s[..plan.scratch_lines() * self.len].fill(T::zero());
-        s[self.ones + OFF..self.ones + OFF + plan.width].fill(T::one());
-    }
-    /// The mask of the row in ring slot `slot`: its own, ones without a mask, zeros for a row
-    /// that is not there.
-    fn mask<T>(&self, p: &Problem<'_, T>, slot: Option<usize>) -> usize {
-        match (slot, p.mask) {
-            (None, _) => self.zero,
-            (Some(_), None) => self.ones,
-            (Some(k), Some(_)) => self.y(k, self.n),
-        }
+        let d_ring = if p.depth > 1 { (p.height + 1) * p.classes } else { 0 };
+        let (x, w) = w.split_at_mut(p.channels * len);
+        let (fh, w) = w.split_at_mut(2 * p.classes * len);
+        let (fd, w) = w.split_at_mut(d_ring * len);
+        let (g, w) = w.split_at_mut(p.classes * len);
+        let (gsum, w) = w.split_at_mut(len);
+        let (fe, w) = w.split_at_mut(len);
+        let (tmp, w) = w.split_at_mut(len);
+        let (dist, _) = w.split_at_mut(3 * len);
+        Self { x, fh, fd, g, gsum, fe, tmp, dist }
     }
 }
 
+/// Line `i` of `lines` (each `len` long).
 #[inline(always)]
-fn ld<T: Copy + Default>(s: &[T], i: usize) -> V<T> {
-    let mut v = [T::default(); L];
-    v.copy_from_slice(&s[i..i + L]);
-    v
+fn line<T>(lines: &[T], len: usize, i: usize) -> &[T] {
+    &lines[i * len..(i + 1) * len]
 }
 
 #[inline(always)]
-fn st<T: Copy>(s: &mut [T], i: usize, v: &V<T>) {
-    s[i..i + L].copy_from_slice(v);
+fn line_mut<T>(lines: &mut [T], len: usize, i: usize) -> &mut [T] {
+    &mut lines[i * len..(i + 1) * len]
 }
 
-/// Stores chunk `ci` of a row of `out.len()` pixels (the last chunk may be cut).
+/// The `nc` chunks of a line's row, shifted by `shift` pixels (−1, 0 or 1).
 #[inline(always)]
-fn st_row<T: Copy>(out: &mut [T], ci: usize, v: &V<T>) {
-    let j = ci * L;
-    if j + L <= out.len() {
-        out[j..j + L].copy_from_slice(v);
-    } else {
-        out[j..].iter_mut().zip(v).for_each(|(o, &v)| *o = v);
+fn ch<T>(line: &[T], shift: isize, nc: usize) -> &[V<T>] {
+    let start = OFF.wrapping_add_signed(shift);
+    line[start..start + nc * L].as_chunks::<L>().0
+}
+
+#[inline(always)]
+fn ch_mut<T>(line: &mut [T], nc: usize) -> &mut [V<T>] {
+    line[OFF..OFF + nc * L].as_chunks_mut::<L>().0
+}
+
+/// Adds a group's lane sums to the `f64` lanes.
+#[inline(always)]
+fn widen<T: CpuFloat>(wide: &mut [f64; L], part: &V<T>) {
+    for l in 0..L {
+        wide[l] += part[l].to_f64_lossless();
     }
+}
+
+/// The lanes' total, in lane order.
+fn lanes_total(wide: &[f64; L]) -> f64 {
+    wide.iter().fold(0.0, |a, &b| a + b)
 }
 
 /// Whether `term(v) == 0` for every `v` of `src`, where `term` is `>= 0` or NaN: the terms are
-/// summed in lanes (a sum of such terms is zero only if each is), so the test vectorises.
+/// summed in lanes (such a sum is zero only if each term is), so the test vectorises.
 #[inline(always)]
 fn all_zero<T: CpuFloat>(src: &[T], term: impl Fn(T) -> T) -> bool {
+    let (chunks, rest) = src.as_chunks::<L>();
     let mut acc = [T::zero(); L];
-    let mut chunks = src.chunks_exact(L);
-    for chunk in &mut chunks {
+    for chunk in chunks {
         for l in 0..L {
             acc[l] += term(chunk[l]);
         }
     }
-    let rest = chunks.remainder().iter().fold(T::zero(), |a, &v| a + term(v));
+    let rest = rest.iter().fold(T::zero(), |a, &v| a + term(v));
     acc.iter().fold(rest, |a, &v| a + v) == T::zero()
 }
 
-/// Input checks as `all_zero` terms: finite (`v − v` is NaN for ±∞ and NaN), finite and
+/// Input checks as [`all_zero`] terms: finite (`v − v` is NaN for ±∞ and NaN), finite and
 /// non-negative, and 0 or 1.
 #[inline(always)]
 fn finite<T: CpuFloat>(v: T) -> T {
@@ -174,56 +185,13 @@ fn mask_ok<T: CpuFloat>(v: T) -> T {
     (v * (v - T::one())).abs()
 }
 
-/// A sum per lane: `T` over groups of at most [`GROUP`] chunks of one row, then `f64`; the
-/// lanes are added in lane order at the end of the block.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Acc<T> {
-    part: V<T>,
-    wide: [f64; L],
-    count: usize,
-}
-
-impl<T: CpuFloat> Acc<T> {
-    #[inline(always)]
-    fn new() -> Self {
-        Self { part: [T::zero(); L], wide: [0.0; L], count: 0 }
-    }
-    #[inline(always)]
-    fn add(&mut self, v: &V<T>) {
-        for l in 0..L {
-            self.part[l] += v[l];
-        }
-        self.count += 1;
-        if self.count == GROUP {
-            self.end_row();
-        }
-    }
-    /// Adds the group to the `f64` lanes (at the end of each row, and of each group).
-    #[inline(always)]
-    fn end_row(&mut self) {
-        for l in 0..L {
-            self.wide[l] += self.part[l].to_f64_lossless();
-            self.part[l] = T::zero();
-        }
-        self.count = 0;
-    }
-    /// The lanes' total, in lane order; starts afresh.
-    #[inline(always)]
-    fn total(&mut self) -> f64 {
-        self.end_row();
-        let t = self.wide.iter().fold(0.0, |a, &b| a + b);
-        *self = Self::new();
-        t
-    }
-}
-
 /// Each pixel's largest logit and reciprocal sum of exponentials, as pass 1 found them: pass 2
-/// computes the softmax again from them in one sweep, to the same bits.
+/// computes the softmax again from them in one sweep, to the same bits. A row's are two lines of
+/// `chunks·L` values: the maxima, then the reciprocal sums.
 pub(crate) enum Stats<'a, T> {
     /// Probabilities input: no softmax.
     None,
-    /// Pass 1: the block's rows, `2·chunks·L` values a row (per chunk, the maxima then the
-    /// reciprocal sums), written.
+    /// Pass 1: the block's rows, written.
     Write(&'a mut [T]),
     /// Pass 2: the sample's rows, read.
     Read(&'a [T]),
@@ -236,78 +204,73 @@ pub(crate) enum Stats<'a, T> {
 #[inline(always)]
 fn fill_row<T: CpuFloat>(
     p: &Problem<'_, T>,
-    ln: &Lines,
-    s: &mut [T],
+    ring: &mut [T],
+    slot: usize,
     b: usize,
     q: usize,
-    slot: usize,
     stats: &mut Stats<'_, T>,
     stats_row: usize,
     check: bool,
 ) -> bool {
-    let (n_cls, w) = (p.plan.classes, p.plan.width);
+    let (n_cls, w, len, nc) = (p.plan.classes, p.plan.width, p.plan.line, p.plan.chunks());
     let sp = p.plan.rows * w;
+    let lines = &mut ring[slot * (n_cls + 1) * len..(slot + 1) * (n_cls + 1) * len];
     let mut bad = false;
     if let Some(mask) = p.mask {
         let src = &mask[b * sp + q * w..][..w];
-        let at = ln.y(slot, n_cls) + OFF;
-        s[at..at + w].copy_from_slice(src);
+        line_mut(lines, len, n_cls)[OFF..OFF + w].copy_from_slice(src);
         bad |= check && !all_zero(src, mask_ok);
     }
     for n in 0..n_cls {
         let src = &p.scores[((b * n_cls + n) * p.plan.rows + q) * w..][..w];
-        let at = ln.y(slot, n) + OFF;
-        s[at..at + w].copy_from_slice(src);
+        line_mut(lines, len, n)[OFF..OFF + w].copy_from_slice(src);
         bad |= check && !if p.logits { all_zero(src, finite) } else { all_zero(src, probability_ok) };
     }
-    let y0 = ln.y(slot, 0);
-    let stats_at = stats_row * 2 * p.plan.chunks() * L;
+    let at = stats_row * 2 * nc * L;
     match stats {
         Stats::None => {}
         Stats::Write(out) => {
-            for ci in 0..p.plan.chunks() {
-                let i = y0 + OFF + ci * L;
-                let mut mx = ld(s, i);
-                for n in 1..n_cls {
-                    let z = ld(s, i + n * ln.len);
+            let (mx, inv) = out[at..at + 2 * nc * L].split_at_mut(nc * L);
+            let (mx, inv) = (mx.as_chunks_mut::<L>().0, inv.as_chunks_mut::<L>().0);
+            mx.copy_from_slice(ch(line(lines, len, 0), 0, nc));
+            for n in 1..n_cls {
+                for (m, z) in mx.iter_mut().zip(ch(line(lines, len, n), 0, nc)) {
                     for l in 0..L {
-                        mx[l] = mx[l].max(z[l]);
+                        m[l] = if z[l] > m[l] { z[l] } else { m[l] };
                     }
                 }
-                let mut sum = [T::zero(); L];
-                for n in 0..n_cls {
-                    let mut e = ld(s, i + n * ln.len);
+            }
+            // The sum of exponentials, in `inv` until it is inverted.
+            inv.iter_mut().for_each(|v| *v = [T::zero(); L]);
+            for n in 0..n_cls {
+                for ((e, m), s) in ch_mut(line_mut(lines, len, n), nc).iter_mut().zip(&*mx).zip(inv.iter_mut()) {
                     for l in 0..L {
-                        e[l] = T::exp_nonpos(e[l] - mx[l]);
-                        sum[l] += e[l];
+                        e[l] = T::exp_nonpos(e[l] - m[l]);
+                        s[l] += e[l];
                     }
-                    st(s, i + n * ln.len, &e);
                 }
-                let mut inv = [T::zero(); L];
+            }
+            for s in inv.iter_mut() {
                 for l in 0..L {
-                    inv[l] = T::one() / sum[l];
+                    s[l] = T::one() / s[l];
                 }
-                for n in 0..n_cls {
-                    let mut y = ld(s, i + n * ln.len);
+            }
+            for n in 0..n_cls {
+                for (y, r) in ch_mut(line_mut(lines, len, n), nc).iter_mut().zip(&*inv) {
                     for l in 0..L {
-                        y[l] *= inv[l];
+                        y[l] *= r[l];
                     }
-                    st(s, i + n * ln.len, &y);
                 }
-                st(out, stats_at + 2 * ci * L, &mx);
-                st(out, stats_at + (2 * ci + 1) * L, &inv);
             }
         }
         Stats::Read(from) => {
+            let (mx, inv) = from[at..at + 2 * nc * L].split_at(nc * L);
+            let (mx, inv) = (mx.as_chunks::<L>().0, inv.as_chunks::<L>().0);
             for n in 0..n_cls {
-                for ci in 0..p.plan.chunks() {
-                    let i = y0 + n * ln.len + OFF + ci * L;
-                    let (mx, inv) = (ld(from, stats_at + 2 * ci * L), ld(from, stats_at + (2 * ci + 1) * L));
-                    let mut y = ld(s, i);
+                for ((y, m), r) in ch_mut(line_mut(lines, len, n), nc).iter_mut().zip(mx).zip(inv) {
                     for l in 0..L {
-                        y[l] = T::exp_nonpos(y[l] - mx[l]) * inv[l];
+                        y[l] = T::exp_nonpos(y[l] - m[l]) * r[l];
                     }
-                    st(s, i, &y);
                 }
             }
         }
@@ -318,12 +281,12 @@ fn fill_row<T: CpuFloat>(
 /// Fills the image lines with row `q` of sample `b`, minus `centre` where given; returns whether
 /// a value is not finite.
 #[inline(always)]
-fn fill_image<T: CpuFloat>(p: &Problem<'_, T>, ln: &Lines, s: &mut [T], b: usize, q: usize, centre: &[T]) -> bool {
-    let (c, w) = (p.plan.channels, p.plan.width);
+fn fill_image<T: CpuFloat>(p: &Problem<'_, T>, x: &mut [T], b: usize, q: usize, centre: &[T]) -> bool {
+    let (c, w, len) = (p.plan.channels, p.plan.width, p.plan.line);
     let mut bad = false;
     for k in 0..c {
         let src = &p.image[((b * c + k) * p.plan.rows + q) * w..][..w];
-        let l = &mut s[ln.x + k * ln.len + OFF..][..w];
+        let l = &mut line_mut(x, len, k)[OFF..OFF + w];
         l.copy_from_slice(src);
         if let Some(&ck) = centre.get(k) {
             l.iter_mut().for_each(|v| *v -= ck);
@@ -331,6 +294,27 @@ fn fill_image<T: CpuFloat>(p: &Problem<'_, T>, ln: &Lines, s: &mut [T], b: usize
         bad |= !all_zero(src, finite);
     }
     bad
+}
+
+/// Zeros the scratch a block uses (pads stay zero: fills write rows only) and sets the line of
+/// ones.
+fn reset<T: CpuFloat>(p: &Plan, ring: &mut [T], work: &mut [T]) {
+    let ring = &mut ring[..ring_lines(p) * p.line];
+    ring.fill(T::zero());
+    let ones = ring_lines(p) - 1;
+    line_mut(ring, p.line, ones)[OFF..OFF + p.width].fill(T::one());
+    work[..work_lines(p) * p.line].fill(T::zero());
+}
+
+/// The ring line of the mask of the row in `slot`: its own, ones without a mask, zeros for a row
+/// that is not there.
+fn mask_line<T>(p: &Problem<'_, T>, slot: Option<usize>) -> usize {
+    let zero = p.plan.ring * (p.plan.classes + 1);
+    match (slot, p.mask) {
+        (None, _) => zero,
+        (Some(_), None) => zero + 1,
+        (Some(k), Some(_)) => k * (p.plan.classes + 1) + p.plan.classes,
+    }
 }
 
 /// Pass 1 over `rows` of sample `b`: `sums[n·(1 + C)] = Σ m·y_n` and
@@ -345,84 +329,53 @@ pub(crate) fn pass1<T: CpuFloat>(
     sums: &mut [f64],
     stats: Option<&mut [T]>,
 ) -> bool {
-    let ln = Lines::new(&p.plan);
-    let Scratch { lines, sums: accs, .. } = scratch;
-    let s = &mut lines[..];
-    ln.reset(&p.plan, s);
-    let (n_cls, c) = (p.plan.classes, p.plan.channels);
+    let plan = &p.plan;
+    let (n_cls, c, len, nc) = (plan.classes, plan.channels, plan.line, plan.chunks());
+    let Scratch { ring, work, wide, .. } = scratch;
+    reset(plan, ring, work);
+    let wk = Work::carve(work, plan);
+    let wide = &mut wide[..n_cls * (1 + c)];
+    wide.fill([0.0; L]);
     let mut bad = false;
     let mut stats = stats.map_or(Stats::None, Stats::Write);
     let first = rows.start;
     for q in rows {
-        bad |= fill_row(p, &ln, s, b, q, 0, &mut stats, q - first, true);
-        bad |= fill_image(p, &ln, s, b, q, &[]);
-        let mask = ln.mask(p, Some(0)) + OFF;
-        for (n, acc) in accs.chunks_mut(1 + c).take(n_cls).enumerate() {
-            let y = ln.y(0, n) + OFF;
-            let (area, moments) = acc.split_at_mut(1);
-            for ci in 0..p.plan.chunks() {
-                let (m, yv) = (ld(s, mask + ci * L), ld(s, y + ci * L));
-                let mut wy = [T::zero(); L];
-                for l in 0..L {
-                    wy[l] = m[l] * yv[l];
+        bad |= fill_row(p, ring, 0, b, q, &mut stats, q - first, true);
+        bad |= fill_image(p, wk.x, b, q, &[]);
+        let m = ch(line(ring, len, mask_line(p, Some(0))), 0, nc);
+        for n in 0..n_cls {
+            let y = ch(line(ring, len, n), 0, nc);
+            let wy = ch_mut(wk.tmp, nc);
+            let sums = &mut wide[n * (1 + c)..(n + 1) * (1 + c)];
+            for ((wg, yg), mg) in wy.chunks_mut(GROUP).zip(y.chunks(GROUP)).zip(m.chunks(GROUP)) {
+                let mut part = [T::zero(); L];
+                for ((w, y), m) in wg.iter_mut().zip(yg).zip(mg) {
+                    for l in 0..L {
+                        w[l] = m[l] * y[l];
+                        part[l] += w[l];
+                    }
                 }
-                area[0].add(&wy);
-                let x = ln.x + OFF + ci * L;
-                match c {
-                    1 => add_moments::<T, 1>(s, &ln, x, &wy, moments),
-                    2 => add_moments::<T, 2>(s, &ln, x, &wy, moments),
-                    3 => add_moments::<T, 3>(s, &ln, x, &wy, moments),
-                    4 => add_moments::<T, 4>(s, &ln, x, &wy, moments),
-                    _ => add_moments::<T, 0>(s, &ln, x, &wy, moments),
+                widen(&mut sums[0], &part);
+            }
+            let wy = ch(wk.tmp, 0, nc);
+            for (k, sum) in sums[1..].iter_mut().enumerate() {
+                let x = ch(line(wk.x, len, k), 0, nc);
+                for (wg, xg) in wy.chunks(GROUP).zip(x.chunks(GROUP)) {
+                    let mut part = [T::zero(); L];
+                    for (w, x) in wg.iter().zip(xg) {
+                        for l in 0..L {
+                            part[l] += w[l] * x[l];
+                        }
+                    }
+                    widen(sum, &part);
                 }
             }
-            acc.iter_mut().for_each(Acc::end_row);
         }
     }
-    for (sum, acc) in sums.iter_mut().zip(accs.iter_mut()) {
-        *sum = acc.total();
+    for (sum, lanes) in sums.iter_mut().zip(wide.iter()) {
+        *sum = lanes_total(lanes);
     }
     bad
-}
-
-/// `Σ m·y·x_k` of one chunk added to each channel's sum (`x` is channel 0's chunk). The
-/// channel count is `C` where it is 1 to 4 (`C = 0`: any, from `moments`): a loop of constant
-/// length unrolls, where a loop over a count known only at run time would be vectorised across
-/// channels rather than across pixels.
-#[inline(always)]
-fn add_moments<T: CpuFloat, const C: usize>(s: &[T], ln: &Lines, x: usize, wy: &V<T>, moments: &mut [Acc<T>]) {
-    let c = if C == 0 { moments.len() } else { C };
-    for (k, moment) in moments.iter_mut().enumerate().take(c) {
-        let xk = ld(s, x + k * ln.len);
-        let mut t = [T::zero(); L];
-        for l in 0..L {
-            t[l] = wy[l] * xk[l];
-        }
-        moment.add(&t);
-    }
-}
-
-/// `‖u − δ‖²`, `⟨β, u⟩` and `⟨c, u⟩` of one chunk of the image row at `i` (see
-/// [`class_consts`] for the class's table `k`), into the lines at `ln.dist`; the channel count
-/// as in [`add_moments`].
-#[inline(always)]
-fn channel_terms<T: CpuFloat, const C: usize>(s: &mut [T], ln: &Lines, i: usize, k: &[T], c: usize) {
-    let c = if C == 0 { c } else { C };
-    let (mut dist2, mut lin, mut dot) = ([T::zero(); L], [T::zero(); L], [T::zero(); L]);
-    for kk in 0..c {
-        let u = ld(s, ln.x + kk * ln.len + i);
-        let (dk, bk, ck) = (k[3 + kk], k[3 + c + kk], k[3 + 2 * c + kk]);
-        for l in 0..L {
-            let du = u[l] - dk;
-            dist2[l] += du * du;
-            lin[l] += bk * u[l];
-            dot[l] += ck * u[l];
-        }
-    }
-    // Stored rather than returned: the compiler then keeps each in one vector.
-    st(s, ln.dist + i, &dist2);
-    st(s, ln.dist + ln.len + i, &lin);
-    st(s, ln.dist + 2 * ln.len + i, &dot);
 }
 
 /// Pass 2's constants of one class, in `T`: `[⟨c, δ⟩, κ, a, δ_0…, β_0…, c_0…]`, with `c` the
@@ -483,12 +436,21 @@ impl<'a, T> GradOut<'a, T> {
     ///
     /// # Safety
     /// No other reference to those elements may be alive: each block asks only for the rows
-    /// of its own sample and block, once per class and row at a time.
+    /// of its own sample and block, one class and row at a time.
     #[expect(clippy::mut_from_ref, reason = "disjoint rows of one buffer, handed to many threads")]
     unsafe fn row(&self, start: usize, len: usize) -> &mut [T] {
         assert!(start.checked_add(len).is_some_and(|end| end <= self.len), "row within the buffer");
         // SAFETY: in bounds (asserted); exclusive by the caller's contract.
         unsafe { core::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
+}
+
+/// Stores chunk `ci` of a row of `out.len()` pixels (the last chunk may be cut).
+#[inline(always)]
+fn st_row<T: Copy>(full: &mut [V<T>], rest: &mut [T], ci: usize, v: &V<T>) {
+    match full.get_mut(ci) {
+        Some(o) => *o = *v,
+        None => rest.iter_mut().zip(v).for_each(|(o, &v)| *o = v),
     }
 }
 
@@ -513,37 +475,31 @@ pub(crate) fn pass2<T: CpuFloat>(
     rows: core::ops::Range<usize>,
     grad: Option<&GradOut<'_, T>>,
 ) -> (f64, f64) {
-    let ln = Lines::new(&p.plan);
-    let mut stats = stats.map_or(Stats::None, Stats::Read);
-    let Scratch { lines, keys, .. } = scratch;
-    let s = &mut lines[..];
+    let plan = &p.plan;
+    let Scratch { ring, work, keys, .. } = scratch;
+    reset(plan, ring, work);
+    let mut wk = Work::carve(work, plan);
     keys.fill(usize::MAX);
-    ln.reset(&p.plan, s);
-    let (n_cls, h) = (p.plan.classes, p.plan.height);
-    let fd_lines = if p.plan.depth > 1 { h * n_cls } else { 0 };
-    s[ln.fh..ln.fh + (n_cls + fd_lines) * ln.len].fill(T::zero());
+    let mut stats = stats.map_or(Stats::None, Stats::Read);
     let start = rows.start;
-    let back = if p.plan.depth > 1 { h } else { 1 };
-    let grad_on = grad.is_some();
-    for q in start.saturating_sub(back)..start {
-        if grad_on {
-            row2(p, &ln, s, keys, &mut stats, consts, b, q, None, Mode::Fluxes, &mut [Acc::new(), Acc::new()]);
+    let back = if plan.depth > 1 { plan.height } else { 1 };
+    let mut sums = [[0.0; L]; 2];
+    if grad.is_some() {
+        for q in start.saturating_sub(back)..start {
+            row2(p, ring, &mut wk, keys, &mut stats, consts, b, q, None, Mode::Fluxes, &mut [[0.0; L]; 2]);
         }
     }
-    let mut sums = [Acc::new(), Acc::new()];
     for q in rows {
-        row2(p, &ln, s, keys, &mut stats, consts, b, q, grad, Mode::Full, &mut sums);
+        row2(p, ring, &mut wk, keys, &mut stats, consts, b, q, grad, Mode::Full, &mut sums);
     }
-    (sums[0].total(), sums[1].total())
+    (lanes_total(&sums[0]), lanes_total(&sums[1]))
 }
 
 /// The ring slot of row `q`, filled if it holds another row.
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "the row's whole context, passed down once")]
 fn slot<T: CpuFloat>(
     p: &Problem<'_, T>,
-    ln: &Lines,
-    s: &mut [T],
+    ring: &mut [T],
     keys: &mut [usize],
     stats: &mut Stats<'_, T>,
     b: usize,
@@ -551,7 +507,7 @@ fn slot<T: CpuFloat>(
 ) -> usize {
     let k = q % p.plan.ring;
     if keys[k] != q {
-        fill_row(p, ln, s, b, q, k, stats, q, false);
+        fill_row(p, ring, k, b, q, stats, q, false);
         keys[k] = q;
     }
     k
@@ -569,13 +525,188 @@ fn sign0<T: CpuFloat>(d: T) -> T {
     }
 }
 
-/// Pass 2 on row `q` of sample `b`, adding its `F` and `Len` to `fid` and `len`.
+/// `‖u − δ‖²`, `⟨β, u⟩` and `⟨c, u⟩` of a row (see [`class_consts`] for the class's table `k`),
+/// into `dist`. The channel count is `C` where it is 1 to 4 (`C = 0`: any): a loop of constant
+/// length unrolls, where a loop over a count known only at run time would be vectorised across
+/// channels rather than across pixels.
+#[inline(always)]
+fn channel_terms<T: CpuFloat, const C: usize>(x: &[T], dist: &mut [T], len: usize, nc: usize, k: &[T], c: usize) {
+    let c = if C == 0 { c } else { C };
+    let (d2, rest) = dist.split_at_mut(len);
+    let (lin, dot) = rest.split_at_mut(len);
+    let (d2, lin, dot) = (ch_mut(d2, nc), ch_mut(lin, nc), ch_mut(&mut dot[..len], nc));
+    for ci in 0..nc {
+        let (mut a, mut bl, mut cl) = ([T::zero(); L], [T::zero(); L], [T::zero(); L]);
+        for kk in 0..c {
+            let u = &ch(line(x, len, kk), 0, nc)[ci];
+            let (dk, bk, ck) = (k[3 + kk], k[3 + c + kk], k[3 + 2 * c + kk]);
+            for l in 0..L {
+                let du = u[l] - dk;
+                a[l] += du * du;
+                bl[l] += bk * u[l];
+                cl[l] += ck * u[l];
+            }
+        }
+        (d2[ci], lin[ci], dot[ci]) = (a, bl, cl);
+    }
+}
+
+/// One class's row and its neighbours, as chunks: probabilities and masks of the row, of its
+/// east neighbours (shifted by one pixel), and of the rows south (H) and deep (D).
+struct Around<'a, T> {
+    y0: &'a [V<T>],
+    ye: &'a [V<T>],
+    ys: &'a [V<T>],
+    yd: &'a [V<T>],
+    m0: &'a [V<T>],
+    me: &'a [V<T>],
+    ms: &'a [V<T>],
+    md: &'a [V<T>],
+}
+
+/// Where L1 signs of logits' softmax are checked: the problem, the class, the flat offset of
+/// the row's first pixel (class 0), and the tolerance.
+struct Doubt<'a, T> {
+    p: &'a Problem<'a, T>,
+    n: usize,
+    row_at: usize,
+    tol: T,
+}
+
+impl<T: CpuFloat> Doubt<'_, T> {
+    /// Chunk `ci`'s east, south and (in a volume) deep fluxes with exact signs where in doubt.
+    #[inline(never)]
+    #[cold]
+    fn fix(&self, a: &Around<'_, T>, ci: usize, [fe, fs]: [&mut V<T>; 2], fd: Option<&mut V<T>>) {
+        let (w, h, sp) = (self.p.plan.width, self.p.plan.height, self.p.plan.rows * self.p.plan.width);
+        let at = self.row_at + ci * L;
+        let (y0, m0) = (&a.y0[ci], &a.m0[ci]);
+        exact_signs(self.p, self.n, sp, at, fe, 1, m0, &a.me[ci], y0, &a.ye[ci], self.tol);
+        exact_signs(self.p, self.n, sp, at, fs, w, m0, &a.ms[ci], y0, &a.ys[ci], self.tol);
+        if let Some(fd) = fd {
+            exact_signs(self.p, self.n, sp, at, fd, h * w, m0, &a.md[ci], y0, &a.yd[ci], self.tol);
+        }
+    }
+}
+
+/// The length kinds as constants of [`sweep1`].
+const L1: u8 = 0;
+const L2: u8 = 1;
+const CHARBONNIER: u8 = 2;
+
+/// Sweep 1 of one class's row: the fluxes of the pairs (j, j + 1), (j, south) and (j, deep)
+/// into `fe`, `fs` and `fd` (`D`: a volume), and the length's terms added to `len_sum`.
+/// Every loop is straight-line code (the length kind `KIND` is a constant), so it vectorises.
+#[inline(always)]
+fn sweep1<T: CpuFloat, const KIND: u8, const D: bool>(
+    a: &Around<'_, T>,
+    [fe, fs, fd]: [&mut [V<T>]; 3],
+    delta: T,
+    len_sum: &mut [f64; L],
+    doubt: Option<&Doubt<'_, T>>,
+) {
+    let nc = a.y0.len();
+    let (two, delta2) = (T::one() + T::one(), delta * delta);
+    for g0 in (0..nc).step_by(GROUP) {
+        let mut part = [T::zero(); L];
+        for ci in g0..(g0 + GROUP).min(nc) {
+            let (y0, m0) = (&a.y0[ci], &a.m0[ci]);
+            let (mut de, mut ds, mut dd) = ([T::zero(); L], [T::zero(); L], [T::zero(); L]);
+            // Differences times validity: a missing or masked pair gives 0.
+            for l in 0..L {
+                de[l] = (a.ye[ci][l] - y0[l]) * (m0[l] * a.me[ci][l]);
+                ds[l] = (a.ys[ci][l] - y0[l]) * (m0[l] * a.ms[ci][l]);
+                if D {
+                    dd[l] = (a.yd[ci][l] - y0[l]) * (m0[l] * a.md[ci][l]);
+                }
+            }
+            let (mut e, mut s, mut d) = ([T::zero(); L], [T::zero(); L], [T::zero(); L]);
+            for l in 0..L {
+                let (flux, term) = match KIND {
+                    L1 => ((sign0(de[l]), sign0(ds[l]), sign0(dd[l])), (de[l].abs() + ds[l].abs()) + dd[l].abs()),
+                    L2 => ((two * de[l], two * ds[l], two * dd[l]), (de[l] * de[l] + ds[l] * ds[l]) + dd[l] * dd[l]),
+                    _ => {
+                        let sq = (de[l] * de[l] + ds[l] * ds[l]) + dd[l] * dd[l];
+                        let r = (sq + delta2).sqrt();
+                        ((de[l] / r, ds[l] / r, dd[l] / r), sq / (r + delta))
+                    }
+                };
+                (e[l], s[l], d[l]) = flux;
+                part[l] += term;
+            }
+            fe[ci] = e;
+            fs[ci] = s;
+            if D {
+                fd[ci] = d;
+            }
+            if let Some(dz) = doubt {
+                // A pair is doubtful where |d| is within tol·(y_a + y_b) of zero.
+                let mut any = false;
+                for l in 0..L {
+                    let near = |d: T, yb: T, mb: T| m0[l] * mb != T::zero() && d.abs() <= dz.tol * (y0[l] + yb);
+                    any |= near(de[l], a.ye[ci][l], a.me[ci][l]) | near(ds[l], a.ys[ci][l], a.ms[ci][l]);
+                    if D {
+                        any |= near(dd[l], a.yd[ci][l], a.md[ci][l]);
+                    }
+                }
+                if any {
+                    dz.fix(a, ci, [&mut fe[ci], &mut fs[ci]], if D { Some(&mut fd[ci]) } else { None });
+                }
+            }
+        }
+        widen(len_sum, &part);
+    }
+}
+
+/// Sweep 2 of one class's row: `g = w·m·(fidelity term) + λ·(gathered fluxes)`, into `g`
+/// (logits: the Jacobian comes once every class is done, and `Σ y·g` is added to `gsum`) or,
+/// times the reduction's `scale`, into the gradient row `out` (probabilities).
+#[expect(clippy::too_many_arguments, reason = "the sweep's lines, each a slice")]
+#[inline(always)]
+fn sweep2<T: CpuFloat, const LOGITS: bool, const D: bool>(
+    p: &Problem<'_, T>,
+    a: &Around<'_, T>,
+    [fw, fe, fho, fhn, fdo, fdn]: [&[V<T>]; 6],
+    [d2, lin, dot]: [&[V<T>]; 3],
+    k: &[T],
+    g: &mut [V<T>],
+    gsum: &mut [V<T>],
+    (out_full, out_rest): (&mut [V<T>], &mut [T]),
+) {
+    let (cd, kappa, ak) = (k[0], k[1], k[2]);
+    let (weight, lambda, scale) = (p.weight, p.lambda, p.scale);
+    for ci in 0..a.y0.len() {
+        let (m0, y0) = (&a.m0[ci], &a.y0[ci]);
+        let mut gv = [T::zero(); L];
+        for l in 0..L {
+            let mut gl = (fw[ci][l] - fe[ci][l]) + (fho[ci][l] - fhn[ci][l]);
+            if D {
+                gl += fdo[ci][l] - fdn[ci][l];
+            }
+            gv[l] = if LOGITS {
+                weight * m0[l] * (ak + lin[ci][l]) + lambda * gl
+            } else {
+                scale * (weight * m0[l] * (d2[ci][l] - kappa * (dot[ci][l] - cd)) + lambda * gl)
+            };
+        }
+        if LOGITS {
+            g[ci] = gv;
+            for l in 0..L {
+                gsum[ci][l] += y0[l] * gv[l];
+            }
+        } else {
+            st_row(out_full, out_rest, ci, &gv);
+        }
+    }
+}
+
+/// Pass 2 on row `q` of sample `b`, adding its `F` and `Len` lanes to `sums`.
 #[expect(clippy::too_many_arguments, reason = "the row's whole context, passed down once")]
 #[inline(always)]
 fn row2<T: CpuFloat>(
     p: &Problem<'_, T>,
-    ln: &Lines,
-    s: &mut [T],
+    ring: &mut [T],
+    wk: &mut Work<'_, T>,
     keys: &mut [usize],
     stats: &mut Stats<'_, T>,
     consts: &[T],
@@ -583,212 +714,133 @@ fn row2<T: CpuFloat>(
     q: usize,
     grad: Option<&GradOut<'_, T>>,
     mode: Mode,
-    [fid, len]: &mut [Acc<T>; 2],
+    [fid, len_sum]: &mut [[f64; L]; 2],
 ) {
     let plan = &p.plan;
-    let (n_cls, c, w, h) = (plan.classes, plan.channels, plan.width, plan.height);
+    let (n_cls, c, w, h, len, nc) = (plan.classes, plan.channels, plan.width, plan.height, plan.line, plan.chunks());
     let has_d = plan.depth > 1;
-    let cur = slot(p, ln, s, keys, stats, b, q);
+    let cur = slot(p, ring, keys, stats, b, q);
     // Neighbours along H (same slice) and D; absent ones read the line of zeros, mask included.
-    let south = if q % h + 1 < h { Some(slot(p, ln, s, keys, stats, b, q + 1)) } else { None };
-    let deep = if has_d && q + h < plan.rows { Some(slot(p, ln, s, keys, stats, b, q + h)) } else { None };
-    let line_of = |sl: Option<usize>, n: usize| sl.map_or(ln.zero, |k| ln.y(k, n));
-    if mode == Mode::Full {
-        fill_image(p, ln, s, b, q, &consts[..c]);
-    }
+    let south = if q % h + 1 < h { Some(slot(p, ring, keys, stats, b, q + 1)) } else { None };
+    let deep = if has_d && q + h < plan.rows { Some(slot(p, ring, keys, stats, b, q + h)) } else { None };
+    let zero = plan.ring * (n_cls + 1);
+    let class_line = |sl: Option<usize>, n: usize| sl.map_or(zero, |k| k * (n_cls + 1) + n);
     let full = mode == Mode::Full;
+    if full {
+        fill_image(p, wk.x, b, q, &consts[..c]);
+    }
+    let ring = &*ring;
     let want_grad = grad.is_some() || !full;
     let doubt_tol = T::EPS * T::from_f64_lossy((n_cls + 8) as f64);
     let check_doubt = p.logits && p.length == LengthKind::L1 && want_grad;
-    let sp = plan.rows * w;
     let tw = consts_len(c);
-    let (lambda, weight, delta) = (p.lambda, p.weight, p.delta);
-    let delta2 = delta * delta;
-    let two = T::one() + T::one();
+    let m_line = |sl, shift| ch(line(ring, len, mask_line(p, sl)), shift, nc);
+    // The H fluxes by row parity; the D fluxes in a ring of H + 1 rows.
+    let (fh_old, fh_new) = wk.fh.split_at_mut(n_cls * len);
+    let (fh_old, fh_new) = if q % 2 == 0 { (fh_old, fh_new) } else { (fh_new, fh_old) };
+    let d_slot = |r: usize| (r % (h + 1)) * n_cls;
+    wk.gsum.fill(T::zero());
+    let mut no_len = [0.0; L];
     for n in 0..n_cls {
-        let (y, m) = (ln.y(cur, n), ln.mask(p, Some(cur)));
-        let (ys, ms) = (line_of(south, n), ln.mask(p, south));
-        let (yd, md) = (line_of(deep, n), ln.mask(p, deep));
-        // Sweep 1: the fluxes of the pairs (j, j + 1), (j, south), (j, deep) into lines, and the
-        // length's terms.
-        for ci in 0..plan.chunks() {
-            let i = OFF + ci * L;
-            let (y0, m0) = (ld(s, y + i), ld(s, m + i));
-            let (ye, me, ysv, msv) = (ld(s, y + i + 1), ld(s, m + i + 1), ld(s, ys + i), ld(s, ms + i));
-            // Differences times validity: a missing or masked pair gives 0.
-            let (mut de, mut dsv, mut dd) = ([T::zero(); L], [T::zero(); L], [T::zero(); L]);
-            for l in 0..L {
-                de[l] = (ye[l] - y0[l]) * (m0[l] * me[l]);
-                dsv[l] = (ysv[l] - y0[l]) * (m0[l] * msv[l]);
-            }
-            if has_d {
-                let (ydv, mdv) = (ld(s, yd + i), ld(s, md + i));
-                for l in 0..L {
-                    dd[l] = (ydv[l] - y0[l]) * (m0[l] * mdv[l]);
-                }
-            }
-            let (mut fe, mut fs, mut fdp, mut term) = ([T::zero(); L], [T::zero(); L], [T::zero(); L], [T::zero(); L]);
-            match p.length {
-                LengthKind::L1 => {
-                    for l in 0..L {
-                        fe[l] = sign0(de[l]);
-                        fs[l] = sign0(dsv[l]);
-                        fdp[l] = sign0(dd[l]);
-                        term[l] = (de[l].abs() + dsv[l].abs()) + dd[l].abs();
-                    }
-                }
-                LengthKind::L2 => {
-                    for l in 0..L {
-                        fe[l] = two * de[l];
-                        fs[l] = two * dsv[l];
-                        fdp[l] = two * dd[l];
-                        term[l] = (de[l] * de[l] + dsv[l] * dsv[l]) + dd[l] * dd[l];
-                    }
-                }
-                LengthKind::Charbonnier => {
-                    for l in 0..L {
-                        let sq = (de[l] * de[l] + dsv[l] * dsv[l]) + dd[l] * dd[l];
-                        let r = (sq + delta2).sqrt();
-                        fe[l] = de[l] / r;
-                        fs[l] = dsv[l] / r;
-                        fdp[l] = dd[l] / r;
-                        term[l] = sq / (r + delta);
-                    }
-                }
-            }
-            if full {
-                len.add(&term);
-            }
-            if want_grad {
-                st(s, ln.fe + i, &fe);
-                st(s, ln.fs + i, &fs);
-                st(s, ln.fdn + i, &fdp);
-            }
-            if check_doubt {
-                // A superset of the doubtful pairs: |d| within tol·(y_a + y_b) of zero.
-                let mut doubt = false;
-                for l in 0..L {
-                    let near = |d: T, b: T, v: T| v != T::zero() && d.abs() <= doubt_tol * (y0[l] + b);
-                    doubt |= near(de[l], ye[l], m0[l] * me[l]) | near(dsv[l], ysv[l], m0[l] * msv[l]);
-                }
-                if has_d {
-                    let (ydv, mdv) = (ld(s, yd + i), ld(s, md + i));
-                    for l in 0..L {
-                        doubt |= mdv[l] * m0[l] != T::zero() && dd[l].abs() <= doubt_tol * (y0[l] + ydv[l]);
-                    }
-                }
-                if doubt {
-                    let row = q * w;
-                    for (line, step, yv, mv) in [(ln.fe, 1, y + 1, m + 1), (ln.fs, w, ys, ms), (ln.fdn, h * w, yd, md)] {
-                        let (yv, mv) = (ld(s, yv + i), ld(s, mv + i));
-                        let mut flux = ld(s, line + i);
-                        exact_signs(p, b, n, sp, row, ci, &mut flux, step, &m0, &mv, &y0, &yv, doubt_tol);
-                        st(s, line + i, &flux);
-                    }
-                }
-            }
+        let y = line(ring, len, class_line(Some(cur), n));
+        let a = Around {
+            y0: ch(y, 0, nc),
+            ye: ch(y, 1, nc),
+            ys: ch(line(ring, len, class_line(south, n)), 0, nc),
+            yd: ch(line(ring, len, class_line(deep, n)), 0, nc),
+            m0: m_line(Some(cur), 0),
+            me: m_line(Some(cur), 1),
+            ms: m_line(south, 0),
+            md: m_line(deep, 0),
+        };
+        // Sweep 1: the fluxes; an L1 sign within rounding of zero is taken from the reference.
+        let row_at = (b * n_cls * plan.rows + q) * w;
+        let dz = Doubt { p, n, row_at, tol: doubt_tol };
+        let doubt = check_doubt.then_some(&dz);
+        let fd_line = if has_d { d_slot(q) + n } else { 0 };
+        let mut none: [V<T>; 0] = [];
+        let fds = if has_d { ch_mut(line_mut(wk.fd, len, fd_line), nc) } else { &mut none[..] };
+        let fluxes = [ch_mut(wk.fe, nc), ch_mut(line_mut(fh_new, len, n), nc), fds];
+        let len_sum = if full { &mut *len_sum } else { &mut no_len };
+        match (p.length, has_d) {
+            (LengthKind::L1, false) => sweep1::<T, L1, false>(&a, fluxes, p.delta, len_sum, doubt),
+            (LengthKind::L1, true) => sweep1::<T, L1, true>(&a, fluxes, p.delta, len_sum, doubt),
+            (LengthKind::L2, false) => sweep1::<T, L2, false>(&a, fluxes, p.delta, len_sum, doubt),
+            (LengthKind::L2, true) => sweep1::<T, L2, true>(&a, fluxes, p.delta, len_sum, doubt),
+            (LengthKind::Charbonnier, false) => sweep1::<T, CHARBONNIER, false>(&a, fluxes, p.delta, len_sum, doubt),
+            (LengthKind::Charbonnier, true) => sweep1::<T, CHARBONNIER, true>(&a, fluxes, p.delta, len_sum, doubt),
         }
-        len.end_row();
-        if !want_grad && !full {
+        if !full {
             continue;
         }
-        // Sweep 2: the fidelity, and the gradient: the fluxes gathered (the west pair's is the
-        // east flux of the pixel before), the fluxes along H and D kept for the next rows.
+        // Sweep 2: the fidelity and the gradient, the fluxes gathered (the west pair's is the
+        // east flux of the pixel before).
         let k = &consts[c + n * tw..c + (n + 1) * tw];
-        let fh = ln.fh + n * ln.len;
-        let fd = ln.fd + ((q % h) * n_cls + n) * ln.len;
-        for ci in 0..plan.chunks() {
-            let i = OFF + ci * L;
-            if full {
-                let (y0, m0) = (ld(s, y + i), ld(s, m + i));
-                match c {
-                    1 => channel_terms::<T, 1>(s, ln, i, k, c),
-                    2 => channel_terms::<T, 2>(s, ln, i, k, c),
-                    3 => channel_terms::<T, 3>(s, ln, i, k, c),
-                    4 => channel_terms::<T, 4>(s, ln, i, k, c),
-                    _ => channel_terms::<T, 0>(s, ln, i, k, c),
-                }
-                let (dist2, lin, dot) = (ld(s, ln.dist + i), ld(s, ln.dist + ln.len + i), ld(s, ln.dist + 2 * ln.len + i));
-                let mut f = [T::zero(); L];
-                for l in 0..L {
-                    f[l] = m0[l] * y0[l] * dist2[l];
-                }
-                fid.add(&f);
-                if let Some(grad) = grad {
-                    let (fw, fe, fho, fs) = (ld(s, ln.fe + i - 1), ld(s, ln.fe + i), ld(s, fh + i), ld(s, ln.fs + i));
-                    let mut g = [T::zero(); L];
-                    for l in 0..L {
-                        g[l] = (fw[l] - fe[l]) + (fho[l] - fs[l]);
-                    }
-                    if has_d {
-                        let (fdo, fdp) = (ld(s, fd + i), ld(s, ln.fdn + i));
-                        for l in 0..L {
-                            g[l] += fdo[l] - fdp[l];
-                        }
-                    }
-                    let (cd, kappa, a) = (k[0], k[1], k[2]);
-                    if p.logits {
-                        for l in 0..L {
-                            g[l] = weight * m0[l] * (a + lin[l]) + lambda * g[l];
-                        }
-                        st(s, ln.g + n * ln.len + i, &g);
-                        let mut gs = if n == 0 { [T::zero(); L] } else { ld(s, ln.gsum + i) };
-                        for l in 0..L {
-                            gs[l] += y0[l] * g[l];
-                        }
-                        st(s, ln.gsum + i, &gs);
-                    } else {
-                        for l in 0..L {
-                            g[l] = p.scale * (weight * m0[l] * (dist2[l] - kappa * (dot[l] - cd)) + lambda * g[l]);
-                        }
-                        // SAFETY: row q of class n of sample b belongs to this block alone.
-                        let out = unsafe { grad.row(((b * n_cls + n) * plan.rows + q) * w, w) };
-                        st_row(out, ci, &g);
-                    }
-                }
-            }
-            if want_grad {
-                let fs = ld(s, ln.fs + i);
-                st(s, fh + i, &fs);
-                if has_d {
-                    let fdp = ld(s, ln.fdn + i);
-                    st(s, fd + i, &fdp);
-                }
-            }
+        match c {
+            1 => channel_terms::<T, 1>(wk.x, wk.dist, len, nc, k, c),
+            2 => channel_terms::<T, 2>(wk.x, wk.dist, len, nc, k, c),
+            3 => channel_terms::<T, 3>(wk.x, wk.dist, len, nc, k, c),
+            4 => channel_terms::<T, 4>(wk.x, wk.dist, len, nc, k, c),
+            _ => channel_terms::<T, 0>(wk.x, wk.dist, len, nc, k, c),
         }
-        fid.end_row();
-    }
-    if let (true, true, Some(grad)) = (full, p.logits, grad) {
-        // ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m).
-        for n in 0..n_cls {
-            // SAFETY: as above.
-            let out = unsafe { grad.row(((b * n_cls + n) * plan.rows + q) * w, w) };
-            for ci in 0..plan.chunks() {
-                let i = OFF + ci * L;
-                let (y0, g, gs) = (ld(s, ln.y(cur, n) + i), ld(s, ln.g + n * ln.len + i), ld(s, ln.gsum + i));
-                let mut o = [T::zero(); L];
+        let terms = [0, 1, 2].map(|i| ch(line(wk.dist, len, i), 0, nc));
+        for g0 in (0..nc).step_by(GROUP) {
+            let mut part = [T::zero(); L];
+            for ci in g0..(g0 + GROUP).min(nc) {
                 for l in 0..L {
-                    o[l] = p.scale * (y0[l] * (g[l] - gs[l]));
+                    part[l] += a.m0[ci][l] * a.y0[ci][l] * terms[0][ci][l];
                 }
-                st_row(out, ci, &o);
             }
+            widen(fid, &part);
+        }
+        let Some(grad) = grad else { continue };
+        let fe = ch(wk.fe, 0, nc);
+        let (fdo, fdn) = if has_d {
+            let old = if q >= h { d_slot(q - h) + n } else { d_slot(q + 1) + n };
+            (ch(line(wk.fd, len, old), 0, nc), ch(line(wk.fd, len, fd_line), 0, nc))
+        } else {
+            (fe, fe)
+        };
+        let fluxes = [ch(wk.fe, -1, nc), fe, ch(line(fh_old, len, n), 0, nc), ch(line(fh_new, len, n), 0, nc), fdo, fdn];
+        let (g, gsum) = (ch_mut(line_mut(wk.g, len, n), nc), ch_mut(wk.gsum, nc));
+        // SAFETY: row q of class n of sample b belongs to this block alone.
+        let out = unsafe { grad.row(((b * n_cls + n) * plan.rows + q) * w, w) }.as_chunks_mut::<L>();
+        match (p.logits, has_d) {
+            (true, false) => sweep2::<T, true, false>(p, &a, fluxes, terms, k, g, gsum, out),
+            (true, true) => sweep2::<T, true, true>(p, &a, fluxes, terms, k, g, gsum, out),
+            (false, false) => sweep2::<T, false, false>(p, &a, fluxes, terms, k, g, gsum, out),
+            (false, true) => sweep2::<T, false, true>(p, &a, fluxes, terms, k, g, gsum, out),
+        }
+    }
+    let Some(grad) = grad.filter(|_| full && p.logits) else { return };
+    // ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m).
+    let gsum = ch(wk.gsum, 0, nc);
+    for n in 0..n_cls {
+        // SAFETY: as above.
+        let out = unsafe { grad.row(((b * n_cls + n) * plan.rows + q) * w, w) };
+        let (out_full, out_rest) = out.as_chunks_mut::<L>();
+        let y0s = ch(line(ring, len, class_line(Some(cur), n)), 0, nc);
+        for (ci, (y, g)) in y0s.iter().zip(ch(line(wk.g, len, n), 0, nc)).enumerate() {
+            let mut o = [T::zero(); L];
+            for l in 0..L {
+                o[l] = p.scale * (y[l] * (g[l] - gsum[ci][l]));
+            }
+            st_row(out_full, out_rest, ci, &o);
         }
     }
 }
 
-/// Replaces, in chunk `ci` of row `row` (a flat pixel offset), each L1 flux whose pair
-/// (pixel, pixel + `step`) is valid and whose difference is within `T`'s rounding of zero by
-/// the sign of the reference's own difference in `f64`, computed from the logits as it does.
+/// Replaces, in the chunk whose first pixel is at flat offset `at` of the scores, each L1 flux
+/// whose pair (pixel, pixel + `step`) is valid and whose difference is within `T`'s rounding of
+/// zero by the sign of the reference's own difference in `f64`, computed from the logits as it
+/// does.
 #[expect(clippy::too_many_arguments, reason = "one chunk's pair along one axis")]
-#[inline(never)]
-#[cold]
+#[inline(always)]
 fn exact_signs<T: CpuFloat>(
     p: &Problem<'_, T>,
-    b: usize,
     n: usize,
     sp: usize,
-    row: usize,
-    ci: usize,
+    at: usize,
     flux: &mut V<T>,
     step: usize,
     m0: &V<T>,
@@ -798,13 +850,14 @@ fn exact_signs<T: CpuFloat>(
     tol: T,
 ) {
     let n_cls = p.plan.classes;
-    let base = b * n_cls * sp;
-    let prob = |s: usize| probability(|m| p.scores[base + m * sp + s].to_f64_lossless(), n_cls, n);
+    // `at` is in class 0 of its sample: the sample starts at `base`.
+    let base = at - at % (n_cls * sp);
+    let z = |i: usize| p.scores.get(i).map_or(0.0, |v| v.to_f64_lossless());
+    let prob = |s: usize| probability(|m| z(base + m * sp + s), n_cls, n);
     for l in 0..L {
-        let j = ci * L + l;
         let d = yv[l] - y0[l];
-        if m0[l] * mv[l] != T::zero() && d.abs() <= tol * (y0[l] + yv[l]) {
-            let s = row + j;
+        if m0[l] * mv[l] == T::one() && d.abs() <= tol * (y0[l] + yv[l]) {
+            let s = at - base + l;
             flux[l] = sign0(T::from_f64_lossy(prob(s + step) - prob(s)));
         }
     }

@@ -67,16 +67,6 @@ impl Plan {
     pub(crate) fn chunks(&self) -> usize {
         self.width.div_ceil(L)
     }
-
-    /// Lines of one thread's scratch: the ring of probability rows (each `N` classes and its
-    /// mask), the image row, the fluxes of the row before along H and, in 3D, of the slice
-    /// before along D, the classes' fidelity-and-length gradients, their sum, a row's fluxes and
-    /// fidelity terms,
-    /// a line of zeros and one of ones.
-    pub(crate) fn scratch_lines(&self) -> usize {
-        let d_ring = if self.depth > 1 { self.height * self.classes } else { 0 };
-        self.ring * (self.classes + 1) + self.channels + self.classes + d_ring + self.classes + 1 + 3 + 3 + 2
-    }
 }
 
 #[cfg(test)]
