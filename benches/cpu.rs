@@ -9,8 +9,9 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use msloss::cpu::CpuBackend;
+use msloss::cpu::CpuFloat;
 use msloss::rng::RandomInputs;
-use msloss::{Backend, Input, Params, Real, Scores, Shape};
+use msloss::{Backend, Input, Params, Scores, Shape};
 
 /// The shapes `(name, B, N, C, H, W)`.
 const SHAPES: [(&str, usize, usize, usize, usize, usize); 4] =
@@ -21,7 +22,7 @@ fn floor_bytes<T>(s: Shape) -> u64 {
 }
 
 /// Times loss and gradient of `shape` in `T` under `id` in `group`.
-fn bench_shape<T: Real>(
+fn bench_shape<T: CpuFloat>(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     id: BenchmarkId,
     shape: Shape,

@@ -10,6 +10,8 @@
 //! those pairs. Each pass fills the lines of the rows it needs from the input (the softmax of the
 //! logits, or a copy of the probabilities), so nothing a block reads is written by another block.
 
+#![allow(clippy::needless_range_loop, reason = "lane loops index several arrays by lane: the scalar form of the maths")]
+
 use msloss_core::{LengthKind, probability};
 
 use crate::float::CpuFloat;
@@ -170,15 +172,15 @@ fn all_zero<T: CpuFloat>(src: &[T], term: impl Fn(T) -> T) -> bool {
     acc.iter().fold(rest, |a, &v| a + v) == T::zero()
 }
 
-/// Input checks as [`all_zero`] terms: finite (`v − v` is NaN for ±∞ and NaN), finite and
+/// Input checks as [`all_zero`] terms: finite (`v·0` is NaN for ±∞ and NaN), finite and
 /// non-negative, and 0 or 1.
 #[inline(always)]
 fn finite<T: CpuFloat>(v: T) -> T {
-    v - v
+    v * T::zero()
 }
 #[inline(always)]
 fn probability_ok<T: CpuFloat>(v: T) -> T {
-    (v - v) + (v.abs() - v)
+    v * T::zero() + (v.abs() - v)
 }
 #[inline(always)]
 fn mask_ok<T: CpuFloat>(v: T) -> T {
@@ -193,8 +195,18 @@ pub(crate) enum Stats<'a, T> {
     None,
     /// Pass 1: the block's rows, written.
     Write(&'a mut [T]),
-    /// Pass 2: the sample's rows, read.
-    Read(&'a [T]),
+    /// Pass 2: the sample's rows, read; with a gradient, the probabilities of the block's own
+    /// rows are read back from the gradient buffer, where pass 1 left them (pass 2 reads each
+    /// row before it writes its gradient there).
+    Read(&'a [T], Option<Cache<'a, T>>),
+}
+
+/// The gradient buffer as pass 1 left it: the probabilities of rows `rows` of sample `b`.
+#[derive(Clone, Copy)]
+pub(crate) struct Cache<'a, T> {
+    pub(crate) grad: &'a GradOut<'a, T>,
+    pub(crate) b: usize,
+    pub(crate) rows: (usize, usize),
 }
 
 /// Fills ring slot `slot` with row `q` of sample `b`: each class's probabilities (the softmax of
@@ -263,7 +275,14 @@ fn fill_row<T: CpuFloat>(
                 }
             }
         }
-        Stats::Read(from) => {
+        Stats::Read(_, Some(cache)) if (cache.rows.0..cache.rows.1).contains(&q) => {
+            for n in 0..n_cls {
+                // SAFETY: the block's own row, read before the block writes its gradient there.
+                let src = unsafe { cache.grad.row(((cache.b * n_cls + n) * p.plan.rows + q) * w, w) };
+                line_mut(lines, len, n)[OFF..OFF + w].copy_from_slice(src);
+            }
+        }
+        Stats::Read(from, _) => {
             let (mx, inv) = from[at..at + 2 * nc * L].split_at(nc * L);
             let (mx, inv) = (mx.as_chunks::<L>().0, inv.as_chunks::<L>().0);
             for n in 0..n_cls {
@@ -318,8 +337,8 @@ fn mask_line<T>(p: &Problem<'_, T>, slot: Option<usize>) -> usize {
 }
 
 /// Pass 1 over `rows` of sample `b`: `sums[n·(1 + C)] = Σ m·y_n` and
-/// `sums[n·(1 + C) + 1 + k] = Σ m·y_n·x_k`, and the block's softmax [`Stats`] with logits.
-/// Returns whether an input value is invalid.
+/// `sums[n·(1 + C) + 1 + k] = Σ m·y_n·x_k`, and the block's softmax [`Stats`] with logits, and
+/// its probabilities in `cache` where given. Returns whether an input value is invalid.
 #[inline(always)]
 pub(crate) fn pass1<T: CpuFloat>(
     p: &Problem<'_, T>,
@@ -328,6 +347,7 @@ pub(crate) fn pass1<T: CpuFloat>(
     rows: core::ops::Range<usize>,
     sums: &mut [f64],
     stats: Option<&mut [T]>,
+    cache: Option<&GradOut<'_, T>>,
 ) -> bool {
     let plan = &p.plan;
     let (n_cls, c, len, nc) = (plan.classes, plan.channels, plan.line, plan.chunks());
@@ -342,6 +362,13 @@ pub(crate) fn pass1<T: CpuFloat>(
     for q in rows {
         bad |= fill_row(p, ring, 0, b, q, &mut stats, q - first, true);
         bad |= fill_image(p, wk.x, b, q, &[]);
+        if let Some(grad) = cache {
+            for n in 0..n_cls {
+                // SAFETY: row q of class n of sample b belongs to this block alone.
+                let out = unsafe { grad.row(((b * n_cls + n) * plan.rows + q) * plan.width, plan.width) };
+                out.copy_from_slice(&line(ring, len, n)[OFF..OFF + plan.width]);
+            }
+        }
         let m = ch(line(ring, len, mask_line(p, Some(0))), 0, nc);
         for n in 0..n_cls {
             let y = ch(line(ring, len, n), 0, nc);
@@ -480,7 +507,8 @@ pub(crate) fn pass2<T: CpuFloat>(
     reset(plan, ring, work);
     let mut wk = Work::carve(work, plan);
     keys.fill(usize::MAX);
-    let mut stats = stats.map_or(Stats::None, Stats::Read);
+    let cache = grad.map(|grad| Cache { grad, b, rows: (rows.start, rows.end) });
+    let mut stats = stats.map_or(Stats::None, |s| Stats::Read(s, cache));
     let start = rows.start;
     let back = if plan.depth > 1 { plan.height } else { 1 };
     let mut sums = [[0.0; L]; 2];
@@ -640,10 +668,11 @@ fn sweep1<T: CpuFloat, const KIND: u8, const D: bool>(
                 fd[ci] = d;
             }
             if let Some(dz) = doubt {
-                // A pair is doubtful where |d| is within tol·(y_a + y_b) of zero.
+                // A pair is doubtful where |d| is within tol·(y_a + y_b) of zero (d is 0 for a pair
+                // that is not there, whose validity m_a·m_b is 0: `<` leaves it out).
                 let mut any = false;
                 for l in 0..L {
-                    let near = |d: T, yb: T, mb: T| m0[l] * mb != T::zero() && d.abs() <= dz.tol * (y0[l] + yb);
+                    let near = |d: T, yb: T, mb: T| d.abs() < dz.tol * (y0[l] + yb) * (m0[l] * mb);
                     any |= near(de[l], a.ye[ci][l], a.me[ci][l]) | near(ds[l], a.ys[ci][l], a.ms[ci][l]);
                     if D {
                         any |= near(dd[l], a.yd[ci][l], a.md[ci][l]);
@@ -737,7 +766,7 @@ fn row2<T: CpuFloat>(
     let m_line = |sl, shift| ch(line(ring, len, mask_line(p, sl)), shift, nc);
     // The H fluxes by row parity; the D fluxes in a ring of H + 1 rows.
     let (fh_old, fh_new) = wk.fh.split_at_mut(n_cls * len);
-    let (fh_old, fh_new) = if q % 2 == 0 { (fh_old, fh_new) } else { (fh_new, fh_old) };
+    let (fh_old, fh_new) = if q.is_multiple_of(2) { (fh_old, fh_new) } else { (fh_new, fh_old) };
     let d_slot = |r: usize| (r % (h + 1)) * n_cls;
     wk.gsum.fill(T::zero());
     let mut no_len = [0.0; L];
@@ -801,7 +830,8 @@ fn row2<T: CpuFloat>(
         } else {
             (fe, fe)
         };
-        let fluxes = [ch(wk.fe, -1, nc), fe, ch(line(fh_old, len, n), 0, nc), ch(line(fh_new, len, n), 0, nc), fdo, fdn];
+        let fluxes =
+            [ch(wk.fe, -1, nc), fe, ch(line(fh_old, len, n), 0, nc), ch(line(fh_new, len, n), 0, nc), fdo, fdn];
         let (g, gsum) = (ch_mut(line_mut(wk.g, len, n), nc), ch_mut(wk.gsum, nc));
         // SAFETY: row q of class n of sample b belongs to this block alone.
         let out = unsafe { grad.row(((b * n_cls + n) * plan.rows + q) * w, w) }.as_chunks_mut::<L>();
@@ -856,7 +886,7 @@ fn exact_signs<T: CpuFloat>(
     let prob = |s: usize| probability(|m| z(base + m * sp + s), n_cls, n);
     for l in 0..L {
         let d = yv[l] - y0[l];
-        if m0[l] * mv[l] == T::one() && d.abs() <= tol * (y0[l] + yv[l]) {
+        if m0[l] * mv[l] == T::one() && d.abs() < tol * (y0[l] + yv[l]) {
             let s = at - base + l;
             flux[l] = sign0(T::from_f64_lossy(prob(s + step) - prob(s)));
         }

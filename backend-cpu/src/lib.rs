@@ -367,7 +367,7 @@ pub(crate) fn evaluate<T: CpuFloat>(
                 let st = if p.logits { Some(st) } else { None };
                 let bad = arch.dispatch(
                     #[inline(always)]
-                    || kernel::pass1(p, &mut s, b, rows, sums, st),
+                    || kernel::pass1(p, &mut s, b, rows, sums, st, grad.filter(|_| p.logits)),
                 );
                 flag[0] = if bad { 1.0 } else { 0.0 };
             });

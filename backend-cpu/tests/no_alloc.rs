@@ -1,5 +1,6 @@
 //! After the first call with a shape, evaluations allocate nothing: a counting global allocator
 //! (this test binary holds this one test only, so nothing else allocates meanwhile).
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,7 +37,7 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn repeated_calls_allocate_nothing() {
-    let cpu = CpuBackend::with_threads(2).with_block_pixels(64);
+    let cpu = CpuBackend::with_threads(2);
     for (shape, logits, mask, length) in [
         (Shape::new(2, 3, 2, 1, 17, 19), true, true, LengthKind::L1),
         (Shape::new(1, 4, 1, 3, 6, 7), false, false, LengthKind::Charbonnier),

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{Tolerance, assert_energy_close, assert_slice_close, backend, reference};
+use common::backend;
+use msloss_conformance::Tolerance;
+use msloss_conformance::checks::reference;
 use msloss_core::rng::RandomInputs;
 use msloss_core::{Backend, Input, LengthKind, Outputs, Params, Reduction, Scores, Shape};
 use msloss_wgpu::{DeviceBuffers, ENERGY_BYTES, ScoresKind, WgpuBackend, decode_energy};
@@ -106,10 +108,11 @@ fn trainer_loop_matches_host_path_and_reference() {
         assert_eq!(g, hg);
         assert_eq!(c, hc);
         // And the reference.
-        let (re, rg, rc) = reference(&input, &params);
-        assert_energy_close(e, re, Tolerance::GPU, "device path");
-        assert_slice_close(&g, &rg, Tolerance::GPU, "device path gradient");
-        assert_slice_close(&c, &rc, Tolerance::GPU, "device path centroids");
+        let want = reference(&input, &params).unwrap();
+        let what = format!("device path {} {}", length.name(), reduction.name());
+        Tolerance::F32.energy(&what, e, want.energy);
+        Tolerance::F32.slices("gradient", &what, &g, &want.grad);
+        Tolerance::F32.slices("centroids", &what, &c, want.centroids.as_deref().unwrap());
     }
 }
 
@@ -133,8 +136,7 @@ fn encode_with_cached_plan() {
         let mut encoder = b.device().create_command_encoder(&Default::default());
         b.encode(&mut encoder, shape, &p, &buffers).unwrap();
         let e = decode_energy(&read_back(b, encoder, &[&buffers.energy])[0]).unwrap();
-        let (re, _, _) = reference(&input, &p);
-        assert_energy_close(e, re, Tolerance::GPU, "encode");
+        Tolerance::F32.energy(&format!("encode λ = {}", p.lambda), e, reference(&input, &p).unwrap().energy);
     }
 }
 

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{Tolerance, assert_energy_close, assert_slice_close, backend, gpu, reference};
+use common::{backend, tested};
+use msloss_conformance::{Case, checks};
 use msloss_core::rng::RandomInputs;
 use msloss_core::{Backend, Input, LengthKind, Params, Reduction, Scores, Shape};
 use msloss_wgpu::{DeviceBuffers, ENERGY_BYTES, ScoresKind, WgpuBackend, WgpuError};
@@ -34,18 +35,11 @@ fn host_path_splits_large_batches() {
     let b = small_device();
     // 128 KiB of logits per sample: two samples per dispatch sequence, chunks 2 + 2 + 1.
     let shape = Shape::new_2d(5, 2, 1, 128, 128).unwrap();
-    let data = RandomInputs::<f32>::new(shape, 41);
-    let mut ws = Backend::<f32>::workspace(&b);
+    let mut gpu = tested(&b).named("wgpu with a 256 KiB binding limit");
     for (logits, reduction) in [(true, Reduction::Mean), (false, Reduction::Sum)] {
-        let scores = if logits { Scores::Logits(&data.logits) } else { Scores::Probs(&data.probs) };
-        let input = Input::new(shape, scores, &data.image, Some(&data.mask)).unwrap();
         let p = Params::default().with_lambda(0.05).with_length(LengthKind::Charbonnier).with_reduction(reduction);
-        let (e_ref, g_ref, c_ref) = reference(&input, &p);
-        let (e, g, c) = gpu(&b, &input, &p, &mut ws);
-        let what = format!("split {} {}", scores.name(), reduction.name());
-        assert_energy_close(e, e_ref, Tolerance::GPU, &what);
-        assert_slice_close(&g, &g_ref, Tolerance::GPU, &format!("{what} gradient"));
-        assert_slice_close(&c, &c_ref, Tolerance::GPU, &format!("{what} centroids"));
+        let case = Case::new(shape, logits, true, p, 41);
+        assert!(checks::agrees_with_reference(&mut gpu, &case, &case.data(), "split").is_some());
     }
 }
 

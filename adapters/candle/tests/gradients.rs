@@ -1,10 +1,12 @@
-//! The candle op's value and gradients: against msloss's analytic gradient, and a small
-//! model's parameter gradients through candle's backward against central differences (f64).
+//! What is candle's own (the op's value and input gradient against the reference, on the
+//! suite's cases, are in `conformance.rs`): a small model's parameter gradients through
+//! candle's backward against central differences (f64, and f32), and the errors of tensors
+//! that do not fit together.
 
 use candle_core::{DType, Device, Tensor, Var};
 use msloss_candle::MsLoss;
-use msloss_core::rng::{RandomInputs, SplitMix64};
-use msloss_core::{Backend as _, LengthKind, Params, Reduction, Reference, Shape};
+use msloss_core::rng::SplitMix64;
+use msloss_core::{LengthKind, Params, Reduction};
 
 /// Asserts `|a − b| <= abs + rel·|b|` elementwise, printing the first failure.
 fn assert_close(what: &str, got: &[f64], want: &[f64], rel: f64, abs: f64) {
@@ -16,42 +18,6 @@ fn assert_close(what: &str, got: &[f64], want: &[f64], rel: f64, abs: f64) {
 
 fn flat(t: &Tensor) -> Vec<f64> {
     t.flatten_all().and_then(|t| t.to_dtype(DType::F64)).and_then(|t| t.to_vec1()).expect("a float tensor")
-}
-
-/// The op's input gradient is msloss's analytic gradient times the upstream gradient; its value
-/// is the reference energy; 2D with a mask and 3D without, f64.
-#[test]
-fn input_gradient_is_mslosss_analytic_gradient() {
-    let dev = Device::Cpu;
-    let cases = [
-        (Shape::new_2d(2, 3, 2, 5, 6).unwrap(), true, Params::default().with_lambda(0.05)),
-        (Shape::new(1, 3, 1, 3, 4, 5).unwrap(), false, Params::default().with_reduction(Reduction::Mean)),
-    ];
-    for (case, (shape, masked, params)) in cases.into_iter().enumerate() {
-        let r = RandomInputs::<f64>::new(shape, 200 + case as u64);
-        let mask = masked.then_some(&r.mask[..]);
-        let mut want_grad = vec![0.0; shape.scores_len()];
-        let want = Reference
-            .energy_grad_logits(shape, &r.logits, &r.image, mask, &params, &mut want_grad, &mut Reference.workspace())
-            .unwrap();
-        let (b, n, c, [d, h, w]) = (shape.batch(), shape.classes(), shape.channels(), shape.spatial_dims());
-        let (zdims, xdims, mdims) = if d == 1 {
-            (vec![b, n, h, w], vec![b, c, h, w], vec![b, 1, h, w])
-        } else {
-            (vec![b, n, d, h, w], vec![b, c, d, h, w], vec![b, 1, d, h, w])
-        };
-        let z = Var::from_tensor(&Tensor::from_vec(r.logits.clone(), zdims, &dev).unwrap()).unwrap();
-        let x = Tensor::from_vec(r.image.clone(), xdims, &dev).unwrap();
-        let m = masked.then(|| Tensor::from_vec(r.mask.clone(), mdims, &dev).unwrap());
-        let e = MsLoss::new(params).forward(z.as_tensor(), &x, m.as_ref()).unwrap();
-        assert_eq!(e.dims(), &[] as &[usize]);
-        assert_close("energy", &flat(&e), &[want.total], 1e-12, 1e-14);
-        let upstream = 1.5;
-        let grads = (e * upstream).unwrap().backward().unwrap();
-        let g = flat(grads.get(&z).unwrap());
-        let scaled: Vec<f64> = want_grad.iter().map(|g| g * upstream).collect();
-        assert_close("gradient", &g, &scaled, 1e-10, 1e-14);
-    }
 }
 
 /// A 3×3 convolution producing logits from the image: candle's backward through the conv and
@@ -94,7 +60,8 @@ fn model_parameter_gradients_match_finite_differences() {
     assert_close("f32 weight gradient", &flat(g32), &gw, 1e-3, 1e-5);
 }
 
-/// Bad requests are errors that say what is wrong.
+/// Tensors that do not fit together are errors that say what is wrong (bad values are the
+/// suite's `bad_input`).
 #[test]
 fn errors() {
     let dev = Device::Cpu;
@@ -107,13 +74,4 @@ fn errors() {
     let x = Tensor::zeros((1, 1, 4, 4), DType::F64, &dev).unwrap();
     let err = loss.forward(&z, &x, None).unwrap_err().to_string();
     assert!(err.contains("F64") && err.contains("F32"), "{err}");
-
-    let x = Tensor::zeros((1, 1, 4, 4), DType::F32, &dev).unwrap();
-    let mask = Tensor::full(0.5f32, (1, 1, 4, 4), &dev).unwrap();
-    let err = loss.forward(&z, &x, Some(&mask)).unwrap_err().to_string();
-    assert!(err.contains("mask values must be 0 or 1"), "{err}");
-
-    let nan = Tensor::full(f32::NAN, (1, 2, 4, 4), &dev).unwrap();
-    let err = loss.forward(&nan, &x, None).unwrap_err().to_string();
-    assert!(err.contains("not finite"), "{err}");
 }
