@@ -60,9 +60,9 @@ impl MsLoss {
     ///
     /// # Errors
     /// msloss's errors (shapes that do not fit together, non-finite values, a bad mask, bad
-    /// parameters), wrapped in [`candle_core::Error`] (`Error::Wrapped`, downcastable to
-    /// [`msloss_core::Error`]); candle's errors for other dtypes, mixed dtypes or a non-CPU
-    /// device.
+    /// parameters), wrapped in [`candle_core::Error`] (`Error::Wrapped`, whose message is
+    /// msloss's [`msloss_core::Error`] message: candle keeps only its `Display`); candle's errors
+    /// for other dtypes, mixed dtypes or a non-CPU device.
     pub fn forward(&self, logits: &Tensor, image: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let mask_dims = mask.map(|m| m.dims().to_vec());
         let shape =
