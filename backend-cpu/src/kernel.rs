@@ -187,21 +187,9 @@ fn mask_ok<T: CpuFloat>(v: T) -> T {
     (v * (v - T::one())).abs()
 }
 
-/// Each pixel's largest logit and reciprocal sum of exponentials, as pass 1 found them: pass 2
-/// computes the softmax again from them in one sweep, to the same bits. A row's are two lines of
-/// `chunks·L` values: the maxima, then the reciprocal sums.
-pub(crate) enum Stats<'a, T> {
-    /// Probabilities input: no softmax.
-    None,
-    /// Pass 1: the block's rows, written.
-    Write(&'a mut [T]),
-    /// Pass 2: the sample's rows, read; with a gradient, the probabilities of the block's own
-    /// rows are read back from the gradient buffer, where pass 1 left them (pass 2 reads each
-    /// row before it writes its gradient there).
-    Read(&'a [T], Option<Cache<'a, T>>),
-}
-
-/// The gradient buffer as pass 1 left it: the probabilities of rows `rows` of sample `b`.
+/// The gradient buffer as pass 1 left it: the probabilities of rows `rows` of sample `b`, which
+/// pass 2 reads back rather than computing the softmax again (it reads each row before it
+/// writes that row's gradient).
 #[derive(Clone, Copy)]
 pub(crate) struct Cache<'a, T> {
     pub(crate) grad: &'a GradOut<'a, T>,
@@ -209,9 +197,9 @@ pub(crate) struct Cache<'a, T> {
     pub(crate) rows: (usize, usize),
 }
 
-/// Fills ring slot `slot` with row `q` of sample `b`: each class's probabilities (the softmax of
-/// the logits, or the probabilities copied) and the mask. `stats_row` is the row's place in
-/// `stats`. With `check`, returns whether a value is invalid.
+/// Fills ring slot `slot` with row `q` of sample `b`: each class's probabilities (read back from
+/// `cache` where it holds the row, else the softmax of the logits, or the probabilities copied)
+/// and the mask. With `check`, returns whether an input value is invalid.
 #[expect(clippy::too_many_arguments, reason = "the row's whole context, passed down once")]
 #[inline(always)]
 fn fill_row<T: CpuFloat>(
@@ -220,8 +208,7 @@ fn fill_row<T: CpuFloat>(
     slot: usize,
     b: usize,
     q: usize,
-    stats: &mut Stats<'_, T>,
-    stats_row: usize,
+    cache: Option<&Cache<'_, T>>,
     check: bool,
 ) -> bool {
     let (n_cls, w, len, nc) = (p.plan.classes, p.plan.width, p.plan.line, p.plan.chunks());
@@ -233,64 +220,51 @@ fn fill_row<T: CpuFloat>(
         line_mut(lines, len, n_cls)[OFF..OFF + w].copy_from_slice(src);
         bad |= check && !all_zero(src, mask_ok);
     }
+    if let Some(cache) = cache.filter(|c| (c.rows.0..c.rows.1).contains(&q)) {
+        for n in 0..n_cls {
+            // SAFETY: the block's own row, read before the block writes its gradient there.
+            let src = unsafe { cache.grad.row(((cache.b * n_cls + n) * p.plan.rows + q) * w, w) };
+            line_mut(lines, len, n)[OFF..OFF + w].copy_from_slice(src);
+        }
+        return bad;
+    }
     for n in 0..n_cls {
         let src = &p.scores[((b * n_cls + n) * p.plan.rows + q) * w..][..w];
         line_mut(lines, len, n)[OFF..OFF + w].copy_from_slice(src);
         bad |= check && !if p.logits { all_zero(src, finite) } else { all_zero(src, probability_ok) };
     }
-    let at = stats_row * 2 * nc * L;
-    match stats {
-        Stats::None => {}
-        Stats::Write(out) => {
-            let (mx, inv) = out[at..at + 2 * nc * L].split_at_mut(nc * L);
-            let (mx, inv) = (mx.as_chunks_mut::<L>().0, inv.as_chunks_mut::<L>().0);
-            mx.copy_from_slice(ch(line(lines, len, 0), 0, nc));
+    if p.logits {
+        // The softmax, the maximum subtracted, chunk by chunk with the classes inside.
+        let lines = &mut lines[..n_cls * len];
+        for ci in 0..nc {
+            let at = |n: usize| n * len + OFF + ci * L;
+            let chunk = |lines: &[T], n: usize| -> V<T> { lines[at(n)..at(n) + L].try_into().unwrap_or([T::zero(); L]) };
+            let mut mx = chunk(lines, 0);
             for n in 1..n_cls {
-                for (m, z) in mx.iter_mut().zip(ch(line(lines, len, n), 0, nc)) {
-                    for l in 0..L {
-                        m[l] = if z[l] > m[l] { z[l] } else { m[l] };
-                    }
-                }
-            }
-            // The sum of exponentials, in `inv` until it is inverted.
-            inv.iter_mut().for_each(|v| *v = [T::zero(); L]);
-            for n in 0..n_cls {
-                for ((e, m), s) in ch_mut(line_mut(lines, len, n), nc).iter_mut().zip(&*mx).zip(inv.iter_mut()) {
-                    for l in 0..L {
-                        e[l] = T::exp_nonpos(e[l] - m[l]);
-                        s[l] += e[l];
-                    }
-                }
-            }
-            for s in inv.iter_mut() {
+                let z = chunk(lines, n);
                 for l in 0..L {
-                    s[l] = T::one() / s[l];
+                    mx[l] = if z[l] > mx[l] { z[l] } else { mx[l] };
                 }
             }
+            let mut sum = [T::zero(); L];
             for n in 0..n_cls {
-                for (y, r) in ch_mut(line_mut(lines, len, n), nc).iter_mut().zip(&*inv) {
-                    for l in 0..L {
-                        y[l] *= r[l];
-                    }
+                let mut e = chunk(lines, n);
+                for l in 0..L {
+                    e[l] = T::exp_nonpos(e[l] - mx[l]);
+                    sum[l] += e[l];
                 }
+                lines[at(n)..at(n) + L].copy_from_slice(&e);
             }
-        }
-        Stats::Read(_, Some(cache)) if (cache.rows.0..cache.rows.1).contains(&q) => {
-            for n in 0..n_cls {
-                // SAFETY: the block's own row, read before the block writes its gradient there.
-                let src = unsafe { cache.grad.row(((cache.b * n_cls + n) * p.plan.rows + q) * w, w) };
-                line_mut(lines, len, n)[OFF..OFF + w].copy_from_slice(src);
+            let mut inv = [T::zero(); L];
+            for l in 0..L {
+                inv[l] = T::one() / sum[l];
             }
-        }
-        Stats::Read(from, _) => {
-            let (mx, inv) = from[at..at + 2 * nc * L].split_at(nc * L);
-            let (mx, inv) = (mx.as_chunks::<L>().0, inv.as_chunks::<L>().0);
             for n in 0..n_cls {
-                for ((y, m), r) in ch_mut(line_mut(lines, len, n), nc).iter_mut().zip(mx).zip(inv) {
-                    for l in 0..L {
-                        y[l] = T::exp_nonpos(y[l] - m[l]) * r[l];
-                    }
+                let mut y = chunk(lines, n);
+                for l in 0..L {
+                    y[l] *= inv[l];
                 }
+                lines[at(n)..at(n) + L].copy_from_slice(&y);
             }
         }
     }
@@ -337,8 +311,8 @@ fn mask_line<T>(p: &Problem<'_, T>, slot: Option<usize>) -> usize {
 }
 
 /// Pass 1 over `rows` of sample `b`: `sums[n·(1 + C)] = Σ m·y_n` and
-/// `sums[n·(1 + C) + 1 + k] = Σ m·y_n·x_k`, and the block's softmax [`Stats`] with logits, and
-/// its probabilities in `cache` where given. Returns whether an input value is invalid.
+/// `sums[n·(1 + C) + 1 + k] = Σ m·y_n·x_k`, and the block's probabilities in `cache` where
+/// given. Returns whether an input value is invalid.
 #[inline(always)]
 pub(crate) fn pass1<T: CpuFloat>(
     p: &Problem<'_, T>,
@@ -346,7 +320,6 @@ pub(crate) fn pass1<T: CpuFloat>(
     b: usize,
     rows: core::ops::Range<usize>,
     sums: &mut [f64],
-    stats: Option<&mut [T]>,
     cache: Option<&GradOut<'_, T>>,
 ) -> bool {
     let plan = &p.plan;
@@ -357,10 +330,8 @@ pub(crate) fn pass1<T: CpuFloat>(
     let wide = &mut wide[..n_cls * (1 + c)];
     wide.fill([0.0; L]);
     let mut bad = false;
-    let mut stats = stats.map_or(Stats::None, Stats::Write);
-    let first = rows.start;
     for q in rows {
-        bad |= fill_row(p, ring, 0, b, q, &mut stats, q - first, true);
+        bad |= fill_row(p, ring, 0, b, q, None, true);
         bad |= fill_image(p, wk.x, b, q, &[]);
         if let Some(grad) = cache {
             for n in 0..n_cls {
@@ -497,7 +468,6 @@ pub(crate) fn pass2<T: CpuFloat>(
     p: &Problem<'_, T>,
     scratch: &mut Scratch<T>,
     consts: &[T],
-    stats: Option<&[T]>,
     b: usize,
     rows: core::ops::Range<usize>,
     grad: Option<&GradOut<'_, T>>,
@@ -507,18 +477,19 @@ pub(crate) fn pass2<T: CpuFloat>(
     reset(plan, ring, work);
     let mut wk = Work::carve(work, plan);
     keys.fill(usize::MAX);
-    let cache = grad.map(|grad| Cache { grad, b, rows: (rows.start, rows.end) });
-    let mut stats = stats.map_or(Stats::None, |s| Stats::Read(s, cache));
+    // With logits and a gradient, pass 1 left the block's probabilities in the gradient buffer.
+    let cache = grad.filter(|_| p.logits).map(|grad| Cache { grad, b, rows: (rows.start, rows.end) });
+    let cache = cache.as_ref();
     let start = rows.start;
     let back = if plan.depth > 1 { plan.height } else { 1 };
     let mut sums = [[0.0; L]; 2];
     if grad.is_some() {
         for q in start.saturating_sub(back)..start {
-            row2(p, ring, &mut wk, keys, &mut stats, consts, b, q, None, Mode::Fluxes, &mut [[0.0; L]; 2]);
+            row2(p, ring, &mut wk, keys, cache, consts, b, q, None, Mode::Fluxes, &mut [[0.0; L]; 2]);
         }
     }
     for q in rows {
-        row2(p, ring, &mut wk, keys, &mut stats, consts, b, q, grad, Mode::Full, &mut sums);
+        row2(p, ring, &mut wk, keys, cache, consts, b, q, grad, Mode::Full, &mut sums);
     }
     (lanes_total(&sums[0]), lanes_total(&sums[1]))
 }
@@ -529,13 +500,13 @@ fn slot<T: CpuFloat>(
     p: &Problem<'_, T>,
     ring: &mut [T],
     keys: &mut [usize],
-    stats: &mut Stats<'_, T>,
+    cache: Option<&Cache<'_, T>>,
     b: usize,
     q: usize,
 ) -> usize {
     let k = q % p.plan.ring;
     if keys[k] != q {
-        fill_row(p, ring, k, b, q, stats, q, false);
+        fill_row(p, ring, k, b, q, cache, false);
         keys[k] = q;
     }
     k
@@ -737,7 +708,7 @@ fn row2<T: CpuFloat>(
     ring: &mut [T],
     wk: &mut Work<'_, T>,
     keys: &mut [usize],
-    stats: &mut Stats<'_, T>,
+    cache: Option<&Cache<'_, T>>,
     consts: &[T],
     b: usize,
     q: usize,
@@ -748,10 +719,10 @@ fn row2<T: CpuFloat>(
     let plan = &p.plan;
     let (n_cls, c, w, h, len, nc) = (plan.classes, plan.channels, plan.width, plan.height, plan.line, plan.chunks());
     let has_d = plan.depth > 1;
-    let cur = slot(p, ring, keys, stats, b, q);
+    let cur = slot(p, ring, keys, cache, b, q);
     // Neighbours along H (same slice) and D; absent ones read the line of zeros, mask included.
-    let south = if q % h + 1 < h { Some(slot(p, ring, keys, stats, b, q + 1)) } else { None };
-    let deep = if has_d && q + h < plan.rows { Some(slot(p, ring, keys, stats, b, q + h)) } else { None };
+    let south = if q % h + 1 < h { Some(slot(p, ring, keys, cache, b, q + 1)) } else { None };
+    let deep = if has_d && q + h < plan.rows { Some(slot(p, ring, keys, cache, b, q + h)) } else { None };
     let zero = plan.ring * (n_cls + 1);
     let class_line = |sl: Option<usize>, n: usize| sl.map_or(zero, |k| k * (n_cls + 1) + n);
     let full = mode == Mode::Full;

@@ -248,13 +248,11 @@ pub struct CpuWorkspace<T> {
     part2: Vec<f64>,
     /// Each sample's pass-2 constants: its centre and its classes' tables (see `kernel`).
     consts: Vec<T>,
-    /// Pass 1's softmax statistics of every row, with logits (see `kernel::Stats`).
-    stats: Vec<T>,
 }
 
 impl<T> Default for CpuWorkspace<T> {
     fn default() -> Self {
-        Self { scratch: Vec::new(), part1: Vec::new(), part2: Vec::new(), consts: Vec::new(), stats: Vec::new() }
+        Self { scratch: Vec::new(), part1: Vec::new(), part2: Vec::new(), consts: Vec::new() }
     }
 }
 
@@ -336,12 +334,7 @@ pub(crate) fn evaluate<T: CpuFloat>(
     };
     let (p1, tw) = (n_cls * (1 + c) + 1, kernel::consts_len(c));
     let blocks = plan.blocks;
-    let CpuWorkspace { scratch, part1, part2, consts, stats } = ws;
-    let stats_row = 2 * plan.chunks() * plan::L;
-    // Without logits, one unused value a block keeps the zips below aligned.
-    let (stats_len, block_stats) =
-        if p.logits { (plan.rows * stats_row, plan.rows_per_block * stats_row) } else { (blocks, 1) };
-    stats.resize(bsz * stats_len, T::zero());
+    let CpuWorkspace { scratch, part1, part2, consts } = ws;
     part1.resize(bsz * blocks * p1, 0.0);
     part2.resize(bsz * blocks * 2, 0.0);
     let per_sample = c + n_cls * tw;
@@ -358,16 +351,14 @@ pub(crate) fn evaluate<T: CpuFloat>(
         }
         let (scratch, p, grad) = (&scratch[..], &p, grad.as_ref());
         let samples = part1.par_chunks_mut(blocks * p1).zip(part2.par_chunks_mut(blocks * 2));
-        let samples = samples.zip(consts.par_chunks_mut(per_sample)).zip(stats.par_chunks_mut(stats_len));
-        samples.enumerate().for_each(|(b, (((sums1, sums2), consts), stats))| {
-            sums1.par_chunks_mut(p1).zip(stats.par_chunks_mut(block_stats)).enumerate().for_each(|(k, (part, st))| {
+        samples.zip(consts.par_chunks_mut(per_sample)).enumerate().for_each(|(b, ((sums1, sums2), consts))| {
+            sums1.par_chunks_mut(p1).enumerate().for_each(|(k, part)| {
                 let mut s = take(scratch);
                 let rows = plan.block_rows(k);
                 let (sums, flag) = part.split_at_mut(p1 - 1);
-                let st = if p.logits { Some(st) } else { None };
                 let bad = arch.dispatch(
                     #[inline(always)]
-                    || kernel::pass1(p, &mut s, b, rows, sums, st, grad.filter(|_| p.logits)),
+                    || kernel::pass1(p, &mut s, b, rows, sums, grad.filter(|_| p.logits)),
                 );
                 flag[0] = if bad { 1.0 } else { 0.0 };
             });
@@ -385,13 +376,13 @@ pub(crate) fn evaluate<T: CpuFloat>(
                 let centroid = |k: usize| total(n, 1 + k) / (area + eps);
                 kernel::class_consts(centroid, |k| head[k].to_f64_lossless(), area, eps, table);
             }
-            let (consts, stats) = (&*consts, if p.logits { Some(&*stats) } else { None });
+            let consts = &*consts;
             sums2.par_chunks_mut(2).enumerate().for_each(|(k, part)| {
                 let mut s = take(scratch);
                 let rows = plan.block_rows(k);
                 let (f, l) = arch.dispatch(
                     #[inline(always)]
-                    || kernel::pass2(p, &mut s, consts, stats, b, rows, grad),
+                    || kernel::pass2(p, &mut s, consts, b, rows, grad),
                 );
                 part.copy_from_slice(&[f, l]);
             });
