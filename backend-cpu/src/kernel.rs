@@ -271,8 +271,8 @@ fn fill_row<T: CpuFloat>(
     bad
 }
 
-/// Fills the image lines with row `q` of sample `b`, minus `centre` where given; returns whether
-/// a value is not finite.
+/// Fills the image lines with row `q` of sample `b`, minus `centre` where given (pass 2); pass 1
+/// (no centre) returns whether a value is not finite.
 #[inline(always)]
 fn fill_image<T: CpuFloat>(p: &Problem<'_, T>, x: &mut [T], b: usize, q: usize, centre: &[T]) -> bool {
     let (c, w, len) = (p.plan.channels, p.plan.width, p.plan.line);
@@ -281,10 +281,10 @@ fn fill_image<T: CpuFloat>(p: &Problem<'_, T>, x: &mut [T], b: usize, q: usize, 
         let src = &p.image[((b * c + k) * p.plan.rows + q) * w..][..w];
         let l = &mut line_mut(x, len, k)[OFF..OFF + w];
         l.copy_from_slice(src);
-        if let Some(&ck) = centre.get(k) {
-            l.iter_mut().for_each(|v| *v -= ck);
+        match centre.get(k) {
+            Some(&ck) => l.iter_mut().for_each(|v| *v -= ck),
+            None => bad |= !all_zero(src, finite),
         }
-        bad |= !all_zero(src, finite);
     }
     bad
 }
