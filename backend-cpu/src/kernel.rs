@@ -200,7 +200,6 @@ pub(crate) struct Cache<'a, T> {
 /// Fills ring slot `slot` with row `q` of sample `b`: each class's probabilities (read back from
 /// `cache` where it holds the row, else the softmax of the logits, or the probabilities copied)
 /// and the mask. With `check`, returns whether an input value is invalid.
-#[expect(clippy::too_many_arguments, reason = "the row's whole context, passed down once")]
 #[inline(always)]
 fn fill_row<T: CpuFloat>(
     p: &Problem<'_, T>,
@@ -238,7 +237,8 @@ fn fill_row<T: CpuFloat>(
         let lines = &mut lines[..n_cls * len];
         for ci in 0..nc {
             let at = |n: usize| n * len + OFF + ci * L;
-            let chunk = |lines: &[T], n: usize| -> V<T> { lines[at(n)..at(n) + L].try_into().unwrap_or([T::zero(); L]) };
+            let chunk =
+                |lines: &[T], n: usize| -> V<T> { lines[at(n)..at(n) + L].try_into().unwrap_or([T::zero(); L]) };
             let mut mx = chunk(lines, 0);
             for n in 1..n_cls {
                 let z = chunk(lines, n);
