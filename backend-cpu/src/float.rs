@@ -35,6 +35,21 @@ pub trait CpuFloat: Real + sealed::Sealed {
     ) -> Result<Energy<Self>, Error>;
 }
 
+/// `CpuFloat::evaluate` for the impl's type: the driver instantiated in this crate.
+macro_rules! evaluate_here {
+    () => {
+        fn evaluate(
+            cpu: &CpuBackend,
+            input: &Input<'_, Self>,
+            params: &Params,
+            out: Outputs<'_, Self>,
+            ws: &mut CpuWorkspace<Self>,
+        ) -> Result<Energy<Self>, Error> {
+            crate::evaluate(cpu, input, params, out, ws)
+        }
+    };
+}
+
 impl CpuFloat for f32 {
     const EPS: f32 = f32::EPSILON;
 
@@ -60,15 +75,7 @@ impl CpuFloat for f32 {
         if x < UNDERFLOW { 0.0 } else { e }
     }
 
-    fn evaluate(
-        cpu: &CpuBackend,
-        input: &Input<'_, f32>,
-        params: &Params,
-        out: Outputs<'_, f32>,
-        ws: &mut CpuWorkspace<f32>,
-    ) -> Result<Energy<f32>, Error> {
-        crate::evaluate(cpu, input, params, out, ws)
-    }
+    evaluate_here!();
 }
 
 impl CpuFloat for f64 {
@@ -114,15 +121,7 @@ impl CpuFloat for f64 {
         if x < UNDERFLOW { 0.0 } else { e }
     }
 
-    fn evaluate(
-        cpu: &CpuBackend,
-        input: &Input<'_, f64>,
-        params: &Params,
-        out: Outputs<'_, f64>,
-        ws: &mut CpuWorkspace<f64>,
-    ) -> Result<Energy<f64>, Error> {
-        crate::evaluate(cpu, input, params, out, ws)
-    }
+    evaluate_here!();
 }
 
 #[cfg(test)]
