@@ -7,6 +7,10 @@ T=$(mktemp -d)
 start=$(date +%s)
 CARGO_TARGET_DIR=$T cargo build --release -p msloss-cli --timings 2>&1 | tail -1
 echo "wall: $(( $(date +%s) - start )) s"
-grep -o '"name":"msloss-cpu"[^}]*"duration":[0-9.]*' $T/cargo-timings/cargo-timing.html | grep -o '"duration":[0-9.]*' || true
-cp $T/cargo-timings/cargo-timing.html target/ 2>/dev/null || true
+python3 - "$T/cargo-timings/cargo-timing.html" <<'PY'
+import json, re, sys
+units = json.loads(re.search(r"const UNIT_DATA = (\[.*?\]);", open(sys.argv[1]).read(), re.S).group(1))
+for u in sorted(units, key=lambda u: -u["duration"])[:6] + [u for u in units if u["name"] == "msloss-cpu"]:
+    print(f'{u["name"]:<16} {u["duration"]:6.1f} s')
+PY
 rm -rf "$T"
