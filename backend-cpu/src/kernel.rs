@@ -7,8 +7,10 @@
 //!
 //! A row lives in padded lines (see [`Plan::line`]): a chunk of zeros on each side, so that the
 //! neighbours of a row's first and last pixels read zeros, and so do their masks, which removes
-//! those pairs. Each pass fills the lines of the rows it needs from the input (the softmax of the
-//! logits, or a copy of the probabilities), so nothing a block reads is written by another block.
+//! those pairs. Each pass fills the lines of the rows it needs: pass 2 reads its own rows'
+//! probabilities back from the gradient buffer, where pass 1 left them (logits with a gradient),
+//! and computes any other row from the input (the softmax of the logits, or the probabilities
+//! copied), so no block reads what another block writes.
 
 #![allow(clippy::needless_range_loop, reason = "lane loops index several arrays by lane: the scalar form of the maths")]
 

@@ -10,14 +10,17 @@
 //! blocks of whole rows (see `plan.rs`), each sample's pass 2 right after its pass 1 while its
 //! data are still in cache:
 //! 1. the softmax of each row and the sums `A_n = Σ m·y_n` and `Σ m·y_n·x_k`, with the input
-//!    checks fused in; then each sample's centroids and the constants of its gradient;
-//! 2. the softmax again, row by row in a small ring of rows (a row and its neighbours along H,
-//!    or along D in a volume), then the fidelity, the length and the gradient of each row in one
-//!    sweep per class, with the fluxes of the length term in gather form (below).
+//!    checks fused in; with logits and a gradient, the probabilities are left in the gradient
+//!    buffer; then each sample's centroids and the constants of its gradient;
+//! 2. row by row, in a small ring of rows (a row and its neighbours along H, or along D in a
+//!    volume), the probabilities read back from the gradient buffer (or computed: rows of other
+//!    blocks, probabilities input, energy alone), then the fidelity, the length and the gradient
+//!    of each row, a few sweeps per class, with the fluxes of the length term in gather form
+//!    (below); each row's gradient overwrites its probabilities after they are read.
 //!
-//! Nothing is cached in the gradient buffer, so no block reads what another block writes. The
-//! kernels (`kernel.rs`) are written once over chunks of 16 lanes and compiled for each
-//! [`Isa`] (through [pulp](https://docs.rs/pulp)'s safe dispatch). Every operation rounds the
+//! No block reads what another block writes. The kernels (`kernel.rs`) are written once over
+//! chunks of 16 lanes and compiled for each [`Isa`] (through [pulp](https://docs.rs/pulp)'s safe
+//! dispatch). Every operation rounds the
 //! same way in each of them (no multiply-add is fused) and every sum runs in the same lanes and
 //! order, fixed by the shape, so the results are bitwise identical whatever the ISA, the thread
 //! count or the run.
@@ -413,4 +416,24 @@ pub(crate) fn evaluate<T: CpuFloat>(
         return Err(Error::NonFiniteResult { what: "energy", value: e.total.to_f64_lossless() });
     }
     Ok(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_isa_is_a_value_of_the_backend() {
+        let best = Isa::detect();
+        assert!(best.is_available() && Isa::Scalar.is_available());
+        assert_eq!(CpuBackend::new().isa(), best);
+        let cpu = CpuBackend::with_options(CpuOptions { threads: Some(2), isa: Some(Isa::Scalar) });
+        let cpu = cpu.expect("scalar runs everywhere");
+        assert_eq!((cpu.isa(), cpu.threads()), (Isa::Scalar, Some(2)));
+        // An instruction set this CPU lacks is refused, not emulated.
+        for isa in Isa::ALL.into_iter().filter(|isa| !isa.is_available()) {
+            let got = CpuBackend::new().with_isa(isa);
+            assert!(matches!(got, Err(Error::Unsupported { backend: "cpu", .. })), "{isa:?}: {got:?}");
+        }
+    }
 }
