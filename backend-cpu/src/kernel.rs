@@ -480,7 +480,7 @@ pub(crate) fn pass2<T: CpuFloat>(
     let mut wk = Work::carve(work, plan);
     keys.fill(usize::MAX);
     // With logits and a gradient, pass 1 left the block's probabilities in the gradient buffer.
-    let cache = grad.filter(|_| p.logits).map(|grad| Cache { grad, b, rows: (rows.start, rows.end) });
+    let cache = grad.filter(|_| plan.cache).map(|grad| Cache { grad, b, rows: (rows.start, rows.end) });
     let cache = cache.as_ref();
     let start = rows.start;
     let back = if plan.depth > 1 { plan.height } else { 1 };

@@ -310,7 +310,7 @@ pub(crate) fn evaluate<T: CpuFloat>(
     params.validate()?;
     let shape = input.shape();
     out.check(shape)?;
-    let plan = Plan::new(shape);
+    let plan = Plan::new(shape, input.scores().is_logits(), out.grad.is_some());
     let (bsz, n_cls, c) = (shape.batch(), plan.classes, plan.channels);
     let mean = params.reduction == Reduction::Mean;
     let valid = match (mean, input.mask()) {
@@ -361,7 +361,7 @@ pub(crate) fn evaluate<T: CpuFloat>(
                 let (sums, flag) = part.split_at_mut(p1 - 1);
                 let bad = arch.dispatch(
                     #[inline(always)]
-                    || kernel::pass1(p, &mut s, b, rows, sums, grad.filter(|_| p.logits)),
+                    || kernel::pass1(p, &mut s, b, rows, sums, grad.filter(|_| plan.cache)),
                 );
                 flag[0] = if bad { 1.0 } else { 0.0 };
             });

@@ -31,10 +31,14 @@ pub(crate) struct Plan {
     pub(crate) line: usize,
     /// Rows of probabilities a thread keeps: a row and its neighbours along H (2D) or D (3D).
     pub(crate) ring: usize,
+    /// Whether pass 1 leaves the probabilities in the gradient buffer for pass 2 (logits with a
+    /// gradient), rather than pass 2 computing the softmax again.
+    pub(crate) cache: bool,
 }
 
 impl Plan {
-    pub(crate) fn new(shape: Shape) -> Self {
+    /// The plan for `shape`, with logits or probabilities, with a gradient or the energy alone.
+    pub(crate) fn new(shape: Shape, logits: bool, grad: bool) -> Self {
         let [depth, height, width] = shape.spatial_dims();
         let rows = depth * height;
         let quarter = rows.div_ceil(MIN_BLOCKS);
@@ -54,6 +58,7 @@ impl Plan {
             blocks: rows.div_ceil(rows_per_block),
             line: L + width.div_ceil(L) * L + L,
             ring: if depth > 1 { height + 1 } else { 2 },
+            cache: logits && grad,
         }
     }
 
@@ -74,7 +79,17 @@ mod tests {
     use super::*;
 
     fn plan(b: usize, n: usize, c: usize, d: usize, h: usize, w: usize) -> Plan {
-        Plan::new(Shape::new(b, n, c, d, h, w).expect("valid"))
+        Plan::new(Shape::new(b, n, c, d, h, w).expect("valid"), true, true)
+    }
+
+    #[test]
+    fn only_a_softmax_with_a_gradient_is_cached() {
+        let s = Shape::new(1, 3, 1, 1, 8, 8).expect("valid");
+        let caches = |logits, grad| Plan::new(s, logits, grad).cache;
+        assert_eq!(
+            [caches(true, true), caches(true, false), caches(false, true), caches(false, false)],
+            [true, false, false, false]
+        );
     }
 
     #[test]
