@@ -137,6 +137,10 @@ impl Isa {
     }
 }
 
+/// The most threads [`CpuBackend::with_threads`] starts (more are refused, not started: a count
+/// from user input must not spawn threads without bound).
+pub const MAX_THREADS: usize = 1024;
+
 /// The backend's settings: all a user may choose. Results never depend on them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -175,10 +179,14 @@ impl CpuBackend {
 
     /// A backend with a pool of `threads` threads of its own (`0` is taken as `1`).
     ///
-    /// If the operating system refuses the threads, every evaluation returns
-    /// [`Error::Unsupported`] saying so.
+    /// If `threads` is over [`MAX_THREADS`], or the operating system refuses the threads, every
+    /// evaluation returns [`Error::Unsupported`] saying so.
     pub fn with_threads(threads: usize) -> Self {
         let threads = threads.max(1);
+        if threads > MAX_THREADS {
+            let pool_error = Some("more than MAX_THREADS (1024) threads");
+            return Self { threads: Some(threads), pool: None, pool_error, ..Self::new() };
+        }
         let built =
             rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("msloss-cpu-{i}")).build();
         let (pool, pool_error) = match built {
@@ -430,6 +438,12 @@ mod tests {
         let cpu = CpuBackend::with_options(CpuOptions { threads: Some(2), isa: Some(Isa::Scalar) });
         let cpu = cpu.expect("scalar runs everywhere");
         assert_eq!((cpu.isa(), cpu.threads()), (Isa::Scalar, Some(2)));
+        // Too many threads are refused at evaluation, and none is started.
+        let huge = CpuBackend::with_threads(1 << 40);
+        let (shape, z, x) = (msloss_core::Shape::new_2d(1, 2, 1, 1, 2).expect("valid"), [0.0f32; 4], [0.5f32; 2]);
+        let input = Input::new(shape, msloss_core::Scores::Logits(&z), &x, None).expect("fits");
+        let got = huge.energy(&input, &Params::default(), &mut huge.workspace());
+        assert!(matches!(got, Err(Error::Unsupported { backend: "cpu", .. })), "{got:?}");
         // An instruction set this CPU lacks is refused, not emulated.
         for isa in Isa::ALL.into_iter().filter(|isa| !isa.is_available()) {
             let got = CpuBackend::new().with_isa(isa);

@@ -62,7 +62,8 @@ impl AnyBackend {
             BackendChoice::Reference => AnyBackend::Reference(Reference),
             BackendChoice::Cpu => AnyBackend::Cpu(match threads {
                 Some(t) => {
-                    anyhow::ensure!(t >= 1, "--threads must be >= 1, got {t}");
+                    let max = msloss::cpu::MAX_THREADS;
+                    anyhow::ensure!((1..=max).contains(&t), "--threads must be between 1 and {max}, got {t}");
                     CpuBackend::with_threads(t)
                 }
                 None => CpuBackend::new(),

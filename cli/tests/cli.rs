@@ -214,7 +214,9 @@ fn cpu_threads_flag_is_accepted_and_checked() {
     assert!(json["median_ms"].as_f64().is_some_and(|v| v > 0.0));
     assert!(["avx512", "avx2", "scalar", "neon"].contains(&json["isa"].as_str().unwrap()), "{json}");
     for (args, needle) in [
-        (&["bench", "--shape", "1,2,1,8,8", "--threads", "0"][..], "--threads must be >= 1, got 0"),
+        (&["bench", "--shape", "1,2,1,8,8", "--threads", "0"][..], "--threads must be between 1 and 1024, got 0"),
+        // A huge count is refused at once rather than starting threads without bound.
+        (&["bench", "--shape", "1,2,1,8,8", "--threads", "1099511627776"][..], "got 1099511627776"),
         // The tuning flags of earlier versions are gone.
         (&["bench", "--shape", "1,2,1,8,8", "--block-pixels", "64"][..], "unexpected argument '--block-pixels'"),
     ] {
