@@ -83,10 +83,15 @@ fn ring_lines(p: &Plan) -> usize {
     p.ring * (p.classes + 1) + 2
 }
 
-/// The work lines, in [`Work`]'s order.
-fn work_lines(p: &Plan) -> usize {
+/// Lines of each part of [`Work`], in its order.
+fn work_parts(p: &Plan) -> [usize; 8] {
     let d_ring = if p.depth > 1 { (p.height + 1) * p.classes } else { 0 };
-    p.channels + 2 * p.classes + d_ring + p.classes + 1 + 1 + 1 + 3
+    [p.channels, 2 * p.classes, d_ring, p.classes, 1, 1, 1, 3]
+}
+
+/// The work lines in all.
+fn work_lines(p: &Plan) -> usize {
+    work_parts(p).iter().sum()
 }
 
 /// The lines the sweeps write, carved from the work buffer.
@@ -100,26 +105,23 @@ struct Work<'a, T> {
     /// Each class's fidelity-and-length gradient (`N` lines) and `Σ_n y_n·g_n`.
     g: &'a mut [T],
     gsum: &'a mut [T],
-    /// The row's east fluxes of one class; `m·y` in pass 1.
+    /// The row's east fluxes of one class (pass 2).
     fe: &'a mut [T],
+    /// `m·y` of one class (pass 1).
     tmp: &'a mut [T],
     /// `‖u − δ‖²`, `⟨β, u⟩`, `⟨c, u⟩` of one class (3 lines).
     dist: &'a mut [T],
 }
 
 impl<'a, T> Work<'a, T> {
-    fn carve(w: &'a mut [T], p: &Plan) -> Self {
-        let len = p.line;
-        let d_ring = if p.depth > 1 { (p.height + 1) * p.classes } else { 0 };
-        let (x, w) = w.split_at_mut(p.channels * len);
-        let (fh, w) = w.split_at_mut(2 * p.classes * len);
-        let (fd, w) = w.split_at_mut(d_ring * len);
-        let (g, w) = w.split_at_mut(p.classes * len);
-        let (gsum, w) = w.split_at_mut(len);
-        let (fe, w) = w.split_at_mut(len);
-        let (tmp, w) = w.split_at_mut(len);
-        let (dist, _) = w.split_at_mut(3 * len);
-        Self { x, fh, fd, g, gsum, fe, tmp, dist }
+    fn carve(mut w: &'a mut [T], p: &Plan) -> Self {
+        let mut part = work_parts(p).into_iter().map(|lines| {
+            let (head, rest) = core::mem::take(&mut w).split_at_mut(lines * p.line);
+            w = rest;
+            head
+        });
+        let mut next = || part.next().unwrap_or_default();
+        Self { x: next(), fh: next(), fd: next(), g: next(), gsum: next(), fe: next(), tmp: next(), dist: next() }
     }
 }
 
@@ -213,24 +215,23 @@ fn fill_row<T: CpuFloat>(
     check: bool,
 ) -> bool {
     let (n_cls, w, len, nc) = (p.plan.classes, p.plan.width, p.plan.line, p.plan.chunks());
-    let sp = p.plan.rows * w;
     let lines = &mut ring[slot * (n_cls + 1) * len..(slot + 1) * (n_cls + 1) * len];
     let mut bad = false;
     if let Some(mask) = p.mask {
-        let src = &mask[b * sp + q * w..][..w];
+        let src = &mask[p.plan.row_start(b, 1, 0, q)..][..w];
         line_mut(lines, len, n_cls)[OFF..OFF + w].copy_from_slice(src);
         bad |= check && !all_zero(src, mask_ok);
     }
     if let Some(cache) = cache.filter(|c| (c.rows.0..c.rows.1).contains(&q)) {
         for n in 0..n_cls {
             // SAFETY: the block's own row, read before the block writes its gradient there.
-            let src = unsafe { cache.grad.row(((cache.b * n_cls + n) * p.plan.rows + q) * w, w) };
+            let src = unsafe { cache.grad.row(p.plan.row_start(cache.b, n_cls, n, q), w) };
             line_mut(lines, len, n)[OFF..OFF + w].copy_from_slice(src);
         }
         return bad;
     }
     for n in 0..n_cls {
-        let src = &p.scores[((b * n_cls + n) * p.plan.rows + q) * w..][..w];
+        let src = &p.scores[p.plan.row_start(b, n_cls, n, q)..][..w];
         line_mut(lines, len, n)[OFF..OFF + w].copy_from_slice(src);
         bad |= check && !if p.logits { all_zero(src, finite) } else { all_zero(src, probability_ok) };
     }
@@ -280,7 +281,7 @@ fn fill_image<T: CpuFloat>(p: &Problem<'_, T>, x: &mut [T], b: usize, q: usize, 
     let (c, w, len) = (p.plan.channels, p.plan.width, p.plan.line);
     let mut bad = false;
     for k in 0..c {
-        let src = &p.image[((b * c + k) * p.plan.rows + q) * w..][..w];
+        let src = &p.image[p.plan.row_start(b, c, k, q)..][..w];
         let l = &mut line_mut(x, len, k)[OFF..OFF + w];
         l.copy_from_slice(src);
         match centre.get(k) {
@@ -338,7 +339,7 @@ pub(crate) fn pass1<T: CpuFloat>(
         if let Some(grad) = cache {
             for n in 0..n_cls {
                 // SAFETY: row q of class n of sample b belongs to this block alone.
-                let out = unsafe { grad.row(((b * n_cls + n) * plan.rows + q) * plan.width, plan.width) };
+                let out = unsafe { grad.row(plan.row_start(b, n_cls, n, q), plan.width) };
                 out.copy_from_slice(&line(ring, len, n)[OFF..OFF + plan.width]);
             }
         }
@@ -407,6 +408,12 @@ pub(crate) fn class_consts<T: CpuFloat>(
         out[3 + c + k] = T::from_f64_lossy(-2.0 * delta(k) - kappa * centroid(k));
         out[3 + 2 * c + k] = T::from_f64_lossy(centroid(k));
     }
+}
+
+/// The centroid in one class's [`class_consts`] table.
+pub(crate) fn centroid<T>(table: &[T]) -> &[T] {
+    let c = (table.len() - 3) / 3;
+    &table[3 + 2 * c..]
 }
 
 /// Length of one class's [`class_consts`] for `c` channels.
@@ -565,12 +572,13 @@ struct Around<'a, T> {
     md: &'a [V<T>],
 }
 
-/// Where L1 signs of logits' softmax are checked: the problem, the class, the flat offset of
-/// the row's first pixel (class 0), and the tolerance.
+/// Where L1 signs of logits' softmax are checked: row `q` of class `n` of sample `b`, and the
+/// tolerance.
 struct Doubt<'a, T> {
     p: &'a Problem<'a, T>,
+    b: usize,
     n: usize,
-    row_at: usize,
+    q: usize,
     tol: T,
 }
 
@@ -579,13 +587,29 @@ impl<T: CpuFloat> Doubt<'_, T> {
     #[inline(never)]
     #[cold]
     fn fix(&self, a: &Around<'_, T>, ci: usize, [fe, fs]: [&mut V<T>; 2], fd: Option<&mut V<T>>) {
-        let (w, h, sp) = (self.p.plan.width, self.p.plan.height, self.p.plan.rows * self.p.plan.width);
-        let at = self.row_at + ci * L;
-        let (y0, m0) = (&a.y0[ci], &a.m0[ci]);
-        exact_signs(self.p, self.n, sp, at, fe, 1, m0, &a.me[ci], y0, &a.ye[ci], self.tol);
-        exact_signs(self.p, self.n, sp, at, fs, w, m0, &a.ms[ci], y0, &a.ys[ci], self.tol);
+        let (w, h) = (self.p.plan.width, self.p.plan.height);
+        self.exact_signs(a, ci, fe, 1, (&a.me[ci], &a.ye[ci]));
+        self.exact_signs(a, ci, fs, w, (&a.ms[ci], &a.ys[ci]));
         if let Some(fd) = fd {
-            exact_signs(self.p, self.n, sp, at, fd, h * w, m0, &a.md[ci], y0, &a.yd[ci], self.tol);
+            self.exact_signs(a, ci, fd, h * w, (&a.md[ci], &a.yd[ci]));
+        }
+    }
+
+    /// Replaces in `flux` each L1 flux of chunk `ci` whose pair (pixel, pixel + `step`), with
+    /// the other pixel's mask and probability `(mv, yv)`, is valid and whose difference is within
+    /// `T`'s rounding of zero, by the sign of the reference's own difference in `f64`, computed
+    /// from the logits as it does.
+    fn exact_signs(&self, a: &Around<'_, T>, ci: usize, flux: &mut V<T>, step: usize, (mv, yv): (&V<T>, &V<T>)) {
+        let (plan, (y0, m0)) = (&self.p.plan, (&a.y0[ci], &a.m0[ci]));
+        let (base, sp) = (plan.row_start(self.b, plan.classes, 0, 0), plan.rows * plan.width);
+        let z = |i: usize| self.p.scores.get(i).map_or(0.0, |v| v.to_f64_lossless());
+        let prob = |s: usize| probability(|m| z(base + m * sp + s), plan.classes, self.n);
+        for l in 0..L {
+            let d = yv[l] - y0[l];
+            if m0[l] * mv[l] == T::one() && d.abs() < self.tol * (y0[l] + yv[l]) {
+                let s = self.q * plan.width + ci * L + l;
+                flux[l] = sign0(T::from_f64_lossy(prob(s + step) - prob(s)));
+            }
         }
     }
 }
@@ -756,8 +780,7 @@ fn row2<T: CpuFloat>(
             md: m_line(deep, 0),
         };
         // Sweep 1: the fluxes; an L1 sign within rounding of zero is taken from the reference.
-        let row_at = (b * n_cls * plan.rows + q) * w;
-        let dz = Doubt { p, n, row_at, tol: doubt_tol };
+        let dz = Doubt { p, b, n, q, tol: doubt_tol };
         let doubt = check_doubt.then_some(&dz);
         let fd_line = if has_d { d_slot(q) + n } else { 0 };
         let mut none: [V<T>; 0] = [];
@@ -806,8 +829,12 @@ fn row2<T: CpuFloat>(
         let fluxes =
             [ch(wk.fe, -1, nc), fe, ch(line(fh_old, len, n), 0, nc), ch(line(fh_new, len, n), 0, nc), fdo, fdn];
         let (g, gsum) = (ch_mut(line_mut(wk.g, len, n), nc), ch_mut(wk.gsum, nc));
-        // SAFETY: row q of class n of sample b belongs to this block alone.
-        let out = unsafe { grad.row(((b * n_cls + n) * plan.rows + q) * w, w) }.as_chunks_mut::<L>();
+        let out = if p.logits {
+            (&mut [][..], &mut [][..]) // the Jacobian below writes the row, once every class is done
+        } else {
+            // SAFETY: row q of class n of sample b belongs to this block alone.
+            unsafe { grad.row(plan.row_start(b, n_cls, n, q), w) }.as_chunks_mut::<L>()
+        };
         match (p.logits, has_d) {
             (true, false) => sweep2::<T, true, false>(p, &a, fluxes, terms, k, g, gsum, out),
             (true, true) => sweep2::<T, true, true>(p, &a, fluxes, terms, k, g, gsum, out),
@@ -820,7 +847,7 @@ fn row2<T: CpuFloat>(
     let gsum = ch(wk.gsum, 0, nc);
     for n in 0..n_cls {
         // SAFETY: as above.
-        let out = unsafe { grad.row(((b * n_cls + n) * plan.rows + q) * w, w) };
+        let out = unsafe { grad.row(plan.row_start(b, n_cls, n, q), w) };
         let (out_full, out_rest) = out.as_chunks_mut::<L>();
         let y0s = ch(line(ring, len, class_line(Some(cur), n)), 0, nc);
         for (ci, (y, g)) in y0s.iter().zip(ch(line(wk.g, len, n), 0, nc)).enumerate() {
@@ -829,39 +856,6 @@ fn row2<T: CpuFloat>(
                 o[l] = p.scale * (y[l] * (g[l] - gsum[ci][l]));
             }
             st_row(out_full, out_rest, ci, &o);
-        }
-    }
-}
-
-/// Replaces, in the chunk whose first pixel is at flat offset `at` of the scores, each L1 flux
-/// whose pair (pixel, pixel + `step`) is valid and whose difference is within `T`'s rounding of
-/// zero by the sign of the reference's own difference in `f64`, computed from the logits as it
-/// does.
-#[expect(clippy::too_many_arguments, reason = "one chunk's pair along one axis")]
-#[inline(always)]
-fn exact_signs<T: CpuFloat>(
-    p: &Problem<'_, T>,
-    n: usize,
-    sp: usize,
-    at: usize,
-    flux: &mut V<T>,
-    step: usize,
-    m0: &V<T>,
-    mv: &V<T>,
-    y0: &V<T>,
-    yv: &V<T>,
-    tol: T,
-) {
-    let n_cls = p.plan.classes;
-    // `at` is in class 0 of its sample: the sample starts at `base`.
-    let base = at - at % (n_cls * sp);
-    let z = |i: usize| p.scores.get(i).map_or(0.0, |v| v.to_f64_lossless());
-    let prob = |s: usize| probability(|m| z(base + m * sp + s), n_cls, n);
-    for l in 0..L {
-        let d = yv[l] - y0[l];
-        if m0[l] * mv[l] == T::one() && d.abs() < tol * (y0[l] + yv[l]) {
-            let s = at - base + l;
-            flux[l] = sign0(T::from_f64_lossy(prob(s + step) - prob(s)));
         }
     }
 }

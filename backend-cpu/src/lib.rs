@@ -403,13 +403,10 @@ pub(crate) fn evaluate<T: CpuFloat>(
         input.validate_values()?;
     }
     if let Some(cs) = out.centroids.as_deref_mut() {
-        for (b, sums1) in part1.chunks(blocks * p1).enumerate() {
-            for n in 0..n_cls {
-                let total = |i: usize| sums1.chunks(p1).fold(0.0, |a, part| a + part[n * (1 + c) + i]);
-                let area = total(0);
-                for k in 0..c {
-                    cs[(b * n_cls + n) * c + k] = T::from_f64_lossy(total(1 + k) / (area + eps));
-                }
+        // Each class's table holds its centroid, in `T` (see `kernel::class_consts`).
+        for (cs, consts) in cs.chunks_mut(n_cls * c).zip(consts.chunks(per_sample)) {
+            for (cn, table) in cs.chunks_mut(c).zip(consts[c..].chunks(tw)) {
+                cn.copy_from_slice(kernel::centroid(table));
             }
         }
     }

@@ -68,6 +68,12 @@ impl Plan {
         start..(start + self.rows_per_block).min(self.rows)
     }
 
+    /// Where row `q` of plane `n` of sample `b` starts in a `[B, planes, D·H·W]` array (scores and
+    /// gradient: `planes = N`; image: `C`; mask: `1`).
+    pub(crate) fn row_start(&self, b: usize, planes: usize, n: usize, q: usize) -> usize {
+        ((b * planes + n) * self.rows + q) * self.width
+    }
+
     /// Chunks per line.
     pub(crate) fn chunks(&self) -> usize {
         self.width.div_ceil(L)
