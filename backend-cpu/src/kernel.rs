@@ -2,8 +2,12 @@
 //!
 //! Every loop `for l in 0..L` is the scalar form of the maths, one pixel per lane; the ISA
 //! copies (see `Isa`) compile it to vector instructions. Sums are kept per lane, in `T` for at
-//! most [`GROUP`] chunks of a row and then in `f64`, and the lanes are added in lane order at the
-//! end of a block, so the order of every sum is fixed by the shape alone.
+//! most [`GROUP`] chunks of a row (pass 1) or the classes of one chunk (pass 2) and then in
+//! `f64`, and the lanes are added in lane order at the end of a block, so the order of every sum
+//! is fixed by the shape alone.
+//!
+//! Pass 1 goes class by class along a row; pass 2 goes chunk by chunk, every class inside a
+//! chunk (see [`Row::run`]), so a chunk's fluxes, fidelity terms and gradient stay in registers.
 //!
 //! A row lives in padded lines (see [`Plan::line`]): a chunk of zeros on each side, so that the
 //! neighbours of a row's first and last pixels read zeros, and so do their masks, which removes
@@ -41,19 +45,29 @@ pub(crate) struct Problem<'a, T> {
     pub(crate) scale: T,
 }
 
-/// One thread's scratch: the ring of rows (read by the sweeps), the lines the sweeps write,
-/// the rows the ring holds, and pass 1's `f64` lane sums.
+/// One thread's scratch: the ring of rows (read by pass 2), the lines the passes write, the
+/// rows the ring holds, pass 1's `f64` lane sums, and pass 2's chunk of each class's gradient
+/// and west flux (see [`Row`]).
 #[derive(Debug)]
 pub(crate) struct Scratch<T> {
     ring: Vec<T>,
     work: Vec<T>,
     keys: Vec<usize>,
     wide: Vec<[f64; L]>,
+    gbuf: Vec<V<T>>,
+    carry: Vec<T>,
 }
 
 impl<T> Default for Scratch<T> {
     fn default() -> Self {
-        Self { ring: Vec::new(), work: Vec::new(), keys: Vec::new(), wide: Vec::new() }
+        Self {
+            ring: Vec::new(),
+            work: Vec::new(),
+            keys: Vec::new(),
+            wide: Vec::new(),
+            gbuf: Vec::new(),
+            carry: Vec::new(),
+        }
     }
 }
 
@@ -74,6 +88,10 @@ impl<T: CpuFloat> Scratch<T> {
         if self.wide.len() < sums {
             self.wide.resize(sums, [0.0; L]);
         }
+        if self.carry.len() < plan.classes {
+            self.gbuf.resize(plan.classes, [T::zero(); L]);
+            self.carry.resize(plan.classes, T::zero());
+        }
     }
 }
 
@@ -84,9 +102,9 @@ fn ring_lines(p: &Plan) -> usize {
 }
 
 /// Lines of each part of [`Work`], in its order.
-fn work_parts(p: &Plan) -> [usize; 8] {
+fn work_parts(p: &Plan) -> [usize; 4] {
     let d_ring = if p.depth > 1 { (p.height + 1) * p.classes } else { 0 };
-    [p.channels, 2 * p.classes, d_ring, p.classes, 1, 1, 1, 3]
+    [p.channels, p.classes, d_ring, 1]
 }
 
 /// The work lines in all.
@@ -98,19 +116,12 @@ fn work_lines(p: &Plan) -> usize {
 struct Work<'a, T> {
     /// The image row, minus the sample's centre in pass 2 (`C` lines).
     x: &'a mut [T],
-    /// The H fluxes of two rows (`2N` lines: the row before's and this row's, by parity).
+    /// The H fluxes of the row before (`N` lines), replaced by this row's as it goes.
     fh: &'a mut [T],
     /// The D fluxes of the last `H + 1` rows (`(H + 1)·N` lines, in 3D).
     fd: &'a mut [T],
-    /// Each class's fidelity-and-length gradient (`N` lines) and `Σ_n y_n·g_n`.
-    g: &'a mut [T],
-    gsum: &'a mut [T],
-    /// The row's east fluxes of one class (pass 2).
-    fe: &'a mut [T],
     /// `m·y` of one class (pass 1).
     tmp: &'a mut [T],
-    /// `‖u − δ‖²`, `⟨β, u⟩`, `⟨c, u⟩` of one class (3 lines).
-    dist: &'a mut [T],
 }
 
 impl<'a, T> Work<'a, T> {
@@ -121,7 +132,7 @@ impl<'a, T> Work<'a, T> {
             head
         });
         let mut next = || part.next().unwrap_or_default();
-        Self { x: next(), fh: next(), fd: next(), g: next(), gsum: next(), fe: next(), tmp: next(), dist: next() }
+        Self { x: next(), fh: next(), fd: next(), tmp: next() }
     }
 }
 
@@ -452,21 +463,17 @@ impl<'a, T> GradOut<'a, T> {
     }
 }
 
-/// Stores chunk `ci` of a row of `out.len()` pixels (the last chunk may be cut).
+/// Stores `v` as pixels `ci·L…` of the gradient row that starts at `start` (`w` pixels long;
+/// the last chunk may be cut).
 #[inline(always)]
-fn st_row<T: Copy>(full: &mut [V<T>], rest: &mut [T], ci: usize, v: &V<T>) {
-    match full.get_mut(ci) {
-        Some(o) => *o = *v,
-        None => rest.iter_mut().zip(v).for_each(|(o, &v)| *o = v),
+fn store<T: Copy>(grad: &GradOut<'_, T>, start: usize, w: usize, ci: usize, v: &V<T>) {
+    let n = L.min(w - ci * L);
+    // SAFETY: a chunk of a row of this block's own sample and rows (see `GradOut::row`).
+    let out = unsafe { grad.row(start + ci * L, n) };
+    match <&mut V<T>>::try_from(&mut *out) {
+        Ok(out) => *out = *v,
+        Err(_) => out.iter_mut().zip(v).for_each(|(o, &v)| *o = v),
     }
-}
-
-/// What pass 2 does with a row: everything, or (the rows before a block) only the fluxes the
-/// block's first rows need.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Full,
-    Fluxes,
 }
 
 /// Pass 2 over `rows` of sample `b`: returns `(F, Len)` (the sums before weights and
@@ -482,23 +489,36 @@ pub(crate) fn pass2<T: CpuFloat>(
     grad: Option<&GradOut<'_, T>>,
 ) -> (f64, f64) {
     let plan = &p.plan;
-    let Scratch { ring, work, keys, .. } = scratch;
+    let Scratch { ring, work, keys, gbuf, carry, .. } = scratch;
     reset(plan, ring, work);
     let mut wk = Work::carve(work, plan);
     keys.fill(usize::MAX);
     // With logits and a gradient, pass 1 left the block's probabilities in the gradient buffer.
     let cache = grad.filter(|_| plan.cache).map(|grad| Cache { grad, b, rows: (rows.start, rows.end) });
-    let cache = cache.as_ref();
+    let mut ctx = Row { p, ring, wk: &mut wk, keys, gbuf, carry, cache: cache.as_ref(), consts, b, grad };
     let start = rows.start;
     let back = if plan.depth > 1 { plan.height } else { 1 };
     let mut sums = [[0.0; L]; 2];
-    if grad.is_some() {
-        for q in start.saturating_sub(back)..start {
-            row2(p, ring, &mut wk, keys, cache, consts, b, q, None, Mode::Fluxes, &mut [[0.0; L]; 2]);
-        }
+    macro_rules! rows {
+        ($grad:literal, $range:expr, $full:expr, $sums:expr) => {
+            for q in $range {
+                match (p.length, plan.depth > 1) {
+                    (LengthKind::L1, false) => ctx.run::<L1, false, $grad>(q, $full, $sums),
+                    (LengthKind::L1, true) => ctx.run::<L1, true, $grad>(q, $full, $sums),
+                    (LengthKind::L2, false) => ctx.run::<L2, false, $grad>(q, $full, $sums),
+                    (LengthKind::L2, true) => ctx.run::<L2, true, $grad>(q, $full, $sums),
+                    (LengthKind::Charbonnier, false) => ctx.run::<CHARBONNIER, false, $grad>(q, $full, $sums),
+                    (LengthKind::Charbonnier, true) => ctx.run::<CHARBONNIER, true, $grad>(q, $full, $sums),
+                }
+            }
+        };
     }
-    for q in rows {
-        row2(p, ring, &mut wk, keys, cache, consts, b, q, grad, Mode::Full, &mut sums);
+    if grad.is_some() {
+        // The fluxes of the rows before the block, which its first rows' gradients gather.
+        rows!(true, start.saturating_sub(back)..start, false, &mut [[0.0; L]; 2]);
+        rows!(true, rows, true, &mut sums);
+    } else {
+        rows!(false, rows, true, &mut sums);
     }
     (lanes_total(&sums[0]), lanes_total(&sums[1]))
 }
@@ -533,80 +553,54 @@ fn sign0<T: CpuFloat>(d: T) -> T {
     }
 }
 
-/// `‖u − δ‖²`, `⟨β, u⟩` and `⟨c, u⟩` of a row (see [`class_consts`] for the class's table `k`),
-/// into `dist`. The channel count is `C` where it is 1 to 4 (`C = 0`: any): a loop of constant
-/// length unrolls, where a loop over a count known only at run time would be vectorised across
-/// channels rather than across pixels.
-#[inline(always)]
-fn channel_terms<T: CpuFloat, const C: usize>(x: &[T], dist: &mut [T], len: usize, nc: usize, k: &[T], c: usize) {
-    let c = if C == 0 { c } else { C };
-    let (d2, rest) = dist.split_at_mut(len);
-    let (lin, dot) = rest.split_at_mut(len);
-    let (d2, lin, dot) = (ch_mut(d2, nc), ch_mut(lin, nc), ch_mut(&mut dot[..len], nc));
-    for ci in 0..nc {
-        let (mut a, mut bl, mut cl) = ([T::zero(); L], [T::zero(); L], [T::zero(); L]);
-        for kk in 0..c {
-            let u = &ch(line(x, len, kk), 0, nc)[ci];
-            let (dk, bk, ck) = (k[3 + kk], k[3 + c + kk], k[3 + 2 * c + kk]);
-            for l in 0..L {
-                let du = u[l] - dk;
-                a[l] += du * du;
-                bl[l] += bk * u[l];
-                cl[l] += ck * u[l];
-            }
-        }
-        (d2[ci], lin[ci], dot[ci]) = (a, bl, cl);
-    }
+/// One class's chunk and its neighbours: probabilities and masks of the chunk, of its east
+/// neighbours (shifted by one pixel), and of the rows south (H) and deep (D).
+struct Around<T> {
+    y0: V<T>,
+    ye: V<T>,
+    ys: V<T>,
+    yd: V<T>,
+    m0: V<T>,
+    me: V<T>,
+    ms: V<T>,
+    md: V<T>,
 }
 
-/// One class's row and its neighbours, as chunks: probabilities and masks of the row, of its
-/// east neighbours (shifted by one pixel), and of the rows south (H) and deep (D).
-struct Around<'a, T> {
-    y0: &'a [V<T>],
-    ye: &'a [V<T>],
-    ys: &'a [V<T>],
-    yd: &'a [V<T>],
-    m0: &'a [V<T>],
-    me: &'a [V<T>],
-    ms: &'a [V<T>],
-    md: &'a [V<T>],
-}
-
-/// Where L1 signs of logits' softmax are checked: row `q` of class `n` of sample `b`, and the
-/// tolerance.
+/// Where L1 signs of logits' softmax are checked: row `q` of sample `b`, and the tolerance.
 struct Doubt<'a, T> {
     p: &'a Problem<'a, T>,
     b: usize,
-    n: usize,
     q: usize,
     tol: T,
 }
 
 impl<T: CpuFloat> Doubt<'_, T> {
-    /// Chunk `ci`'s east, south and (in a volume) deep fluxes with exact signs where in doubt.
+    /// Class `n`'s east, south and (in a volume) deep fluxes of chunk `ci`, with exact signs
+    /// where in doubt.
     #[inline(never)]
     #[cold]
-    fn fix(&self, a: &Around<'_, T>, ci: usize, [fe, fs]: [&mut V<T>; 2], fd: Option<&mut V<T>>) {
+    fn fix(&self, a: &Around<T>, n: usize, ci: usize, [mut fe, mut fs, mut fd]: [V<T>; 3], volume: bool) -> [V<T>; 3] {
         let (w, h) = (self.p.plan.width, self.p.plan.height);
-        self.exact_signs(a, ci, fe, 1, (&a.me[ci], &a.ye[ci]));
-        self.exact_signs(a, ci, fs, w, (&a.ms[ci], &a.ys[ci]));
-        if let Some(fd) = fd {
-            self.exact_signs(a, ci, fd, h * w, (&a.md[ci], &a.yd[ci]));
+        self.exact_signs(a, n, ci, &mut fe, 1, (&a.me, &a.ye));
+        self.exact_signs(a, n, ci, &mut fs, w, (&a.ms, &a.ys));
+        if volume {
+            self.exact_signs(a, n, ci, &mut fd, h * w, (&a.md, &a.yd));
         }
+        [fe, fs, fd]
     }
 
     /// Replaces in `flux` each L1 flux of chunk `ci` whose pair (pixel, pixel + `step`), with
     /// the other pixel's mask and probability `(mv, yv)`, is valid and whose difference is within
     /// `T`'s rounding of zero, by the sign of the reference's own difference in `f64`, computed
     /// from the logits as it does.
-    fn exact_signs(&self, a: &Around<'_, T>, ci: usize, flux: &mut V<T>, step: usize, (mv, yv): (&V<T>, &V<T>)) {
-        let (plan, (y0, m0)) = (&self.p.plan, (&a.y0[ci], &a.m0[ci]));
+    fn exact_signs(&self, a: &Around<T>, n: usize, ci: usize, flux: &mut V<T>, step: usize, (mv, yv): (&V<T>, &V<T>)) {
+        let plan = &self.p.plan;
         let (base, sp) = (plan.row_start(self.b, plan.classes, 0, 0), plan.rows * plan.width);
         let z = |i: usize| self.p.scores.get(i).map_or(0.0, |v| v.to_f64_lossless());
-        let prob = |s: usize| probability(|m| z(base + m * sp + s), plan.classes, self.n);
+        let prob = |s: usize| probability(|m| z(base + m * sp + s), plan.classes, n);
         for l in 0..L {
-            let d = yv[l] - y0[l];
-            if m0[l] * mv[l] == T::one() && d.abs() < self.tol * (y0[l] + yv[l]) {
+            let d = yv[l] - a.y0[l];
+            if a.m0[l] * mv[l] == T::one() && d.abs() < self.tol * (a.y0[l] + yv[l]) {
                 let s = self.q * plan.width + ci * L + l;
                 flux[l] = sign0(T::from_f64_lossy(prob(s + step) - prob(s)));
             }
@@ -614,248 +608,210 @@ impl<T: CpuFloat> Doubt<'_, T> {
     }
 }
 
-/// The length kinds as constants of [`sweep1`].
+/// The length kinds as constants of [`Row::run`].
 const L1: u8 = 0;
 const L2: u8 = 1;
 const CHARBONNIER: u8 = 2;
 
-/// Sweep 1 of one class's row: the fluxes of the pairs (j, j + 1), (j, south) and (j, deep)
-/// into `fe`, `fs` and `fd` (`D`: a volume), and the length's terms added to `len_sum`.
-/// Every loop is straight-line code (the length kind `KIND` is a constant), so it vectorises.
-#[inline(always)]
-fn sweep1<T: CpuFloat, const KIND: u8, const D: bool>(
-    a: &Around<'_, T>,
-    [fe, fs, fd]: [&mut [V<T>]; 3],
-    delta: T,
-    len_sum: &mut [f64; L],
-    doubt: Option<&Doubt<'_, T>>,
-) {
-    let nc = a.y0.len();
-    let (two, delta2) = (T::one() + T::one(), delta * delta);
-    for g0 in (0..nc).step_by(GROUP) {
-        let mut part = [T::zero(); L];
-        for ci in g0..(g0 + GROUP).min(nc) {
-            let (y0, m0) = (&a.y0[ci], &a.m0[ci]);
-            let (mut de, mut ds, mut dd) = ([T::zero(); L], [T::zero(); L], [T::zero(); L]);
-            // Differences times validity: a missing or masked pair gives 0.
-            for l in 0..L {
-                de[l] = (a.ye[ci][l] - y0[l]) * (m0[l] * a.me[ci][l]);
-                ds[l] = (a.ys[ci][l] - y0[l]) * (m0[l] * a.ms[ci][l]);
-                if D {
-                    dd[l] = (a.yd[ci][l] - y0[l]) * (m0[l] * a.md[ci][l]);
-                }
-            }
-            let (mut e, mut s, mut d) = ([T::zero(); L], [T::zero(); L], [T::zero(); L]);
-            for l in 0..L {
-                let (flux, term) = match KIND {
-                    L1 => ((sign0(de[l]), sign0(ds[l]), sign0(dd[l])), (de[l].abs() + ds[l].abs()) + dd[l].abs()),
-                    L2 => ((two * de[l], two * ds[l], two * dd[l]), (de[l] * de[l] + ds[l] * ds[l]) + dd[l] * dd[l]),
-                    _ => {
-                        let sq = (de[l] * de[l] + ds[l] * ds[l]) + dd[l] * dd[l];
-                        let r = (sq + delta2).sqrt();
-                        ((de[l] / r, ds[l] / r, dd[l] / r), sq / (r + delta))
-                    }
-                };
-                (e[l], s[l], d[l]) = flux;
-                part[l] += term;
-            }
-            fe[ci] = e;
-            fs[ci] = s;
-            if D {
-                fd[ci] = d;
-            }
-            if let Some(dz) = doubt {
-                // A pair is doubtful where |d| is within tol·(y_a + y_b) of zero (d is 0 for a pair
-                // that is not there, whose validity m_a·m_b is 0: `<` leaves it out).
-                let mut any = false;
-                for l in 0..L {
-                    let near = |d: T, yb: T, mb: T| d.abs() < dz.tol * (y0[l] + yb) * (m0[l] * mb);
-                    any |= near(de[l], a.ye[ci][l], a.me[ci][l]) | near(ds[l], a.ys[ci][l], a.ms[ci][l]);
-                    if D {
-                        any |= near(dd[l], a.yd[ci][l], a.md[ci][l]);
-                    }
-                }
-                if any {
-                    dz.fix(a, ci, [&mut fe[ci], &mut fs[ci]], if D { Some(&mut fd[ci]) } else { None });
-                }
-            }
-        }
-        widen(len_sum, &part);
-    }
-}
-
-/// Sweep 2 of one class's row: `g = w·m·(fidelity term) + λ·(gathered fluxes)`, into `g`
-/// (logits: the Jacobian comes once every class is done, and `Σ y·g` is added to `gsum`) or,
-/// times the reduction's `scale`, into the gradient row `out` (probabilities).
-#[expect(clippy::too_many_arguments, reason = "the sweep's lines, each a slice")]
-#[inline(always)]
-fn sweep2<T: CpuFloat, const LOGITS: bool, const D: bool>(
-    p: &Problem<'_, T>,
-    a: &Around<'_, T>,
-    [fw, fe, fho, fhn, fdo, fdn]: [&[V<T>]; 6],
-    [d2, lin, dot]: [&[V<T>]; 3],
-    k: &[T],
-    g: &mut [V<T>],
-    gsum: &mut [V<T>],
-    (out_full, out_rest): (&mut [V<T>], &mut [T]),
-) {
-    let (cd, kappa, ak) = (k[0], k[1], k[2]);
-    let (weight, lambda, scale) = (p.weight, p.lambda, p.scale);
-    for ci in 0..a.y0.len() {
-        let (m0, y0) = (&a.m0[ci], &a.y0[ci]);
-        let mut gv = [T::zero(); L];
-        for l in 0..L {
-            let mut gl = (fw[ci][l] - fe[ci][l]) + (fho[ci][l] - fhn[ci][l]);
-            if D {
-                gl += fdo[ci][l] - fdn[ci][l];
-            }
-            gv[l] = if LOGITS {
-                weight * m0[l] * (ak + lin[ci][l]) + lambda * gl
-            } else {
-                scale * (weight * m0[l] * (d2[ci][l] - kappa * (dot[ci][l] - cd)) + lambda * gl)
-            };
-        }
-        if LOGITS {
-            g[ci] = gv;
-            for l in 0..L {
-                gsum[ci][l] += y0[l] * gv[l];
-            }
-        } else {
-            st_row(out_full, out_rest, ci, &gv);
-        }
-    }
-}
-
-/// Pass 2 on row `q` of sample `b`, adding its `F` and `Len` lanes to `sums`.
-#[expect(clippy::too_many_arguments, reason = "the row's whole context, passed down once")]
-#[inline(always)]
-fn row2<T: CpuFloat>(
-    p: &Problem<'_, T>,
-    ring: &mut [T],
-    wk: &mut Work<'_, T>,
-    keys: &mut [usize],
-    cache: Option<&Cache<'_, T>>,
-    consts: &[T],
+/// What pass 2 keeps across the rows of a block.
+struct Row<'s, 'w, T> {
+    p: &'s Problem<'s, T>,
+    ring: &'s mut [T],
+    wk: &'s mut Work<'w, T>,
+    keys: &'s mut [usize],
+    /// Each class's gradient of the chunk, before the softmax's Jacobian (logits).
+    gbuf: &'s mut [V<T>],
+    /// Each class's east flux of the last pixel of the chunk before.
+    carry: &'s mut [T],
+    cache: Option<&'s Cache<'s, T>>,
+    consts: &'s [T],
     b: usize,
-    q: usize,
-    grad: Option<&GradOut<'_, T>>,
-    mode: Mode,
-    [fid, len_sum]: &mut [[f64; L]; 2],
-) {
-    let plan = &p.plan;
-    let (n_cls, c, w, h, len, nc) = (plan.classes, plan.channels, plan.width, plan.height, plan.line, plan.chunks());
-    let has_d = plan.depth > 1;
-    let cur = slot(p, ring, keys, cache, b, q);
-    // Neighbours along H (same slice) and D; absent ones read the line of zeros, mask included.
-    let south = if q % h + 1 < h { Some(slot(p, ring, keys, cache, b, q + 1)) } else { None };
-    let deep = if has_d && q + h < plan.rows { Some(slot(p, ring, keys, cache, b, q + h)) } else { None };
-    let zero = plan.ring * (n_cls + 1);
-    let class_line = |sl: Option<usize>, n: usize| sl.map_or(zero, |k| k * (n_cls + 1) + n);
-    let full = mode == Mode::Full;
-    if full {
-        fill_image(p, wk.x, b, q, &consts[..c]);
-    }
-    let ring = &*ring;
-    let want_grad = grad.is_some() || !full;
-    let doubt_tol = T::EPS * T::from_f64_lossy((n_cls + 8) as f64);
-    let check_doubt = p.logits && p.length == LengthKind::L1 && want_grad;
-    let tw = consts_len(c);
-    let m_line = |sl, shift| ch(line(ring, len, mask_line(p, sl)), shift, nc);
-    // The H fluxes by row parity; the D fluxes in a ring of H + 1 rows.
-    let (fh_old, fh_new) = wk.fh.split_at_mut(n_cls * len);
-    let (fh_old, fh_new) = if q.is_multiple_of(2) { (fh_old, fh_new) } else { (fh_new, fh_old) };
-    let d_slot = |r: usize| (r % (h + 1)) * n_cls;
-    wk.gsum.fill(T::zero());
-    let mut no_len = [0.0; L];
-    for n in 0..n_cls {
-        let y = line(ring, len, class_line(Some(cur), n));
-        let a = Around {
-            y0: ch(y, 0, nc),
-            ye: ch(y, 1, nc),
-            ys: ch(line(ring, len, class_line(south, n)), 0, nc),
-            yd: ch(line(ring, len, class_line(deep, n)), 0, nc),
-            m0: m_line(Some(cur), 0),
-            me: m_line(Some(cur), 1),
-            ms: m_line(south, 0),
-            md: m_line(deep, 0),
+    grad: Option<&'s GradOut<'s, T>>,
+}
+
+/// `[v_{-1}, v_0, …, v_{L−2}]` with `v_{-1} = before`: a chunk's values one pixel west.
+#[inline(always)]
+fn shift_in<T: Copy>(before: T, v: &V<T>) -> V<T> {
+    let mut out = [before; L];
+    out[1..].copy_from_slice(&v[..L - 1]);
+    out
+}
+
+impl<T: CpuFloat> Row<'_, '_, T> {
+    /// Pass 2 on row `q`, chunk by chunk with every class inside a chunk: the fluxes of each
+    /// class's pairs (j, j + 1), (j, south) and (j, deep), the length's and (`full`) the
+    /// fidelity's terms added to `sums`, and (`GRAD`, `full`) the row's gradient. With `GRAD` and
+    /// not `full` (a row before the block), only the fluxes the next rows gather. Every lane
+    /// loop is straight-line code (the length kind `KIND` and whether it is a volume, `D`, are
+    /// constants), so it vectorises.
+    #[inline(always)]
+    fn run<const KIND: u8, const D: bool, const GRAD: bool>(&mut self, q: usize, full: bool, sums: &mut [[f64; L]; 2]) {
+        let p = self.p;
+        let plan = &p.plan;
+        let (n_cls, c, w, h, len, nc) =
+            (plan.classes, plan.channels, plan.width, plan.height, plan.line, plan.chunks());
+        let (b, cache) = (self.b, self.cache);
+        let cur = slot(p, self.ring, self.keys, cache, b, q);
+        // Neighbours along H (same slice) and D; absent ones read the line of zeros, mask included.
+        let south = if q % h + 1 < h { Some(slot(p, self.ring, self.keys, cache, b, q + 1)) } else { None };
+        let deep = if D && q + h < plan.rows { Some(slot(p, self.ring, self.keys, cache, b, q + h)) } else { None };
+        if full {
+            fill_image(p, self.wk.x, b, q, &self.consts[..c]);
+        }
+        let (ring, x) = (&*self.ring, &*self.wk.x);
+        let zero = plan.ring * (n_cls + 1);
+        // Where a line starts in the ring, and its chunk `ci` shifted by `shift` pixels.
+        let class_line = |sl: Option<usize>, n: usize| sl.map_or(zero, |k| k * (n_cls + 1) + n) * len;
+        let at = |start: usize, ci: usize, shift: usize| -> V<T> {
+            ring[start + OFF - 1 + shift + ci * L..][..L].try_into().unwrap_or([T::zero(); L])
         };
-        // Sweep 1: the fluxes; an L1 sign within rounding of zero is taken from the reference.
-        let dz = Doubt { p, b, n, q, tol: doubt_tol };
-        let doubt = check_doubt.then_some(&dz);
-        let fd_line = if has_d { d_slot(q) + n } else { 0 };
-        let mut none: [V<T>; 0] = [];
-        let fds = if has_d { ch_mut(line_mut(wk.fd, len, fd_line), nc) } else { &mut none[..] };
-        let fluxes = [ch_mut(wk.fe, nc), ch_mut(line_mut(fh_new, len, n), nc), fds];
-        let len_sum = if full { &mut *len_sum } else { &mut no_len };
-        match (p.length, has_d) {
-            (LengthKind::L1, false) => sweep1::<T, L1, false>(&a, fluxes, p.delta, len_sum, doubt),
-            (LengthKind::L1, true) => sweep1::<T, L1, true>(&a, fluxes, p.delta, len_sum, doubt),
-            (LengthKind::L2, false) => sweep1::<T, L2, false>(&a, fluxes, p.delta, len_sum, doubt),
-            (LengthKind::L2, true) => sweep1::<T, L2, true>(&a, fluxes, p.delta, len_sum, doubt),
-            (LengthKind::Charbonnier, false) => sweep1::<T, CHARBONNIER, false>(&a, fluxes, p.delta, len_sum, doubt),
-            (LengthKind::Charbonnier, true) => sweep1::<T, CHARBONNIER, true>(&a, fluxes, p.delta, len_sum, doubt),
-        }
-        if !full {
-            continue;
-        }
-        // Sweep 2: the fidelity and the gradient, the fluxes gathered (the west pair's is the
-        // east flux of the pixel before).
-        let k = &consts[c + n * tw..c + (n + 1) * tw];
-        match c {
-            1 => channel_terms::<T, 1>(wk.x, wk.dist, len, nc, k, c),
-            2 => channel_terms::<T, 2>(wk.x, wk.dist, len, nc, k, c),
-            3 => channel_terms::<T, 3>(wk.x, wk.dist, len, nc, k, c),
-            4 => channel_terms::<T, 4>(wk.x, wk.dist, len, nc, k, c),
-            _ => channel_terms::<T, 0>(wk.x, wk.dist, len, nc, k, c),
-        }
-        let terms = [0, 1, 2].map(|i| ch(line(wk.dist, len, i), 0, nc));
-        for g0 in (0..nc).step_by(GROUP) {
-            let mut part = [T::zero(); L];
-            for ci in g0..(g0 + GROUP).min(nc) {
+        let (m0_line, ms_line) = (mask_line(p, Some(cur)) * len, mask_line(p, south) * len);
+        let md_line = mask_line(p, deep) * len;
+        let tw = consts_len(c);
+        let doubt = Doubt { p, b, q, tol: T::EPS * T::from_f64_lossy((n_cls + 8) as f64) };
+        let check_doubt = GRAD && p.logits && p.length == LengthKind::L1;
+        // The D fluxes in a ring of H + 1 rows: this row's, and those of the row a slice before.
+        let d_slot = |r: usize| (r % (h + 1)) * n_cls;
+        let (fd_new, fd_old) = (d_slot(q), if q >= h { d_slot(q - h) } else { d_slot(q + 1) });
+        let logits_out = GRAD && full && p.logits;
+        // The second term of the fidelity: `⟨β, u⟩` (logits) or `⟨c, u⟩` (probabilities).
+        let t2_at = if p.logits { 3 + c } else { 3 + 2 * c };
+        let (two, delta, delta2) = (T::one() + T::one(), p.delta, p.delta * p.delta);
+        let (weight, lambda, scale) = (p.weight, p.lambda, p.scale);
+        self.carry[..n_cls].fill(T::zero());
+        let [fid, len_sum] = sums;
+        for ci in 0..nc {
+            let (m0, me, ms) = (at(m0_line, ci, 1), at(m0_line, ci, 2), at(ms_line, ci, 1));
+            let md = if D { at(md_line, ci, 1) } else { [T::zero(); L] };
+            // The validity of each pair: a missing or masked pair gives 0.
+            let (mut ve, mut vs, mut vd) = ([T::zero(); L], [T::zero(); L], [T::zero(); L]);
+            for l in 0..L {
+                ve[l] = m0[l] * me[l];
+                vs[l] = m0[l] * ms[l];
+                vd[l] = m0[l] * md[l];
+            }
+            let (mut part_len, mut part_fid, mut gsum) = ([T::zero(); L], [T::zero(); L], [T::zero(); L]);
+            for n in 0..n_cls {
+                let own = class_line(Some(cur), n);
+                let (y0, ye, ys) = (at(own, ci, 1), at(own, ci, 2), at(class_line(south, n), ci, 1));
+                let yd = if D { at(class_line(deep, n), ci, 1) } else { [T::zero(); L] };
+                let (mut de, mut ds, mut dd) = ([T::zero(); L], [T::zero(); L], [T::zero(); L]);
                 for l in 0..L {
-                    part[l] += a.m0[ci][l] * a.y0[ci][l] * terms[0][ci][l];
+                    de[l] = (ye[l] - y0[l]) * ve[l];
+                    ds[l] = (ys[l] - y0[l]) * vs[l];
+                    if D {
+                        dd[l] = (yd[l] - y0[l]) * vd[l];
+                    }
+                }
+                let (mut e, mut s, mut d) = ([T::zero(); L], [T::zero(); L], [T::zero(); L]);
+                for l in 0..L {
+                    let (flux, term) = match KIND {
+                        L1 => ((sign0(de[l]), sign0(ds[l]), sign0(dd[l])), (de[l].abs() + ds[l].abs()) + dd[l].abs()),
+                        L2 => {
+                            ((two * de[l], two * ds[l], two * dd[l]), (de[l] * de[l] + ds[l] * ds[l]) + dd[l] * dd[l])
+                        }
+                        _ => {
+                            let sq = (de[l] * de[l] + ds[l] * ds[l]) + dd[l] * dd[l];
+                            let r = (sq + delta2).sqrt();
+                            ((de[l] / r, ds[l] / r, dd[l] / r), sq / (r + delta))
+                        }
+                    };
+                    (e[l], s[l], d[l]) = flux;
+                    part_len[l] += term;
+                }
+                let (mut fw, mut fho, mut fdo) = ([T::zero(); L], [T::zero(); L], [T::zero(); L]);
+                if GRAD {
+                    if check_doubt {
+                        // A pair is doubtful where |d| is within tol·(y_a + y_b) of zero (d is 0 for a
+                        // pair that is not there, whose validity is 0: `<` leaves it out).
+                        let mut any = false;
+                        for l in 0..L {
+                            let near = |d: T, yb: T, v: T| d.abs() < doubt.tol * (y0[l] + yb) * v;
+                            any |= near(de[l], ye[l], ve[l]) | near(ds[l], ys[l], vs[l]);
+                            if D {
+                                any |= near(dd[l], yd[l], vd[l]);
+                            }
+                        }
+                        if any {
+                            let a = Around { y0, ye, ys, yd, m0, me, ms, md };
+                            [e, s, d] = doubt.fix(&a, n, ci, [e, s, d], D);
+                        }
+                    }
+                    // The west pair's flux is the east flux of the pixel before; the north and the
+                    // back pairs' are the south and deep fluxes of the rows before, replaced here.
+                    fw = shift_in(self.carry[n], &e);
+                    self.carry[n] = e[L - 1];
+                    let fh = &mut ch_mut(line_mut(self.wk.fh, len, n), nc)[ci];
+                    (fho, *fh) = (*fh, s);
+                    if D {
+                        fdo = ch(line(self.wk.fd, len, fd_old + n), 0, nc)[ci];
+                        ch_mut(line_mut(self.wk.fd, len, fd_new + n), nc)[ci] = d;
+                    }
+                }
+                if !full {
+                    continue;
+                }
+                // The fidelity: `‖u − δ‖²` and the second term (see `class_consts`).
+                let k = &self.consts[c + n * tw..c + (n + 1) * tw];
+                let (mut d2, mut t2) = ([T::zero(); L], [T::zero(); L]);
+                for kk in 0..c {
+                    let u = &ch(line(x, len, kk), 0, nc)[ci];
+                    let (dk, tk) = (k[3 + kk], k[t2_at + kk]);
+                    for l in 0..L {
+                        let du = u[l] - dk;
+                        d2[l] += du * du;
+                        t2[l] += tk * u[l];
+                    }
+                }
+                for l in 0..L {
+                    part_fid[l] += m0[l] * y0[l] * d2[l];
+                }
+                if !GRAD {
+                    continue;
+                }
+                // The gradient: the fidelity's, and the length's fluxes gathered.
+                let (cd, kappa, ak) = (k[0], k[1], k[2]);
+                let mut gl = [T::zero(); L];
+                for l in 0..L {
+                    gl[l] = (fw[l] - e[l]) + (fho[l] - s[l]);
+                    if D {
+                        gl[l] += fdo[l] - d[l];
+                    }
+                }
+                let mut g = [T::zero(); L];
+                if p.logits {
+                    for l in 0..L {
+                        g[l] = weight * m0[l] * (ak + t2[l]) + lambda * gl[l];
+                    }
+                } else {
+                    for l in 0..L {
+                        g[l] = scale * (weight * m0[l] * (d2[l] - kappa * (t2[l] - cd)) + lambda * gl[l]);
+                    }
+                }
+                if p.logits {
+                    self.gbuf[n] = g;
+                    for l in 0..L {
+                        gsum[l] += y0[l] * g[l];
+                    }
+                } else if let Some(grad) = self.grad {
+                    store(grad, plan.row_start(b, n_cls, n, q), w, ci, &g);
                 }
             }
-            widen(fid, &part);
-        }
-        let Some(grad) = grad else { continue };
-        let fe = ch(wk.fe, 0, nc);
-        let (fdo, fdn) = if has_d {
-            let old = if q >= h { d_slot(q - h) + n } else { d_slot(q + 1) + n };
-            (ch(line(wk.fd, len, old), 0, nc), ch(line(wk.fd, len, fd_line), 0, nc))
-        } else {
-            (fe, fe)
-        };
-        let fluxes =
-            [ch(wk.fe, -1, nc), fe, ch(line(fh_old, len, n), 0, nc), ch(line(fh_new, len, n), 0, nc), fdo, fdn];
-        let (g, gsum) = (ch_mut(line_mut(wk.g, len, n), nc), ch_mut(wk.gsum, nc));
-        let out = if p.logits {
-            (&mut [][..], &mut [][..]) // the Jacobian below writes the row, once every class is done
-        } else {
-            // SAFETY: row q of class n of sample b belongs to this block alone.
-            unsafe { grad.row(plan.row_start(b, n_cls, n, q), w) }.as_chunks_mut::<L>()
-        };
-        match (p.logits, has_d) {
-            (true, false) => sweep2::<T, true, false>(p, &a, fluxes, terms, k, g, gsum, out),
-            (true, true) => sweep2::<T, true, true>(p, &a, fluxes, terms, k, g, gsum, out),
-            (false, false) => sweep2::<T, false, false>(p, &a, fluxes, terms, k, g, gsum, out),
-            (false, true) => sweep2::<T, false, true>(p, &a, fluxes, terms, k, g, gsum, out),
-        }
-    }
-    let Some(grad) = grad.filter(|_| full && p.logits) else { return };
-    // ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m).
-    let gsum = ch(wk.gsum, 0, nc);
-    for n in 0..n_cls {
-        // SAFETY: as above.
-        let out = unsafe { grad.row(plan.row_start(b, n_cls, n, q), w) };
-        let (out_full, out_rest) = out.as_chunks_mut::<L>();
-        let y0s = ch(line(ring, len, class_line(Some(cur), n)), 0, nc);
-        for (ci, (y, g)) in y0s.iter().zip(ch(line(wk.g, len, n), 0, nc)).enumerate() {
-            let mut o = [T::zero(); L];
-            for l in 0..L {
-                o[l] = p.scale * (y[l] * (g[l] - gsum[ci][l]));
+            if full {
+                widen(len_sum, &part_len);
+                widen(fid, &part_fid);
             }
-            st_row(out_full, out_rest, ci, &o);
+            if let Some(grad) = self.grad.filter(|_| logits_out) {
+                // ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m).
+                for n in 0..n_cls {
+                    let (y0, g) = (at(class_line(Some(cur), n), ci, 1), &self.gbuf[n]);
+                    let mut o = [T::zero(); L];
+                    for l in 0..L {
+                        o[l] = scale * (y0[l] * (g[l] - gsum[l]));
+                    }
+                    store(grad, plan.row_start(b, n_cls, n, q), w, ci, &o);
+                }
+            }
         }
     }
 }
