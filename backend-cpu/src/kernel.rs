@@ -499,26 +499,28 @@ pub(crate) fn pass2<T: CpuFloat>(
     let start = rows.start;
     let back = if plan.depth > 1 { plan.height } else { 1 };
     let mut sums = [[0.0; L]; 2];
+    // With a gradient, the fluxes of the rows before the block come first: its first rows'
+    // gradients gather them.
+    let first = if grad.is_some() { start.saturating_sub(back) } else { start };
     macro_rules! rows {
-        ($grad:literal, $range:expr, $full:expr, $sums:expr) => {
-            for q in $range {
+        ($grad:literal) => {
+            for q in first..rows.end {
+                let (full, sums) = (q >= start, &mut sums);
                 match (p.length, plan.depth > 1) {
-                    (LengthKind::L1, false) => ctx.run::<L1, false, $grad>(q, $full, $sums),
-                    (LengthKind::L1, true) => ctx.run::<L1, true, $grad>(q, $full, $sums),
-                    (LengthKind::L2, false) => ctx.run::<L2, false, $grad>(q, $full, $sums),
-                    (LengthKind::L2, true) => ctx.run::<L2, true, $grad>(q, $full, $sums),
-                    (LengthKind::Charbonnier, false) => ctx.run::<CHARBONNIER, false, $grad>(q, $full, $sums),
-                    (LengthKind::Charbonnier, true) => ctx.run::<CHARBONNIER, true, $grad>(q, $full, $sums),
+                    (LengthKind::L1, false) => ctx.run::<L1, false, $grad>(q, full, sums),
+                    (LengthKind::L1, true) => ctx.run::<L1, true, $grad>(q, full, sums),
+                    (LengthKind::L2, false) => ctx.run::<L2, false, $grad>(q, full, sums),
+                    (LengthKind::L2, true) => ctx.run::<L2, true, $grad>(q, full, sums),
+                    (LengthKind::Charbonnier, false) => ctx.run::<CHARBONNIER, false, $grad>(q, full, sums),
+                    (LengthKind::Charbonnier, true) => ctx.run::<CHARBONNIER, true, $grad>(q, full, sums),
                 }
             }
         };
     }
     if grad.is_some() {
-        // The fluxes of the rows before the block, which its first rows' gradients gather.
-        rows!(true, start.saturating_sub(back)..start, false, &mut [[0.0; L]; 2]);
-        rows!(true, rows, true, &mut sums);
+        rows!(true)
     } else {
-        rows!(false, rows, true, &mut sums);
+        rows!(false)
     }
     (lanes_total(&sums[0]), lanes_total(&sums[1]))
 }
