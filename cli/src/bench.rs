@@ -13,6 +13,7 @@ use msloss::{Backend, Input, Scores, Shape};
 
 use crate::backends::{AnyBackend, BackendArgs};
 use crate::params::{DtypeArg, InputArg, ParamArgs, parse_shape};
+use crate::sys;
 
 /// Arguments of `msloss bench`.
 #[derive(Debug, clap::Args)]
@@ -29,8 +30,8 @@ pub(crate) struct Args {
     /// Differentiate wrt logits or probabilities.
     #[arg(long, value_enum, default_value_t = InputArg::Logits)]
     input: InputArg,
-    /// Timed iterations (after one untimed warm-up call).
-    #[arg(long, default_value_t = 20)]
+    /// Timed iterations (after one untimed warm-up call), 1 to 1,000,000.
+    #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     iters: usize,
     /// Use a random mask (about 80% valid pixels).
     #[arg(long)]
@@ -45,7 +46,6 @@ pub(crate) struct Args {
 
 /// Runs `msloss bench`.
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
-    anyhow::ensure!(args.iters >= 1, "--iters must be >= 1, got {}", args.iters);
     let backend = args.backend.build()?;
     let (times, elem) = match args.dtype {
         DtypeArg::F32 => (time::<f32>(args, &backend)?, 4),
@@ -80,8 +80,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         json["triad_gbps"] = serde_json::json!(round3(bw / 1e9));
         json["floor_ms"] = serde_json::json!(round3(floor_bytes as f64 / bw * 1e3));
     }
-    println!("{json}");
-    Ok(())
+    sys::print_json(&json)
 }
 
 fn round3(v: f64) -> f64 {
@@ -92,6 +91,10 @@ fn round3(v: f64) -> f64 {
 fn time<T: msloss::cpu::CpuFloat>(args: &Args, backend: &AnyBackend) -> anyhow::Result<Vec<f64>> {
     let params = args.params.params()?;
     let shape = args.shape;
+    let elem = size_of::<T>();
+    // Seeded logits, probabilities, image and mask, and the gradient.
+    let need = sys::bytes(&[(shape.scores_len(), 3 * elem), (shape.image_len(), elem), (shape.mask_len(), elem)]);
+    sys::ensure_memory(need, "this shape")?;
     let data = RandomInputs::<T>::new(shape, 1);
     let scores = match args.input {
         InputArg::Logits => Scores::Logits(&data.logits[..]),

@@ -1,12 +1,14 @@
 //! `msloss energy`: the loss of arrays in `.npy` files, for cross-checking against NumPy/PyTorch.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use msloss::{Backend, Input, Scores, Shape};
+use msloss_segment::output::{self, Staged};
 
 use crate::backends::{AnyBackend, BackendArgs};
 use crate::npy::{self, FloatData};
 use crate::params::ParamArgs;
+use crate::sys;
 
 /// Arguments of `msloss energy`.
 #[derive(Debug, clap::Args)]
@@ -43,19 +45,43 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         _ => anyhow::bail!("give exactly one of --logits and --probs"),
     };
     let what = if logits { "logits" } else { "probabilities" };
-    let scores = npy::read_float(scores_path, what)?;
-    let image = npy::read_float(&args.image, "image")?;
-    let mask = args.mask.as_deref().map(npy::read_mask).transpose()?;
-    let shape = Shape::from_dims(&scores.shape, &image.shape, mask.as_ref().map(|m| &m.0[..]))?;
+    // Headers first: shapes, the output path and memory are checked before any data is read.
+    let scores = npy::open(scores_path, what)?;
+    let image = npy::open(&args.image, "image")?;
+    let mask = args.mask.as_deref().map(|p| npy::open(p, "mask")).transpose()?;
+    let shape = Shape::from_dims(scores.dims(), image.dims(), mask.as_ref().map(npy::Header::dims))?;
+    if let Some(out) = &args.grad_out {
+        let inputs: Vec<&Path> = [Some(scores_path), Some(&args.image), args.mask.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path)
+            .collect();
+        output::check_writable(out, &inputs)?;
+    }
+    // The scores (in f64 at most) and their gradient, the image and mask as read (f64) and as
+    // computed (f64 at most), and the centroids.
+    let need = sys::bytes(&[
+        (shape.scores_len(), 16),
+        (shape.image_len(), 16),
+        (if mask.is_some() { shape.mask_len() } else { 0 }, 16),
+        (shape.centroids_len(), 8),
+    ]);
+    sys::ensure_memory(need, "this input")?;
     let backend = args.backend.build()?;
-    let image = image.data.to_f64();
-    let mask = mask.map(|m| m.1);
+    let scores_dims = scores.dims().to_vec();
+    let scores = npy::read_float(scores)?;
+    let image = npy::read_float(image)?.to_f64();
+    let mask = mask.map(npy::read_mask).transpose()?;
     let job = Job { shape, logits, image: &image, mask: mask.as_deref(), params, backend: &backend };
-    let json = match &scores.data {
-        FloatData::F32(s) => job.run(s, args.grad_out.as_ref(), &scores.shape)?,
-        FloatData::F64(s) => job.run(s, args.grad_out.as_ref(), &scores.shape)?,
+    let mut staged = Staged::new();
+    let json = match &scores {
+        FloatData::F32(s) => job.run(s, args.grad_out.as_ref().map(|p| (p.as_path(), &mut staged)), &scores_dims)?,
+        FloatData::F64(s) => job.run(s, args.grad_out.as_ref().map(|p| (p.as_path(), &mut staged)), &scores_dims)?,
     };
-    println!("{json}");
+    // The result is printed before the gradient file is put in place: if stdout fails, no
+    // output is left behind.
+    sys::print_json(&json)?;
+    staged.commit()?;
     Ok(())
 }
 
@@ -72,7 +98,7 @@ impl Job<'_> {
     fn run<T: msloss::cpu::CpuFloat + npyz::AutoSerialize>(
         &self,
         scores: &[T],
-        grad_out: Option<&PathBuf>,
+        grad_out: Option<(&Path, &mut Staged)>,
         scores_dims: &[usize],
     ) -> anyhow::Result<serde_json::Value> {
         let image: Vec<T> = self.image.iter().map(|&v| T::from_f64_lossy(v)).collect();
@@ -80,7 +106,7 @@ impl Job<'_> {
         let s = if self.logits { Scores::Logits(scores) } else { Scores::Probs(scores) };
         let input = Input::new(self.shape, s, &image, mask.as_deref())?;
         let mut centroids = vec![T::zero(); self.shape.centroids_len()];
-        let mut grad = grad_out.map(|_| vec![T::zero(); self.shape.scores_len()]);
+        let mut grad = grad_out.as_ref().map(|_| vec![T::zero(); self.shape.scores_len()]);
         let mut ws = Backend::<T>::workspace(self.backend);
         let e = self.backend.evaluate(
             &input,
@@ -88,11 +114,11 @@ impl Job<'_> {
             msloss::Outputs { grad: grad.as_deref_mut(), centroids: Some(&mut centroids) },
             &mut ws,
         )?;
-        if let (Some(path), Some(g)) = (grad_out, &grad) {
+        if let (Some((path, staged)), Some(g)) = (grad_out, &grad) {
             if let Some(i) = g.iter().position(|v| !v.is_finite()) {
                 anyhow::bail!("the gradient came out non-finite at flat index {i}; nothing written");
             }
-            npy::write_atomic(path, scores_dims, g)?;
+            npy::stage(staged, path, scores_dims, g)?;
         }
         let (n, c) = (self.shape.classes(), self.shape.channels());
         let cents: Vec<Vec<Vec<f64>>> = (0..self.shape.batch())

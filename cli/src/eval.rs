@@ -35,5 +35,5 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             .collect::<serde_json::Map<_, _>>(),
         "pixels": pred.labels.len(),
     });
-    crate::segment::print_stdout(&(serde_json::to_string_pretty(&json)? + "\n"))
+    crate::sys::print_stdout(&(serde_json::to_string_pretty(&json)? + "\n"))
 }

@@ -6,6 +6,7 @@ use msloss::{Input, Scores, Shape};
 
 use crate::backends::{AnyBackend, BackendArgs};
 use crate::params::{DtypeArg, InputArg, ParamArgs, parse_shape};
+use crate::sys;
 
 /// Arguments of `msloss gradcheck`.
 #[derive(Debug, clap::Args)]
@@ -28,8 +29,8 @@ pub(crate) struct Args {
     /// Seed of the random inputs and directions.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Relative tolerance (default: 1e-6 for f64, 1e-4 for f32).
-    #[arg(long)]
+    /// Relative tolerance, finite and > 0 (default: 1e-6 for f64, 1e-4 for f32).
+    #[arg(long, value_parser = parse_tol)]
     tol: Option<f64>,
     /// Tensors up to this many elements get a full check, larger ones random directional checks.
     #[arg(long, default_value_t = Options::default().full_limit)]
@@ -51,6 +52,11 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<bool> {
 fn check<T: msloss::cpu::CpuFloat>(args: &Args, backend: &AnyBackend) -> anyhow::Result<bool> {
     let params = args.params.params()?;
     let shape = args.shape;
+    let elem = size_of::<T>();
+    // Seeded inputs and the gradient in `T`, and the check's copies in f64.
+    let need =
+        sys::bytes(&[(shape.scores_len(), 3 * elem + 32), (shape.image_len(), elem + 8), (shape.mask_len(), elem + 8)]);
+    sys::ensure_memory(need, "this shape")?;
     let data = RandomInputs::<T>::new(shape, args.seed);
     let scores = match args.input {
         InputArg::Logits => Scores::Logits(&data.logits[..]),
@@ -79,6 +85,15 @@ fn check<T: msloss::cpu::CpuFloat>(args: &Args, backend: &AnyBackend) -> anyhow:
         "tolerance": tol,
         "pass": pass,
     });
-    println!("{json}");
+    sys::print_json(&json)?;
     Ok(pass)
+}
+
+/// `--tol`: a finite number above 0.
+fn parse_tol(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && t > 0.0 => Ok(t),
+        Ok(t) => Err(format!("the tolerance must be finite and > 0, got {t}")),
+        Err(e) => Err(format!("`{s}` is not a number: {e}")),
+    }
 }

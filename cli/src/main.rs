@@ -12,6 +12,7 @@ mod gradcheck;
 mod npy;
 mod params;
 mod segment;
+mod sys;
 
 /// msloss: the multiphase Mumford–Shah segmentation loss, its exact gradient, and tools around it.
 #[derive(Debug, Parser)]

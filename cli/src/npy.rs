@@ -1,9 +1,10 @@
-//! `.npy` input and output (through npyz), with typed errors and atomic writes.
+//! `.npy` input and output (through npyz), with typed errors: headers are read and checked
+//! before any data, and outputs are staged (written in full, then renamed into place).
 
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use msloss_segment::SegmentError;
+use msloss_segment::output::{NpyHeader, Staged, open_npy};
 use npyz::WriterBuilder;
 
 /// What can go wrong with an `.npy` file.
@@ -31,31 +32,17 @@ pub(crate) enum NpyError {
         /// The dtypes accepted.
         expected: &'static str,
     },
-    /// Fortran-ordered arrays are not taken.
-    #[error("{what} in {path} is in Fortran order; expected a C-ordered (row-major) array")]
-    FortranOrder {
+    /// The header cannot be used: unreadable, Fortran order, or more data than the file holds.
+    #[error("cannot read {what}")]
+    Header {
         /// Which input.
         what: &'static str,
-        /// The file.
-        path: PathBuf,
+        /// The cause.
+        source: SegmentError,
     },
     /// The output cannot be written.
-    #[error("cannot write {path}")]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-}
-
-/// A float array as read: its shape and its data in its own dtype.
-#[derive(Debug)]
-pub(crate) struct FloatArray {
-    /// The shape (C order).
-    pub(crate) shape: Vec<usize>,
-    /// The data.
-    pub(crate) data: FloatData,
+    #[error("cannot write the gradient")]
+    Write(#[source] SegmentError),
 }
 
 /// Float data in the file's own precision.
@@ -77,55 +64,57 @@ impl FloatData {
     }
 }
 
-/// An opened `.npy`: the reader, its dtype descriptor (e.g. `<f4`) and its shape.
-type Opened = (npyz::NpyFile<BufReader<File>>, String, Vec<usize>);
+/// An `.npy` input whose header has been read and checked (not its data).
+pub(crate) struct Header {
+    what: &'static str,
+    path: PathBuf,
+    inner: NpyHeader,
+}
 
-fn open(path: &Path, what: &'static str) -> Result<Opened, NpyError> {
-    let read_err = |source| NpyError::Read { what, path: path.to_owned(), source };
-    let file = File::open(path).map_err(read_err)?;
-    let npy = npyz::NpyFile::new(BufReader::new(file)).map_err(read_err)?;
-    if npy.order() == npyz::Order::Fortran && npy.shape().len() > 1 {
-        return Err(NpyError::FortranOrder { what, path: path.to_owned() });
+impl Header {
+    /// The shape (C order).
+    pub(crate) fn dims(&self) -> &[usize] {
+        &self.inner.dims
     }
-    let descr = match npy.dtype() {
-        npyz::DType::Plain(ts) => ts.to_string(),
-        other => other.descr().to_string(),
-    };
-    let shape = npy.shape().iter().map(|&d| d as usize).collect();
-    Ok((npy, descr, shape))
+}
+
+/// Opens the `.npy` input `what` at `path` and checks its header (see [`open_npy`]).
+///
+/// # Errors
+/// [`NpyError::Header`].
+pub(crate) fn open(path: &Path, what: &'static str) -> Result<Header, NpyError> {
+    let inner = open_npy(path).map_err(|source| NpyError::Header { what, source })?;
+    Ok(Header { what, path: path.to_owned(), inner })
 }
 
 /// Reads an `f32` or `f64` array.
 ///
 /// # Errors
-/// [`NpyError`] for unreadable files, other dtypes and Fortran order.
-pub(crate) fn read_float(path: &Path, what: &'static str) -> Result<FloatArray, NpyError> {
-    let (npy, descr, shape) = open(path, what)?;
-    let read_err = |source| NpyError::Read { what, path: path.to_owned(), source };
-    let data = match &descr[1..] {
+/// [`NpyError`] for unreadable data and other dtypes.
+pub(crate) fn read_float(h: Header) -> Result<FloatData, NpyError> {
+    let Header { what, path, inner: NpyHeader { npy, descr, .. } } = h;
+    let read_err = |source| NpyError::Read { what, path: path.clone(), source };
+    let data = match descr.get(1..).unwrap_or("") {
         "f4" => FloatData::F32(npy.into_vec::<f32>().map_err(read_err)?),
         "f8" => FloatData::F64(npy.into_vec::<f64>().map_err(read_err)?),
-        _ => {
-            return Err(NpyError::Dtype { what, path: path.to_owned(), got: descr, expected: "float32 or float64" });
-        }
+        _ => return Err(NpyError::Dtype { what, path, got: descr, expected: "float32 or float64" }),
     };
-    Ok(FloatArray { shape, data })
+    Ok(data)
 }
 
 /// Reads a mask: bool, integer or float, as `f64` values (checked to be 0 or 1 by the core).
 ///
 /// # Errors
-/// [`NpyError`] for unreadable files, other dtypes and Fortran order.
-pub(crate) fn read_mask(path: &Path) -> Result<(Vec<usize>, Vec<f64>), NpyError> {
-    let what = "mask";
-    let (npy, descr, shape) = open(path, what)?;
-    let read_err = |source| NpyError::Read { what, path: path.to_owned(), source };
+/// [`NpyError`] for unreadable data and other dtypes.
+pub(crate) fn read_mask(h: Header) -> Result<Vec<f64>, NpyError> {
+    let Header { what, path, inner: NpyHeader { npy, descr, .. } } = h;
+    let read_err = |source| NpyError::Read { what, path: path.clone(), source };
     macro_rules! widen {
         ($t:ty) => {
             npy.into_vec::<$t>().map_err(read_err)?.into_iter().map(|v| v as f64).collect()
         };
     }
-    let data: Vec<f64> = match &descr[1..] {
+    let data: Vec<f64> = match descr.get(1..).unwrap_or("") {
         "b1" => npy.into_vec::<bool>().map_err(read_err)?.into_iter().map(|v| if v { 1.0 } else { 0.0 }).collect(),
         "u1" => widen!(u8),
         "i1" => widen!(i8),
@@ -140,40 +129,31 @@ pub(crate) fn read_mask(path: &Path) -> Result<(Vec<usize>, Vec<f64>), NpyError>
         _ => {
             return Err(NpyError::Dtype {
                 what,
-                path: path.to_owned(),
+                path,
                 got: descr,
                 expected: "bool, an integer type, float32 or float64",
             });
         }
     };
-    Ok((shape, data))
+    Ok(data)
 }
 
-/// Writes `data` with `shape` to `path` atomically: a temporary file in the same folder, renamed
-/// into place only when complete, so a failure leaves nothing behind.
+/// Stages `data` with `shape` as an `.npy` for `path` in `staged` (see [`Staged`]).
 ///
 /// # Errors
 /// [`NpyError::Write`].
-pub(crate) fn write_atomic<T: npyz::AutoSerialize + Copy>(
+pub(crate) fn stage<T: npyz::AutoSerialize + Copy>(
+    staged: &mut Staged,
     path: &Path,
     shape: &[usize],
     data: &[T],
 ) -> Result<(), NpyError> {
-    let write_err = |source| NpyError::Write { path: path.to_owned(), source };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(write_err)?;
-    {
-        let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-        let mut buf = BufWriter::new(tmp.as_file());
-        let mut w =
-            npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut buf).begin_nd().map_err(write_err)?;
-        w.extend(data.iter().copied()).map_err(write_err)?;
-        w.finish().map_err(write_err)?;
-        buf.flush().map_err(write_err)?;
-    }
-    tmp.persist(path).map_err(|e| write_err(e.error))?;
-    Ok(())
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    staged
+        .add_with(path, |buf| {
+            let mut w = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(buf).begin_nd()?;
+            w.extend(data.iter().copied())?;
+            w.finish()
+        })
+        .map_err(NpyError::Write)
 }

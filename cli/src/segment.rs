@@ -2,14 +2,13 @@
 //! Mumford–Shah energy over per-pixel logits (see `msloss_segment::segment`).
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use msloss::LengthKind;
-use msloss_segment::output::{self, Format};
+use msloss_segment::output::{self, Format, Staged};
 use msloss_segment::synth::{self, SynthSpec};
 use msloss_segment::{SegmentConfig, Summary, Volume, metrics, segment};
 
@@ -105,7 +104,7 @@ fn planned_outputs(args: &Args) -> anyhow::Result<Vec<(&Path, Format)>> {
     for (path, allowed) in wanted {
         if let Some(p) = path {
             let f = Format::of(p, allowed)?;
-            output::check_writable(p)?;
+            output::check_writable(p, &args.input.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
             plan.push((p.as_path(), f));
         }
     }
@@ -127,6 +126,11 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             (Volume::load(p)?, None, p.display().to_string())
         }
         None => {
+            // The image and its labels, and the optimiser's planes (see `msloss_segment::segment`).
+            let [c, k] = [if args.grey { 1 } else { 3 }, args.phases.unwrap_or(3)];
+            let pixels = args.depth.checked_mul(args.size).and_then(|p| p.checked_mul(args.size));
+            let need = pixels.and_then(|n| crate::sys::bytes(&[(n, 4 * c + 1), (n, k.saturating_mul(16))]));
+            crate::sys::ensure_memory(need, "the built-in image of this size")?;
             let spec = SynthSpec {
                 phases: args.phases.unwrap_or(3),
                 colour: !args.grey,
@@ -211,7 +215,12 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         }
         files.push((p.clone(), serde_json::to_vec_pretty(&v)?));
     }
-    output::write_all(files)?;
+    // Outputs are staged, then the report printed, then the outputs put in place: a report
+    // that cannot be written leaves no output behind.
+    let mut staged = Staged::new();
+    for (path, bytes) in &files {
+        staged.add_bytes(path, bytes)?;
+    }
 
     if !args.quiet {
         let mut r = String::new();
@@ -246,16 +255,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         for (p, _) in &plan {
             writeln!(r, "  wrote {}", p.display())?;
         }
-        print_stdout(&r)?;
+        crate::sys::print_stdout(&r)?;
     }
+    staged.commit()?;
     Ok(())
-}
-
-/// Writes `text` to stdout; a closed pipe (`msloss … | head`) is not an error.
-pub(crate) fn print_stdout(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
-    }
 }

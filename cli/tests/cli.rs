@@ -227,3 +227,58 @@ fn cpu_threads_flag_is_accepted_and_checked() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// Runs `args` with stdout on `/dev/full` (every write fails with "no space left").
+#[cfg(target_os = "linux")]
+fn run_to_full(args: &[&str]) -> Output {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    bin().args(args).stdout(full).output().unwrap()
+}
+
+/// Bad sizes, outputs and a stdout that cannot be written get a message and exit 1 or 2: never a
+/// panic (101) or an abort, never a destroyed input, never an output left after a failure.
+#[test]
+fn hostile_input_is_refused_with_a_message() {
+    let (f, _, _) = setup();
+    let refused = |out: &Output, code: i32, says: &str| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        assert!(err.contains(says), "expected `{says}` in: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    };
+    let huge = u64::MAX.to_string();
+    refused(&run(&["bench", "--shape", "1,2,1,4,4", "--iters", &huge]), 2, "is not in 1..=1000000");
+    refused(&run(&["bench", "--shape", "4096,64,3,4096,4096"]), 1, "GiB of memory");
+    refused(&run(&["gradcheck", "--shape", "4096,64,3,4096,4096"]), 1, "GiB of memory");
+    refused(&run(&["gradcheck", "--shape", "1,2,1,3,3", "--tol", "nan"]), 2, "finite and > 0");
+    refused(&run(&["segment", "--size", &huge, "--quiet"]), 1, "more bytes than can be counted");
+    // An output path that is an input, or a device, is refused before any work.
+    let z = std::fs::read(f.path("z.npy")).unwrap();
+    refused(
+        &run(&["energy", "--image", &f.s("x.npy"), "--logits", &f.s("z.npy"), "--grad-out", &f.s("z.npy")]),
+        1,
+        "it is the input",
+    );
+    assert_eq!(std::fs::read(f.path("z.npy")).unwrap(), z, "the input was changed");
+    refused(
+        &run(&["energy", "--image", &f.s("x.npy"), "--logits", &f.s("z.npy"), "--grad-out", "/dev/null"]),
+        1,
+        "not a regular file",
+    );
+    #[cfg(target_os = "linux")]
+    {
+        // A result that cannot be printed is an error, and the outputs that came with it are not left.
+        let g = f.path("g.npy");
+        let energy = ["energy", "--image", &f.s("x.npy"), "--logits", &f.s("z.npy"), "--grad-out", &f.s("g.npy")];
+        refused(&run_to_full(&energy), 1, "cannot write the result to stdout");
+        assert!(!g.exists(), "the gradient was left behind after a failure");
+        refused(&run_to_full(&["bench", "--shape", "1,2,1,4,4", "--iters", "1"]), 1, "No space left");
+        refused(&run_to_full(&["gradcheck", "--shape", "1,2,1,3,3"]), 1, "No space left");
+        let labels = f.path("labels.png");
+        let segment = ["segment", "--size", "32", "--out", &f.s("labels.png")];
+        refused(&run_to_full(&segment), 1, "No space left");
+        assert!(!labels.exists(), "the label map was left behind after a failure");
+        let leftovers: Vec<_> = std::fs::read_dir(f.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers.len(), 3, "temporary files were left behind: {leftovers:?}");
+    }
+}

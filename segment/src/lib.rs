@@ -34,6 +34,15 @@ mod segmenter;
 pub mod synth;
 pub mod volume;
 
+/// `len` zeros, or [`SegmentError::BadImage`] naming `what` when they do not fit in memory.
+pub(crate) fn zeros<T: Clone + Default>(len: usize, what: &str) -> Result<Vec<T>, SegmentError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| SegmentError::BadImage(format!("{what} ({len} values) do not fit in memory")))?;
+    v.resize(len, T::default());
+    Ok(v)
+}
+
 pub use error::SegmentError;
 pub use segmenter::{Progress, SegmentConfig, Segmentation, segment};
 pub use volume::Volume;

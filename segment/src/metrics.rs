@@ -14,6 +14,9 @@ use serde::Serialize;
 
 use crate::SegmentError;
 
+/// The most distinct labels a label map may have in [`evaluate`].
+pub const MAX_LABELS: usize = 1024;
+
 /// The quality of a predicted label map against the truth.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Quality {
@@ -37,7 +40,7 @@ pub struct Quality {
 ///
 /// # Errors
 /// [`SegmentError::ShapeMismatch`] when the lengths differ, [`SegmentError::BadImage`] when they
-/// are empty.
+/// are empty or either has more than [`MAX_LABELS`] distinct labels.
 pub fn evaluate<P, T>(pred: &[P], truth: &[T]) -> Result<Quality, SegmentError>
 where
     P: Copy + Into<u64>,
@@ -49,18 +52,25 @@ where
     if pred.is_empty() {
         return Err(SegmentError::BadImage("the label maps are empty".into()));
     }
-    let index = |vals: &mut dyn Iterator<Item = u64>| {
+    // Each map's labels, numbered in ascending order; refused past `MAX_LABELS` (the table and
+    // the matching grow with their product and cube).
+    let index = |vals: &mut dyn Iterator<Item = u64>, which: &str| {
         let mut map = BTreeMap::new();
         for v in vals {
             map.entry(v).or_insert(0usize);
+            if map.len() > MAX_LABELS {
+                return Err(SegmentError::BadImage(format!(
+                    "the {which} has more than {MAX_LABELS} distinct labels; eval matches at most {MAX_LABELS} classes"
+                )));
+            }
         }
         for (i, slot) in map.values_mut().enumerate() {
             *slot = i;
         }
-        map
+        Ok(map)
     };
-    let pmap = index(&mut pred.iter().map(|&v| v.into()));
-    let tmap = index(&mut truth.iter().map(|&v| v.into()));
+    let pmap = index(&mut pred.iter().map(|&v| v.into()), "prediction")?;
+    let tmap = index(&mut truth.iter().map(|&v| v.into()), "ground truth")?;
     let (np, nt) = (pmap.len(), tmap.len());
     // Contingency table, rows = predicted, columns = true.
     let mut table = vec![0u64; np * nt];

@@ -107,51 +107,171 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Checks, before any work, that a file can be created next to `path` (its folder exists and is
-/// writable) and that `path` is not a folder.
+/// An `.npy` file whose header has been read and checked: its reader, its dtype descriptor (e.g.
+/// `<f4`) and its shape (C order).
+#[expect(missing_debug_implementations, reason = "npyz's reader has no Debug")]
+pub struct NpyHeader {
+    /// The reader, at the start of the data.
+    pub npy: npyz::NpyFile<BufReader<File>>,
+    /// The dtype descriptor.
+    pub descr: String,
+    /// The shape.
+    pub dims: Vec<usize>,
+}
+
+/// Opens an `.npy` file and checks its header before any data is read: C order (or one
+/// dimension), and a file long enough for the data the header declares, so that a corrupt or
+/// hostile header cannot make a reader allocate more than the file holds.
+///
+/// # Errors
+/// [`SegmentError::Read`] when it cannot be opened or parsed, [`SegmentError::Unsupported`] for
+/// Fortran order or a file shorter than its header says.
+pub fn open_npy(path: &Path) -> Result<NpyHeader, SegmentError> {
+    let read_err = |source| SegmentError::Read { path: path.to_owned(), source };
+    let file = File::open(path).map_err(read_err)?;
+    let file_len = file.metadata().map_err(read_err)?.len();
+    let npy = npyz::NpyFile::new(BufReader::new(file)).map_err(read_err)?;
+    let dims: Vec<usize> = npy.shape().iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
+    if npy.order() == npyz::Order::Fortran && dims.len() > 1 {
+        return Err(SegmentError::unsupported(path, "the array is in Fortran order; expected C order (row-major)"));
+    }
+    let descr = match npy.dtype() {
+        npyz::DType::Plain(ts) => ts.to_string(),
+        other => other.descr().to_string(),
+    };
+    let item = npy.dtype().num_bytes().map_or(1, |b| b as u64);
+    let declared = npy.shape().iter().try_fold(item, |acc, &d| acc.checked_mul(d));
+    match declared {
+        Some(bytes) if bytes <= file_len => Ok(NpyHeader { npy, descr, dims }),
+        _ => Err(SegmentError::unsupported(
+            path,
+            format!(
+                "the header declares shape {:?} of {descr} ({} bytes), more than the file's {file_len} bytes",
+                npy.shape(),
+                declared.map_or("more than 2^64".to_owned(), |b| b.to_string())
+            ),
+        )),
+    }
+}
+
+/// Checks, before any work, that `path` can be written as every output is: a temporary file
+/// in its folder (which must exist and be writable), renamed over it when complete. Refuses a
+/// folder, a special file (a device such as `/dev/null`, a FIFO, a socket: a rename would
+/// replace it with a regular file) and any of `inputs` (the output would overwrite it).
 ///
 /// # Errors
 /// [`SegmentError::Write`].
-pub fn check_writable(path: &Path) -> Result<(), SegmentError> {
-    if path.is_dir() {
-        return Err(SegmentError::write(path, "it is a directory"));
+pub fn check_writable(path: &Path, inputs: &[&Path]) -> Result<(), SegmentError> {
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.is_dir() {
+            return Err(SegmentError::write(path, "it is a directory"));
+        }
+        if !meta.is_file() {
+            return Err(SegmentError::write(
+                path,
+                "it is not a regular file (a device, FIFO or socket); outputs are written to regular files only",
+            ));
+        }
+        if let Some(input) = inputs.iter().find(|input| same_file(path, input)) {
+            return Err(SegmentError::write(
+                path,
+                format!("it is the input {}; choose another output path", input.display()),
+            ));
+        }
     }
     tempfile::NamedTempFile::new_in(parent_dir(path)).map(drop).map_err(|e| SegmentError::write(path, e))
 }
 
-/// Writes every `(path, bytes)` pair, all or nothing: each goes to a temporary file in its
-/// target's folder, and only when all are complete are they renamed into place; if a rename
-/// fails, the files already renamed are removed.
-///
-/// # Errors
-/// [`SegmentError::Write`] for the first file that fails.
-pub fn write_all(files: Vec<(PathBuf, Vec<u8>)>) -> Result<(), SegmentError> {
-    let mut staged = Vec::with_capacity(files.len());
-    for (path, bytes) in files {
-        let mut tmp = tempfile::NamedTempFile::new_in(parent_dir(&path)).map_err(|e| SegmentError::write(&path, e))?;
-        tmp.write_all(&bytes).and_then(|()| tmp.flush()).map_err(|e| SegmentError::write(&path, e))?;
+/// Whether `a` and `b` name the same existing file (through links too).
+fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(a), Ok(b)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return (a.dev(), a.ino()) == (b.dev(), b.ino());
+        }
+    }
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+}
+
+/// Outputs written to temporary files next to their targets, not yet in place: [`Staged::commit`]
+/// renames them all, and dropping them instead (after an error) removes them, so a failure
+/// leaves no output behind.
+#[derive(Debug, Default)]
+pub struct Staged {
+    files: Vec<(tempfile::NamedTempFile, PathBuf)>,
+}
+
+impl Staged {
+    /// Nothing staged yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stages `bytes` for `path`.
+    ///
+    /// # Errors
+    /// [`SegmentError::Write`].
+    pub fn add_bytes(&mut self, path: &Path, bytes: &[u8]) -> Result<(), SegmentError> {
+        self.add_with(path, |w| w.write_all(bytes))
+    }
+
+    /// Stages what `write` writes (buffered) for `path`.
+    ///
+    /// # Errors
+    /// [`SegmentError::Write`], with `write`'s error as the cause.
+    pub fn add_with(
+        &mut self,
+        path: &Path,
+        write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<(), SegmentError> {
+        let err = |e: std::io::Error| SegmentError::write(path, e);
+        let tmp = tempfile::NamedTempFile::new_in(parent_dir(path)).map_err(err)?;
+        {
+            let mut buf = std::io::BufWriter::new(tmp.as_file());
+            write(&mut buf).and_then(|()| buf.flush()).map_err(err)?;
+        }
         // Temporary files are created private (0600); outputs get the usual 0644.
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            tmp.as_file()
-                .set_permissions(std::fs::Permissions::from_mode(0o644))
-                .map_err(|e| SegmentError::write(&path, e))?;
+            tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(err)?;
         }
-        staged.push((tmp, path));
+        self.files.push((tmp, path.to_owned()));
+        Ok(())
     }
-    let mut done: Vec<PathBuf> = Vec::new();
-    for (tmp, path) in staged {
-        if let Err(e) = tmp.persist(&path) {
-            for p in &done {
-                // Best effort: the error below is what the caller needs to see.
-                let _ = std::fs::remove_file(p);
+
+    /// Renames every staged file into place; if a rename fails, the files already renamed are
+    /// removed and the rest dropped.
+    ///
+    /// # Errors
+    /// [`SegmentError::Write`] for the first file that fails.
+    pub fn commit(self) -> Result<(), SegmentError> {
+        let mut done: Vec<PathBuf> = Vec::new();
+        for (tmp, path) in self.files {
+            if let Err(e) = tmp.persist(&path) {
+                for p in &done {
+                    // Best effort: the error below is what the caller needs to see.
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(SegmentError::write(&path, e.error));
             }
-            return Err(SegmentError::write(&path, e.error));
+            done.push(path);
         }
-        done.push(path);
+        Ok(())
     }
-    Ok(())
+}
+
+/// Writes every `(path, bytes)` pair, all or nothing (see [`Staged`]).
+///
+/// # Errors
+/// [`SegmentError::Write`] for the first file that fails.
+pub fn write_all(files: Vec<(PathBuf, Vec<u8>)>) -> Result<(), SegmentError> {
+    let mut staged = Staged::new();
+    for (path, bytes) in &files {
+        staged.add_bytes(path, bytes)?;
+    }
+    staged.commit()
 }
 
 /// An image as a 16-bit PNG (grey or RGB; values clamped to `[0, 1]` and scaled by 65535), or a
@@ -366,13 +486,7 @@ pub fn load_labels(path: &Path) -> Result<LabelMap, SegmentError> {
     let read_err = |source| SegmentError::Read { path: path.to_owned(), source };
     match ext.as_deref() {
         Some("npy") => {
-            let file = File::open(path).map_err(read_err)?;
-            let npy = npyz::NpyFile::new(BufReader::new(file)).map_err(read_err)?;
-            let dims: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-            let descr = match npy.dtype() {
-                npyz::DType::Plain(ts) => ts.to_string(),
-                other => other.descr().to_string(),
-            };
+            let NpyHeader { npy, descr, dims } = open_npy(path)?;
             macro_rules! ints {
                 ($t:ty) => {
                     npy.into_vec::<$t>().map_err(read_err)?.into_iter().map(|v| v as u64).collect()

@@ -201,7 +201,12 @@ pub fn segment<B: Backend<f32>>(
     let params = Params { lambda, length: cfg.length, reduction: Reduction::Mean, ..Params::default() };
     let shape = Shape::new(1, k, c, d, h, w).map_err(|e| SegmentError::BadImage(e.to_string()))?;
 
-    let mut logits = vec![0.0f32; k * n];
+    // The optimiser's four planes of K·N values, allocated up front or refused.
+    let mut planes = [(); 4].map(|()| Vec::new());
+    for plane in &mut planes {
+        *plane = crate::zeros(k * n, "the optimiser's logits, gradient and moments")?;
+    }
+    let [mut logits, mut grad, mut m, mut v] = planes;
     {
         let img = smoothed.data();
         let cen = &clusters.centroids;
@@ -225,9 +230,6 @@ pub fn segment<B: Backend<f32>>(
 
     let t1 = Instant::now();
     let mut ws = backend.workspace();
-    let mut grad = vec![0.0f32; k * n];
-    let mut m = vec![0.0f32; k * n];
-    let mut v = vec![0.0f32; k * n];
     let mut centroids = vec![0.0f32; k * c];
     // Adam sees ∂E/∂z scaled to a per-pixel, per-variance quantity so that ADAM_EPS is negligible.
     let gscale = (n as f64 / sigma2) as f32;

@@ -61,7 +61,7 @@ fn phase_colour(k: usize, phases: usize, colour: bool) -> Vec<f64> {
 ///
 /// # Errors
 /// [`SegmentError::BadSetting`] for phases outside 2..=5 or noise outside `[0, 0.5]`;
-/// [`SegmentError::BadImage`] for an empty size.
+/// [`SegmentError::BadImage`] for an empty size or one that does not fit in memory.
 pub fn generate(spec: &SynthSpec) -> Result<Synthetic, SegmentError> {
     if !(2..=5).contains(&spec.phases) {
         return Err(SegmentError::BadSetting {
@@ -80,12 +80,16 @@ pub fn generate(spec: &SynthSpec) -> Result<Synthetic, SegmentError> {
     if spec.dims.contains(&0) {
         return Err(SegmentError::BadImage(format!("a synthetic image of {d}×{h}×{w} pixels is empty")));
     }
+    let channels = if spec.colour { 3 } else { 1 };
+    let too_large =
+        || SegmentError::BadImage(format!("a synthetic image of {d}×{h}×{w} pixels does not fit in memory"));
+    let n = d.checked_mul(h).and_then(|n| n.checked_mul(w)).ok_or_else(too_large)?;
+    let mut truth: Vec<u8> = crate::zeros(n, "the synthetic image's labels")?;
+    let mut data: Vec<f32> = crate::zeros(n.checked_mul(channels).ok_or_else(too_large)?, "the synthetic image")?;
     let k = spec.phases;
     let mut rng = SplitMix64::new(spec.seed);
     let seeds: Vec<[f64; 3]> =
         (0..2 * k).map(|_| [rng.below(d) as f64, rng.below(h) as f64, rng.below(w) as f64]).collect();
-    let n = d * h * w;
-    let mut truth = vec![0u8; n];
     for z in 0..d {
         for y in 0..h {
             for x in 0..w {
@@ -101,9 +105,7 @@ pub fn generate(spec: &SynthSpec) -> Result<Synthetic, SegmentError> {
             }
         }
     }
-    let channels = if spec.colour { 3 } else { 1 };
     let colours: Vec<Vec<f64>> = (0..k).map(|p| phase_colour(p, k, spec.colour)).collect();
-    let mut data = vec![0.0f32; channels * n];
     for c in 0..channels {
         for (s, &t) in truth.iter().enumerate() {
             let x = s % w;

@@ -10,8 +10,6 @@
 //! own within-phase variance (see [`crate::SegmentConfig::lambda`]). An alpha channel is dropped;
 //! grey images have one channel, colour images three.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 
 use crate::SegmentError;
@@ -133,12 +131,7 @@ fn load_image(path: &Path) -> Result<Volume, SegmentError> {
 
 fn load_npy(path: &Path) -> Result<Volume, SegmentError> {
     let read_err = |source| SegmentError::Read { path: path.to_owned(), source };
-    let file = File::open(path).map_err(read_err)?;
-    let npy = npyz::NpyFile::new(BufReader::new(file)).map_err(read_err)?;
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    if npy.order() == npyz::Order::Fortran && shape.len() > 1 {
-        return Err(SegmentError::unsupported(path, "the array is in Fortran order; expected C (row-major) order"));
-    }
+    let crate::output::NpyHeader { npy, descr, dims: shape } = crate::output::open_npy(path)?;
     let (c, d, h, w) = match shape[..] {
         [h, w] => (1, 1, h, w),
         [c, h, w] => (c, 1, h, w),
@@ -149,10 +142,6 @@ fn load_npy(path: &Path) -> Result<Volume, SegmentError> {
                 format!("the array has shape {shape:?}; expected [H, W], [C, H, W] or [C, D, H, W]"),
             ));
         }
-    };
-    let descr = match npy.dtype() {
-        npyz::DType::Plain(ts) => ts.to_string(),
-        other => other.descr().to_string(),
     };
     macro_rules! conv {
         ($t:ty, $scale:expr) => {

@@ -143,8 +143,8 @@ fn outputs_round_trip_and_write_all_or_nothing() {
     let err = output::write_all(vec![(good.clone(), vec![1, 2, 3]), (bad.clone(), vec![4])]).unwrap_err();
     assert!(matches!(err, SegmentError::Write { .. }), "{err}");
     assert!(!good.exists(), "a partial output was left behind");
-    assert!(output::check_writable(&bad).is_err());
-    assert!(output::check_writable(dir.path()).is_err(), "a directory is not a writable file");
+    assert!(output::check_writable(&bad, &[]).is_err());
+    assert!(output::check_writable(dir.path(), &[]).is_err(), "a directory is not a writable file");
     let leftovers = std::fs::read_dir(dir.path()).expect("list").count();
     assert_eq!(leftovers, 4, "temporary files were left behind");
 
@@ -165,4 +165,50 @@ fn volume_label_map_needs_npy() {
     // The overlay shows the middle slice.
     let o = output::overlay_png(&img.volume, &seg, &p).expect("overlay");
     assert_eq!(image::load_from_memory(&o).expect("decodes").width(), 5);
+}
+
+#[test]
+fn outputs_refuse_inputs_and_special_files_and_headers_are_checked_before_data() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("in.npy");
+    write_npy(&input, &[2u64, 3], [0.5f32; 6]).expect("write");
+    // An output onto an input, directly or through another name for it, is refused.
+    let err = output::check_writable(&input, &[&input]).expect_err("the input itself");
+    assert!(err.to_string().contains("it is the input"), "{err}");
+    let alias = dir.path().join(".").join("in.npy");
+    assert!(output::check_writable(&alias, &[&input]).is_err(), "another path to the input");
+    assert!(output::check_writable(&dir.path().join("out.npy"), &[&input]).is_ok());
+    // A device is not replaced by a regular file.
+    #[cfg(unix)]
+    {
+        let err = output::check_writable(Path::new("/dev/null"), &[]).expect_err("a device");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+    // A header that declares more data than its file holds is refused before anything is read.
+    let mut bytes = std::fs::read(&input).expect("read");
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let at = text.find("2, 3").expect("the shape in the header");
+    bytes.splice(at..at + 4, b"9, 3".iter().copied());
+    let lying = dir.path().join("lying.npy");
+    std::fs::write(&lying, &bytes).expect("write");
+    let err = Volume::load(&lying).expect_err("more data declared than held");
+    assert!(err.to_string().contains("more than the file's"), "{err}");
+    assert!(output::load_labels(&lying).is_err());
+}
+
+#[test]
+fn eval_bounds_the_labels_it_matches() {
+    let many: Vec<u32> = (0..2000).collect();
+    let err = metrics::evaluate(&many, &many).expect_err("too many labels");
+    assert!(err.to_string().contains("more than 1024 distinct labels"), "{err}");
+    let few: Vec<u32> = (0..2000).map(|i| i % 1024).collect();
+    assert_eq!(metrics::evaluate(&few, &few).expect("at the bound").mean_iou, 1.0);
+}
+
+#[test]
+fn synthetic_sizes_that_cannot_fit_are_refused() {
+    for dims in [[1, usize::MAX, 2], [1 << 20, 1 << 20, 1 << 20]] {
+        let err = generate(&SynthSpec { dims, ..SynthSpec::default() }).expect_err("does not fit");
+        assert!(err.to_string().contains("fit in memory"), "{dims:?}: {err}");
+    }
 }
