@@ -59,11 +59,13 @@ pub struct Report {
     /// The largest absolute difference between analytic and numerical derivatives.
     pub max_abs_error: f64,
     /// `max_abs_error` divided by the gradient's scale (largest |∂E/∂p_i| in the full check,
-    /// ‖∇E‖₂ in the directional one).
+    /// ‖∇E‖₂ in the directional one), or by the backend type's resolution of the gradient's
+    /// terms where that is larger (see [`resolution`]).
     pub max_rel_error: f64,
-    /// The gradient's scale used for `max_rel_error`.
+    /// The scale used for `max_rel_error`.
     pub grad_scale: f64,
-    /// `|E_backend − E_reference| / max(|E_reference|, tiny)`.
+    /// `|E_backend − E_reference| / max(|E_reference|, the energy's resolution)` (see
+    /// [`resolution`]).
     pub energy_rel_error: f64,
 }
 
@@ -103,8 +105,9 @@ pub fn check<T: Real, B: Backend<T>>(
         Ok(Backend::<f64>::energy(&Reference, &inp, params, &mut rws)?.total)
     };
     let e_ref = energy(&p)?;
+    let (floor, e_floor) = resolution::<T>(input, params, &image);
     let energy_rel_error =
-        Float::abs(e_backend.total.to_f64_lossless() - e_ref) / Float::max(Float::abs(e_ref), 1e-300);
+        Float::abs(e_backend.total.to_f64_lossless() - e_ref) / Float::max(Float::abs(e_ref), e_floor);
 
     let h = options.step;
     if p.len() <= options.full_limit {
@@ -136,7 +139,7 @@ pub fn check<T: Real, B: Backend<T>>(
             max_abs = Float::max(max_abs, Float::abs(numeric - grad[i]));
             scale = Float::max(scale, Float::abs(numeric));
         }
-        let scale = Float::max(scale, 1e-300);
+        let scale = Float::max(scale, floor);
         return Ok(Report {
             mode: crate::gradcheck::Mode::Full,
             checks: p.len() - skipped,
@@ -149,7 +152,7 @@ pub fn check<T: Real, B: Backend<T>>(
     }
 
     let mut rng = SplitMix64::new(options.seed);
-    let norm = Float::max(Float::sqrt(grad.iter().map(|g| g * g).sum::<f64>()), 1e-300);
+    let norm = Float::max(Float::sqrt(grad.iter().map(|g| g * g).sum::<f64>()), floor);
     let p0 = p.clone();
     let mut max_abs: f64 = 0.0;
     for _ in 0..options.directions {
@@ -183,6 +186,41 @@ pub fn check<T: Real, B: Backend<T>>(
         grad_scale: norm,
         energy_rel_error,
     })
+}
+
+/// The smallest gradient and energy `T` resolves for this input: `1000·ε_T` times the size of
+/// the terms they are made of before those cancel. For a gradient entry, `w·max‖x‖²` and `λ`
+/// times two fluxes of at most 1 per axis; for the energy, `w·Σ‖x‖²` and `λ` times two per axis
+/// and pixel; both divided by the valid pixels for a mean. A gradient or energy below it (a
+/// one-pixel image, where every centroid equals the pixel) is compared in absolute terms against
+/// it, not against its own rounding noise.
+pub fn resolution<T: Real>(input: &Input<'_, T>, params: &Params, image: &[f64]) -> (f64, f64) {
+    let shape = input.shape();
+    let (c, sp) = (shape.channels(), shape.spatial());
+    let (mut x2_max, mut x2_sum): (f64, f64) = (0.0, 0.0);
+    for b in 0..shape.batch() {
+        for r in 0..sp {
+            let v: f64 = (0..c).map(|k| image[(b * c + k) * sp + r] * image[(b * c + k) * sp + r]).sum();
+            x2_max = Float::max(x2_max, v);
+            x2_sum += v;
+        }
+    }
+    let (w, lambda) = (Float::abs(params.fidelity_weight), Float::abs(params.lambda));
+    let axes = if shape.depth() > 1 { 3.0 } else { 2.0 };
+    let pixels = (shape.batch() * sp) as f64;
+    let per = if params.reduction == crate::Reduction::Mean {
+        let valid = match input.mask() {
+            Some(m) => m.iter().filter(|&&v| v == T::one()).count() as f64,
+            None => pixels,
+        };
+        1.0 / Float::max(valid, 1.0)
+    } else {
+        1.0
+    };
+    let unit = 1e3 * T::epsilon().to_f64_lossless() * per;
+    let grad = unit * (w * x2_max + lambda * 2.0 * axes);
+    let energy = unit * (w * x2_sum + lambda * 2.0 * axes * pixels);
+    (Float::max(grad, 1e-300), Float::max(energy, 1e-300))
 }
 
 /// For the L1 length, marks the coordinates whose perturbation by up to `2h` could change the

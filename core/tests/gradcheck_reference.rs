@@ -76,3 +76,17 @@ fn directional_check_on_a_larger_tensor() {
         assert!(r.passes(1e-6), "{kind:?}: {r:?}");
     }
 }
+
+/// A one-pixel image: every centroid equals the pixel, so the gradient is rounding noise far
+/// below the size of its terms; it is measured against the type's resolution of those terms
+/// (`gradcheck::resolution`), and passes.
+#[test]
+fn gradients_below_the_resolution_are_compared_in_absolute_terms() {
+    let shape = Shape::new_2d(1, 2, 1, 1, 1).unwrap();
+    run::<f64>(shape, Params::default(), true, false, 1, 1e-6);
+    run::<f32>(shape, Params::default(), true, false, 1, 1e-4);
+    let data = RandomInputs::<f64>::new(shape, 1);
+    let input = Input::new(shape, Scores::Logits(&data.logits), &data.image, None).unwrap();
+    let (grad_floor, energy_floor) = gradcheck::resolution(&input, &Params::default(), &data.image);
+    assert!(grad_floor > 0.0 && grad_floor < 1e-11 && energy_floor < 1e-11, "{grad_floor:e} {energy_floor:e}");
+}
