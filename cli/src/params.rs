@@ -31,10 +31,10 @@ pub(crate) struct ParamArgs {
     /// How the length term measures boundaries.
     #[arg(long, value_enum, default_value_t = LengthArg::L1)]
     pub(crate) length: LengthArg,
-    /// Charbonnier's δ (> 0).
+    /// Charbonnier's δ (1e-15 to 1e15).
     #[arg(long, allow_hyphen_values = true, default_value_t = Params::default().delta)]
     pub(crate) delta: f64,
-    /// ε_c of the centroid denominator (> 0).
+    /// ε_c of the centroid denominator (1e-30 to 1e15).
     #[arg(long, allow_hyphen_values = true, default_value_t = Params::default().centroid_eps)]
     pub(crate) centroid_eps: f64,
     /// Weight w of the fidelity term.

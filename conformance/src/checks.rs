@@ -346,8 +346,28 @@ pub fn bad_input<T: Real, S: Subject<T> + ?Sized>(subject: &mut S) -> usize {
         ("λ = NaN", Params { lambda: f64::NAN, ..params }),
         ("w < 0", Params { fidelity_weight: -1.0, ..params }),
         ("ε_c = 0", Params { centroid_eps: 0.0, ..params }),
+        // Past the ranges that keep every parameter a normal f32 (see `Params::validate`).
+        ("δ = 1e308", Params { delta: 1e308, length: LengthKind::Charbonnier, ..params }),
+        ("δ = 1e-300", Params { delta: 1e-300, length: LengthKind::Charbonnier, ..params }),
+        ("ε_c = 1e300", Params { centroid_eps: 1e300, ..params }),
+        ("λ = 1e300", Params { lambda: 1e300, ..params }),
     ] {
         n += refuses(subject, what, s, logits, image, None, &p);
+    }
+    // At the ends of those ranges every subject computes, as the reference does.
+    for p in [
+        Params { delta: 1e15, length: LengthKind::Charbonnier, ..params },
+        Params { delta: 1e-15, length: LengthKind::Charbonnier, ..params },
+        Params { centroid_eps: 1e15, ..params },
+        Params { centroid_eps: 1e-30, ..params },
+        Params { lambda: 1e30, fidelity_weight: 1e30, ..params },
+    ] {
+        let input = Input::new(s, logits, image, None).expect("lengths fit");
+        let label = format!("{} {} at the end of a range: {p:?}", subject.name(), T::NAME);
+        assert!(reference(&input, &p).is_ok(), "{label}: the reference refuses");
+        let o = subject.evaluate(&input, &p).unwrap_or_else(|f| panic!("{label}: refused: {f}"));
+        assert!(o.energy.total.is_finite() && o.grad.iter().all(|g| g.is_finite()), "{label}: {:?}", o.energy);
+        n += 1;
     }
     // The sum over an empty mask is fine: everything is zero.
     if subject.supports().mask {

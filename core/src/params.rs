@@ -55,20 +55,20 @@ impl Reduction {
 /// | `lambda` | `1e-3` | weight λ of the length term (the published experiments' order of magnitude) |
 /// | `fidelity_weight` | `1` | weight `w` of the fidelity term |
 /// | `length` | [`LengthKind::L1`] | how boundaries are measured |
-/// | `delta` | `1e-2` | Charbonnier's δ (> 0); smaller is closer to isotropic TV but stiffer |
-/// | `centroid_eps` | `1e-8` | ε_c in the centroid denominator (> 0): keeps an empty class finite |
+/// | `delta` | `1e-2` | Charbonnier's δ (1e-15 to 1e15); smaller is closer to isotropic TV but stiffer |
+/// | `centroid_eps` | `1e-8` | ε_c in the centroid denominator (1e-30 to 1e15): keeps an empty class finite |
 /// | `reduction` | [`Reduction::Sum`] | sum (published) or mean over valid pixels |
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Params {
-    /// Weight λ of the length term (`>= 0`).
+    /// Weight λ of the length term (`0 ..= 1e30`).
     pub lambda: f64,
-    /// Weight `w` of the fidelity term (`>= 0`).
+    /// Weight `w` of the fidelity term (`0 ..= 1e30`).
     pub fidelity_weight: f64,
     /// The length kind.
     pub length: LengthKind,
-    /// Charbonnier's δ (`> 0`; used only by [`LengthKind::Charbonnier`]).
+    /// Charbonnier's δ (`1e-15 ..= 1e15`; used only by [`LengthKind::Charbonnier`]).
     pub delta: f64,
-    /// ε_c of the centroid denominator (`> 0`).
+    /// ε_c of the centroid denominator (`1e-30 ..= 1e15`).
     pub centroid_eps: f64,
     /// The reduction.
     pub reduction: Reduction,
@@ -88,20 +88,21 @@ impl Default for Params {
 }
 
 impl Params {
-    /// Checks every field's range.
+    /// Checks every field's range. The ranges keep every parameter, and δ², a normal `f32`, so
+    /// that every backend computes with the same parameters in either type and all of them accept
+    /// or refuse the same ones (a δ of 1e308 overflowed δ² in `f64` but became `inf`, and a length
+    /// of 0, in `f32`; one of 1e-300 became 0 in `f32`).
     ///
     /// # Errors
     /// [`Error::BadParam`] naming the first field out of range.
     pub fn validate(&self) -> Result<(), Error> {
-        let check = |name, ok: bool, expected, value| {
-            if ok { Ok(()) } else { Err(Error::BadParam { name, expected, value }) }
+        let check = |name, (lo, hi): (f64, f64), expected, value: f64| {
+            if (lo..=hi).contains(&value) { Ok(()) } else { Err(Error::BadParam { name, expected, value }) }
         };
-        let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
-        let finite_pos = |v: f64| v.is_finite() && v > 0.0;
-        check("lambda", finite_nonneg(self.lambda), "finite and >= 0", self.lambda)?;
-        check("fidelity_weight", finite_nonneg(self.fidelity_weight), "finite and >= 0", self.fidelity_weight)?;
-        check("delta", finite_pos(self.delta), "finite and > 0", self.delta)?;
-        check("centroid_eps", finite_pos(self.centroid_eps), "finite and > 0", self.centroid_eps)?;
+        check("lambda", (0.0, 1e30), "finite, >= 0 and <= 1e30", self.lambda)?;
+        check("fidelity_weight", (0.0, 1e30), "finite, >= 0 and <= 1e30", self.fidelity_weight)?;
+        check("delta", (1e-15, 1e15), "between 1e-15 and 1e15", self.delta)?;
+        check("centroid_eps", (1e-30, 1e15), "between 1e-30 and 1e15", self.centroid_eps)?;
         Ok(())
     }
 
