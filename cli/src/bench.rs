@@ -55,8 +55,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let floor_bytes = (3 * s.classes() + 2 * s.channels()) * s.batch() * s.spatial() * elem;
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
-    let min = sorted[0];
+    let (Some(&min), Some(&median)) = (sorted.first(), sorted.get(sorted.len() / 2)) else {
+        anyhow::bail!("no timings: --iters must be at least 1");
+    };
     let shape = format!("{},{},{},{},{},{}", s.batch(), s.classes(), s.channels(), s.height(), s.width(), s.depth());
     let threads = match args.backend.threads {
         Some(t) => t,
@@ -72,13 +73,15 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         "floor_bytes": floor_bytes,
         "gbps": round3(floor_bytes as f64 / median / 1e9),
     });
-    if let AnyBackend::Cpu(cpu) = &backend {
-        json["isa"] = serde_json::json!(cpu.isa().name());
-    }
-    if args.triad {
-        let bw = triad_bandwidth();
-        json["triad_gbps"] = serde_json::json!(round3(bw / 1e9));
-        json["floor_ms"] = serde_json::json!(round3(floor_bytes as f64 / bw * 1e3));
+    if let Some(fields) = json.as_object_mut() {
+        if let AnyBackend::Cpu(cpu) = &backend {
+            fields.insert("isa".into(), cpu.isa().name().into());
+        }
+        if args.triad {
+            let bw = triad_bandwidth();
+            fields.insert("triad_gbps".into(), round3(bw / 1e9).into());
+            fields.insert("floor_ms".into(), round3(floor_bytes as f64 / bw * 1e3).into());
+        }
     }
     sys::print_json(&json)
 }

@@ -121,10 +121,9 @@ impl Job<'_> {
             npy::stage(staged, path, scores_dims, g)?;
         }
         let (n, c) = (self.shape.classes(), self.shape.channels());
-        let cents: Vec<Vec<Vec<f64>>> = (0..self.shape.batch())
-            .map(|b| {
-                (0..n).map(|k| (0..c).map(|j| centroids[(b * n + k) * c + j].to_f64_lossless()).collect()).collect()
-            })
+        let cents: Vec<Vec<Vec<f64>>> = centroids
+            .chunks(n * c)
+            .map(|sample| sample.chunks(c).map(|k| k.iter().map(|v| v.to_f64_lossless()).collect()).collect())
             .collect();
         let json = serde_json::json!({
             "fidelity": e.fidelity.to_f64_lossless(),

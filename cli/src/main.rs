@@ -1,5 +1,7 @@
 //! The `msloss` command-line tool.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

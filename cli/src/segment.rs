@@ -109,7 +109,7 @@ fn planned_outputs(args: &Args) -> anyhow::Result<Vec<(&Path, Format)>> {
         }
     }
     for (i, (a, _)) in plan.iter().enumerate() {
-        if plan[..i].iter().any(|(b, _)| b == a) {
+        if plan.iter().take(i).any(|(b, _)| b == a) {
             anyhow::bail!("{} is named for two outputs", a.display());
         }
     }
@@ -238,9 +238,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             "  {} steps ({stop}); energy {:.6e} = fidelity {:.6e} + length {:.6e}; {:.3} s",
             seg.iterations, seg.energy.total, seg.energy.fidelity, seg.energy.length, summary.seconds.total
         )?;
-        for (k, cen) in summary.centroids.iter().enumerate() {
+        for (k, (cen, pixels)) in summary.centroids.iter().zip(&seg.pixels_per_phase).enumerate() {
             let cen: Vec<String> = cen.iter().map(|v| format!("{v:.3}")).collect();
-            writeln!(r, "  phase {k}: {:>8} pixels, centroid [{}]", seg.pixels_per_phase[k], cen.join(", "))?;
+            writeln!(r, "  phase {k}: {pixels:>8} pixels, centroid [{}]", cen.join(", "))?;
         }
         if let Some(q) = &quality {
             let per: Vec<String> = q.per_class_iou.iter().map(|v| format!("{v:.4}")).collect();

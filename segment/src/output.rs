@@ -1,6 +1,8 @@
 //! Outputs: label maps (indexed PNG or `.npy`), boundary overlays, energy plots, JSON summaries,
 //! written all-or-nothing; and label-map input for scoring.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -279,6 +281,7 @@ pub fn write_all(files: Vec<(PathBuf, Vec<u8>)>) -> Result<(), SegmentError> {
 ///
 /// # Errors
 /// [`SegmentError::Unsupported`] for a volume as PNG; [`SegmentError::Write`] if encoding fails.
+#[expect(clippy::indexing_slicing, reason = "pixel indices within the volume's own dimensions")]
 pub fn volume_bytes(vol: &Volume, format: Format, path: &Path) -> Result<Vec<u8>, SegmentError> {
     let [d, h, w] = vol.dims();
     let c = vol.channels();
@@ -399,6 +402,7 @@ fn npy_bytes<T: npyz::AutoSerialize + Copy>(shape: &[u64], data: &[T], path: &Pa
 ///
 /// # Errors
 /// [`SegmentError::Write`] if encoding fails.
+#[expect(clippy::indexing_slicing, reason = "pixel and label indices within the segmentation's own dimensions")]
 pub fn overlay_png(vol: &Volume, seg: &Segmentation, path: &Path) -> Result<Vec<u8>, SegmentError> {
     let [d, h, w] = seg.dims;
     let z = d / 2;
@@ -533,26 +537,32 @@ fn load_png_labels(path: &Path) -> Result<LabelMap, SegmentError> {
     decoder.set_transformations(png::Transformations::IDENTITY);
     let mut reader = decoder.read_info().map_err(decode)?;
     let size = reader.output_buffer_size().ok_or_else(|| SegmentError::unsupported(path, "the PNG is too large"))?;
-    let mut buf = vec![0u8; size];
+    let mut buf: Vec<u8> = crate::zeros(size, "the PNG's pixels")?;
     let info = reader.next_frame(&mut buf).map_err(decode)?;
     let (w, h) = (info.width as usize, info.height as usize);
     let samples = info.color_type.samples();
     let bits = info.bit_depth as usize;
     let mut labels = Vec::with_capacity(w * h);
+    let short = || SegmentError::unsupported(path, "the PNG's data is shorter than its size");
     for y in 0..h {
-        let row = &buf[y * info.line_size..(y + 1) * info.line_size];
+        let row = buf.get(y * info.line_size..(y + 1) * info.line_size).ok_or_else(short)?;
         for x in 0..w {
-            let sample = |i: usize| -> u64 {
+            let sample = |i: usize| -> Option<u64> {
                 let bit = (x * samples + i) * bits;
-                match bits {
-                    16 => u64::from(u16::from_be_bytes([row[bit / 8], row[bit / 8 + 1]])),
-                    8 => u64::from(row[bit / 8]),
-                    _ => u64::from((row[bit / 8] >> (8 - bits - bit % 8)) & ((1u8 << bits) - 1)),
-                }
+                let byte = |k: usize| row.get(k).copied();
+                Some(match bits {
+                    16 => u64::from(u16::from_be_bytes([byte(bit / 8)?, byte(bit / 8 + 1)?])),
+                    8 => u64::from(byte(bit / 8)?),
+                    _ => u64::from((byte(bit / 8)? >> (8 - bits - bit % 8)) & ((1u8 << bits) - 1)),
+                })
             };
             let label = match info.color_type {
-                png::ColorType::Rgb | png::ColorType::Rgba => (sample(0) << 32) | (sample(1) << 16) | sample(2),
-                _ => sample(0),
+                png::ColorType::Rgb | png::ColorType::Rgba => {
+                    (sample(0).ok_or_else(short)? << 32)
+                        | (sample(1).ok_or_else(short)? << 16)
+                        | sample(2).ok_or_else(short)?
+                }
+                _ => sample(0).ok_or_else(short)?,
             };
             labels.push(label);
         }

@@ -1,4 +1,6 @@
 //! Images and volumes: the [`Volume`] type and loading from image files and `.npy` arrays.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 //!
 //! ## Intensity scaling
 //! - 8-bit images and `uint8` arrays are divided by 255, 16-bit images and `uint16` arrays by
@@ -53,8 +55,8 @@ impl Volume {
                 data.len()
             )));
         }
-        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-            return Err(SegmentError::BadImage(format!("value {} at flat index {i} is not finite", data[i])));
+        if let Some((i, v)) = data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(SegmentError::BadImage(format!("value {v} at flat index {i} is not finite")));
         }
         Ok(Self { channels, dims, data })
     }
@@ -92,6 +94,10 @@ impl Volume {
         &self.data
     }
     /// Channel `c`'s plane (or volume), `D·H·W` values.
+    ///
+    /// # Panics
+    /// When `c` is not below [`Volume::channels`].
+    #[expect(clippy::indexing_slicing, reason = "the caller's channel index, documented above")]
     pub fn channel(&self, c: usize) -> &[f32] {
         let n = self.pixels();
         &self.data[c * n..(c + 1) * n]
@@ -116,11 +122,9 @@ fn load_image(path: &Path) -> Result<Volume, SegmentError> {
         // `to_rgb32f` divides integer samples by the type's maximum.
         let rgb = img.to_rgb32f();
         let n = w * h;
-        let mut data = vec![0.0f32; 3 * n];
-        for (i, px) in rgb.pixels().enumerate() {
-            for c in 0..3 {
-                data[c * n + i] = px.0[c];
-            }
+        let mut data = Vec::with_capacity(3 * n);
+        for c in 0..3 {
+            data.extend(rgb.pixels().map(|px| px.0.get(c).copied().unwrap_or(0.0)));
         }
         Volume::new(3, 1, h, w, data)
     } else {
