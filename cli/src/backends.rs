@@ -27,6 +27,15 @@ pub(crate) struct BackendArgs {
 }
 
 impl BackendArgs {
+    /// Checks the settings without building anything.
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
+        if let (BackendChoice::Cpu, Some(t)) = (self.backend, self.threads) {
+            let max = msloss::cpu::MAX_THREADS;
+            anyhow::ensure!((1..=max).contains(&t), "--threads must be between 1 and {max}, got {t}");
+        }
+        Ok(())
+    }
+
     /// Builds the chosen backend.
     pub(crate) fn build(&self) -> anyhow::Result<AnyBackend> {
         AnyBackend::new(self.backend, self.threads)
@@ -60,14 +69,10 @@ impl AnyBackend {
     pub(crate) fn new(choice: BackendChoice, threads: Option<usize>) -> anyhow::Result<Self> {
         Ok(match choice {
             BackendChoice::Reference => AnyBackend::Reference(Reference),
-            BackendChoice::Cpu => AnyBackend::Cpu(match threads {
-                Some(t) => {
-                    let max = msloss::cpu::MAX_THREADS;
-                    anyhow::ensure!((1..=max).contains(&t), "--threads must be between 1 and {max}, got {t}");
-                    CpuBackend::with_threads(t)
-                }
-                None => CpuBackend::new(),
-            }),
+            BackendChoice::Cpu => {
+                BackendArgs { backend: choice, threads }.check()?;
+                AnyBackend::Cpu(threads.map_or_else(CpuBackend::new, CpuBackend::with_threads))
+            }
             BackendChoice::Wgpu => AnyBackend::Wgpu(WgpuBackend::new()?),
         })
     }

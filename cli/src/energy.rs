@@ -36,6 +36,17 @@ pub(crate) struct Args {
     grad_out: Option<PathBuf>,
 }
 
+impl Args {
+    /// The loss parameters' flags.
+    pub(crate) fn params(&self) -> &ParamArgs {
+        &self.params
+    }
+    /// The backend's flags.
+    pub(crate) fn backend(&self) -> &BackendArgs {
+        &self.backend
+    }
+}
+
 /// Runs `msloss energy`.
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let params = args.params.params()?;

@@ -40,6 +40,17 @@ pub(crate) struct Args {
     params: ParamArgs,
 }
 
+impl Args {
+    /// The loss parameters' flags.
+    pub(crate) fn params(&self) -> &ParamArgs {
+        &self.params
+    }
+    /// The backend's flags.
+    pub(crate) fn backend(&self) -> &BackendArgs {
+        &self.backend
+    }
+}
+
 /// Runs `msloss gradcheck`; returns whether the gradient agreed.
 pub(crate) fn run(args: &Args) -> anyhow::Result<bool> {
     let backend = args.backend.build()?;

@@ -83,6 +83,13 @@ pub(crate) struct Args {
     save_truth: Option<PathBuf>,
 }
 
+impl Args {
+    /// The backend's flags.
+    pub(crate) fn backend(&self) -> &BackendArgs {
+        &self.backend
+    }
+}
+
 /// The outputs asked for, with their formats, checked before any work.
 fn planned_outputs(args: &Args) -> anyhow::Result<Vec<(&Path, Format)>> {
     if args.input.is_some() {
