@@ -116,6 +116,11 @@ fn load_image(path: &Path) -> Result<Volume, SegmentError> {
             "not a recognised image format; expected PNG, JPEG or TIFF, or an .npy array",
         ));
     }
+    if reader.format() == Some(image::ImageFormat::Tiff)
+        && let Some(v) = load_float_tiff(path)?
+    {
+        return Ok(v);
+    }
     let img = reader.decode().map_err(decode)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     if img.color().has_color() {
@@ -131,6 +136,26 @@ fn load_image(path: &Path) -> Result<Volume, SegmentError> {
         let grey = img.to_luma32f();
         Volume::new(1, 1, h, w, grey.into_raw())
     }
+}
+
+/// A grey float (32 or 64 bit) TIFF, read as it is; `None` for every other TIFF (left to `image`).
+fn load_float_tiff(path: &Path) -> Result<Option<Volume>, SegmentError> {
+    let read_err = |source| SegmentError::Read { path: path.to_owned(), source };
+    let tiff_err = |e: tiff::TiffError| SegmentError::unsupported(path, format!("cannot decode the TIFF: {e}"));
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let mut decoder = tiff::decoder::Decoder::new(std::io::BufReader::new(file)).map_err(tiff_err)?;
+    let (w, h) = decoder.dimensions().map_err(tiff_err)?;
+    let (w, h) = (w as usize, h as usize);
+    match decoder.colortype().map_err(tiff_err)? {
+        tiff::ColorType::Gray(32 | 64) => {}
+        _ => return Ok(None),
+    }
+    let data = match decoder.read_image().map_err(tiff_err)? {
+        tiff::decoder::DecodingResult::F32(v) => v,
+        tiff::decoder::DecodingResult::F64(v) => v.into_iter().map(|x| x as f32).collect(),
+        _ => return Ok(None),
+    };
+    Volume::new(1, 1, h, w, data).map(Some)
 }
 
 fn load_npy(path: &Path) -> Result<Volume, SegmentError> {

@@ -212,3 +212,18 @@ fn synthetic_sizes_that_cannot_fit_are_refused() {
         assert!(err.to_string().contains("fit in memory"), "{dims:?}: {err}");
     }
 }
+
+#[test]
+fn grey_float_tiffs_are_read_as_they_are() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("grey.tif");
+    let values: Vec<f32> = (0..6 * 7).map(|i| i as f32 * 0.25 - 3.0).collect();
+    {
+        let file = std::fs::File::create(&path).expect("create");
+        let mut tiff = tiff::encoder::TiffEncoder::new(file).expect("encoder");
+        tiff.write_image::<tiff::encoder::colortype::Gray32Float>(7, 6, &values).expect("written");
+    }
+    let v = Volume::load(&path).expect("a grey float TIFF");
+    assert_eq!((v.channels(), v.dims()), (1, [1, 6, 7]));
+    assert_eq!(v.data(), &values[..], "values are read as they are, not scaled");
+}
