@@ -18,8 +18,9 @@ use crate::params::LengthArg;
 /// Arguments of `msloss segment`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The image (PNG, JPEG or TIFF; grey or colour; 8 or 16 bit: divided by 255 or 65535) or an
-    /// .npy array `[H,W]`, `[C,H,W]` or `[C,D,H,W]` (uint8/uint16 scaled likewise, floats as they are).
+    /// The image (PNG, JPEG or TIFF; grey or colour; 8 or 16 bit: divided by 255 or 65535; grey float TIFFs as
+    /// they are) or an .npy array `[H,W]`, `[C,H,W]` or `[C,D,H,W]` (uint8/uint16 scaled likewise, floats as
+    /// they are).
     /// Without it, a built-in synthetic image with known ground truth is segmented and scored.
     input: Option<PathBuf>,
     /// The number of phases K (2 to 255); default 3 for the built-in image.
