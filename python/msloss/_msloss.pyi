@@ -35,6 +35,9 @@ class Energy:
     def copies(self) -> list[str]:
         """The inputs that were copied (not C-contiguous, or not of the scores' dtype)."""
     @property
+    def seconds(self) -> float:
+        """Wall-clock seconds of the backend's evaluation alone; the call's overhead is the rest."""
+    @property
     def dtype(self) -> Literal["float32", "float64"]:
         """The dtype the energy was computed in (the scores')."""
 

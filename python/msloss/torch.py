@@ -26,6 +26,11 @@ float32 and float64 scores are computed in their own dtype, and the image is cas
 The mask may be bool, integer or float (values 0 and 1). The image gets no gradient: passing an
 image that requires grad raises ``ValueError`` (pass ``image.detach()``).
 
+The gradient is computed in the forward pass (fused with the energy) and handed to autograd in the
+backward without a copy; a second backward through the same loss (``retain_graph=True``) computes
+it again. The inputs' host tensors are kept until the backward (on the CPU they are the inputs
+themselves), and autograd reports an in-place change of the scores made before the backward.
+
 This module imports ``torch``; ``import msloss`` alone needs only NumPy.
 """
 
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from . import _msloss
@@ -52,7 +58,10 @@ _PARAMS = ("lam", "length", "delta", "centroid_eps", "fidelity_weight", "reducti
 
 def _host(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``t`` as a contiguous CPU tensor of ``dtype``: ``t`` itself (no copy) when it already is one."""
-    return t.detach().to(device="cpu", dtype=dtype).contiguous()
+    t = t.detach()
+    if t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous():
+        return t
+    return t.to(device="cpu", dtype=dtype).contiguous()
 
 
 def _host_mask(m: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
@@ -60,6 +69,14 @@ def _host_mask(m: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
     if m.is_floating_point() and m.dtype not in (torch.float32, torch.float64):
         m = m.to(compute)  # float16/bfloat16 have no NumPy view
     return m.to(device="cpu").contiguous()
+
+
+def _energy(s: torch.Tensor, x: torch.Tensor, m: Optional[torch.Tensor], is_logits: bool, params: dict,
+            grad: bool) -> Any:
+    """msloss.energy of host tensors (their NumPy views: no copy)."""
+    key = "logits" if is_logits else "probs"
+    mask = None if m is None else m.numpy()
+    return _msloss.energy(x.numpy(), mask=mask, grad=grad, **{key: s.numpy()}, **params)
 
 
 class _Loss(torch.autograd.Function):
@@ -71,25 +88,38 @@ class _Loss(torch.autograd.Function):
         compute = _COMPUTE_DTYPE[scores.dtype]
         s = _host(scores, compute)
         x = _host(image, compute)
-        m = None if mask is None else _host_mask(mask, compute).numpy()
-        want_grad = bool(ctx.needs_input_grad[0])
-        key = "logits" if is_logits else "probs"
-        r = _msloss.energy(x.numpy(), mask=m, grad=want_grad, **{key: s.numpy()}, **params)
-        ctx.grad = None if r.grad is None else torch.from_numpy(r.grad)
+        m = None if mask is None else _host_mask(mask, compute)
+        r = _energy(s, x, m, is_logits, params, grad=bool(ctx.needs_input_grad[0]))
+        # The gradient is a NumPy array of our own; the inputs are kept (no copy on the CPU) for a
+        # second backward through the same loss, and so that autograd notices in-place changes.
+        ctx.grad = r.grad
+        ctx.save_for_backward(s, x, m)
+        ctx.is_logits = is_logits
+        ctx.params = params
         ctx.scores_dtype = scores.dtype
         ctx.scores_device = scores.device
         out_dtype = scores.dtype if scores.dtype in (torch.float32, torch.float64) else torch.float32
-        return torch.tensor(r.total, dtype=out_dtype, device=scores.device)
+        return torch.scalar_tensor(r.total, dtype=out_dtype, device=scores.device)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor):
-        g = ctx.grad
+        s, x, m = ctx.saved_tensors
+        g, ctx.grad = ctx.grad, None
         if g is None:
-            return None, None, None, None, None
-        g = g * grad_out.detach().to(device="cpu", dtype=g.dtype)
-        g = g.to(device=ctx.scores_device, dtype=ctx.scores_dtype)
-        return g, None, None, None, None
+            # A later backward through the same loss (retain_graph=True, torch.autograd.gradcheck):
+            # the first one handed its buffer over, so the gradient is computed again (the same bits).
+            g = _energy(s, x, m, ctx.is_logits, ctx.params, grad=True).grad
+        # The buffer is handed to autograd as it is, so that it becomes the .grad without a copy; a
+        # scaling is done here in NumPy, in place (a torch operation on these sizes would start
+        # torch's OpenMP threads, which then compete with msloss's own threads in the next call).
+        scale = float(grad_out)
+        if scale != 1.0:
+            np.multiply(g, scale, out=g)
+        t = torch.from_numpy(g)
+        if t.dtype != ctx.scores_dtype or ctx.scores_device.type != "cpu":
+            t = t.to(device=ctx.scores_device, dtype=ctx.scores_dtype)
+        return t, None, None, None, None
 
 
 def mumford_shah_loss(

@@ -17,6 +17,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::Instant;
 
 use msloss::cpu::{CpuBackend, CpuFloat, CpuWorkspace, MAX_THREADS};
 use msloss::gradcheck::{self as checker, Mode, Options};
@@ -222,6 +223,26 @@ fn slice<'a, T: Float>(a: &'a PyReadonlyArrayDyn<'_, T>, what: &str) -> PyResult
     a.as_slice().map_err(|e| PyRuntimeError::new_err(format!("internal: {what} is not contiguous: {e}")))
 }
 
+/// The flat index of the first non-finite value of `v`, if any. `x·0` is 0 for a finite `x`
+/// and NaN otherwise; summed in independent lanes (branch-free, so it vectorises) over each
+/// chunk, only a chunk whose sum is not 0 is searched.
+fn first_non_finite<T: Float>(v: &[T]) -> Option<usize> {
+    const LANES: usize = 16;
+    const CHUNK: usize = 4096;
+    v.chunks(CHUNK).enumerate().find_map(|(k, chunk)| {
+        let mut acc = [T::zero(); LANES];
+        let mut lanes = chunk.chunks_exact(LANES);
+        for c in &mut lanes {
+            for l in 0..LANES {
+                acc[l] += c[l] * T::zero();
+            }
+        }
+        let rest = lanes.remainder().iter().fold(T::zero(), |a, &x| a + x * T::zero());
+        let clean = acc.iter().fold(rest, |a, &x| a + x) == T::zero();
+        if clean { None } else { chunk.iter().position(|x| !x.is_finite()).map(|i| k * CHUNK + i) }
+    })
+}
+
 /// The result of [`energy`]: the energy's parts, the centroids and the gradient.
 #[pyclass(frozen, module = "msloss", name = "Energy")]
 struct PyEnergy {
@@ -243,6 +264,10 @@ struct PyEnergy {
     /// The inputs that had to be copied (not C-contiguous, or another dtype than the scores').
     #[pyo3(get)]
     copies: Vec<&'static str>,
+    /// Wall-clock seconds of the backend's evaluation alone (without the conversions and checks
+    /// around it): the call's overhead is the rest.
+    #[pyo3(get)]
+    seconds: f64,
     /// The scores' dtype, `"float32"` or `"float64"`.
     #[pyo3(get)]
     dtype: &'static str,
@@ -295,32 +320,32 @@ fn energy_typed<'py, T: Float>(
         .transpose()
         .map_err(|e| PyRuntimeError::new_err(format!("internal: {e}")))?;
     let c_out = c_rw.as_slice_mut().map_err(|e| PyRuntimeError::new_err(format!("internal: {e}")))?;
-    let g_out = g_rw
+    let mut g_out = g_rw
         .as_mut()
         .map(|g| g.as_slice_mut())
         .transpose()
         .map_err(|e| PyRuntimeError::new_err(format!("internal: {e}")))?;
     let (s, x, m) = (slice(&s, what)?, slice(&x, "image")?, m.as_ref().map(|m| slice(m, "mask")).transpose()?);
 
-    let e = py.detach(|| {
+    let (e, seconds) = py.detach(|| {
         no_panic(|| {
             let sc = if logits { Scores::Logits(s) } else { Scores::Probs(s) };
             let input = Input::new(shape, sc, x, m).map_err(core_err)?;
-            evaluate(&req.chosen, &input, &req.params, Outputs { grad: g_out, centroids: Some(c_out) })
+            let t0 = Instant::now();
+            let out = Outputs { grad: g_out.as_deref_mut(), centroids: Some(c_out) };
+            let e = evaluate(&req.chosen, &input, &req.params, out)?;
+            let seconds = t0.elapsed().as_secs_f64();
+            // As the CLI, never hand back a non-finite gradient (the backend checks the energy).
+            if let Some(i) = g_out.as_deref().and_then(first_non_finite) {
+                return Err(PyValueError::new_err(format!(
+                    "the gradient came out non-finite at flat index {i}; inputs too large for {}?",
+                    T::NAME
+                )));
+            }
+            Ok((e, seconds))
         })
     })?;
     drop((c_rw, g_rw));
-    if let Some(g) = &grad {
-        let ro = g.try_readonly().map_err(|e| PyRuntimeError::new_err(format!("internal: {e}")))?;
-        let gs = slice(&ro, "grad")?;
-        if let Some(i) = gs.iter().position(|v| !v.is_finite()) {
-            return Err(PyValueError::new_err(format!(
-                "the gradient came out non-finite ({}) at flat index {i}; inputs too large for {}?",
-                gs[i].to_f64_lossless(),
-                T::NAME
-            )));
-        }
-    }
     Ok(PyEnergy {
         fidelity: e.fidelity.to_f64_lossless(),
         length: e.length.to_f64_lossless(),
@@ -328,6 +353,7 @@ fn energy_typed<'py, T: Float>(
         centroids: centroids.into_any().unbind(),
         grad: grad.map(|g| g.into_any().unbind()),
         copies,
+        seconds,
         dtype: if T::NAME == "f32" { "float32" } else { "float64" },
     })
 }

@@ -23,6 +23,7 @@ def test_result_object():
     assert r.centroids.shape == (2, 3, 2) and r.centroids.dtype == np.float32
     assert r.grad.shape == z.shape and r.grad.dtype == np.float32
     assert r.dtype == "float32"
+    assert 0 < r.seconds < 60
     assert r.copies == ["mask"]  # a uint8 mask is converted to the scores' dtype
     assert "Energy(total=" in repr(r)
     r2 = msloss.energy(x, logits=z, mask=m, grad=False)
@@ -237,3 +238,19 @@ def test_concurrent_calls_agree():
     for t in ts:
         t.join()
     assert results == [want] * 4
+
+
+def test_non_finite_gradient_is_refused():
+    # A finite energy whose float32 gradient overflows: one pixel of class 1 among class 0, a huge λ and
+    # the mean reduction (the energy is divided by the 64 pixels, the spike's gradient is 4λ/64 after
+    # the overflow of 4λ). The gradient is refused, not returned with infinities in it.
+    z = np.full((1, 2, 8, 8), -10, np.float32)
+    z[0, 0] = 10
+    z[0, 1, 4, 4], z[0, 0, 4, 4] = 10, -10
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    ok = msloss.energy(x, logits=z, lam=1e37, reduction="mean")
+    assert np.isfinite(ok.grad).all()
+    with pytest.raises(ValueError, match="gradient came out non-finite at flat index 36"):
+        msloss.energy(x, logits=z, lam=3e38, reduction="mean")
+    # Without the gradient, the finite energy is returned.
+    assert np.isfinite(msloss.energy(x, logits=z, lam=3e38, reduction="mean", grad=False).total)

@@ -59,6 +59,28 @@ def test_grad_output_scales_gradient():
     torch.testing.assert_close(g3, 3.0 * z.grad, rtol=1e-15, atol=0)
 
 
+def test_gradient_is_handed_over_without_copy_and_backward_twice_works():
+    z, x, m = data(dtype=torch.float32)
+    z.requires_grad_(True)
+    loss = mumford_shah_loss(z, x, m)
+    ptr = loss.grad_fn.grad.__array_interface__["data"][0]
+    loss.backward(retain_graph=True)
+    assert z.grad.data_ptr() == ptr  # msloss's buffer became z.grad
+    first = z.grad.clone()
+    loss.backward()  # computed again: accumulated, the same bits
+    assert torch.equal(z.grad, 2 * first)
+
+
+def test_in_place_change_of_the_scores_is_reported():
+    z, x, m = data()
+    w = z.clone().requires_grad_(True)
+    y = w * 1.0
+    loss = mumford_shah_loss(y, x, m)
+    y.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 def test_contiguous_cpu_tensors_are_not_copied(monkeypatch):
     import msloss.torch as mt
 
