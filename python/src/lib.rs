@@ -64,6 +64,16 @@ fn count(name: &str, value: i64, min: usize) -> PyResult<usize> {
     }
 }
 
+/// `length="..."` as a [`LengthKind`].
+fn length_kind(length: &str) -> PyResult<LengthKind> {
+    match length {
+        "l1" => Ok(LengthKind::L1),
+        "l2" => Ok(LengthKind::L2),
+        "charbonnier" => Ok(LengthKind::Charbonnier),
+        other => Err(PyValueError::new_err(format!("length must be \"l1\", \"l2\" or \"charbonnier\", got {other:?}"))),
+    }
+}
+
 /// The loss parameters from the keywords, validated.
 fn params(
     lam: f64,
@@ -73,16 +83,7 @@ fn params(
     fidelity_weight: f64,
     reduction: &str,
 ) -> PyResult<Params> {
-    let length = match length {
-        "l1" => LengthKind::L1,
-        "l2" => LengthKind::L2,
-        "charbonnier" => LengthKind::Charbonnier,
-        other => {
-            return Err(PyValueError::new_err(format!(
-                "length must be \"l1\", \"l2\" or \"charbonnier\", got {other:?}"
-            )));
-        }
-    };
+    let length = length_kind(length)?;
     let reduction = match reduction {
         "sum" => Reduction::Sum,
         "mean" => Reduction::Mean,
@@ -93,8 +94,13 @@ fn params(
     Ok(p)
 }
 
+/// The most CPU backends (thread pools) [`cpu_backend`] keeps.
+const POOLS: usize = 4;
+
 /// The CPU backends made so far, by thread count (`None`: rayon's global pool), so that a
-/// thread pool is started once, not at every call.
+/// thread pool is started once, not at every call. At most [`POOLS`] are kept: a caller trying
+/// many thread counts does not accumulate pools (one still in use by a call lives on until it
+/// returns).
 fn cpu_backend(threads: Option<i64>) -> PyResult<CpuBackend> {
     let threads = threads
         .map(|t| match usize::try_from(t) {
@@ -104,6 +110,9 @@ fn cpu_backend(threads: Option<i64>) -> PyResult<CpuBackend> {
         .transpose()?;
     static CACHE: OnceLock<Mutex<HashMap<Option<usize>, CpuBackend>>> = OnceLock::new();
     let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+    if cache.len() >= POOLS && !cache.contains_key(&threads) {
+        cache.clear();
+    }
     Ok(cache.entry(threads).or_insert_with(|| threads.map_or_else(CpuBackend::new, CpuBackend::with_threads)).clone())
 }
 
@@ -625,12 +634,11 @@ fn segment<'py>(
     threads: Option<i64>,
     seed: u64,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let length_kind = params(1.0, length, 1e-2, 1e-8, 1.0, "sum")?.length;
     let vol = volume(image)?;
     let cfg = SegmentConfig {
         phases: count("phases", phases, 2)?,
         lambda: lam,
-        length: length_kind,
+        length: length_kind(length)?,
         max_iters: count("iters", iters, 1)?,
         tol,
         learning_rate: lr,

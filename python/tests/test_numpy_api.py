@@ -66,6 +66,11 @@ def test_threads_give_the_same_bits():
     assert a.total == b.total == c.total
     np.testing.assert_array_equal(a.grad, b.grad)
     np.testing.assert_array_equal(a.grad, c.grad)
+    # More thread counts than the bindings keep pools for (4): evicted and rebuilt, the same bits.
+    for t in (3, 4, 5, 6, 1, 2):
+        r = msloss.energy(x, logits=z, threads=t)
+        assert r.total == a.total
+        np.testing.assert_array_equal(r.grad, a.grad)
 
 
 def test_reference_backend_agrees():
