@@ -42,7 +42,7 @@ def torch_or_skip():
     except ImportError:
         if os.environ.get("MSLOSS_REQUIRE_TORCH") == "1":
             pytest.fail("torch is required (MSLOSS_REQUIRE_TORCH=1) but cannot be imported")
-        pytest.skip("torch is not installed")
+        pytest.skip("torch is not installed", allow_module_level=True)
     return torch
 
 
