@@ -52,10 +52,6 @@ _COMPUTE_DTYPE = {
     torch.bfloat16: torch.float32,
 }
 
-# Keywords of msloss.energy that the loss passes through.
-_PARAMS = ("lam", "length", "delta", "centroid_eps", "fidelity_weight", "reduction", "backend", "threads")
-
-
 def _host(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``t`` as a contiguous CPU tensor of ``dtype``: ``t`` itself (no copy) when it already is one."""
     t = t.detach()
@@ -170,16 +166,16 @@ def mumford_shah_loss(
 class MumfordShahLoss(torch.nn.Module):
     """The multiphase Mumford–Shah loss as a module: ``MumfordShahLoss(**params)(logits, image, mask=None)``.
 
-    The keywords are those of :func:`mumford_shah_loss` (``lam``, ``length``, ``delta``,
-    ``centroid_eps``, ``fidelity_weight``, ``reduction``, ``backend``, ``threads``, ``input``).
+    The keywords are those of :func:`mumford_shah_loss`, checked when the loss is first called.
     """
 
-    def __init__(self, **params: Any) -> None:
+    def __init__(self, *, lam: float = 1e-3, length: str = "l1", delta: float = 1e-2, centroid_eps: float = 1e-8,
+                 fidelity_weight: float = 1.0, reduction: str = "sum", backend: str = "cpu",
+                 threads: Optional[int] = None, input: str = "logits") -> None:
         super().__init__()
-        unknown = sorted(set(params) - set(_PARAMS) - {"input"})
-        if unknown:
-            raise TypeError(f"unknown keyword(s) {unknown}; expected some of {list(_PARAMS) + ['input']}")
-        self.params = params
+        self.params = dict(lam=lam, length=length, delta=delta, centroid_eps=centroid_eps,
+                           fidelity_weight=fidelity_weight, reduction=reduction, backend=backend, threads=threads,
+                           input=input)
 
     def forward(self, logits: torch.Tensor, image: torch.Tensor,
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:

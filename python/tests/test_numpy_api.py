@@ -115,7 +115,7 @@ def test_segment_recovers_two_phases():
     rgb = np.stack([img, img[::-1, ::-1].copy(), img])
     assert msloss.segment(rgb, 2, iters=5).shape == (40, 48)
     vol = np.stack([img] * 3)[None]  # (C=1, D=3, H, W)
-    assert msloss.segment(vol, 2, iters=5).shape == (3, 40, 48)
+    assert msloss.segment(vol, phases=2, iters=5).shape == (3, 40, 48)
 
 
 def test_bad_inputs_raise_typed_errors():

@@ -183,8 +183,10 @@ def test_bad_inputs():
         mumford_shah_loss(z, x, lam=-1.0)
     with pytest.raises(ValueError, match="input"):
         mumford_shah_loss(z, x, input="scores")
-    with pytest.raises(TypeError, match="unknown keyword"):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'lamda'"):
         MumfordShahLoss(lamda=1.0)
+    with pytest.raises(ValueError, match="parameter delta"):
+        MumfordShahLoss(length="charbonnier", delta=0.0)(z, x)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
