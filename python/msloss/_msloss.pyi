@@ -1,18 +1,21 @@
 """Type stubs of the extension module ``msloss._msloss`` (re-exported by ``msloss``)."""
 
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union, final
 
 import numpy as np
 import numpy.typing as npt
+
+__all__ = ["MAX_THREADS", "Energy", "energy", "gradcheck", "segment"]
 
 MAX_THREADS: int
 """The most threads the CPU backend starts (more are refused with ValueError)."""
 
 _Float = Union[np.float32, np.float64]
-Length = Literal["l1", "l2", "charbonnier"]
-Reduction = Literal["sum", "mean"]
-BackendName = Literal["cpu", "reference"]
+_Length = Literal["l1", "l2", "charbonnier"]
+_Reduction = Literal["sum", "mean"]
+_BackendName = Literal["cpu", "reference"]
 
+@final
 class Energy:
     """The result of :func:`energy`."""
 
@@ -48,12 +51,12 @@ def energy(
     probs: Optional[npt.NDArray[_Float]] = None,
     mask: Optional[npt.NDArray[Any]] = None,
     lam: float = 1e-3,
-    length: Length = "l1",
+    length: _Length = "l1",
     delta: float = 1e-2,
     centroid_eps: float = 1e-8,
     fidelity_weight: float = 1.0,
-    reduction: Reduction = "sum",
-    backend: BackendName = "cpu",
+    reduction: _Reduction = "sum",
+    backend: _BackendName = "cpu",
     threads: Optional[int] = None,
     grad: bool = True,
 ) -> Energy:
@@ -89,7 +92,7 @@ def energy(
 def gradcheck(
     shape: Sequence[int],
     *,
-    backend: BackendName = "cpu",
+    backend: _BackendName = "cpu",
     threads: Optional[int] = None,
     dtype: Literal["float32", "float64"] = "float64",
     input: Literal["logits", "probs"] = "logits",
@@ -98,11 +101,11 @@ def gradcheck(
     tol: Optional[float] = None,
     full_limit: int = 2048,
     lam: float = 1e-3,
-    length: Length = "l1",
+    length: _Length = "l1",
     delta: float = 1e-2,
     centroid_eps: float = 1e-8,
     fidelity_weight: float = 1.0,
-    reduction: Reduction = "sum",
+    reduction: _Reduction = "sum",
 ) -> dict[str, Any]:
     """Checks a backend's analytic gradient against central differences of the f64 reference
     energy on seeded inputs, as ``msloss gradcheck`` does.
@@ -122,11 +125,11 @@ def segment(
     phases: int,
     *,
     lam: float = 6.0,
-    length: Length = "charbonnier",
+    length: _Length = "charbonnier",
     iters: int = 300,
     tol: float = 1e-4,
     lr: float = 0.5,
-    backend: BackendName = "cpu",
+    backend: _BackendName = "cpu",
     threads: Optional[int] = None,
     seed: int = 0,
 ) -> npt.NDArray[np.uint8]:
