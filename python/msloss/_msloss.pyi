@@ -132,7 +132,8 @@ def segment(
     backend: _BackendName = "cpu",
     threads: Optional[int] = None,
     seed: int = 0,
-) -> npt.NDArray[np.uint8]:
+    info: bool = False,
+) -> Union[npt.NDArray[np.uint8], tuple[npt.NDArray[np.uint8], dict[str, Any]]]:
     """Unsupervised multiphase segmentation into ``phases`` phases, as ``msloss segment`` does.
 
     ``image`` is ``(H, W)``, ``(C, H, W)`` or ``(C, D, H, W)``: uint8 is divided by 255, uint16
@@ -140,5 +141,7 @@ def segment(
     ``lam`` is the length weight in units of the image's within-phase variance.
 
     Returns uint8 labels, ``(H, W)`` for an image and ``(D, H, W)`` for a volume; label k is the
-    k-th darkest phase.
+    k-th darkest phase. With ``info=True``, ``(labels, summary)``: the summary dict holds what
+    ``msloss segment --json`` and ``--plot`` report (``iterations``, ``converged``, ``energy``,
+    ``history``, ``centroids``, ``pixels_per_phase``, ``lambda_effective``, ...).
     """

@@ -613,12 +613,14 @@ fn volume(image: &Bound<'_, PyAny>) -> PyResult<Volume> {
 /// to stop at), `lr` (Adam's step in logit units), `backend`, `threads`, `seed`.
 ///
 /// Returns the labels as uint8, `(H, W)` for an image and `(D, H, W)` for a volume; label k is
-/// the k-th darkest phase. Raises `ValueError` for bad shapes, values or settings, `TypeError`
+/// the k-th darkest phase. With `info=True`, `(labels, summary)`: the summary dict holds what
+/// `msloss segment --json` and `--plot` report (`iterations`, `converged`, `energy`, `history`,
+/// `centroids`, `pixels_per_phase`, `lambda_effective`, …). Raises `ValueError` for bad shapes, values or settings, `TypeError`
 /// for an unsupported dtype.
 #[pyfunction]
 #[pyo3(signature = (
     image, phases, *, lam=6.0, length="charbonnier", iters=300, tol=1e-4, lr=0.5, backend="cpu",
-    threads=None, seed=0
+    threads=None, seed=0, info=false
 ))]
 #[expect(clippy::too_many_arguments, reason = "the options of `msloss segment`, one argument each")]
 fn segment<'py>(
@@ -633,6 +635,7 @@ fn segment<'py>(
     backend: &str,
     threads: Option<i64>,
     seed: u64,
+    info: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let vol = volume(image)?;
     let cfg = SegmentConfig {
@@ -656,9 +659,30 @@ fn segment<'py>(
         })
     })?;
     let [d, h, w] = seg.dims;
-    let labels = numpy::PyArray1::from_vec(py, seg.labels);
     let dims: Vec<usize> = if d > 1 { vec![d, h, w] } else { vec![h, w] };
-    Ok(labels.reshape(dims)?.into_any())
+    let labels = numpy::PyArray1::from_slice(py, &seg.labels).reshape(dims)?.into_any();
+    if !info {
+        return Ok(labels);
+    }
+    // What `msloss segment --json` and `--plot` report.
+    let summary = PyDict::new(py);
+    let energy = PyDict::new(py);
+    energy.set_item("total", seg.energy.total)?;
+    energy.set_item("fidelity", seg.energy.fidelity)?;
+    energy.set_item("length", seg.energy.length)?;
+    let channels = vol.channels();
+    let centroids: Vec<Vec<f64>> = seg.centroids.chunks(channels).map(<[f64]>::to_vec).collect();
+    summary.set_item("phases", seg.phases)?;
+    summary.set_item("iterations", seg.iterations)?;
+    summary.set_item("converged", seg.converged)?;
+    summary.set_item("energy", energy)?;
+    summary.set_item("history", seg.history)?;
+    summary.set_item("centroids", centroids)?;
+    summary.set_item("pixels_per_phase", seg.pixels_per_phase)?;
+    summary.set_item("lambda_effective", seg.lambda)?;
+    summary.set_item("within_variance", seg.within_variance)?;
+    summary.set_item("seconds", seg.init_seconds + seg.optimise_seconds)?;
+    Ok((labels, summary).into_pyobject(py)?.into_any())
 }
 
 /// The extension module `msloss._msloss`.

@@ -109,6 +109,13 @@ def test_segment_recovers_two_phases():
     labels = msloss.segment(img, 2, seed=1)
     assert labels.shape == (40, 48) and labels.dtype == np.uint8
     assert (labels == truth).mean() > 0.99
+    again, info = msloss.segment(img, 2, seed=1, info=True)
+    np.testing.assert_array_equal(again, labels)
+    assert info["phases"] == 2 and len(info["history"]) == info["iterations"] >= 1
+    assert info["pixels_per_phase"] == [int((labels == k).sum()) for k in range(2)]
+    assert abs(info["energy"]["total"] - info["history"][-1]) <= 1e-9 * abs(info["history"][-1])
+    # Label 0 is the darker phase: its centroid is about 0.25, label 1's about 0.75.
+    assert abs(info["centroids"][0][0] - 0.25) < 0.05 and abs(info["centroids"][1][0] - 0.75) < 0.05
     # uint8 input is divided by 255 (same segmentation); a colour image and a volume work too.
     u8 = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
     assert (msloss.segment(u8, 2, seed=1) == truth).mean() > 0.99
