@@ -201,7 +201,9 @@ fn length_term(params: &Params, dims: [usize; 3], yn: &[f64], mask: &dyn Fn(usiz
             LengthKind::Charbonnier => {
                 let sq: f64 = d.iter().flatten().map(|(_, di)| di * di).sum();
                 let r = Float::sqrt(sq + delta * delta);
-                total.add(r - delta);
+                // √(sq + δ²) − δ, written so that it keeps its digits where sq ≪ δ² (the difference
+                // itself cancels to 0 there).
+                total.add(sq / (r + delta));
                 for (t, di) in d.iter().flatten() {
                     g[*t] += lambda * di / r;
                     g[s] -= lambda * di / r;

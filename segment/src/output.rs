@@ -130,8 +130,24 @@ pub struct NpyHeader {
 /// Fortran order or a file shorter than its header says.
 pub fn open_npy(path: &Path) -> Result<NpyHeader, SegmentError> {
     let read_err = |source| SegmentError::Read { path: path.to_owned(), source };
-    let file = File::open(path).map_err(read_err)?;
+    let mut file = File::open(path).map_err(read_err)?;
     let file_len = file.metadata().map_err(read_err)?.len();
+    // The header's own length comes first (after the magic and version): a reader allocates that
+    // much before it reads, so it must fit in the file.
+    let mut prefix = Vec::with_capacity(12);
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, 12), &mut prefix).map_err(read_err)?;
+    let header_len = match prefix.as_slice() {
+        [_, _, _, _, _, _, 1, _, a, b, ..] => u64::from(u16::from_le_bytes([*a, *b])),
+        [_, _, _, _, _, _, 2 | 3, _, a, b, c, d] => u64::from(u32::from_le_bytes([*a, *b, *c, *d])),
+        _ => 0,
+    };
+    if header_len > file_len {
+        return Err(SegmentError::unsupported(
+            path,
+            format!("the header declares a length of {header_len} bytes, more than the file's {file_len} bytes"),
+        ));
+    }
+    std::io::Seek::rewind(&mut file).map_err(read_err)?;
     let npy = npyz::NpyFile::new(BufReader::new(file)).map_err(read_err)?;
     let dims: Vec<usize> = npy.shape().iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
     if npy.order() == npyz::Order::Fortran && dims.len() > 1 {
