@@ -3,8 +3,8 @@
 // four 32-bit words (three f32 bit patterns and the status bits).
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> totals: array<f32>;
-@group(0) @binding(2) var<storage, read> status: array<u32>;
+@group(0) @binding(1) var<storage, read_write> totals: array<f32>;
+@group(0) @binding(2) var<storage, read_write> status: array<u32>;
 @group(0) @binding(3) var<storage, read_write> energy: array<u32>;
 
 @compute @workgroup_size(1)
