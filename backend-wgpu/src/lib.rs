@@ -92,5 +92,5 @@ pub use context::{MAX_CHANNELS, MAX_CLASSES, WgpuBackend, check_limits};
 pub use error::WgpuError;
 pub use host::WgpuWorkspace;
 pub use msloss_shaders::Kernel;
-pub use plan::{Plan, decode_energy};
+pub use plan::{Plan, Traffic, decode_energy};
 pub use wgpu;

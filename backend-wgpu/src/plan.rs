@@ -208,12 +208,36 @@ impl WgpuBackend {
     }
 }
 
+/// Global-memory bytes one dispatch reads and writes ([`Plan::traffic`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
+    /// The kernel's name.
+    pub kernel: &'static str,
+    /// Bytes read.
+    pub read: u64,
+    /// Bytes written.
+    pub written: u64,
+}
+
+impl Traffic {
+    /// The floor of an evaluation with the gradient wrt logits, in bytes: the logits and the
+    /// image read twice (once for the centroids, once for the energy and gradient) and the
+    /// gradient written once, `(3N + 2C)·4` bytes per pixel (the mask adds 2 words a pixel).
+    pub fn floor(shape: Shape, mask: bool) -> u64 {
+        let (n, c) = (shape.classes() as u64, shape.channels() as u64);
+        let px = (shape.batch() * shape.spatial()) as u64;
+        4 * px * (3 * n + 2 * c + if mask { 2 } else { 0 })
+    }
+}
+
 /// One dispatch whose bind group is built with the plan (it binds only the plan's buffers).
 #[derive(Debug)]
 struct Fixed {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     grid: (u32, u32),
+    /// Elements the level reads (`rows · len_in`) and writes (`rows · len_out`).
+    elems: (u64, u64),
 }
 
 /// The dispatches of one evaluation, in order. The kernels that bind a caller's range get their
@@ -243,6 +267,7 @@ pub struct Plan {
     io: Io,
     params: Params,
     needs: Needs,
+    sz: Sizes,
     dims_buffer: wgpu::Buffer,
     status: wgpu::Buffer,
     y_scratch: Option<wgpu::Buffer>,
@@ -326,6 +351,7 @@ impl WgpuBackend {
                 io,
                 params: *params,
                 needs: Needs::of(shape),
+                sz,
                 dims_buffer,
                 status: status_buf,
                 y_scratch,
@@ -409,7 +435,8 @@ impl StepBuilder<'_> {
             let p = self.backend.pipeline(Kernel::Reduce);
             let bind_group = bind_group(device, Kernel::Reduce, &p.layout, &[whole(&ub), whole(from), whole(to)]);
             let grid = self.grid(Kernel::Reduce, rows * len_out)?;
-            self.steps.push(Step::Fixed(Fixed { pipeline: p.pipeline.clone(), bind_group, grid }));
+            let elems = (rows * len_in, rows * len_out);
+            self.steps.push(Step::Fixed(Fixed { pipeline: p.pipeline.clone(), bind_group, grid, elems }));
             from = to;
             from_offset = to_offset;
         }
@@ -655,6 +682,45 @@ impl Plan {
             pass.dispatch_workgroups(grid.0, grid.1, 1);
         }
         Ok(())
+    }
+
+    /// The global-memory bytes each dispatch of one evaluation reads and writes, in dispatch
+    /// order, counted from the plan: every distinct element of every tensor a kernel touches,
+    /// once (repeated loads of one element within a kernel are assumed to hit a cache), the
+    /// uniform block and the status word left out. The model behind the issue's "bytes per
+    /// pixel" figures: compare the total with [`Traffic::floor`].
+    pub fn traffic(&self) -> Vec<Traffic> {
+        let Sizes { b, n, c, s, rows, tiles, loss_groups, .. } = self.sz;
+        let f = 4u64;
+        let px = b * s;
+        let logits = self.io.kind == ScoresKind::Logits;
+        let mask = if self.io.mask { px } else { 0 };
+        let bnc = b * n * c;
+        self.steps
+            .iter()
+            .map(|step| {
+                let (read, written) = match step {
+                    Step::Fixed(fx) => fx.elems,
+                    Step::Caller(kernel, _) => match kernel {
+                        Kernel::Prepare => (n * px + c * px + mask, if logits { n * px } else { 0 }),
+                        Kernel::ClassSums => (n * px + c * px + mask, rows * tiles),
+                        Kernel::Centroids => (rows + 1, bnc + b * n + 1),
+                        Kernel::LossGrad => (
+                            n * px + c * px + mask + bnc + b * n + 1,
+                            if self.io.grad { n * px } else { 0 } + 2 * loss_groups,
+                        ),
+                        Kernel::Jacobian => (2 * n * px, n * px),
+                        Kernel::Finalize => (3, 4),
+                        Kernel::Reduce => (0, 0),
+                    },
+                };
+                let name = match step {
+                    Step::Caller(k, _) => k.name(),
+                    Step::Fixed(_) => Kernel::Reduce.name(),
+                };
+                Traffic { kernel: name, read: read * f, written: written * f }
+            })
+            .collect()
     }
 
     /// The dispatches of one evaluation, as `(kernel name, workgroups x, workgroups y)`.
