@@ -12,7 +12,9 @@ use crate::buffers::{self, BufferRange, DeviceBuffers, ENERGY_BYTES, Io, Needs, 
 use crate::context::{MAX_CHANNELS, MAX_CLASSES, scoped};
 use crate::{WgpuBackend, WgpuError};
 
-/// Decodes the energy record the device wrote (copy it to a mappable buffer and map it).
+/// Decodes the energy record the device wrote (copy it to a mappable buffer and map it). A
+/// record whose inputs failed the device's checks (or a mean over no valid pixel) holds NaN
+/// values, so that a reader who skips this function sees no plausible number.
 ///
 /// # Errors
 /// [`WgpuError::EnergyRecord`] for a record of the wrong length; [`Error::EmptyMask`] and

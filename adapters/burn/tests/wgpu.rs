@@ -87,7 +87,11 @@ fn agrees_with_the_cpu_path_2d_and_3d() {
         let case = Case::new(shape, seed);
         for length in [LengthKind::L1, LengthKind::L2, LengthKind::Charbonnier] {
             for (masked, reduction) in [(false, Reduction::Sum), (true, Reduction::Mean), (true, Reduction::Sum)] {
-                let params = Params::default().with_lambda(0.05).with_length(length).with_reduction(reduction);
+                let mut params = Params::default().with_lambda(0.05).with_length(length).with_reduction(reduction);
+                if masked && reduction == Reduction::Sum {
+                    // The other parameters away from their defaults.
+                    params = Params { fidelity_weight: 0.7, delta: 0.3, centroid_eps: 1e-3, ..params };
+                }
                 let loss_gpu = MsLoss::new(params);
                 let loss_cpu = MsLoss::new(params);
                 let what = format!("{shape} {} {} mask {masked}", length.name(), reduction.name());
@@ -174,9 +178,18 @@ fn bad_input_is_a_typed_error() {
     mask[3] = 0.5;
     let z = case.tensor::<4>(&case.data.logits, s.classes(), &gpu);
     let m = case.tensor::<4>(&mask, 1, &gpu);
-    loss.forward(z.clone(), x.clone(), Some(m)).unwrap();
+    let value = loss.forward(z.clone(), x.clone(), Some(m)).unwrap();
+    // The loss tensor itself holds no plausible number: NaN, until check() says why.
+    assert!(value.into_data().try_to_vec::<f32>().unwrap()[0].is_nan());
     let e = loss.check().unwrap_err();
     assert!(e.to_string().contains("mask value"), "{e}");
+    // The mean over an empty mask: msloss's EmptyMask, and a NaN value.
+    let empty = case.tensor::<4>(&vec![0.0; s.mask_len()], 1, &gpu);
+    let mean = MsLoss::new(Params::default().with_reduction(Reduction::Mean));
+    let value = mean.forward(z.clone(), x.clone(), Some(empty)).unwrap();
+    assert!(value.into_data().try_to_vec::<f32>().unwrap()[0].is_nan());
+    let e = mean.check().unwrap_err();
+    assert!(matches!(e, Error::Wgpu(msloss_wgpu::WgpuError::Core(msloss_core::Error::EmptyMask))), "{e}");
     // A good call after the bad ones checks clean.
     loss.forward(z.clone(), x.clone(), None).unwrap();
     assert!(loss.check().unwrap().total > 0.0);
