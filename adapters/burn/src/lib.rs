@@ -35,7 +35,9 @@
 //! | a backend this build has no feature for (`ndarray`, `tch`, remote, or CubeCL without `wgpu`) | [`Error::Backend`], no panic |
 //!
 //! The device path needs burn without its `fusion` feature (msloss-burn extends burn's plain
-//! CubeCL backend; with fusion on, the `wgpu` feature does not compile).
+//! CubeCL backend; with fusion on, the `wgpu` feature does not compile). burn's default
+//! features turn fusion on for wgpu: depend on burn with `default-features = false` and the
+//! features you use (`std`, `autodiff`, `wgpu`, ...).
 //!
 //! ## Usage
 //! ```
