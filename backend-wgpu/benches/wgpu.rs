@@ -64,15 +64,14 @@ fn bench(c: &mut Criterion) {
             })
         };
         let buffers = DeviceBuffers {
-            scores: upload(&backend, &data.logits),
-            kind: ScoresKind::Logits,
-            image: upload(&backend, &data.image),
-            mask: Some(upload(&backend, &data.mask)),
-            grad: Some(out(4 * shape.scores_len() as u64)),
+            scores: upload(&backend, &data.logits).into(),
+            image: upload(&backend, &data.image).into(),
+            mask: Some(upload(&backend, &data.mask).into()),
+            grad: Some(out(4 * shape.scores_len() as u64).into()),
             centroids: None,
-            energy: out(ENERGY_BYTES),
+            energy: out(ENERGY_BYTES).into(),
         };
-        let plan = match backend.plan(shape, &params, &buffers) {
+        let plan = match backend.plan(shape, &params, buffers.io(ScoresKind::Logits)) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("{name}: {e}");
@@ -85,7 +84,9 @@ fn bench(c: &mut Criterion) {
                 let start = Instant::now();
                 for _ in 0..iters {
                     let mut encoder = backend.device().create_command_encoder(&Default::default());
-                    plan.encode(&mut encoder);
+                    if let Err(e) = plan.encode(&mut encoder, &buffers) {
+                        eprintln!("encode: {e}");
+                    }
                     backend.queue().submit([encoder.finish()]);
                     // Wait for the device before the clock stops.
                     if let Err(e) = backend.device().poll(wgpu::PollType::wait_indefinitely()) {

@@ -36,8 +36,9 @@ struct Health {
 /// - on host slices through [`msloss_core::Backend<f32>`] (upload, dispatch, read back);
 ///   `Backend<f64>` returns [`msloss_core::Error::Unsupported`] rather than silently rounding
 ///   an `f64` request to `f32`;
-/// - on the caller's device buffers with [`WgpuBackend::plan`] / [`WgpuBackend::encode`],
-///   recording every pass into the caller's `CommandEncoder` with no host round trip.
+/// - on the caller's device buffers: [`WgpuBackend::plan`] builds a [`crate::Plan`] (a value the
+///   caller owns), and [`crate::Plan::encode`] records every pass into the caller's
+///   `CommandEncoder` with no host round trip.
 ///
 /// Pipelines and their layouts are created once, in the constructor, one per
 /// [`Kernel`]. The backend is cheap to clone (the state is shared).
@@ -57,8 +58,6 @@ pub(crate) struct Inner {
     /// Bound where a kernel's read-write output is absent (no gradient, no softmax scratch).
     pub(crate) dummy_write: wgpu::Buffer,
     health: Arc<Mutex<Health>>,
-    /// The last plan of [`WgpuBackend::encode`], reused while its key matches.
-    pub(crate) encode_cache: Mutex<Option<crate::plan::Plan>>,
 }
 
 impl fmt::Debug for WgpuBackend {
@@ -204,19 +203,7 @@ impl WgpuBackend {
             };
             (pipelines, dummy("msloss dummy (read)"), dummy("msloss dummy (write)"))
         })?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                device,
-                queue,
-                limits,
-                info,
-                pipelines,
-                dummy_read,
-                dummy_write,
-                health,
-                encode_cache: Mutex::new(None),
-            }),
-        })
+        Ok(Self { inner: Arc::new(Inner { device, queue, limits, info, pipelines, dummy_read, dummy_write, health }) })
     }
 
     /// The device.

@@ -79,8 +79,8 @@ pub enum WgpuError {
         /// The device's `max_compute_workgroups_per_dimension`.
         max: u32,
     },
-    /// A caller's buffer is too small for the shape.
-    #[error("{what} buffer holds {got} bytes but shape {shape} needs at least {expected}")]
+    /// A caller's buffer (or range) is too small for the shape.
+    #[error("{what} range holds {got} bytes but shape {shape} needs at least {expected}")]
     BufferSize {
         /// Which buffer.
         what: &'static str,
@@ -90,6 +90,55 @@ pub enum WgpuError {
         expected: u64,
         /// Bytes it holds.
         got: u64,
+    },
+    /// A caller's range starts at an offset the device cannot bind.
+    #[error(
+        "{what} range starts at byte {offset}, which is not a multiple of the device's \
+         min_storage_buffer_offset_alignment = {alignment}"
+    )]
+    Misaligned {
+        /// Which buffer.
+        what: &'static str,
+        /// The range's offset.
+        offset: u64,
+        /// The device's alignment.
+        alignment: u64,
+    },
+    /// A caller's range reaches past the end of its buffer.
+    #[error("{what} range of {size} bytes at offset {offset} ends past its buffer of {buffer} bytes")]
+    RangeOutOfBounds {
+        /// Which buffer.
+        what: &'static str,
+        /// The range's offset.
+        offset: u64,
+        /// The range's size.
+        size: u64,
+        /// The buffer's size.
+        buffer: u64,
+    },
+    /// A range the kernels write shares bytes with another range of the same call.
+    #[error("the {written} range overlaps the {other} range; what the kernels write must overlap nothing they bind")]
+    Overlap {
+        /// The range written.
+        written: &'static str,
+        /// The range it overlaps.
+        other: &'static str,
+    },
+    /// The buffers of a call do not match what the plan was built for.
+    #[error("the plan was built {} a {what}, but the call {} one", if *planned { "with" } else { "without" }, if *given { "gives" } else { "gives no" })]
+    PlanMismatch {
+        /// `"mask"` or `"gradient"`.
+        what: &'static str,
+        /// Whether the plan binds it.
+        planned: bool,
+        /// Whether the call gave it.
+        given: bool,
+    },
+    /// A caller's buffer belongs to another device than the backend's.
+    #[error("a buffer given to the plan belongs to another device than the backend's: {message}")]
+    WrongDevice {
+        /// wgpu's message (it names the buffer's label).
+        message: String,
     },
     /// A caller's buffer lacks a usage the kernels need.
     #[error("{what} buffer has usages {got:?} but needs {needed:?}")]

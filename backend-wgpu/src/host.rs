@@ -4,8 +4,9 @@ use std::sync::mpsc;
 
 use msloss_core::{Backend, Energy, Error, Input, Outputs, Params, Scores, Shape, check_request};
 
+use crate::buffers::{BufferRange, DeviceBuffers, ENERGY_BYTES, Io, ScoresKind};
 use crate::context::scoped;
-use crate::plan::{DeviceBuffers, ENERGY_BYTES, Plan, ScoresKind, decode_energy};
+use crate::plan::{Plan, decode_energy};
 use crate::{WgpuBackend, WgpuError};
 
 /// Reusable device memory of the host path: the upload buffers, the read-back buffer and the
@@ -28,6 +29,7 @@ struct HostKey {
 struct HostPlan {
     key: HostKey,
     plan: Plan,
+    buffers: DeviceBuffers,
     readback: wgpu::Buffer,
 }
 
@@ -48,22 +50,22 @@ impl HostPlan {
             };
             let input = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
             let output = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+            let range = |label: &str, bytes: u64, usage| BufferRange::whole(buf(label, bytes, usage));
             let buffers = DeviceBuffers {
-                scores: buf("msloss scores", scores_bytes, input),
-                kind: key.kind,
-                image: buf("msloss image", shape.image_len() as u64 * f, input),
-                mask: key.mask.then(|| buf("msloss mask", shape.mask_len() as u64 * f, input)),
-                grad: key.grad.then(|| buf("msloss grad", scores_bytes, output)),
-                centroids: Some(buf("msloss centroids", shape.centroids_len() as u64 * f, output)),
-                energy: buf("msloss energy", ENERGY_BYTES, output),
+                scores: range("msloss scores", scores_bytes, input),
+                image: range("msloss image", shape.image_len() as u64 * f, input),
+                mask: key.mask.then(|| range("msloss mask", shape.mask_len() as u64 * f, input)),
+                grad: key.grad.then(|| range("msloss grad", scores_bytes, output)),
+                centroids: Some(range("msloss centroids", shape.centroids_len() as u64 * f, output)),
+                energy: range("msloss energy", ENERGY_BYTES, output),
             };
             let rb_bytes = ENERGY_BYTES + shape.centroids_len() as u64 * f + if key.grad { scores_bytes } else { 0 };
             let readback =
                 buf("msloss readback", rb_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
             (buffers, readback)
         })?;
-        let plan = backend.plan(shape, params, &buffers)?;
-        Ok(Self { key, plan, readback })
+        let plan = backend.plan(shape, params, Io { kind: key.kind, mask: key.mask, grad: key.grad })?;
+        Ok(Self { key, plan, buffers, readback })
     }
 }
 
@@ -167,27 +169,27 @@ impl WgpuBackend {
             }
             slot => slot.insert(Box::new(HostPlan::new(self, key, params)?)),
         };
-        let bufs = host.plan.buffers().clone();
-        let device = host.plan.device().clone();
+        let bufs = &host.buffers;
+        let device = self.device();
         let queue = self.queue();
         let grad_bytes = if key.grad { shape.scores_len() as u64 * 4 } else { 0 };
         let cent_bytes = shape.centroids_len() as u64 * 4;
         let rb_len = ENERGY_BYTES + cent_bytes + grad_bytes;
         let (tx, rx) = mpsc::channel();
-        scoped(&device, "running an evaluation", || {
-            queue.write_buffer(&bufs.scores, 0, bytemuck::cast_slice(input.scores().data()));
-            queue.write_buffer(&bufs.image, 0, bytemuck::cast_slice(input.image()));
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("msloss") });
+        host.plan.encode(&mut encoder, bufs)?;
+        scoped(device, "running an evaluation", || {
+            queue.write_buffer(&bufs.scores.buffer, 0, bytemuck::cast_slice(input.scores().data()));
+            queue.write_buffer(&bufs.image.buffer, 0, bytemuck::cast_slice(input.image()));
             if let (Some(m), Some(data)) = (&bufs.mask, input.mask()) {
-                queue.write_buffer(m, 0, bytemuck::cast_slice(data));
+                queue.write_buffer(&m.buffer, 0, bytemuck::cast_slice(data));
             }
-            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("msloss") });
-            host.plan.encode(&mut encoder);
-            encoder.copy_buffer_to_buffer(&bufs.energy, 0, &host.readback, 0, ENERGY_BYTES);
+            encoder.copy_buffer_to_buffer(&bufs.energy.buffer, 0, &host.readback, 0, ENERGY_BYTES);
             if let Some(c) = &bufs.centroids {
-                encoder.copy_buffer_to_buffer(c, 0, &host.readback, ENERGY_BYTES, cent_bytes);
+                encoder.copy_buffer_to_buffer(&c.buffer, 0, &host.readback, ENERGY_BYTES, cent_bytes);
             }
             if let Some(g) = &bufs.grad {
-                encoder.copy_buffer_to_buffer(g, 0, &host.readback, ENERGY_BYTES + cent_bytes, grad_bytes);
+                encoder.copy_buffer_to_buffer(&g.buffer, 0, &host.readback, ENERGY_BYTES + cent_bytes, grad_bytes);
             }
             queue.submit([encoder.finish()]);
             host.readback.map_async(wgpu::MapMode::Read, 0..rb_len, move |r| {
@@ -195,7 +197,7 @@ impl WgpuBackend {
                 let _ = tx.send(r);
             });
         })?;
-        let polled = device.poll(wgpu::PollType::wait_indefinitely());
+        let polled = self.device().poll(wgpu::PollType::wait_indefinitely());
         self.check_health()?;
         polled.map_err(|e| WgpuError::Poll(e.to_string()))?;
         match rx.recv() {

@@ -8,10 +8,14 @@
 //! - **host slices**: [`WgpuBackend`] implements [`msloss_core::Backend<f32>`] (upload,
 //!   dispatch, read back), so everything written against the trait — the gradient checker, the
 //!   CLI — runs on the GPU. `Backend<f64>` returns [`msloss_core::Error::Unsupported`].
-//! - **device-resident**: [`WgpuBackend::plan`] / [`WgpuBackend::encode`] record the whole
-//!   computation into the caller's `wgpu::CommandEncoder`, reading the caller's buffers
-//!   (logits or probabilities, image, optional mask) and writing the caller's gradient and
-//!   energy buffers. Nothing crosses to the host: a trainer keeps its activations on the GPU.
+//! - **device-resident**: [`WgpuBackend::plan`] builds a [`Plan`] for a shape, the parameters and
+//!   an [`Io`] (logits or probabilities, mask, gradient); the plan is a value the caller owns.
+//!   [`Plan::encode`] records the whole computation into the caller's `wgpu::CommandEncoder`,
+//!   reading the caller's ranges ([`BufferRange`]: buffer, offset, size, so tensors may live
+//!   inside a framework's packed pages, inputs and outputs in one buffer) and writing the
+//!   caller's gradient and energy ranges. Its bind groups are built per call, so the ranges may
+//!   move from step to step. Nothing crosses to the host: a trainer keeps its activations on
+//!   the GPU.
 //!
 //! ## Guarantees
 //! - Every feature of the core definition: `N` classes, `C` channels, 2D and 3D, masks, the
@@ -30,14 +34,17 @@
 //!   device-resident path, indices beyond `u32`) is refused with an error naming the limit. `N` and `C` are at most [`MAX_CLASSES`] and [`MAX_CHANNELS`] (each invocation loops
 //!   over them; no loop grows with the image, which keeps lavapipe's 65,535-iteration budget).
 //! - Errors, not panics: no adapter, missing limits, wgpu validation and out-of-memory errors
-//!   (caught with error scopes), a lost device, a caller's buffer of the wrong size or usage —
-//!   all [`WgpuError`]. Inputs given on the device are checked on the device; the findings come
+//!   (caught with error scopes), a lost device, a caller's range of the wrong size, usage or
+//!   alignment, past its buffer's end, or written over another range, buffers that do not match
+//!   the plan, a buffer of another device — all [`WgpuError`], found before wgpu sees the
+//!   buffers where wgpu's API allows (another device's buffer is found by wgpu's validation, in
+//!   an error scope). Inputs given on the device are checked on the device; the findings come
 //!   back in the energy record's status word and [`decode_energy`] turns them into errors.
 //!
 //! ## Device-resident example
 //! ```no_run
 //! use msloss_core::{Params, Shape};
-//! use msloss_wgpu::{DeviceBuffers, ENERGY_BYTES, ScoresKind, WgpuBackend, decode_energy};
+//! use msloss_wgpu::{BufferRange, DeviceBuffers, ENERGY_BYTES, Io, WgpuBackend, decode_energy};
 //! use wgpu::BufferUsages as U;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -52,15 +59,16 @@
 //! let image = buffer(shape.image_len(), U::STORAGE | U::COPY_DST);
 //! let grad = buffer(shape.scores_len(), U::STORAGE);
 //! let energy = buffer(4, U::STORAGE | U::COPY_SRC);
+//! // Whole buffers here; BufferRange::new(buffer, offset, size) addresses a tensor in a page.
 //! let buffers = DeviceBuffers {
-//!     scores: logits, kind: ScoresKind::Logits, image, mask: None,
-//!     grad: Some(grad), centroids: None, energy: energy.clone(),
+//!     scores: logits.into(), image: image.into(), mask: None,
+//!     grad: Some(grad.into()), centroids: None, energy: BufferRange::from(&energy),
 //! };
-//! let plan = backend.plan(shape, &Params::default(), &buffers)?; // once
+//! let plan = backend.plan(shape, &Params::default(), Io::TRAIN)?; // once; the plan is yours
 //!
 //! // Every step: record into your own encoder, next to your other passes.
 //! let mut encoder = device.create_command_encoder(&Default::default());
-//! plan.encode(&mut encoder);
+//! plan.encode(&mut encoder, &buffers)?; // binds this step's buffers (cheap)
 //! // ... the backward pass reads `buffers.grad` here; read the energy back only if you log it:
 //! let staging = buffer(4, U::MAP_READ | U::COPY_DST);
 //! encoder.copy_buffer_to_buffer(&energy, 0, &staging, 0, ENERGY_BYTES);
@@ -73,14 +81,16 @@
 //! # }
 //! ```
 
+mod buffers;
 mod context;
 mod error;
 mod host;
 mod plan;
 
+pub use buffers::{BufferRange, DeviceBuffers, ENERGY_BYTES, Io, ScoresKind};
 pub use context::{MAX_CHANNELS, MAX_CLASSES, WgpuBackend, check_limits};
 pub use error::WgpuError;
 pub use host::WgpuWorkspace;
 pub use msloss_shaders::Kernel;
-pub use plan::{DeviceBuffers, ENERGY_BYTES, Plan, ScoresKind, decode_energy};
+pub use plan::{Plan, Traffic, decode_energy};
 pub use wgpu;

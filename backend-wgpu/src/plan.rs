@@ -1,5 +1,6 @@
-//! A plan: every scratch buffer, uniform and bind group of one shape and one set of buffers,
-//! recorded into a command encoder on demand.
+//! A plan: the scratch buffers, uniforms and reduction bind groups of one shape, [`Io`] and
+//! parameter set, owned by the caller; [`Plan::encode`] binds the caller's ranges for one call
+//! and records every dispatch into the caller's encoder.
 
 use std::num::NonZeroU64;
 
@@ -7,59 +8,13 @@ use msloss_core::{Energy, Error, LengthKind, Params, Reduction, Shape};
 use msloss_shaders::{Dims, Kernel, ReduceParams, TILE, WORKGROUP_SIZE, flags, length_kind, status};
 use wgpu::util::DeviceExt;
 
+use crate::buffers::{self, BufferRange, DeviceBuffers, ENERGY_BYTES, Io, Needs, ScoresKind};
 use crate::context::{MAX_CHANNELS, MAX_CLASSES, scoped};
 use crate::{WgpuBackend, WgpuError};
 
-/// Bytes of the energy record the device writes: `[fidelity, length, total]` as `f32` and a
-/// `u32` status word.
-pub const ENERGY_BYTES: u64 = 16;
-
-/// What the scores are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ScoresKind {
-    /// Logits (softmax over the classes is applied).
-    Logits,
-    /// Probabilities.
-    Probs,
-}
-
-/// The caller's device buffers for one evaluation (all `f32`, row-major, as in the core's
-/// definition). `wgpu::Buffer` is a cheap shared handle: clone your buffers in.
-///
-/// Every buffer needs `BufferUsages::STORAGE` and at least the bytes the shape needs (a larger
-/// buffer is accepted; only its prefix is bound).
-#[derive(Debug, Clone)]
-pub struct DeviceBuffers {
-    /// Logits or probabilities, `[B, N, D, H, W]`.
-    pub scores: wgpu::Buffer,
-    /// Which of the two `scores` holds.
-    pub kind: ScoresKind,
-    /// The image, `[B, C, D, H, W]`.
-    pub image: wgpu::Buffer,
-    /// The mask, `[B, D, H, W]` of 0/1, or all pixels valid.
-    pub mask: Option<wgpu::Buffer>,
-    /// Receives `∂E/∂scores`, `[B, N, D, H, W]`, when given.
-    pub grad: Option<wgpu::Buffer>,
-    /// Receives the centroids `[B, N, C]` when given.
-    pub centroids: Option<wgpu::Buffer>,
-    /// Receives the energy record ([`ENERGY_BYTES`] bytes; decode it with
-    /// [`decode_energy`]).
-    pub energy: wgpu::Buffer,
-}
-
-impl PartialEq for DeviceBuffers {
-    fn eq(&self, o: &Self) -> bool {
-        self.scores == o.scores
-            && self.kind == o.kind
-            && self.image == o.image
-            && self.mask == o.mask
-            && self.grad == o.grad
-            && self.centroids == o.centroids
-            && self.energy == o.energy
-    }
-}
-
-/// Decodes the energy record the device wrote (copy it to a mappable buffer and map it).
+/// Decodes the energy record the device wrote (copy it to a mappable buffer and map it). A
+/// record whose inputs failed the device's checks (or a mean over no valid pixel) holds NaN
+/// values, so that a reader who skips this function sees no plausible number.
 ///
 /// # Errors
 /// [`WgpuError::EnergyRecord`] for a record of the wrong length; [`Error::EmptyMask`] and
@@ -93,34 +48,6 @@ pub fn decode_energy(bytes: &[u8]) -> Result<Energy<f32>, WgpuError> {
         return Err(Error::NonFiniteResult { what: "energy", value: f64::from(total) }.into());
     }
     Ok(Energy { fidelity, length, total })
-}
-
-/// One dispatch.
-#[derive(Debug)]
-struct Step {
-    kernel: Kernel,
-    pipeline: wgpu::ComputePipeline,
-    bind_group: wgpu::BindGroup,
-    grid: (u32, u32),
-}
-
-/// Everything one evaluation on the device needs, built once for a shape, a set of buffers and
-/// parameters, and recorded into any number of command encoders with [`Plan::encode`].
-///
-/// A trainer that keeps its buffers builds one plan and encodes it every step; the plan's
-/// parameters can change with [`Plan::set_params`].
-#[derive(Debug)]
-pub struct Plan {
-    shape: Shape,
-    buffers: DeviceBuffers,
-    params: Params,
-    device: wgpu::Device,
-    queue: wgpu::Queue,
-    dims: Dims,
-    dims_buffer: wgpu::Buffer,
-    status: wgpu::Buffer,
-    centroids: wgpu::Buffer,
-    steps: Vec<Step>,
 }
 
 /// u32 indices in the kernels stay below this (room for one workgroup's overshoot).
@@ -192,7 +119,6 @@ struct Layout {
     scores_bytes: u64,
     image_bytes: u64,
     mask_bytes: u64,
-    cent_bytes: u64,
     scratch_len: u64,
     class_levels: Vec<(u64, u64)>,
     count_levels: Vec<(u64, u64)>,
@@ -223,7 +149,6 @@ impl WgpuBackend {
             scores_bytes: sz.b * sz.n * sz.s * f,
             image_bytes: sz.b * sz.c * sz.s * f,
             mask_bytes: sz.b * sz.s * f,
-            cent_bytes: sz.b * sz.n * sz.c * f,
             scratch_len,
             class_levels,
             count_levels,
@@ -285,55 +210,101 @@ impl WgpuBackend {
     }
 }
 
+/// Global-memory bytes one dispatch reads and writes ([`Plan::traffic`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
+    /// The kernel's name.
+    pub kernel: &'static str,
+    /// Bytes read.
+    pub read: u64,
+    /// Bytes written.
+    pub written: u64,
+}
+
+impl Traffic {
+    /// The floor of an evaluation with the gradient wrt logits, in bytes: the logits and the
+    /// image read twice (once for the centroids, once for the energy and gradient) and the
+    /// gradient written once, `(3N + 2C)·4` bytes per pixel (the mask adds 2 words a pixel).
+    pub fn floor(shape: Shape, mask: bool) -> u64 {
+        let (n, c) = (shape.classes() as u64, shape.channels() as u64);
+        let px = (shape.batch() * shape.spatial()) as u64;
+        4 * px * (3 * n + 2 * c + if mask { 2 } else { 0 })
+    }
+}
+
+/// One dispatch whose bind group is built with the plan (it binds only the plan's buffers).
+#[derive(Debug)]
+struct Fixed {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    grid: (u32, u32),
+    /// Elements the level reads (`rows · len_in`) and writes (`rows · len_out`).
+    elems: (u64, u64),
+}
+
+/// The dispatches of one evaluation, in order. The kernels that bind a caller's range get their
+/// bind group per call ([`Plan::encode`]); the reductions between them are fixed.
+#[derive(Debug)]
+enum Step {
+    /// A kernel that binds the caller's ranges, over this grid.
+    Caller(Kernel, (u32, u32)),
+    /// A reduction level over the plan's own buffers.
+    Fixed(Fixed),
+}
+
+/// Everything one evaluation on the device needs beyond the caller's buffers: scratch (the
+/// softmax, the class-sum partials, O(B·N·C) sums and centroids), the uniform block, and the
+/// reduction levels' bind groups. Built once by [`WgpuBackend::plan`] for a shape, an [`Io`]
+/// and parameters; owned by the caller, which records it with [`Plan::encode`] on any
+/// [`DeviceBuffers`] of that shape, as often as it likes.
+///
+/// The plan's scratch is reused by every call: the queue orders calls, so encoding one plan
+/// several times in one submission or in successive ones is fine; two threads recording one
+/// plan into encoders submitted concurrently to different queues is not (clone nothing; build
+/// one plan per concurrent stream).
+#[derive(Debug)]
+pub struct Plan {
+    backend: WgpuBackend,
+    shape: Shape,
+    io: Io,
+    params: Params,
+    needs: Needs,
+    sz: Sizes,
+    dims_buffer: wgpu::Buffer,
+    status: wgpu::Buffer,
+    y_scratch: Option<wgpu::Buffer>,
+    partials: wgpu::Buffer,
+    sums: wgpu::Buffer,
+    totals: wgpu::Buffer,
+    centroids: wgpu::Buffer,
+    stats: wgpu::Buffer,
+    loss_partials: wgpu::Buffer,
+    steps: Vec<Step>,
+}
+
 impl WgpuBackend {
-    /// Builds a [`Plan`] for `shape` on the caller's `buffers` with `params`: checks every
-    /// buffer's usage and size, the device's limits, creates the scratch buffers, uniforms and
-    /// bind groups (under error scopes).
+    /// Builds a [`Plan`] for `shape` with `params`, reading and writing what `io` says: checks
+    /// the device's limits, creates the scratch buffers, the uniform block and the reductions'
+    /// bind groups (under error scopes). No caller buffer is needed yet.
     ///
     /// # Errors
-    /// [`Error::BadParam`] (as [`WgpuError::Core`]); [`WgpuError::BufferUsage`],
-    /// [`WgpuError::BufferSize`] for the caller's buffers; [`WgpuError::ExtentTooLarge`],
+    /// [`Error::BadParam`] (as [`WgpuError::Core`]); [`WgpuError::ExtentTooLarge`],
     /// [`WgpuError::IndexOverflow`], [`WgpuError::BufferTooLarge`],
-    /// [`WgpuError::GridTooLarge`] for shapes beyond the device; a scope error
+    /// [`WgpuError::GridTooLarge`] for shapes beyond the kernels or the device; a scope error
     /// ([`WgpuError::Validation`], [`WgpuError::OutOfMemory`]) while creating resources;
     /// [`WgpuError::DeviceLost`].
-    pub fn plan(&self, shape: Shape, params: &Params, buffers: &DeviceBuffers) -> Result<Plan, WgpuError> {
+    pub fn plan(&self, shape: Shape, params: &Params, io: Io) -> Result<Plan, WgpuError> {
         params.validate()?;
         self.check_health()?;
         let lay = self.layout(shape)?;
-        let Layout { sz, scores_bytes, image_bytes, mask_bytes, cent_bytes, scratch_len, .. } = lay;
-        let (class_levels, count_levels, loss_levels) = (&lay.class_levels, &lay.count_levels, &lay.loss_levels);
-        let f = 4u64;
-        let logits = buffers.kind == ScoresKind::Logits;
-        let check_caller = |what: &'static str, buf: &wgpu::Buffer, bytes: u64| -> Result<(), WgpuError> {
-            if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
-                return Err(WgpuError::BufferUsage { what, needed: wgpu::BufferUsages::STORAGE, got: buf.usage() });
-            }
-            if buf.size() < bytes {
-                return Err(WgpuError::BufferSize { what, shape, expected: bytes, got: buf.size() });
-            }
-            Ok(())
-        };
-        let scores_name = if buffers.kind == ScoresKind::Logits { "logits" } else { "probabilities" };
-        check_caller(scores_name, &buffers.scores, scores_bytes)?;
-        check_caller("image", &buffers.image, image_bytes)?;
-        if let Some(m) = &buffers.mask {
-            check_caller("mask", m, mask_bytes)?;
-        }
-        if let Some(g) = &buffers.grad {
-            check_caller("gradient", g, scores_bytes)?;
-        }
-        if let Some(c) = &buffers.centroids {
-            check_caller("centroids", c, cent_bytes)?;
-        }
-        check_caller("energy", &buffers.energy, ENERGY_BYTES)?;
-
+        let sz = lay.sz;
+        let logits = io.kind == ScoresKind::Logits;
         let device = &self.inner.device;
         scoped(device, "building a plan", || -> Result<Plan, WgpuError> {
             let storage = |label: &str, elems: u64, extra: wgpu::BufferUsages| {
                 device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(label),
-                    size: elems.max(1) * f,
+                    size: elems.max(1) * 4,
                     usage: wgpu::BufferUsages::STORAGE | extra,
                     mapped_at_creation: false,
                 })
@@ -343,16 +314,13 @@ impl WgpuBackend {
             let partials = storage("msloss class partials", sz.rows * sz.tiles, none);
             let sums = storage("msloss class sums", sz.rows, none);
             let totals = storage("msloss totals", 3, none);
-            let centroids = match &buffers.centroids {
-                Some(c) => c.clone(),
-                None => storage("msloss centroids", sz.b * sz.n * sz.c, wgpu::BufferUsages::COPY_SRC),
-            };
+            let centroids = storage("msloss centroids", sz.b * sz.n * sz.c, wgpu::BufferUsages::COPY_SRC);
             let stats = storage("msloss stats", sz.b * sz.n + 1, none);
             let loss_partials = storage("msloss loss partials", 2 * sz.loss_groups, none);
-            let ping = storage("msloss reduce ping", scratch_len, none);
-            let pong = storage("msloss reduce pong", scratch_len, none);
+            let ping = storage("msloss reduce ping", lay.scratch_len, none);
+            let pong = storage("msloss reduce pong", lay.scratch_len, none);
             let status_buf = storage("msloss status", 1, wgpu::BufferUsages::COPY_DST);
-            let dims = dims_for(shape, &sz, params, logits, buffers.mask.is_some(), buffers.grad.is_some());
+            let dims = dims_for(shape, &sz, params, io);
             let dims_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("msloss dims"),
                 contents: &dims.to_bytes(),
@@ -360,121 +328,44 @@ impl WgpuBackend {
             });
 
             let mut b = StepBuilder { backend: self, steps: Vec::new(), ping: &ping, pong: &pong };
-            let scores = prefix(&buffers.scores, scores_bytes);
-            let image = prefix(&buffers.image, image_bytes);
-            let mask = match &buffers.mask {
-                Some(m) => prefix(m, mask_bytes),
-                None => whole(&self.inner.dummy_read),
-            };
-            let y_read = match &y_scratch {
-                Some(y) => whole(y),
-                None => prefix(&buffers.scores, scores_bytes),
-            };
-            let y_write = match &y_scratch {
-                Some(y) => whole(y),
-                None => whole(&self.inner.dummy_write),
-            };
-            let grad = match &buffers.grad {
-                Some(g) => prefix(g, scores_bytes),
-                None => whole(&self.inner.dummy_write),
-            };
             let pixel_groups = ceil_div(sz.b * sz.s, WORKGROUP_SIZE as u64);
-            let dims_res = whole(&dims_buffer);
-
             // 1. checks and softmax
-            b.push(
-                Kernel::Prepare,
-                pixel_groups,
-                &[dims_res.clone(), scores.clone(), image.clone(), mask.clone(), y_write, whole(&status_buf)],
-            )?;
+            b.caller(Kernel::Prepare, pixel_groups)?;
             // 2–3. class sums, reduced to one value per row; then the valid-pixel count.
-            b.push(
-                Kernel::ClassSums,
-                sz.rows * sz.tiles,
-                &[dims_res.clone(), y_read.clone(), image.clone(), mask.clone(), whole(&partials)],
-            )?;
-            b.chain(&partials, 0, sz.rows, class_levels, &sums, 0)?;
-            b.chain(&sums, sz.class_rows, 1, count_levels, &totals, 0)?;
+            b.caller(Kernel::ClassSums, sz.rows * sz.tiles)?;
+            b.chain(&partials, 0, sz.rows, &lay.class_levels, &sums, 0)?;
+            b.chain(&sums, sz.class_rows, 1, &lay.count_levels, &totals, 0)?;
             // 4. centroids, ε-corrections, scale
-            b.push(
-                Kernel::Centroids,
-                ceil_div(sz.b * sz.n * sz.c, WORKGROUP_SIZE as u64),
-                &[dims_res.clone(), whole(&sums), whole(&totals), prefix(&centroids, cent_bytes), whole(&stats)],
-            )?;
+            b.caller(Kernel::Centroids, ceil_div(sz.b * sz.n * sz.c, WORKGROUP_SIZE as u64))?;
             // 5. energy terms and gradient, then their sums
-            b.push(
-                Kernel::LossGrad,
-                sz.loss_groups,
-                &[
-                    dims_res.clone(),
-                    y_read.clone(),
-                    image.clone(),
-                    mask.clone(),
-                    prefix(&centroids, cent_bytes),
-                    whole(&stats),
-                    grad.clone(),
-                    whole(&loss_partials),
-                ],
-            )?;
-            b.chain(&loss_partials, 0, 2, loss_levels, &totals, 1)?;
+            b.caller(Kernel::LossGrad, sz.loss_groups)?;
+            b.chain(&loss_partials, 0, 2, &lay.loss_levels, &totals, 1)?;
             // 6. softmax backward
-            if logits && buffers.grad.is_some() {
-                b.push(Kernel::Jacobian, pixel_groups, &[dims_res.clone(), y_read.clone(), grad.clone()])?;
+            if logits && io.grad {
+                b.caller(Kernel::Jacobian, pixel_groups)?;
             }
             // 7. the energy record
-            b.push(
-                Kernel::Finalize,
-                1,
-                &[dims_res, whole(&totals), whole(&status_buf), prefix(&buffers.energy, ENERGY_BYTES)],
-            )?;
+            b.caller(Kernel::Finalize, 1)?;
+            let steps = b.steps;
             Ok(Plan {
+                backend: self.clone(),
                 shape,
-                buffers: buffers.clone(),
+                io,
                 params: *params,
-                device: device.clone(),
-                queue: self.inner.queue.clone(),
-                dims,
+                needs: Needs::of(shape),
+                sz,
                 dims_buffer,
                 status: status_buf,
+                y_scratch,
+                partials,
+                sums,
+                totals,
                 centroids,
-                steps: b.steps,
+                stats,
+                loss_partials,
+                steps,
             })
         })?
-    }
-
-    /// Records one evaluation into the caller's `encoder`, reusing the plan of the previous call
-    /// when the shape and buffers are the same (new parameters are written with
-    /// [`Plan::set_params`], so the `set_params` caveat applies), otherwise building a new one
-    /// with [`WgpuBackend::plan`]. Nothing is submitted and nothing is read back: submit the encoder,
-    /// then copy `buffers.energy` to a mappable buffer and [`decode_energy`] it (or leave the
-    /// gradient on the device for the next kernel).
-    ///
-    /// # Errors
-    /// As [`WgpuBackend::plan`].
-    pub fn encode(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        shape: Shape,
-        params: &Params,
-        buffers: &DeviceBuffers,
-    ) -> Result<(), WgpuError> {
-        let mut cache = self.inner.encode_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match cache.as_mut() {
-            // Same shape and buffers: keep the bind groups, update the parameters if they changed.
-            Some(p) if p.shape == shape && p.buffers == *buffers => {
-                self.check_health()?;
-                if p.params != *params {
-                    p.set_params(params)?;
-                }
-                p.encode(encoder);
-            }
-            _ => {
-                let p = self.plan(shape, params, buffers)?;
-                p.encode(encoder);
-                *cache = Some(p);
-            }
-        }
-        Ok(())
     }
 }
 
@@ -499,21 +390,10 @@ impl StepBuilder<'_> {
         Ok(if groups <= md { (groups as u32, 1) } else { (max_dim, ceil_div(groups, md) as u32) })
     }
 
-    /// Adds one dispatch of `kernel` over `groups` workgroups with `resources` bound in order.
-    fn push(&mut self, kernel: Kernel, groups: u64, resources: &[wgpu::BindingResource<'_>]) -> Result<(), WgpuError> {
-        let p = self.backend.pipeline(kernel);
-        let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
-            .iter()
-            .enumerate()
-            .map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() })
-            .collect();
-        let bind_group = self.backend.device().create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.name()),
-            layout: &p.layout,
-            entries: &entries,
-        });
+    /// Adds a dispatch of `kernel` over `groups` workgroups whose bind group is built per call.
+    fn caller(&mut self, kernel: Kernel, groups: u64) -> Result<(), WgpuError> {
         let grid = self.grid(kernel, groups)?;
-        self.steps.push(Step { kernel, pipeline: p.pipeline.clone(), bind_group, grid });
+        self.steps.push(Step::Caller(kernel, grid));
         Ok(())
     }
 
@@ -548,12 +428,17 @@ impl StepBuilder<'_> {
                 src_offset: from_offset as u32,
                 dst_offset: to_offset as u32,
             };
-            let ub = self.backend.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            let device = self.backend.device();
+            let ub = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("msloss reduce params"),
                 contents: &rp.to_bytes(),
                 usage: wgpu::BufferUsages::UNIFORM,
             });
-            self.push(Kernel::Reduce, rows * len_out, &[whole(&ub), whole(from), whole(to)])?;
+            let p = self.backend.pipeline(Kernel::Reduce);
+            let bind_group = bind_group(device, Kernel::Reduce, &p.layout, &[whole(&ub), whole(from), whole(to)]);
+            let grid = self.grid(Kernel::Reduce, rows * len_out)?;
+            let elems = (rows * len_in, rows * len_out);
+            self.steps.push(Step::Fixed(Fixed { pipeline: p.pipeline.clone(), bind_group, grid, elems }));
             from = to;
             from_offset = to_offset;
         }
@@ -561,25 +446,44 @@ impl StepBuilder<'_> {
     }
 }
 
+fn bind_group(
+    device: &wgpu::Device,
+    kernel: Kernel,
+    layout: &wgpu::BindGroupLayout,
+    resources: &[wgpu::BindingResource<'_>],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
+        .iter()
+        .enumerate()
+        .map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() })
+        .collect();
+    device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(kernel.name()), layout, entries: &entries })
+}
+
 /// Binds all of `b`.
 fn whole(b: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
     wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b, offset: 0, size: None })
 }
 
-/// Binds the first `bytes` of `b` (`bytes > 0`: shapes have no empty extent).
-fn prefix(b: &wgpu::Buffer, bytes: u64) -> wgpu::BindingResource<'_> {
-    wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b, offset: 0, size: NonZeroU64::new(bytes) })
+/// Binds the first `bytes` of the caller's range `r` (`bytes > 0`: shapes have no empty extent;
+/// [`buffers::check`] has checked it fits).
+fn range(r: &BufferRange, bytes: u64) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: &r.buffer,
+        offset: r.offset,
+        size: NonZeroU64::new(bytes),
+    })
 }
 
-fn dims_for(shape: Shape, sz: &Sizes, params: &Params, logits: bool, mask: bool, grad: bool) -> Dims {
+fn dims_for(shape: Shape, sz: &Sizes, params: &Params, io: Io) -> Dims {
     let mut fl = 0;
-    if logits {
+    if io.kind == ScoresKind::Logits {
         fl |= flags::LOGITS;
     }
-    if mask {
+    if io.mask {
         fl |= flags::MASK;
     }
-    if grad {
+    if io.grad {
         fl |= flags::GRAD;
     }
     if params.reduction == Reduction::Mean {
@@ -616,13 +520,23 @@ impl Plan {
         self.shape
     }
 
-    /// The buffers this plan reads and writes.
-    pub fn buffers(&self) -> &DeviceBuffers {
-        &self.buffers
+    /// What the plan reads and writes.
+    pub fn io(&self) -> Io {
+        self.io
     }
 
-    /// The centroids buffer (the caller's, or the plan's own, `[B, N, C]` `f32`, usable as a
-    /// copy source).
+    /// The parameters.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The backend the plan runs on.
+    pub fn backend(&self) -> &WgpuBackend {
+        &self.backend
+    }
+
+    /// The plan's own centroids buffer, `[B, N, C]` `f32`, usable as a copy source: written by
+    /// calls whose [`DeviceBuffers::centroids`] is `None`.
     pub fn centroids(&self) -> &wgpu::Buffer {
         &self.centroids
     }
@@ -635,33 +549,190 @@ impl Plan {
     /// [`Error::BadParam`] (as [`WgpuError::Core`]).
     pub fn set_params(&mut self, params: &Params) -> Result<(), WgpuError> {
         params.validate()?;
+        if *params == self.params {
+            return Ok(());
+        }
         let sz = Sizes::new(self.shape)?;
-        let logits = self.buffers.kind == ScoresKind::Logits;
-        self.dims = dims_for(self.shape, &sz, params, logits, self.buffers.mask.is_some(), self.buffers.grad.is_some());
+        let dims = dims_for(self.shape, &sz, params, self.io);
         self.params = *params;
-        self.queue.write_buffer(&self.dims_buffer, 0, &self.dims.to_bytes());
+        self.backend.queue().write_buffer(&self.dims_buffer, 0, &dims.to_bytes());
         Ok(())
     }
 
-    /// Records the whole evaluation into `encoder`: a clear of the status word and one compute
-    /// pass of every dispatch. Reads and writes only device memory.
-    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+    /// Checks `buffers` against the plan without recording anything.
+    ///
+    /// # Errors
+    /// As [`Plan::encode`], less the scope errors.
+    pub fn check(&self, buffers: &DeviceBuffers) -> Result<(), WgpuError> {
+        let alignment = u64::from(self.backend.inner.limits.min_storage_buffer_offset_alignment).max(1);
+        buffers::check(buffers, self.shape, self.io, self.needs, alignment)
+    }
+
+    /// Records one evaluation on `buffers` into `encoder`: a clear of the status word and one
+    /// compute pass of every dispatch. Reads and writes only device memory; nothing is
+    /// submitted. The bind groups of the caller's ranges are built here, each call (six of them,
+    /// cheap), so the ranges may move between calls.
+    ///
+    /// # Errors
+    /// [`WgpuError::PlanMismatch`] when `buffers` has a mask or gradient the plan was not built
+    /// for (or lacks one it was); for each range, [`WgpuError::BufferUsage`] (no `STORAGE`),
+    /// [`WgpuError::Misaligned`], [`WgpuError::RangeOutOfBounds`], [`WgpuError::BufferSize`];
+    /// [`WgpuError::Overlap`] when a written range shares bytes with another;
+    /// [`WgpuError::WrongDevice`] for a buffer of another device (of the same wgpu instance; do
+    /// not mix instances: wgpu-core's debug assertions fire first); a scope error
+    /// ([`WgpuError::Validation`], for example a destroyed buffer) while binding; [`WgpuError::DeviceLost`]. Nothing is recorded when it fails.
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder, buffers: &DeviceBuffers) -> Result<(), WgpuError> {
+        self.backend.check_health()?;
+        self.check(buffers)?;
+        let n = self.needs;
+        let device = self.backend.device();
+        let inner = &self.backend.inner;
+        let bound = scoped(device, "binding the caller's buffers", || {
+            let scores = range(&buffers.scores, n.scores);
+            let image = range(&buffers.image, n.image);
+            let mask = match &buffers.mask {
+                Some(m) => range(m, n.mask),
+                None => whole(&inner.dummy_read),
+            };
+            let (y_read, y_write) = match &self.y_scratch {
+                Some(y) => (whole(y), whole(y)),
+                None => (scores.clone(), whole(&inner.dummy_write)),
+            };
+            let grad = match &buffers.grad {
+                Some(g) => range(g, n.scores),
+                None => whole(&inner.dummy_write),
+            };
+            let centroids = match &buffers.centroids {
+                Some(c) => range(c, n.centroids),
+                None => whole(&self.centroids),
+            };
+            let dims = whole(&self.dims_buffer);
+            let make = |kernel: Kernel, resources: &[wgpu::BindingResource<'_>]| {
+                bind_group(device, kernel, &self.backend.pipeline(kernel).layout, resources)
+            };
+            let mut groups = Vec::with_capacity(6);
+            for step in &self.steps {
+                let Step::Caller(kernel, _) = step else { continue };
+                let bg = match kernel {
+                    Kernel::Prepare => make(
+                        *kernel,
+                        &[
+                            dims.clone(),
+                            scores.clone(),
+                            image.clone(),
+                            mask.clone(),
+                            y_write.clone(),
+                            whole(&self.status),
+                        ],
+                    ),
+                    Kernel::ClassSums => make(
+                        *kernel,
+                        &[dims.clone(), y_read.clone(), image.clone(), mask.clone(), whole(&self.partials)],
+                    ),
+                    Kernel::Centroids => make(
+                        *kernel,
+                        &[dims.clone(), whole(&self.sums), whole(&self.totals), centroids.clone(), whole(&self.stats)],
+                    ),
+                    Kernel::LossGrad => make(
+                        *kernel,
+                        &[
+                            dims.clone(),
+                            y_read.clone(),
+                            image.clone(),
+                            mask.clone(),
+                            centroids.clone(),
+                            whole(&self.stats),
+                            grad.clone(),
+                            whole(&self.loss_partials),
+                        ],
+                    ),
+                    Kernel::Jacobian => make(*kernel, &[dims.clone(), y_read.clone(), grad.clone()]),
+                    Kernel::Finalize => make(
+                        *kernel,
+                        &[dims.clone(), whole(&self.totals), whole(&self.status), range(&buffers.energy, ENERGY_BYTES)],
+                    ),
+                    // Reduce levels are Step::Fixed.
+                    Kernel::Reduce => continue,
+                };
+                groups.push(bg);
+            }
+            groups
+        });
+        // wgpu's API gives a buffer's device to nobody: its validation finds the mismatch, and
+        // its message (tested) names it.
+        let groups = match bound {
+            Err(WgpuError::Validation { message, .. }) if message.contains("doesn't match Device") => {
+                return Err(WgpuError::WrongDevice { message });
+            }
+            other => other?,
+        };
         encoder.clear_buffer(&self.status, 0, None);
         let mut pass =
             encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("msloss"), timestamp_writes: None });
+        let mut caller_groups = groups.iter();
         for step in &self.steps {
-            pass.set_pipeline(&step.pipeline);
-            pass.set_bind_group(0, &step.bind_group, &[]);
-            pass.dispatch_workgroups(step.grid.0, step.grid.1, 1);
+            let (pipeline, group, grid) = match step {
+                Step::Caller(kernel, grid) => {
+                    // One group per caller step, built above in the same order.
+                    let Some(g) = caller_groups.next() else { break };
+                    (&self.backend.pipeline(*kernel).pipeline, g, *grid)
+                }
+                Step::Fixed(f) => (&f.pipeline, &f.bind_group, f.grid),
+            };
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, group, &[]);
+            pass.dispatch_workgroups(grid.0, grid.1, 1);
         }
+        Ok(())
+    }
+
+    /// The global-memory bytes each dispatch of one evaluation reads and writes, in dispatch
+    /// order, counted from the plan: every distinct element of every tensor a kernel touches,
+    /// once (repeated loads of one element within a kernel are assumed to hit a cache), the
+    /// uniform block and the status word left out. The model behind the issue's "bytes per
+    /// pixel" figures: compare the total with [`Traffic::floor`].
+    pub fn traffic(&self) -> Vec<Traffic> {
+        let Sizes { b, n, c, s, rows, tiles, loss_groups, .. } = self.sz;
+        let f = 4u64;
+        let px = b * s;
+        let logits = self.io.kind == ScoresKind::Logits;
+        let mask = if self.io.mask { px } else { 0 };
+        let bnc = b * n * c;
+        self.steps
+            .iter()
+            .map(|step| {
+                let (read, written) = match step {
+                    Step::Fixed(fx) => fx.elems,
+                    Step::Caller(kernel, _) => match kernel {
+                        Kernel::Prepare => (n * px + c * px + mask, if logits { n * px } else { 0 }),
+                        Kernel::ClassSums => (n * px + c * px + mask, rows * tiles),
+                        Kernel::Centroids => (rows + 1, bnc + b * n + 1),
+                        Kernel::LossGrad => (
+                            n * px + c * px + mask + bnc + b * n + 1,
+                            if self.io.grad { n * px } else { 0 } + 2 * loss_groups,
+                        ),
+                        Kernel::Jacobian => (2 * n * px, n * px),
+                        Kernel::Finalize => (3, 4),
+                        Kernel::Reduce => (0, 0),
+                    },
+                };
+                let name = match step {
+                    Step::Caller(k, _) => k.name(),
+                    Step::Fixed(_) => Kernel::Reduce.name(),
+                };
+                Traffic { kernel: name, read: read * f, written: written * f }
+            })
+            .collect()
     }
 
     /// The dispatches of one evaluation, as `(kernel name, workgroups x, workgroups y)`.
     pub fn dispatches(&self) -> Vec<(&'static str, u32, u32)> {
-        self.steps.iter().map(|s| (s.kernel.name(), s.grid.0, s.grid.1)).collect()
-    }
-
-    pub(crate) fn device(&self) -> &wgpu::Device {
-        &self.device
+        self.steps
+            .iter()
+            .map(|s| match s {
+                Step::Caller(k, g) => (k.name(), g.0, g.1),
+                Step::Fixed(f) => (Kernel::Reduce.name(), f.grid.0, f.grid.1),
+            })
+            .collect()
     }
 }

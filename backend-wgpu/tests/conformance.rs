@@ -58,25 +58,7 @@ fn large_3d_64_cubed() {
 fn large_plans_are_multi_level() {
     let Some(b) = backend() else { return };
     let shape = shape(1, 5, 1, 1, 1024, 1024);
-    let dev = b.device();
-    let buf = |elems: usize| {
-        dev.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: 4 * elems as u64,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        })
-    };
-    let buffers = msloss_wgpu::DeviceBuffers {
-        scores: buf(shape.scores_len()),
-        kind: msloss_wgpu::ScoresKind::Logits,
-        image: buf(shape.image_len()),
-        mask: None,
-        grad: Some(buf(shape.scores_len())),
-        centroids: None,
-        energy: buf(4),
-    };
-    let plan = b.plan(shape, &Params::default(), &buffers).unwrap();
+    let plan = b.plan(shape, &Params::default(), msloss_wgpu::Io::TRAIN).unwrap();
     let d = plan.dispatches();
     let reduces = d.iter().filter(|(k, _, _)| *k == "reduce").count();
     // class sums: 512 → 1; count: 1 → 1; loss: 2560 → 2 → 1.

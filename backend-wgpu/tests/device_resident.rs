@@ -9,7 +9,7 @@ use msloss_conformance::Tolerance;
 use msloss_conformance::checks::reference;
 use msloss_core::rng::RandomInputs;
 use msloss_core::{Backend, Input, LengthKind, Outputs, Params, Reduction, Scores, Shape};
-use msloss_wgpu::{DeviceBuffers, ENERGY_BYTES, ScoresKind, WgpuBackend, decode_energy};
+use msloss_wgpu::{BufferRange, DeviceBuffers, ENERGY_BYTES, Io, ScoresKind, WgpuBackend, decode_energy};
 use wgpu::BufferUsages as U;
 
 fn upload(b: &WgpuBackend, data: &[f32], usage: U) -> wgpu::Buffer {
@@ -69,27 +69,25 @@ fn trainer_loop_matches_host_path_and_reference() {
     ] {
         let params = Params::default().with_lambda(0.05).with_length(length).with_reduction(reduction);
         let scores = if kind == ScoresKind::Logits { &data.logits } else { &data.probs };
+        let grad = empty(b, 4 * shape.scores_len() as u64, U::STORAGE | U::COPY_SRC | U::COPY_DST);
+        let cent = empty(b, 4 * shape.centroids_len() as u64, U::STORAGE | U::COPY_SRC);
+        let energy = empty(b, ENERGY_BYTES, U::STORAGE | U::COPY_SRC);
         let buffers = DeviceBuffers {
-            scores: upload(b, scores, U::STORAGE),
-            kind,
-            image: upload(b, &data.image, U::STORAGE),
-            mask: masked.then(|| upload(b, &data.mask, U::STORAGE)),
-            grad: Some(empty(b, 4 * shape.scores_len() as u64, U::STORAGE | U::COPY_SRC | U::COPY_DST)),
-            centroids: Some(empty(b, 4 * shape.centroids_len() as u64, U::STORAGE | U::COPY_SRC)),
-            energy: empty(b, ENERGY_BYTES, U::STORAGE | U::COPY_SRC),
+            scores: upload(b, scores, U::STORAGE).into(),
+            image: upload(b, &data.image, U::STORAGE).into(),
+            mask: masked.then(|| upload(b, &data.mask, U::STORAGE).into()),
+            grad: Some(BufferRange::from(&grad)),
+            centroids: Some(BufferRange::from(&cent)),
+            energy: BufferRange::from(&energy),
         };
-        let plan = b.plan(shape, &params, &buffers).unwrap();
+        let plan = b.plan(shape, &params, buffers.io(kind)).unwrap();
         // Two steps of a "training loop": the trainer's own pass before, the loss, read back.
         let mut results = Vec::new();
         for _ in 0..2 {
             let mut encoder = b.device().create_command_encoder(&Default::default());
-            if let Some(g) = &buffers.grad {
-                encoder.clear_buffer(g, 0, None); // stands in for the trainer's own work
-            }
-            plan.encode(&mut encoder);
-            let grad = buffers.grad.as_ref().unwrap();
-            let cent = buffers.centroids.as_ref().unwrap();
-            results.push(read_back(b, encoder, &[&buffers.energy, grad, cent]));
+            encoder.clear_buffer(&grad, 0, None); // stands in for the trainer's own work
+            plan.encode(&mut encoder, &buffers).unwrap();
+            results.push(read_back(b, encoder, &[&energy, &grad, &cent]));
         }
         assert_eq!(results[0], results[1], "two steps give the same bits");
         let e = decode_energy(&results[0][0]).unwrap();
@@ -116,28 +114,40 @@ fn trainer_loop_matches_host_path_and_reference() {
     }
 }
 
-/// `WgpuBackend::encode` caches its plan and follows parameter and buffer changes.
+/// A plan is the caller's value: its parameters change with `set_params`, and one plan runs on
+/// different buffers of its shape.
 #[test]
-fn encode_with_cached_plan() {
+fn plan_follows_parameters_and_buffers() {
     let Some(b) = backend() else { return };
     let shape = Shape::new_2d(1, 2, 1, 30, 40).unwrap();
     let data = RandomInputs::<f32>::new(shape, 22);
+    let energy = empty(b, ENERGY_BYTES, U::STORAGE | U::COPY_SRC);
     let buffers = DeviceBuffers {
-        scores: upload(b, &data.logits, U::STORAGE),
-        kind: ScoresKind::Logits,
-        image: upload(b, &data.image, U::STORAGE),
+        scores: upload(b, &data.logits, U::STORAGE).into(),
+        image: upload(b, &data.image, U::STORAGE).into(),
         mask: None,
         grad: None,
         centroids: None,
-        energy: empty(b, ENERGY_BYTES, U::STORAGE | U::COPY_SRC),
+        energy: BufferRange::from(&energy),
     };
     let input = Input::new(shape, Scores::Logits(&data.logits), &data.image, None).unwrap();
+    let io = Io { kind: ScoresKind::Logits, mask: false, grad: false };
+    let mut plan = b.plan(shape, &Params::default(), io).unwrap();
     for p in [Params::default(), Params::default().with_lambda(0.3), Params::default()] {
+        plan.set_params(&p).unwrap();
         let mut encoder = b.device().create_command_encoder(&Default::default());
-        b.encode(&mut encoder, shape, &p, &buffers).unwrap();
-        let e = decode_energy(&read_back(b, encoder, &[&buffers.energy])[0]).unwrap();
-        Tolerance::F32.energy(&format!("encode λ = {}", p.lambda), e, reference(&input, &p).unwrap().energy);
+        plan.encode(&mut encoder, &buffers).unwrap();
+        let e = decode_energy(&read_back(b, encoder, &[&energy])[0]).unwrap();
+        Tolerance::F32.energy(&format!("plan λ = {}", p.lambda), e, reference(&input, &p).unwrap().energy);
     }
+    // Other buffers, same plan: the image scaled by 2 gives another energy.
+    let image2: Vec<f32> = data.image.iter().map(|v| 2.0 * v).collect();
+    let moved = DeviceBuffers { image: upload(b, &image2, U::STORAGE).into(), ..buffers.clone() };
+    let mut encoder = b.device().create_command_encoder(&Default::default());
+    plan.encode(&mut encoder, &moved).unwrap();
+    let e = decode_energy(&read_back(b, encoder, &[&energy])[0]).unwrap();
+    let input2 = Input::new(shape, Scores::Logits(&data.logits), &image2, None).unwrap();
+    Tolerance::F32.energy("plan on moved buffers", e, reference(&input2, &Params::default()).unwrap().energy);
 }
 
 /// Inputs checked on the device come back as errors from `decode_energy`.
@@ -147,19 +157,19 @@ fn device_side_input_errors() {
     let shape = Shape::new_2d(1, 2, 1, 8, 8).unwrap();
     let data = RandomInputs::<f32>::new(shape, 23);
     let run = |scores: &[f32], kind, image: &[f32], mask: Option<&[f32]>, params: Params| {
+        let energy = empty(b, ENERGY_BYTES, U::STORAGE | U::COPY_SRC);
         let buffers = DeviceBuffers {
-            scores: upload(b, scores, U::STORAGE),
-            kind,
-            image: upload(b, image, U::STORAGE),
-            mask: mask.map(|m| upload(b, m, U::STORAGE)),
-            grad: Some(empty(b, 4 * shape.scores_len() as u64, U::STORAGE)),
+            scores: upload(b, scores, U::STORAGE).into(),
+            image: upload(b, image, U::STORAGE).into(),
+            mask: mask.map(|m| upload(b, m, U::STORAGE).into()),
+            grad: Some(empty(b, 4 * shape.scores_len() as u64, U::STORAGE).into()),
             centroids: None,
-            energy: empty(b, ENERGY_BYTES, U::STORAGE | U::COPY_SRC),
+            energy: BufferRange::from(&energy),
         };
-        let plan = b.plan(shape, &params, &buffers).unwrap();
+        let plan = b.plan(shape, &params, buffers.io(kind)).unwrap();
         let mut encoder = b.device().create_command_encoder(&Default::default());
-        plan.encode(&mut encoder);
-        decode_energy(&read_back(b, encoder, &[&buffers.energy])[0])
+        plan.encode(&mut encoder, &buffers).unwrap();
+        decode_energy(&read_back(b, encoder, &[&energy])[0])
     };
     let p = Params::default();
     let mut bad = data.logits.clone();

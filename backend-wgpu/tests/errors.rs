@@ -5,7 +5,7 @@ mod common;
 use common::backend;
 use msloss_core::rng::RandomInputs;
 use msloss_core::{Backend, Error, Input, Outputs, Params, Scores, Shape};
-use msloss_wgpu::{DeviceBuffers, ENERGY_BYTES, MAX_CLASSES, ScoresKind, WgpuBackend, WgpuError};
+use msloss_wgpu::{BufferRange, DeviceBuffers, ENERGY_BYTES, Io, MAX_CLASSES, Plan, WgpuBackend, WgpuError};
 use wgpu::BufferUsages as U;
 
 fn buf(b: &WgpuBackend, bytes: u64, usage: U) -> wgpu::Buffer {
@@ -15,14 +15,22 @@ fn buf(b: &WgpuBackend, bytes: u64, usage: U) -> wgpu::Buffer {
 fn buffers_for(b: &WgpuBackend, shape: Shape) -> DeviceBuffers {
     let f = 4u64;
     DeviceBuffers {
-        scores: buf(b, f * shape.scores_len() as u64, U::STORAGE),
-        kind: ScoresKind::Logits,
-        image: buf(b, f * shape.image_len() as u64, U::STORAGE),
-        mask: Some(buf(b, f * shape.mask_len() as u64, U::STORAGE)),
-        grad: Some(buf(b, f * shape.scores_len() as u64, U::STORAGE)),
-        centroids: Some(buf(b, f * shape.centroids_len() as u64, U::STORAGE)),
-        energy: buf(b, ENERGY_BYTES, U::STORAGE),
+        scores: buf(b, f * shape.scores_len() as u64, U::STORAGE).into(),
+        image: buf(b, f * shape.image_len() as u64, U::STORAGE).into(),
+        mask: Some(buf(b, f * shape.mask_len() as u64, U::STORAGE).into()),
+        grad: Some(buf(b, f * shape.scores_len() as u64, U::STORAGE).into()),
+        centroids: Some(buf(b, f * shape.centroids_len() as u64, U::STORAGE).into()),
+        energy: buf(b, ENERGY_BYTES, U::STORAGE).into(),
     }
+}
+
+/// Logits, a mask and a gradient.
+const IO: Io = Io { mask: true, ..Io::TRAIN };
+
+/// Records `plan` on `bufs` into a throwaway encoder.
+fn encode(b: &WgpuBackend, plan: &Plan, bufs: &DeviceBuffers) -> Result<(), WgpuError> {
+    let mut encoder = b.device().create_command_encoder(&Default::default());
+    plan.encode(&mut encoder, bufs)
 }
 
 #[test]
@@ -73,47 +81,100 @@ fn caller_buffer_errors() {
     let Some(b) = backend() else { return };
     let shape = Shape::new_2d(2, 3, 2, 8, 8).unwrap();
     let p = Params::default();
-    assert!(b.plan(shape, &p, &buffers_for(b, shape)).is_ok());
+    let plan = b.plan(shape, &p, IO).unwrap();
+    assert!(encode(b, &plan, &buffers_for(b, shape)).is_ok());
     // Too small.
     let mut bufs = buffers_for(b, shape);
-    bufs.image = buf(b, 4 * shape.image_len() as u64 - 4, U::STORAGE);
-    let e = b.plan(shape, &p, &bufs).unwrap_err();
+    bufs.image = buf(b, 4 * shape.image_len() as u64 - 4, U::STORAGE).into();
+    let e = encode(b, &plan, &bufs).unwrap_err();
     assert!(matches!(e, WgpuError::BufferSize { what: "image", .. }), "{e}");
     assert!(e.to_string().contains("needs at least 1024"), "{e}");
     let mut bufs = buffers_for(b, shape);
-    bufs.energy = buf(b, 8, U::STORAGE);
-    assert!(matches!(
-        b.plan(shape, &p, &bufs),
-        Err(WgpuError::BufferSize { what: "energy", expected: 16, got: 8, .. })
-    ));
+    bufs.energy = buf(b, 8, U::STORAGE).into();
+    assert!(matches!(encode(b, &plan, &bufs), Err(WgpuError::BufferSize { what: "energy", expected: 16, got: 8, .. })));
     // Missing STORAGE usage.
     let mut bufs = buffers_for(b, shape);
-    bufs.grad = Some(buf(b, 4 * shape.scores_len() as u64, U::COPY_SRC | U::COPY_DST));
-    let e = b.plan(shape, &p, &bufs).unwrap_err();
+    bufs.grad = Some(buf(b, 4 * shape.scores_len() as u64, U::COPY_SRC | U::COPY_DST).into());
+    let e = encode(b, &plan, &bufs).unwrap_err();
     assert!(matches!(e, WgpuError::BufferUsage { what: "gradient", .. }), "{e}");
     // Bad parameters.
-    let e = b.plan(shape, &p.with_lambda(f64::NAN), &buffers_for(b, shape)).unwrap_err();
+    let e = b.plan(shape, &p.with_lambda(f64::NAN), IO).unwrap_err();
     assert!(matches!(e, WgpuError::Core(Error::BadParam { .. })), "{e}");
+}
+
+/// Sub-ranges: an offset the device cannot bind, a range past the buffer's end, a written range
+/// overlapping another, and buffers that do not match the plan's `Io` are typed errors, found
+/// before wgpu sees the buffers.
+#[test]
+fn range_errors() {
+    let Some(b) = backend() else { return };
+    let shape = Shape::new_2d(1, 2, 1, 8, 8).unwrap();
+    let p = Params::default();
+    let plan = b.plan(shape, &p, IO).unwrap();
+    let align = u64::from(b.device().limits().min_storage_buffer_offset_alignment);
+    let bytes = 4 * shape.scores_len() as u64;
+    let page = buf(b, 4 * align + 4 * bytes, U::STORAGE);
+    let good = buffers_for(b, shape);
+    // An offset off the alignment.
+    if align > 4 {
+        let bufs = DeviceBuffers { scores: BufferRange::new(page.clone(), 4, bytes), ..good.clone() };
+        let e = encode(b, &plan, &bufs).unwrap_err();
+        assert!(matches!(e, WgpuError::Misaligned { what: "logits", offset: 4, .. }), "{e}");
+    }
+    // Past the end of the buffer.
+    let bufs = DeviceBuffers { scores: BufferRange::new(page.clone(), 4 * align, page.size()), ..good.clone() };
+    let e = encode(b, &plan, &bufs).unwrap_err();
+    assert!(matches!(e, WgpuError::RangeOutOfBounds { what: "logits", .. }), "{e}");
+    // The gradient over the logits (in place), and over the image.
+    let logits = BufferRange::new(page.clone(), 0, bytes);
+    let bufs = DeviceBuffers { scores: logits.clone(), grad: Some(logits.clone()), ..good.clone() };
+    let e = encode(b, &plan, &bufs).unwrap_err();
+    assert!(matches!(e, WgpuError::Overlap { written: "gradient", other: "logits" }), "{e}");
+    let bufs = DeviceBuffers {
+        image: BufferRange::new(page.clone(), 0, bytes),
+        grad: Some(BufferRange::new(page.clone(), 0, bytes)),
+        ..good.clone()
+    };
+    let e = encode(b, &plan, &bufs).unwrap_err();
+    assert!(matches!(e, WgpuError::Overlap { written: "gradient", other: "image" }), "{e}");
+    // Only the bound prefix counts: a larger range that starts after the logits' prefix ends is fine.
+    let gap = bytes.next_multiple_of(align.max(4));
+    let bufs = DeviceBuffers {
+        scores: BufferRange::new(page.clone(), 0, page.size()),
+        grad: Some(BufferRange::new(page.clone(), gap, bytes)),
+        ..good.clone()
+    };
+    assert!(encode(b, &plan, &bufs).is_ok());
+    // Two inputs may share bytes (they are only read).
+    let bufs = DeviceBuffers { mask: Some(BufferRange::new(good.image.buffer.clone(), 0, 256)), ..good.clone() };
+    assert!(encode(b, &plan, &bufs).is_ok());
+    // Buffers that do not match the plan.
+    let bufs = DeviceBuffers { mask: None, ..good.clone() };
+    let e = encode(b, &plan, &bufs).unwrap_err();
+    assert!(matches!(e, WgpuError::PlanMismatch { what: "mask", planned: true, given: false }), "{e}");
+    assert!(e.to_string().contains("built with a mask"), "{e}");
+    let bufs = DeviceBuffers { grad: None, ..good };
+    let e = encode(b, &plan, &bufs).unwrap_err();
+    assert!(matches!(e, WgpuError::PlanMismatch { what: "gradient", .. }), "{e}");
 }
 
 #[test]
 fn shapes_beyond_the_kernels_or_the_device() {
     let Some(b) = backend() else { return };
     let p = Params::default();
-    let tiny = buffers_for(b, Shape::new_2d(1, 1, 1, 1, 1).unwrap());
     // Too many classes for one invocation's loops.
     let shape = Shape::new_2d(1, MAX_CLASSES + 1, 1, 1, 1).unwrap();
-    let e = b.plan(shape, &p, &tiny).unwrap_err();
+    let e = b.plan(shape, &p, IO).unwrap_err();
     assert!(matches!(e, WgpuError::ExtentTooLarge { dim: "N (classes)", .. }), "{e}");
     // Indices beyond u32.
     let shape = Shape::new_2d(1, 2, 1, 1 << 16, 1 << 16).unwrap();
-    let e = b.plan(shape, &p, &tiny).unwrap_err();
+    let e = b.plan(shape, &p, IO).unwrap_err();
     assert!(matches!(e, WgpuError::IndexOverflow { .. }), "{e}");
     // Within u32 indices but beyond the device's binding size (8 GiB of scores).
     let limit = b.device().limits().max_storage_buffer_binding_size;
     let shape = Shape::new_2d(1, 2, 1, 1 << 15, 1 << 15).unwrap();
     if limit < 8 << 30 {
-        let e = b.plan(shape, &p, &tiny).unwrap_err();
+        let e = b.plan(shape, &p, IO).unwrap_err();
         assert!(matches!(e, WgpuError::BufferTooLarge { .. }), "{e}");
         assert!(e.to_string().contains("max_storage_buffer_binding_size") || e.to_string().contains("max_buffer_size"));
     }
@@ -127,8 +188,9 @@ fn destroyed_buffer_is_a_validation_error() {
     let Some(b) = backend() else { return };
     let shape = Shape::new_2d(1, 2, 1, 4, 4).unwrap();
     let bufs = buffers_for(b, shape);
-    bufs.image.destroy();
-    let e = b.plan(shape, &Params::default(), &bufs).unwrap_err();
+    let plan = b.plan(shape, &Params::default(), IO).unwrap();
+    bufs.image.buffer.destroy();
+    let e = encode(b, &plan, &bufs).unwrap_err();
     assert!(matches!(e, WgpuError::Validation { .. }), "{e}");
     eprintln!("destroyed buffer: {e}");
 }
@@ -170,4 +232,36 @@ fn missing_limits_are_named() {
     let e = msloss_wgpu::check_limits(&l).unwrap_err();
     assert!(e.to_string().contains("max_compute_workgroup_storage_size is 1024"), "{e}");
     assert!(msloss_wgpu::check_limits(&wgpu::Limits::default()).is_ok());
+}
+
+/// A buffer of another device (of the same wgpu instance) is a typed error from `encode`, caught
+/// by the error scope, not a panic.
+#[test]
+fn buffer_of_another_device_is_an_error() {
+    if backend().is_none() {
+        return;
+    }
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default())).unwrap();
+    let open = || {
+        let desc = wgpu::DeviceDescriptor { required_limits: adapter.limits(), ..Default::default() };
+        pollster::block_on(adapter.request_device(&desc)).unwrap()
+    };
+    let (d1, q1) = open();
+    let (d2, _q2) = open();
+    let b = WgpuBackend::from_device(d1, q1).unwrap();
+    let shape = Shape::new_2d(1, 2, 1, 4, 4).unwrap();
+    let plan = b.plan(shape, &Params::default(), IO).unwrap();
+    let mut bufs = buffers_for(&b, shape);
+    bufs.image = d2
+        .create_buffer(&wgpu::BufferDescriptor {
+            label: Some("other device"),
+            size: 4 * shape.image_len() as u64,
+            usage: U::STORAGE,
+            mapped_at_creation: false,
+        })
+        .into();
+    let e = encode(&b, &plan, &bufs).unwrap_err();
+    assert!(matches!(e, WgpuError::WrongDevice { .. }), "{e}");
+    assert!(e.to_string().contains("other device"), "{e}");
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use msloss_core::{Params, Shape};
-use msloss_wgpu::{DeviceBuffers, ENERGY_BYTES, ScoresKind, WgpuBackend, decode_energy};
+use msloss_wgpu::{BufferRange, DeviceBuffers, ENERGY_BYTES, Io, WgpuBackend, decode_energy};
 use wgpu::BufferUsages as U;
 
 #[test]
@@ -28,20 +28,21 @@ fn readme_device_resident_example() -> Result<(), Box<dyn std::error::Error>> {
     let image = buffer(shape.image_len(), U::STORAGE | U::COPY_DST);
     let grad = buffer(shape.scores_len(), U::STORAGE);
     let energy = buffer(4, U::STORAGE | U::COPY_SRC);
+    // Whole buffers here; `BufferRange::new(buffer, offset, size)` addresses a tensor inside a
+    // larger buffer (an allocator's page).
     let buffers = DeviceBuffers {
-        scores: logits,
-        kind: ScoresKind::Logits,
-        image,
+        scores: logits.into(),
+        image: image.into(),
         mask: None,
-        grad: Some(grad),
+        grad: Some(grad.into()),
         centroids: None,
-        energy: energy.clone(),
+        energy: BufferRange::from(&energy),
     };
-    let plan = backend.plan(shape, &Params::default(), &buffers)?; // once
+    let plan = backend.plan(shape, &Params::default(), Io::TRAIN)?; // once: the plan is yours
 
     // Every step: record into your own encoder, next to your other passes.
     let mut encoder = device.create_command_encoder(&Default::default());
-    plan.encode(&mut encoder);
+    plan.encode(&mut encoder, &buffers)?; // binds this step's buffers
     // ... the backward pass reads `buffers.grad` here; read the energy back only if you log it:
     let staging = buffer(4, U::MAP_READ | U::COPY_DST);
     encoder.copy_buffer_to_buffer(&energy, 0, &staging, 0, ENERGY_BYTES);

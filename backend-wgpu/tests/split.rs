@@ -8,7 +8,7 @@ use common::{backend, tested};
 use msloss_conformance::{Case, checks};
 use msloss_core::rng::RandomInputs;
 use msloss_core::{Backend, Input, LengthKind, Params, Reduction, Scores, Shape};
-use msloss_wgpu::{DeviceBuffers, ENERGY_BYTES, ScoresKind, WgpuBackend, WgpuError};
+use msloss_wgpu::{Io, WgpuBackend, WgpuError};
 
 const LIMIT: u64 = 256 << 10;
 
@@ -58,23 +58,6 @@ fn beyond_the_limit_is_refused_with_its_name() {
     assert!(e.to_string().contains("262144"), "{e}");
     // The device-resident path does not split: the caller's tensors are one binding each.
     let shape = Shape::new_2d(5, 2, 1, 128, 128).unwrap();
-    let buf = |elems: usize| {
-        b.device().create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: 4 * elems as u64,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        })
-    };
-    let bufs = DeviceBuffers {
-        scores: buf(shape.scores_len()),
-        kind: ScoresKind::Logits,
-        image: buf(shape.image_len()),
-        mask: None,
-        grad: None,
-        centroids: None,
-        energy: buf(ENERGY_BYTES as usize / 4),
-    };
-    let e = b.plan(shape, &Params::default(), &bufs).unwrap_err();
+    let e = b.plan(shape, &Params::default(), Io::TRAIN).unwrap_err();
     assert!(matches!(e, WgpuError::BufferTooLarge { what: "the scores", .. }), "{e}");
 }

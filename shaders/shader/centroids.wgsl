@@ -4,8 +4,8 @@
 // (1, or 1/V under the mean; 0 when V = 0, which finalize reports) in stats[B·N].
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> sums: array<f32>;
-@group(0) @binding(2) var<storage, read> totals: array<f32>;
+@group(0) @binding(1) var<storage, read_write> sums: array<f32>;
+@group(0) @binding(2) var<storage, read_write> totals: array<f32>;
 @group(0) @binding(3) var<storage, read_write> centroids: array<f32>;
 @group(0) @binding(4) var<storage, read_write> stats: array<f32>;
 

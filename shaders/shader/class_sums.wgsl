@@ -8,9 +8,9 @@
 // on the image size.
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> y: array<f32>;
-@group(0) @binding(2) var<storage, read> image: array<f32>;
-@group(0) @binding(3) var<storage, read> mask: array<f32>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> image: array<f32>;
+@group(0) @binding(3) var<storage, read_write> mask: array<f32>;
 @group(0) @binding(4) var<storage, read_write> partials: array<f32>;
 
 var<workgroup> shared_sum: array<f32, WG>;

@@ -9,6 +9,9 @@
 // wid.y · nwg.x + wid.x, and work past the end is masked off (never an early return before a
 // barrier). Each invocation's loops are bounded by N, C or log2(WG): no loop grows with the
 // image size (Mesa's lavapipe silently stops a shader after 65,535 loop iterations).
+// Every storage binding is read_write, inputs included: the caller may keep several tensors in
+// one buffer (a framework's allocator packs them in pages), and wgpu accepts a buffer bound
+// read_write several times in one dispatch but not bound read-only and read_write.
 
 const WG: u32 = 256u;
 // Elements one invocation sums before the workgroup tree (a fixed pairwise tree in registers),

@@ -1,10 +1,12 @@
 // finalize: one invocation. Applies the weights and the reduction to the reduced totals
 // (totals = [V, F, Len]) and writes the energy record [fidelity, length, total, status] as
-// four 32-bit words (three f32 bit patterns and the status bits).
+// four 32-bit words (three f32 bit patterns and the status bits). When the inputs failed a check,
+// or the mean has no valid pixel, the three values are NaN: a caller that reads the energy without
+// decoding the status word (a framework's loss tensor) sees no plausible number.
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> totals: array<f32>;
-@group(0) @binding(2) var<storage, read> status: array<u32>;
+@group(0) @binding(1) var<storage, read_write> totals: array<f32>;
+@group(0) @binding(2) var<storage, read_write> status: array<u32>;
 @group(0) @binding(3) var<storage, read_write> energy: array<u32>;
 
 @compute @workgroup_size(1)
@@ -26,8 +28,15 @@ fn main() {
     if !is_finite_f32(total) {
         st |= STATUS_RESULT_NONFINITE;
     }
-    energy[0] = bitcast<u32>(fidelity);
-    energy[1] = bitcast<u32>(length);
-    energy[2] = bitcast<u32>(total);
+    let bad_input = STATUS_SCORES_NONFINITE | STATUS_NEGATIVE_PROBABILITY | STATUS_IMAGE_NONFINITE | STATUS_BAD_MASK
+        | STATUS_EMPTY_MASK;
+    var words = vec3<u32>(bitcast<u32>(fidelity), bitcast<u32>(length), bitcast<u32>(total));
+    if (st & bad_input) != 0u {
+        // A quiet NaN.
+        words = vec3<u32>(0x7fc00000u);
+    }
+    energy[0] = words.x;
+    energy[1] = words.y;
+    energy[2] = words.z;
     energy[3] = st;
 }

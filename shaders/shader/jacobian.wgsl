@@ -2,7 +2,7 @@
 // ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m), with g = ∂E/∂y as loss_grad wrote it. Loops: 2·N.
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> y: array<f32>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<storage, read_write> grad: array<f32>;
 
 @compute @workgroup_size(WG)

@@ -9,11 +9,11 @@
 // Loops: PER_INVOCATION × (C plus a constant number over the three axes).
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> y: array<f32>;
-@group(0) @binding(2) var<storage, read> image: array<f32>;
-@group(0) @binding(3) var<storage, read> mask: array<f32>;
-@group(0) @binding(4) var<storage, read> centroids: array<f32>;
-@group(0) @binding(5) var<storage, read> stats: array<f32>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> image: array<f32>;
+@group(0) @binding(3) var<storage, read_write> mask: array<f32>;
+@group(0) @binding(4) var<storage, read_write> centroids: array<f32>;
+@group(0) @binding(5) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(6) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(7) var<storage, read_write> partials: array<f32>;
 

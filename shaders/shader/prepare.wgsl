@@ -3,9 +3,9 @@
 // y = softmax_n(z) (maximum subtracted first). Loops: 3·N + C.
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> scores: array<f32>;
-@group(0) @binding(2) var<storage, read> image: array<f32>;
-@group(0) @binding(3) var<storage, read> mask: array<f32>;
+@group(0) @binding(1) var<storage, read_write> scores: array<f32>;
+@group(0) @binding(2) var<storage, read_write> image: array<f32>;
+@group(0) @binding(3) var<storage, read_write> mask: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read_write> status: array<atomic<u32>>;
 

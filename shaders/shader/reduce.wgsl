@@ -15,7 +15,7 @@ struct ReduceParams {
 }
 
 @group(0) @binding(0) var<uniform> params: ReduceParams;
-@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(1) var<storage, read_write> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 
 var<workgroup> shared_sum: array<f32, WG>;

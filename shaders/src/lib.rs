@@ -24,7 +24,7 @@
 //! 65,535-iteration budget of Mesa's lavapipe, and every sum is taken in a fixed order.
 #![no_std]
 
-use Binding::{StorageRead as R, StorageReadWrite as Rw, Uniform as U};
+use Binding::{StorageReadWrite as Rw, Uniform as U};
 
 /// Invocations per workgroup of every kernel except [`Kernel::Finalize`] (which runs one).
 pub const WORKGROUP_SIZE: u32 = 256;
@@ -198,7 +198,7 @@ fn words_to_bytes<const W: usize, const B: usize>(words: [u32; W]) -> [u8; B] {
 pub enum Binding {
     /// `var<uniform>`.
     Uniform,
-    /// `var<storage, read>`.
+    /// `var<storage, read>` (no current kernel: see [`Kernel::bindings`]).
     StorageRead,
     /// `var<storage, read_write>`.
     StorageReadWrite,
@@ -296,22 +296,28 @@ impl Kernel {
     }
 
     /// The bindings of group 0, by binding number.
+    ///
+    /// Every storage binding is `read_write`, those a kernel only reads included: a caller's
+    /// buffers may hold several of the tensors (an input and the gradient in one page of a
+    /// framework's allocator), and wgpu refuses a buffer bound read-only and read-write in one
+    /// dispatch, while it accepts one bound read-write several times. The kernels never write
+    /// what they only read, and the backend refuses overlapping caller ranges.
     pub const fn bindings(self) -> &'static [Binding] {
         match self {
             // dims, scores, image, mask, y, status
-            Kernel::Prepare => &[U, R, R, R, Rw, Rw],
+            Kernel::Prepare => &[U, Rw, Rw, Rw, Rw, Rw],
             // dims, y, image, mask, partials
-            Kernel::ClassSums => &[U, R, R, R, Rw],
+            Kernel::ClassSums => &[U, Rw, Rw, Rw, Rw],
             // params, src, dst
-            Kernel::Reduce => &[U, R, Rw],
+            Kernel::Reduce => &[U, Rw, Rw],
             // dims, sums, totals, centroids, stats
-            Kernel::Centroids => &[U, R, R, Rw, Rw],
+            Kernel::Centroids => &[U, Rw, Rw, Rw, Rw],
             // dims, y, image, mask, centroids, stats, grad, partials
-            Kernel::LossGrad => &[U, R, R, R, R, R, Rw, Rw],
+            Kernel::LossGrad => &[U, Rw, Rw, Rw, Rw, Rw, Rw, Rw],
             // dims, y, grad
-            Kernel::Jacobian => &[U, R, Rw],
+            Kernel::Jacobian => &[U, Rw, Rw],
             // dims, totals, status, energy
-            Kernel::Finalize => &[U, R, R, Rw],
+            Kernel::Finalize => &[U, Rw, Rw, Rw],
         }
     }
 

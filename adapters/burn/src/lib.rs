@@ -9,12 +9,35 @@
 //! whose `Autodiff<B, C>` implementation registers its own [`Backward`] step; on a backend
 //! without autodiff it returns the value alone.
 //!
-//! ## Host round trip
-//! msloss's CPU backend reads host memory, so each call copies the logits, the image and the
-//! mask to the host (`Tensor::try_to_data`), evaluates the energy and gradient there, and
-//! uploads the gradient (`B::float_from_data`) for the backward pass. On burn's CPU backends
-//! (`ndarray`, `flex`) the copies are memcpys; the example `semi_supervised` prints what they
-//! cost. A zero-copy path on wgpu would need msloss's wgpu backend and is not built here.
+//! ## Two paths
+//! - **Device** (feature `wgpu`, on a wgpu device opened through `gpu::default_device` or
+//!   `gpu::init_device`): msloss-wgpu's WGSL kernels run on burn's own wgpu device and queue.
+//!   They read the logits, image and mask where burn's allocator put them (a range of one of its
+//!   pages; a non-contiguous, misaligned or non-`f32` tensor is first made contiguous `f32` on the
+//!   device) and write the gradient and a 16-byte energy record into buffers burn allocated and
+//!   owns. burn's pending work is flushed to the queue first, and burn's buffers are held in
+//!   place until the device has run the kernels. The loss comes back as a `[1]` tensor on the
+//!   device, read only when you read it; nothing is copied to the host per step. Inputs are
+//!   checked on the device (non-finite values, a mask other than 0/1): the findings are read
+//!   with [`MsLoss::check`] (one 16-byte read), which turns them into a typed [`Error`].
+//! - **Host round trip** (every other device): the logits, image and mask are copied to the
+//!   host (`Tensor::try_to_data`), msloss's CPU backend evaluates the energy and gradient there,
+//!   and the value and gradient are uploaded (`B::float_from_data`). On burn's CPU backends
+//!   (`flex`) the copies are memcpys; the example `semi_supervised` prints what they cost.
+//!
+//! Which backend takes which path ([`Timing::path`] says, per call):
+//!
+//! | burn device | path |
+//! |---|---|
+//! | `Device::flex()` (feature `flex`) | host round trip |
+//! | wgpu, opened by `gpu::default_device` / `gpu::init_device` (feature `wgpu`) | device |
+//! | wgpu opened by burn itself, CubeCL CUDA, ROCm, CPU, Metal (feature `wgpu`, plus burn's feature for the runtime) | host round trip |
+//! | a backend this build has no feature for (`ndarray`, `tch`, remote, or CubeCL without `wgpu`) | [`Error::Backend`], no panic |
+//!
+//! The device path needs burn without its `fusion` feature (msloss-burn extends burn's plain
+//! CubeCL backend; with fusion on, the `wgpu` feature does not compile). burn's default
+//! features turn fusion on for wgpu: depend on burn with `default-features = false` and the
+//! features you use (`std`, `autodiff`, `wgpu`, ...).
 //!
 //! ## Usage
 //! ```
@@ -41,13 +64,13 @@
 //! ## Features
 //! - `flex` (default): support burn's `flex` CPU backend (`Device::flex()`), with or without
 //!   autodiff.
-//!
-//! burn 0.22 routes a backend extension to the concrete backends it was compiled for; calling
-//! the loss on a tensor of another backend (burn's deprecated `ndarray`, `wgpu`, `cuda`, …)
-//! panics inside burn's dispatch. Each further backend is one line of `MsLossOps`' attribute
-//! and one `plain_backend!` (the host round trip works on any backend), plus a feature.
+//! - `wgpu`: burn's CubeCL backends, with the device path on wgpu. It builds burn's wgpu
+//!   backend (burn-cubecl, cubecl-wgpu): a large build, so it is off by default.
 
+#[cfg(feature = "wgpu")]
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -63,8 +86,17 @@ use msloss_cpu::CpuBackend;
 #[cfg(feature = "flex")]
 use burn::backend::Flex;
 
+#[cfg(feature = "wgpu")]
+pub mod gpu;
 mod semi;
+#[cfg(feature = "wgpu")]
+pub use gpu::DeviceCall;
 pub use semi::{SemiSupervised, SemiSupervisedParts, masked_cross_entropy};
+
+/// One call of the device path (built with the `wgpu` feature; without it no value exists).
+#[cfg(not(feature = "wgpu"))]
+#[derive(Debug, Clone)]
+pub struct DeviceCall(std::convert::Infallible);
 
 /// Everything that can go wrong when evaluating the loss on burn tensors.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +121,22 @@ pub enum Error {
         /// The dtype that came.
         dtype: DType,
     },
+    /// The tensors live on a burn backend this build of msloss-burn does not support.
+    #[error(
+        "the logits are on {device}, a burn backend msloss-burn was not built for (features: `flex` for burn's \
+         flex CPU backend, `wgpu` for burn's CubeCL backends)"
+    )]
+    Backend {
+        /// The logits' device.
+        device: String,
+    },
+    /// Opening or registering a wgpu device, or reaching burn's buffers, failed.
+    #[error("msloss on burn's wgpu device: {0}")]
+    Setup(String),
+    /// msloss's wgpu backend refused the call (device limits, buffers, device-side input checks).
+    #[cfg(feature = "wgpu")]
+    #[error(transparent)]
+    Wgpu(#[from] msloss_wgpu::WgpuError),
     /// Two tensors live on different devices.
     #[error("the {what} tensor is on {got} but the logits are on {expected}")]
     Device {
@@ -116,11 +164,36 @@ pub struct HostLoss {
 /// backward pass) to the logits' autodiff graph.
 ///
 /// Users call [`MsLoss::forward`]; this trait is public because burn's dispatch needs it to be.
-#[backend_extension(Autodiff, Flex: cfg(feature = "flex"))]
+#[backend_extension(Autodiff, Flex: cfg(feature = "flex"), Cube: cfg(feature = "wgpu"))]
 pub trait MsLossOps: Backend {
     /// Returns `[host.total]` (shape `[1]`, the logits' dtype and device). Under autodiff, the
     /// backward pass multiplies the incoming gradient by `host.grad`.
     fn ms_loss_attach(logits: FloatTensor<Self>, host: HostLoss) -> FloatTensor<Self>;
+
+    /// The device path: the loss `[1]` and, when the call wants it, `∂E/∂logits`, computed
+    /// where the tensors live. Under autodiff, the gradient is kept for the backward pass and
+    /// the second output is `None`. `mask` is read only when the call says there is one (any
+    /// tensor otherwise: burn's dispatch routes no optional tensor input). Backends without a
+    /// device path record an error in `call`.
+    fn ms_loss_device(
+        logits: FloatTensor<Self>,
+        image: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        call: DeviceCall,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>);
+}
+
+/// The answer of a backend without a device path: an error in `call`, a placeholder value.
+fn no_device_path<B: Backend>(
+    logits: &FloatTensor<B>,
+    call: &DeviceCall,
+    backend: &str,
+) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
+    #[cfg(feature = "wgpu")]
+    call.fail_elsewhere(backend);
+    #[cfg(not(feature = "wgpu"))]
+    let _ = (call, backend);
+    (B::float_zeros([1].into(), &logits.device(), logits.dtype().into()), None)
 }
 
 /// The loss value as a `[1]` tensor of `B` in the dtype and on the device of `like`.
@@ -132,16 +205,43 @@ fn scalar_like<B: Backend>(like: &FloatTensor<B>, total: f64) -> FloatTensor<B> 
 
 /// Implements the plain (non-autodiff) extension for a concrete burn backend: the value only.
 macro_rules! plain_backend {
-    ($backend:ty) => {
+    ($backend:ty, $name:literal) => {
         impl MsLossOps for $backend {
             fn ms_loss_attach(logits: FloatTensor<Self>, host: HostLoss) -> FloatTensor<Self> {
                 scalar_like::<Self>(&logits, host.total)
+            }
+
+            fn ms_loss_device(
+                logits: FloatTensor<Self>,
+                _image: FloatTensor<Self>,
+                _mask: FloatTensor<Self>,
+                call: DeviceCall,
+            ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+                no_device_path::<Self>(&logits, &call, $name)
             }
         }
     };
 }
 #[cfg(feature = "flex")]
-plain_backend!(Flex);
+plain_backend!(Flex, "flex");
+
+/// burn's CubeCL backend (every cubecl runtime: wgpu, CUDA, ROCm, CPU): the host round trip
+/// attaches like any backend; the device path runs on registered wgpu devices.
+#[cfg(feature = "wgpu")]
+impl MsLossOps for burn_cubecl::CubeBackend {
+    fn ms_loss_attach(logits: FloatTensor<Self>, host: HostLoss) -> FloatTensor<Self> {
+        scalar_like::<Self>(&logits, host.total)
+    }
+
+    fn ms_loss_device(
+        logits: FloatTensor<Self>,
+        image: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        call: DeviceCall,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        gpu::evaluate(logits, image, mask, &call)
+    }
+}
 
 /// The backward step: `∂L/∂logits = (∂L/∂E) · ∂E/∂logits`, the second factor from msloss.
 #[derive(Debug)]
@@ -163,7 +263,7 @@ impl<B: Backend> Backward<B, 1> for MsLossBackward {
     }
 }
 
-impl<B: Backend, C: CheckpointStrategy> MsLossOps for Autodiff<B, C> {
+impl<B: Backend + MsLossOps, C: CheckpointStrategy> MsLossOps for Autodiff<B, C> {
     fn ms_loss_attach(logits: FloatTensor<Self>, host: HostLoss) -> FloatTensor<Self> {
         let (inner, guard) = logits.into_parts();
         let out = scalar_like::<B>(&inner, host.total);
@@ -180,14 +280,47 @@ impl<B: Backend, C: CheckpointStrategy> MsLossOps for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
+
+    fn ms_loss_device(
+        logits: FloatTensor<Self>,
+        image: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        call: DeviceCall,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let (inner, guard) = logits.into_parts();
+        let (shape, device, dtype) = (inner.shape(), inner.device(), inner.dtype());
+        let (value, grad) = B::ms_loss_device(inner, image.into_primitive(), mask.into_primitive(), call);
+        let out = match MsLossBackward.prepare::<C>([guard]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                // A failed call leaves no gradient; its error reaches the caller, who drops `out`.
+                let grad = grad.unwrap_or_else(|| B::float_zeros(shape, &device, dtype.into()));
+                prep.finish(grad, value)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(value),
+        };
+        (out, None)
+    }
+}
+
+/// Where a call of [`MsLoss::forward`] ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Path {
+    /// Copies to the host, msloss's CPU backend, the value and gradient uploaded.
+    #[default]
+    Host,
+    /// msloss-wgpu's kernels on burn's wgpu device and buffers: nothing crosses to the host.
+    Device,
 }
 
 /// Wall-clock time spent by the last [`MsLoss::forward`], split by stage.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Timing {
+    /// Which path the call took.
+    pub path: Path,
     /// Reading logits, image and mask to the host (including the device's pending work).
     pub download: Duration,
-    /// msloss's energy and gradient on the CPU.
+    /// msloss's energy and gradient on the CPU (on the device path: recording and submitting
+    /// the kernels, not running them).
     pub compute: Duration,
     /// Building the result and uploading the gradient.
     pub upload: Duration,
@@ -208,6 +341,36 @@ pub struct MsLoss {
     backend: CpuBackend,
     ws: Mutex<Workspaces>,
     last: Mutex<(Energy<f64>, Timing)>,
+    /// Tensors this loss moved between host and device (reads and uploads).
+    host_transfers: AtomicU64,
+    /// The device path's plan, kept across calls of one shape (the caller owns it through this).
+    #[cfg(feature = "wgpu")]
+    plan: Arc<Mutex<Option<msloss_wgpu::Plan>>>,
+    /// The energy record of the last device call, read by [`MsLoss::check`].
+    #[cfg(feature = "wgpu")]
+    record: Mutex<Option<gpu::Record>>,
+}
+
+/// Where `device`'s tensors are evaluated.
+enum Route {
+    Host,
+    #[cfg(feature = "wgpu")]
+    Device(msloss_wgpu::WgpuBackend),
+}
+
+fn route(device: &burn::tensor::Device) -> Result<Route, Error> {
+    let plain = device.clone().without_autodiff();
+    match plain.as_dispatch() {
+        #[cfg(feature = "flex")]
+        burn::backend::DispatchDevice::Flex(_) => Ok(Route::Host),
+        #[cfg(feature = "wgpu")]
+        burn::backend::DispatchDevice::Cube(d) => Ok(match d {
+            burn_cubecl::CubeDevice::Wgpu(wd) => gpu::lookup(wd).map_or(Route::Host, Route::Device),
+            _ => Route::Host,
+        }),
+        #[allow(unreachable_patterns, reason = "reachable with other burn backends compiled in")]
+        _ => Err(Error::Backend { device: format!("{device:?}") }),
+    }
 }
 
 impl core::fmt::Debug for MsLoss {
@@ -228,7 +391,52 @@ impl MsLoss {
             f32: msloss_core::Backend::<f32>::workspace(&backend),
             f64: msloss_core::Backend::<f64>::workspace(&backend),
         };
-        Self { params, backend, ws: Mutex::new(ws), last: Mutex::new(Default::default()) }
+        Self {
+            params,
+            backend,
+            ws: Mutex::new(ws),
+            last: Mutex::new(Default::default()),
+            host_transfers: AtomicU64::new(0),
+            #[cfg(feature = "wgpu")]
+            plan: Arc::new(Mutex::new(None)),
+            #[cfg(feature = "wgpu")]
+            record: Mutex::new(None),
+        }
+    }
+
+    /// How many tensors this loss has moved between host and device so far: on the host path
+    /// each call reads the logits, image and mask and uploads the value and gradient; on the
+    /// device path a call moves none, and [`MsLoss::check`] reads one 16-byte record.
+    pub fn host_transfers(&self) -> u64 {
+        self.host_transfers.load(Ordering::Relaxed)
+    }
+
+    fn count_transfers(&self, n: u64) {
+        self.host_transfers.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Reads the energy of the last call and the device's input checks: on the device path
+    /// this is where non-finite inputs or a mask value other than 0 and 1 become an error (one
+    /// 16-byte read); on the host path they were errors of [`MsLoss::forward`] already, and this
+    /// returns the last energy.
+    ///
+    /// # Errors
+    /// `Error::Wgpu` (feature `wgpu`) with the device's findings
+    /// (`msloss_wgpu::WgpuError::InvalidDeviceInput`, or msloss's `EmptyMask` / `NonFiniteResult`); [`Error::Read`] when the record cannot be
+    /// read.
+    pub fn check(&self) -> Result<Energy<f64>, Error> {
+        #[cfg(feature = "wgpu")]
+        {
+            let record = self.record.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            if let Some(r) = record {
+                self.count_transfers(1);
+                let e = r.read()?;
+                let e = Energy::new(f64::from(e.fidelity), f64::from(e.length));
+                self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner).0 = e;
+                return Ok(e);
+            }
+        }
+        Ok(self.last().0)
     }
 
     /// The parameters.
@@ -237,7 +445,8 @@ impl MsLoss {
     }
 
     /// The energy parts (`fidelity`, `length`, `total`, as `f64`) and the timing of the last
-    /// successful [`MsLoss::forward`].
+    /// successful [`MsLoss::forward`]. After a call on the device path the energy is not on the
+    /// host: its parts are NaN until [`MsLoss::check`] reads them.
     pub fn last(&self) -> (Energy<f64>, Timing) {
         *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -280,15 +489,67 @@ impl MsLoss {
         let mask_dims = mask.as_ref().map(|m| m.dims());
         let shape = Shape::from_dims(&logits.dims(), &image.dims(), mask_dims.as_ref().map(|d| &d[..]))?;
         let dtype = logits.dtype();
+        for (what, t) in [("logits", Some(&logits)), ("image", Some(&image)), ("mask", mask.as_ref())] {
+            if let Some(t) = t.filter(|t| !t.dtype().is_float()) {
+                return Err(Error::DType { what, dtype: t.dtype() });
+            }
+        }
         // `is_require_grad` is false for the output of a model whose parameters are tracked, so
         // the gradient is computed whenever the logits live on an autodiff device.
         let want_grad = device.is_autodiff();
+        match route(&device)? {
+            Route::Host => self.forward_host(shape, logits, image, mask, want_grad, dtype),
+            #[cfg(feature = "wgpu")]
+            Route::Device(backend) => self.forward_device(backend, shape, logits, image, mask, want_grad),
+        }
+    }
 
+    /// The device path: msloss-wgpu's kernels on burn's wgpu buffers.
+    #[cfg(feature = "wgpu")]
+    fn forward_device<const D: usize>(
+        &self,
+        backend: msloss_wgpu::WgpuBackend,
+        shape: Shape,
+        logits: Tensor<D>,
+        image: Tensor<D>,
+        mask: Option<Tensor<D>>,
+        want_grad: bool,
+    ) -> Result<Tensor<1>, Error> {
+        let t0 = Instant::now();
+        let masked = mask.is_some();
+        let call = DeviceCall::new(backend, shape, self.params, want_grad, masked, Arc::clone(&self.plan));
+        let mask = mask.unwrap_or_else(|| image.clone());
+        let out = <burn::backend::Dispatch as MsLossOps>::ms_loss_device(
+            logits.into_dispatch(),
+            image.into_dispatch(),
+            mask.into_dispatch(),
+            call.clone(),
+        );
+        let record = call.outcome()?;
+        debug_assert!(out.1.is_none() || call.want_grad());
+        *self.record.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(record);
+        let timing = Timing { path: Path::Device, compute: t0.elapsed(), ..Timing::default() };
+        let unknown = Energy { fidelity: f64::NAN, length: f64::NAN, total: f64::NAN };
+        *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (unknown, timing);
+        Ok(Tensor::<1>::from_dispatch(out.0))
+    }
+
+    /// The host round trip: read the tensors, msloss's CPU backend, upload value and gradient.
+    fn forward_host<const D: usize>(
+        &self,
+        shape: Shape,
+        logits: Tensor<D>,
+        image: Tensor<D>,
+        mask: Option<Tensor<D>>,
+        want_grad: bool,
+        dtype: DType,
+    ) -> Result<Tensor<1>, Error> {
         let t0 = Instant::now();
         let read = |what, t: &Tensor<D>| t.try_to_data().map_err(|e| Error::Read { what, message: e.to_string() });
         let z = read("logits", &logits)?;
         let x = read("image", &image)?;
         let m = mask.as_ref().map(|m| read("mask", m)).transpose()?;
+        self.count_transfers(2 + u64::from(m.is_some()));
         let t1 = Instant::now();
 
         let mut ws = self.ws.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -303,10 +564,15 @@ impl MsLoss {
         drop(ws);
         let t2 = Instant::now();
 
+        self.count_transfers(1 + u64::from(grad.is_some()));
         let host = HostLoss { total: energy.total, grad };
         let out = <burn::backend::Dispatch as MsLossOps>::ms_loss_attach(logits.into_dispatch(), host);
         let out = Tensor::<1>::from_dispatch(out);
-        let timing = Timing { download: t1 - t0, compute: t2 - t1, upload: t2.elapsed() };
+        let timing = Timing { path: Path::Host, download: t1 - t0, compute: t2 - t1, upload: t2.elapsed() };
+        #[cfg(feature = "wgpu")]
+        {
+            *self.record.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
         *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (energy, timing);
         Ok(out)
     }
