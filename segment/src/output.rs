@@ -132,21 +132,7 @@ pub fn open_npy(path: &Path) -> Result<NpyHeader, SegmentError> {
     let read_err = |source| SegmentError::Read { path: path.to_owned(), source };
     let mut file = File::open(path).map_err(read_err)?;
     let file_len = file.metadata().map_err(read_err)?.len();
-    // The header's own length comes first (after the magic and version): a reader allocates that
-    // much before it reads, so it must fit in the file.
-    let mut prefix = Vec::with_capacity(12);
-    std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, 12), &mut prefix).map_err(read_err)?;
-    let header_len = match prefix.as_slice() {
-        [_, _, _, _, _, _, 1, _, a, b, ..] => u64::from(u16::from_le_bytes([*a, *b])),
-        [_, _, _, _, _, _, 2 | 3, _, a, b, c, d] => u64::from(u32::from_le_bytes([*a, *b, *c, *d])),
-        _ => 0,
-    };
-    if header_len > file_len {
-        return Err(SegmentError::unsupported(
-            path,
-            format!("the header declares a length of {header_len} bytes, more than the file's {file_len} bytes"),
-        ));
-    }
+    check_npy_header(path, &mut file, file_len)?;
     std::io::Seek::rewind(&mut file).map_err(read_err)?;
     let npy = npyz::NpyFile::new(BufReader::new(file)).map_err(read_err)?;
     let dims: Vec<usize> = npy.shape().iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
@@ -170,6 +156,60 @@ pub fn open_npy(path: &Path) -> Result<NpyHeader, SegmentError> {
             ),
         )),
     }
+}
+
+/// The longest `.npy` header read (NumPy's own default limit, `max_header_size`).
+const MAX_NPY_HEADER: u64 = 10_000;
+/// The deepest bracket nesting accepted in an `.npy` header (a plain array's header nests 2:
+/// the dict and the shape tuple). The header parser backtracks exponentially in the depth.
+const MAX_NPY_NESTING: usize = 4;
+
+/// Checks an `.npy` header's length and nesting before a parser sees it: the parser allocates
+/// the declared length first, and takes time exponential in the nesting.
+fn check_npy_header(path: &Path, file: &mut File, file_len: u64) -> Result<(), SegmentError> {
+    use std::io::Read;
+    let read_err = |source| SegmentError::Read { path: path.to_owned(), source };
+    let mut prefix = Vec::with_capacity(12);
+    file.take(12).read_to_end(&mut prefix).map_err(read_err)?;
+    // The magic (6 bytes), the version (2), then the header's length (2 bytes in version 1, 4 after).
+    let (header_len, start) = match prefix.as_slice() {
+        [_, _, _, _, _, _, 1, _, a, b, ..] => (u64::from(u16::from_le_bytes([*a, *b])), 10),
+        [_, _, _, _, _, _, 2 | 3, _, a, b, c, d] => (u64::from(u32::from_le_bytes([*a, *b, *c, *d])), 12),
+        // Not an npy file the parser would go on with: it says so itself.
+        _ => return Ok(()),
+    };
+    if header_len > MAX_NPY_HEADER.min(file_len) {
+        return Err(SegmentError::unsupported(
+            path,
+            format!(
+                "the header declares a length of {header_len} bytes; expected at most {MAX_NPY_HEADER} \
+                 and at most the file's {file_len} bytes"
+            ),
+        ));
+    }
+    let mut header = Vec::new();
+    std::io::Seek::seek(file, std::io::SeekFrom::Start(start)).map_err(read_err)?;
+    file.take(header_len).read_to_end(&mut header).map_err(read_err)?;
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for c in header {
+        match c {
+            b'[' | b'(' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b')' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if deepest > MAX_NPY_NESTING {
+        return Err(SegmentError::unsupported(
+            path,
+            format!(
+                "the header nests brackets {deepest} deep; expected at most {MAX_NPY_NESTING} (a plain array's nests 2)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks, before any work, that `path` can be written as every output is: a temporary file
