@@ -573,12 +573,7 @@ pub fn load_labels(path: &Path) -> Result<LabelMap, SegmentError> {
         }
         Some("png") => load_png_labels(path),
         _ => {
-            let img = image::ImageReader::open(path)
-                .map_err(read_err)?
-                .with_guessed_format()
-                .map_err(read_err)?
-                .decode()
-                .map_err(|source| SegmentError::Decode { path: path.to_owned(), source })?;
+            let img = crate::volume::decode_image(path)?;
             let dims = vec![img.height() as usize, img.width() as usize];
             let labels = img.to_luma16().into_raw().into_iter().map(u64::from).collect();
             Ok(LabelMap { dims, labels })
@@ -592,6 +587,7 @@ fn load_png_labels(path: &Path) -> Result<LabelMap, SegmentError> {
     let mut decoder = png::Decoder::new(BufReader::new(file));
     decoder.set_transformations(png::Transformations::IDENTITY);
     let mut reader = decoder.read_info().map_err(decode)?;
+    crate::volume::check_declared_pixels(path, image::ImageFormat::Png, reader.info().width, reader.info().height)?;
     let size = reader.output_buffer_size().ok_or_else(|| SegmentError::unsupported(path, "the PNG is too large"))?;
     let mut buf: Vec<u8> = crate::zeros(size, "the PNG's pixels")?;
     let info = reader.next_frame(&mut buf).map_err(decode)?;

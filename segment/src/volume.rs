@@ -105,7 +105,6 @@ impl Volume {
 }
 
 fn load_image(path: &Path) -> Result<Volume, SegmentError> {
-    let decode = |source| SegmentError::Decode { path: path.to_owned(), source };
     let reader = image::ImageReader::open(path)
         .map_err(|source| SegmentError::Read { path: path.to_owned(), source })?
         .with_guessed_format()
@@ -121,7 +120,7 @@ fn load_image(path: &Path) -> Result<Volume, SegmentError> {
     {
         return Ok(v);
     }
-    let img = reader.decode().map_err(decode)?;
+    let img = decode_image(path)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     if img.color().has_color() {
         // `to_rgb32f` divides integer samples by the type's maximum.
@@ -136,6 +135,49 @@ fn load_image(path: &Path) -> Result<Volume, SegmentError> {
         let grey = img.to_luma32f();
         Volume::new(1, 1, h, w, grey.into_raw())
     }
+}
+
+/// Decodes the image at `path` (its format guessed from its bytes), after
+/// [`check_declared_pixels`].
+pub(crate) fn decode_image(path: &Path) -> Result<image::DynamicImage, SegmentError> {
+    let read_err = |source| SegmentError::Read { path: path.to_owned(), source };
+    let decode = |source| SegmentError::Decode { path: path.to_owned(), source };
+    let open = || image::ImageReader::open(path).map_err(read_err)?.with_guessed_format().map_err(read_err);
+    let reader = open()?;
+    if let Some(format) = reader.format() {
+        let (w, h) = open()?.into_dimensions().map_err(decode)?;
+        check_declared_pixels(path, format, w, h)?;
+    }
+    reader.decode().map_err(decode)
+}
+
+/// Refuses a PNG or JPEG whose header declares more pixels than its bytes can hold, before a
+/// decoder allocates them (decoders fill missing data in, so a short file would decode to a
+/// large, mostly invented image). PNG's deflate expands at most 1032:1 and a pixel takes at least
+/// one bit; a JPEG's 8×8 block takes at least a few bits, allowed here at 1024 pixels a byte.
+pub(crate) fn check_declared_pixels(
+    path: &Path,
+    format: image::ImageFormat,
+    w: u32,
+    h: u32,
+) -> Result<(), SegmentError> {
+    let per_byte: u64 = match format {
+        image::ImageFormat::Png => 8 * 1032,
+        image::ImageFormat::Jpeg => 1024,
+        _ => return Ok(()),
+    };
+    let len = std::fs::metadata(path).map_err(|source| SegmentError::Read { path: path.to_owned(), source })?.len();
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > per_byte.saturating_mul(len) {
+        return Err(SegmentError::unsupported(
+            path,
+            format!(
+                "the header declares {w}x{h} pixels, more than the file's {len} bytes can hold \
+                 (at most {per_byte} pixels a byte in {format:?}): the file is truncated or corrupt"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A grey float (32 or 64 bit) TIFF, read as it is; `None` for every other TIFF (left to `image`).
