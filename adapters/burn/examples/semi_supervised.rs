@@ -1,4 +1,4 @@
-//! The paper's semi- and unsupervised claims, reproduced small on CPU.
+//! The paper's semi-, un- and fully supervised claims, reproduced small, on the CPU or a GPU.
 //!
 //! A small U-Net-like CNN segments procedurally generated images (several shapes in two
 //! intensity classes on a background, with per-image gain, illumination gradient and noise;
@@ -10,12 +10,22 @@
 //!   the optimal one-to-one assignment (exhaustive over the N! permutations — what the
 //!   Hungarian algorithm computes — on the test set's confusion matrix).
 //!
+//! Then the fourth claim (RQ4: the loss as a regulariser of fully supervised training), over
+//! several seeds (each with its own data, initial weights and batches, shared by the pair):
+//!
+//! - (d) `ce_all`: cross-entropy on every image of each batch (all training images labelled);
+//! - (e) `ce_all_plus_ms`: the same cross-entropy + β·Mumford–Shah on the same batches.
+//!
 //! Each is scored on a held-out test set: Dice and IoU per class from the pooled confusion
 //! matrix, averaged over the classes (background included).
 //!
 //! ```text
 //! cargo run --release -p msloss-burn --example semi_supervised -- [--seed S] [--json results.json] [--steps N]
+//!     [--rq4-seeds K] [--backend cpu|wgpu]
 //! ```
+//!
+//! `--backend wgpu` trains on burn's wgpu backend with the loss on the device (zero-copy); it
+//! needs the crate's `wgpu` feature (`--features wgpu`).
 
 use std::time::{Duration, Instant};
 
@@ -176,6 +186,8 @@ enum Mode {
     CeOnly,
     CePlusMs,
     MsOnly,
+    CeAll,
+    CeAllPlusMs,
 }
 
 impl Mode {
@@ -184,6 +196,8 @@ impl Mode {
             Mode::CeOnly => "ce_only",
             Mode::CePlusMs => "ce_plus_ms",
             Mode::MsOnly => "ms_only",
+            Mode::CeAll => "ce_all",
+            Mode::CeAllPlusMs => "ce_all_plus_ms",
         }
     }
 }
@@ -195,15 +209,32 @@ struct RunStats {
     ms_calls: u32,
 }
 
-fn train(mode: Mode, train: &Data, args: &Args, device: &Device) -> Result<(UNet, RunStats), msloss_burn::Error> {
-    let (seed, steps) = (args.seed, args.steps);
+impl RunStats {
+    /// Adds one loss call's timing.
+    fn add(&mut self, t: Timing) {
+        self.ms.path = t.path;
+        self.ms.download += t.download;
+        self.ms.compute += t.compute;
+        self.ms.upload += t.upload;
+        self.ms_calls += 1;
+    }
+}
+
+fn train(
+    mode: Mode,
+    train: &Data,
+    seed: u64,
+    args: &Args,
+    device: &Device,
+) -> Result<(UNet, RunStats), msloss_burn::Error> {
+    let steps = args.steps;
     device.seed(seed);
     let mut model = UNet::new(12, device);
     let mut optim = AdamConfig::new().init();
     let params = Params::default().with_lambda(args.lambda).with_length(LengthKind::L1).with_reduction(Reduction::Mean);
     let (alpha, beta) = match mode {
-        Mode::CeOnly => (ALPHA, 0.0),
-        Mode::CePlusMs => (ALPHA, args.beta),
+        Mode::CeOnly | Mode::CeAll => (ALPHA, 0.0),
+        Mode::CePlusMs | Mode::CeAllPlusMs => (ALPHA, args.beta),
         Mode::MsOnly => (0.0, args.beta),
     };
     let objective = SemiSupervised::new(alpha, beta, MsLoss::new(params));
@@ -235,12 +266,25 @@ fn train(mode: Mode, train: &Data, args: &Args, device: &Device) -> Result<(UNet
                     (train.one_hot_batch(&idx, device), w)
                 });
                 let parts = objective.forward(logits, image, None, labels)?;
-                let (_, t) = objective.ms.last();
-                stats.ms.download += t.download;
-                stats.ms.compute += t.compute;
-                stats.ms.upload += t.upload;
-                stats.ms_calls += 1;
+                stats.add(objective.ms.last().1);
                 parts.total
+            }
+            Mode::CeAll | Mode::CeAllPlusMs => {
+                // Every image is labelled: 12 images from the whole training set (the 8 drawn
+                // above and 4 more), the same in both runs of the pair.
+                let extra: Vec<usize> = (0..LABELLED_BATCH).map(|_| rng.below(train.n)).collect();
+                let idx: Vec<usize> = any.iter().chain(&extra).copied().collect();
+                let image = train.image_batch(&idx, device);
+                let logits = model.forward(image.clone());
+                let one_hot = train.one_hot_batch(&idx, device);
+                let w = Tensor::<4>::ones([idx.len(), 1, SIZE, SIZE], (device, DType::F32));
+                if mode == Mode::CeAll {
+                    msloss_burn::masked_cross_entropy(logits, one_hot, w) * alpha
+                } else {
+                    let parts = objective.forward(logits, image, None, Some((one_hot, w)))?;
+                    stats.add(objective.ms.last().1);
+                    parts.total
+                }
             }
         };
         if step % 50 == 0 || step + 1 == steps {
@@ -322,14 +366,27 @@ struct Args {
     steps: usize,
     /// Adam's learning rate.
     lr: f64,
-    /// Weight β of the Mumford–Shah loss.
+    /// Weight β of the Mumford–Shah loss (in (b), (c) and (e)).
     beta: f64,
     /// λ of the length term (mean reduction, L1 length as published).
     lambda: f64,
+    /// RQ4 runs on seeds `seed .. seed + rq4_seeds` (0: not run).
+    rq4_seeds: u64,
+    /// `cpu` (burn's flex backend) or `wgpu`.
+    backend: String,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { seed: 1, json: None, steps: 300, lr: 3e-3, beta: 20.0, lambda: 1e-4 };
+    let mut args = Args {
+        seed: 1,
+        json: None,
+        steps: 300,
+        lr: 3e-3,
+        beta: 20.0,
+        lambda: 1e-4,
+        rq4_seeds: 3,
+        backend: "cpu".into(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
@@ -340,9 +397,12 @@ fn parse_args() -> Result<Args, String> {
             "--lr" => args.lr = value("--lr")?.parse().map_err(|e| format!("--lr: {e}"))?,
             "--beta" => args.beta = value("--beta")?.parse().map_err(|e| format!("--beta: {e}"))?,
             "--lambda" => args.lambda = value("--lambda")?.parse().map_err(|e| format!("--lambda: {e}"))?,
+            "--rq4-seeds" => args.rq4_seeds = value("--rq4-seeds")?.parse().map_err(|e| format!("--rq4-seeds: {e}"))?,
+            "--backend" => args.backend = value("--backend")?,
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; expected --seed S, --json FILE, --steps N, --lr X, --beta X, --lambda X"
+                    "unknown argument {other:?}; expected --seed S, --json FILE, --steps N, --lr X, --beta X, \
+                     --lambda X, --rq4-seeds K, --backend cpu|wgpu"
                 ));
             }
         }
@@ -350,44 +410,146 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
+/// The autodiff device of `backend`.
+fn open_device(backend: &str) -> Result<Device, String> {
+    match backend {
+        "cpu" => Ok(Device::flex().autodiff()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Ok(msloss_burn::gpu::default_device().map_err(|e| e.to_string())?.autodiff()),
+        #[cfg(not(feature = "wgpu"))]
+        "wgpu" => Err("--backend wgpu needs msloss-burn's wgpu feature: add --features wgpu to cargo run".into()),
+        other => Err(format!("--backend {other:?}: expected cpu or wgpu")),
+    }
+}
+
+/// The training and test sets of `seed`.
+fn data_sets(seed: u64) -> (Data, Data) {
+    let mut rng = SplitMix64::new(seed);
+    let train_set = Data::generate(N_TRAIN, &mut rng);
+    (train_set, Data::generate(N_TEST, &mut rng))
+}
+
+/// Trains `mode` on `seed`'s data and scores it on the test set: `(dice, miou, stats, perm)`.
+fn run(
+    mode: Mode,
+    seed: u64,
+    sets: &(Data, Data),
+    args: &Args,
+    device: &Device,
+) -> Result<(f64, f64, RunStats, [usize; CLASSES]), msloss_burn::Error> {
+    let (model, stats) = train(mode, &sets.0, seed, args, device)?;
+    let m = confusion(&model, &sets.1, device);
+    let perm = if mode == Mode::MsOnly { best_matching(&m) } else { core::array::from_fn(|k| k) };
+    let (dice, miou) = scores(&m, perm);
+    Ok((dice, miou, stats, perm))
+}
+
+/// One seed of RQ4: (Dice, mIoU) of (d) and (e), and their training times in seconds.
+struct Rq4 {
+    ce: [f64; 2],
+    ce_ms: [f64; 2],
+    wall: [f64; 2],
+}
+
+/// Mean and sample standard deviation.
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { f64::NAN };
+    (mean, var.sqrt())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
-    let device = Device::flex().autodiff();
-    let mut rng = SplitMix64::new(args.seed);
-    let train_set = Data::generate(N_TRAIN, &mut rng);
-    let test_set = Data::generate(N_TEST, &mut rng);
+    let device = open_device(&args.backend)?;
+    let sets = data_sets(args.seed);
     eprintln!(
         "data: {N_TRAIN} training images ({N_LABELLED} labelled), {N_TEST} test images, {SIZE}x{SIZE}, {CLASSES} classes; \
-         {} steps, Adam lr {}, alpha {ALPHA}, beta {}, lambda {} (L1, mean), seed {}",
-        args.steps, args.lr, args.beta, args.lambda, args.seed
+         {} steps, Adam lr {}, alpha {ALPHA}, beta {}, lambda {} (L1, mean), seed {}, backend {}",
+        args.steps, args.lr, args.beta, args.lambda, args.seed, args.backend
     );
     let mut rows = Vec::new();
     for mode in [Mode::CeOnly, Mode::CePlusMs, Mode::MsOnly] {
-        let (model, stats) = train(mode, &train_set, &args, &device)?;
-        let m = confusion(&model, &test_set, &device);
-        let perm = if mode == Mode::MsOnly { best_matching(&m) } else { core::array::from_fn(|k| k) };
-        let (dice, miou) = scores(&m, perm);
+        let (dice, miou, stats, perm) = run(mode, args.seed, &sets, &args, &device)?;
         rows.push((mode, dice, miou, stats, perm));
     }
+    // RQ4: the pair on each seed; the first seed's data are the ones above.
+    let rq4_seeds: Vec<u64> = (args.seed..args.seed.saturating_add(args.rq4_seeds)).collect();
+    let mut rq4 = Vec::new();
+    for &seed in &rq4_seeds {
+        let own;
+        let sets = if seed == args.seed {
+            &sets
+        } else {
+            own = data_sets(seed);
+            &own
+        };
+        let (d0, m0, s0, _) = run(Mode::CeAll, seed, sets, &args, &device)?;
+        let (d1, m1, s1, _) = run(Mode::CeAllPlusMs, seed, sets, &args, &device)?;
+        eprintln!("  rq4 seed {seed}: ce_all Dice {d0:.4} mIoU {m0:.4}; ce_all_plus_ms Dice {d1:.4} mIoU {m1:.4}");
+        rq4.push(Rq4 { ce: [d0, m0], ce_ms: [d1, m1], wall: [s0.wall.as_secs_f64(), s1.wall.as_secs_f64()] });
+    }
     println!(
-        "\n| run | test Dice | test mIoU | train time | MS host round trip (download / msloss / upload), per call |"
+        "\n| run | test Dice | test mIoU | train time | MS per call: host round trip (download / msloss / upload) or device |"
     );
     println!("|---|---|---|---|---|");
-    for (mode, dice, miou, s, perm) in &rows {
+    let per_call = |s: &RunStats| {
         let per = |d: Duration| if s.ms_calls > 0 { d.as_secs_f64() * 1e3 / f64::from(s.ms_calls) } else { 0.0 };
-        let rt = if s.ms_calls > 0 {
-            format!("{:.3} / {:.3} / {:.3} ms", per(s.ms.download), per(s.ms.compute), per(s.ms.upload))
-        } else {
-            "—".into()
-        };
+        match (s.ms_calls, s.ms.path) {
+            (0, _) => "—".to_string(),
+            (_, msloss_burn::Path::Host) => {
+                format!("{:.3} / {:.3} / {:.3} ms", per(s.ms.download), per(s.ms.compute), per(s.ms.upload))
+            }
+            (_, msloss_burn::Path::Device) => format!("device, {:.3} ms to record", per(s.ms.compute)),
+        }
+    };
+    for (mode, dice, miou, s, perm) in &rows {
         let matched = if *mode == Mode::MsOnly { format!(" (classes matched {perm:?})") } else { String::new() };
-        println!("| {}{matched} | {dice:.4} | {miou:.4} | {:.1} s | {rt} |", mode.key(), s.wall.as_secs_f64());
+        println!(
+            "| {}{matched} | {dice:.4} | {miou:.4} | {:.1} s | {} |",
+            mode.key(),
+            s.wall.as_secs_f64(),
+            per_call(s)
+        );
+    }
+    let column = |f: &dyn Fn(&Rq4) -> f64| rq4.iter().map(f).collect::<Vec<_>>();
+    let series = [
+        ("ce_all", column(&|r| r.ce[0]), column(&|r| r.ce[1])),
+        ("ce_all_plus_ms", column(&|r| r.ce_ms[0]), column(&|r| r.ce_ms[1])),
+        ("difference (e) − (d)", column(&|r| r.ce_ms[0] - r.ce[0]), column(&|r| r.ce_ms[1] - r.ce[1])),
+    ];
+    if !rq4.is_empty() {
+        let times = [mean_sd(&column(&|r| r.wall[0])).0, mean_sd(&column(&|r| r.wall[1])).0, f64::NAN];
+        for ((name, dice, miou), t) in series.iter().zip(times) {
+            let ((dm, ds), (mm, msd)) = (mean_sd(dice), mean_sd(miou));
+            let t = if t.is_nan() { "—".to_string() } else { format!("{t:.1} s") };
+            println!(
+                "| RQ4 {name}, seeds {}..={} (mean ± sd) | {dm:.4} ± {ds:.4} | {mm:.4} ± {msd:.4} | {t} | |",
+                rq4_seeds[0],
+                rq4_seeds[rq4_seeds.len() - 1]
+            );
+        }
     }
     if let Some(path) = &args.json {
-        let obj: serde_json::Map<String, serde_json::Value> = rows
+        let mut obj: serde_json::Map<String, serde_json::Value> = rows
             .iter()
             .map(|(mode, dice, miou, _, _)| (mode.key().to_string(), serde_json::json!({ "dice": dice, "miou": miou })))
             .collect();
+        obj.insert("backend".into(), args.backend.clone().into());
+        if !rq4.is_empty() {
+            let stat = |v: &[f64]| {
+                let (mean, sd) = mean_sd(v);
+                serde_json::json!({ "per_seed": v, "mean": mean, "sd": if sd.is_nan() { None } else { Some(sd) } })
+            };
+            let mut r: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
+            r.insert("seeds".into(), serde_json::json!(rq4_seeds));
+            r.insert("beta".into(), args.beta.into());
+            for (name, dice, miou) in &series {
+                let key = if name.starts_with("difference") { "difference" } else { name };
+                r.insert(key.to_string(), serde_json::json!({ "dice": stat(dice), "miou": stat(miou) }));
+            }
+            obj.insert("rq4".into(), r.into());
+        }
         std::fs::write(path, serde_json::to_string_pretty(&serde_json::Value::Object(obj))? + "\n")?;
         eprintln!("wrote {path}");
     }
