@@ -137,24 +137,55 @@ impl Record {
 }
 
 impl DeviceCall {
-    pub(crate) fn new(
+    /// A call of `shape`, with the plan in `plan` made ready here (built when the shape, the
+    /// mask, the gradient or the parameters changed), so that what can be refused is refused
+    /// before anything is dispatched.
+    pub(crate) fn prepare(
         backend: WgpuBackend,
         shape: Shape,
         params: Params,
         want_grad: bool,
         masked: bool,
         plan: Arc<Mutex<Option<Plan>>>,
-    ) -> Self {
+    ) -> Result<Self, Error> {
+        {
+            let mut slot = plan.lock().unwrap_or_else(PoisonError::into_inner);
+            let io = Io { kind: ScoresKind::Logits, mask: masked, grad: want_grad };
+            let reuse = slot.as_ref().is_some_and(|p| {
+                p.shape() == shape && p.io() == io && p.params() == &params && p.backend().device() == backend.device()
+            });
+            if !reuse {
+                *slot = None;
+                *slot = Some(backend.plan(shape, &params, io)?);
+            }
+        }
         let outcome = Mutex::new(None);
-        Self { inner: Arc::new(CallInner { backend, shape, params, want_grad, masked, plan, outcome }) }
+        Ok(Self { inner: Arc::new(CallInner { backend, shape, params, want_grad, masked, plan, outcome }) })
     }
 
     pub(crate) fn want_grad(&self) -> bool {
         self.inner.want_grad
     }
 
-    /// What the call left: the energy record, or the error.
-    pub(crate) fn outcome(&self) -> Result<Record, Error> {
+    /// Whether the call has run (under burn's fusion it runs when the fused stream does).
+    pub(crate) fn has_run(&self) -> bool {
+        self.inner.outcome.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+    }
+
+    /// The call's error, if it ran and failed (taken: reported once).
+    pub(crate) fn take_error(&self) -> Option<Error> {
+        let mut o = self.inner.outcome.lock().unwrap_or_else(PoisonError::into_inner);
+        match o.take() {
+            Some(Err(e)) => Some(e),
+            other => {
+                *o = other;
+                None
+            }
+        }
+    }
+
+    /// What the call left: the energy record, or the error (taken).
+    pub(crate) fn take_outcome(&self) -> Result<Record, Error> {
         let mut o = self.inner.outcome.lock().unwrap_or_else(PoisonError::into_inner);
         o.take().unwrap_or_else(|| Err(Error::Setup("the loss was not evaluated on the device".into())))
     }
@@ -170,30 +201,32 @@ impl DeviceCall {
 }
 
 /// The plain (non-autodiff) device path on burn's CubeCL backend: `(value, gradient)`, the
-/// value a `[1]` tensor in the logits' dtype, the gradient when the call wants one. On failure
-/// the call holds the error and the returned tensors are placeholders that the caller drops.
+/// value a `[1]` tensor in the logits' dtype, the gradient when the call wants one (a `[1]`
+/// placeholder otherwise). On failure the call holds the error and both are placeholders that
+/// the caller drops.
 pub(crate) fn evaluate(
     logits: CubeTensor,
     image: CubeTensor,
     mask: CubeTensor,
     call: &DeviceCall,
-) -> (CubeTensor, Option<CubeTensor>) {
+) -> (CubeTensor, CubeTensor) {
     let mask = call.inner.masked.then_some(mask);
+    let dtype = FloatDType::from(logits.dtype);
     let placeholder = || {
         <CubeBackend as burn::backend::ops::FloatTensorOps<CubeBackend>>::float_zeros(
             burn::backend::Shape::from(vec![1]),
             &logits.device,
-            FloatDType::F32,
+            dtype,
         )
     };
     match run(logits.clone(), image, mask, call) {
         Ok((value, grad, record)) => {
             call.set_outcome(Ok(record));
-            (value, grad)
+            (value, grad.unwrap_or_else(placeholder))
         }
         Err(e) => {
             call.set_outcome(Err(e));
-            (placeholder(), None)
+            (placeholder(), placeholder())
         }
     }
 }
@@ -290,11 +323,11 @@ fn run(
         energy: range(&rr),
     };
     let io = Io { kind: ScoresKind::Logits, mask: buffers.mask.is_some(), grad: c.want_grad };
+    // DeviceCall::prepare made the plan; another call of the same MsLoss may have replaced it
+    // since (under fusion calls run late), so it is checked, and rebuilt if it no longer fits.
     let mut slot = c.plan.lock().unwrap_or_else(PoisonError::into_inner);
-    let reuse = slot.as_ref().is_some_and(|p| {
-        p.shape() == c.shape && p.io() == io && p.params() == &c.params && p.backend().device() == c.backend.device()
-    });
-    if !reuse {
+    let fits = slot.as_ref().is_some_and(|p| p.shape() == c.shape && p.io() == io && p.params() == &c.params);
+    if !fits {
         *slot = None;
         *slot = Some(c.backend.plan(c.shape, &c.params, io)?);
     }

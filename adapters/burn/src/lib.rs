@@ -34,10 +34,11 @@
 //! | wgpu opened by burn itself, CubeCL CUDA, ROCm, CPU, Metal (feature `wgpu`, plus burn's feature for the runtime) | host round trip |
 //! | a backend this build has no feature for (`ndarray`, `tch`, remote, or CubeCL without `wgpu`) | [`Error::Backend`], no panic |
 //!
-//! The device path needs burn without its `fusion` feature (msloss-burn extends burn's plain
-//! CubeCL backend; with fusion on, the `wgpu` feature does not compile). burn's default
-//! features turn fusion on for wgpu: depend on burn with `default-features = false` and the
-//! features you use (`std`, `autodiff`, `wgpu`, ...).
+//! burn's `fusion` (on with burn's default features for wgpu) makes its CubeCL backend lazy:
+//! then enable msloss-burn's `fusion` feature (with burn's fusion on and it off, the `wgpu`
+//! feature does not compile). Under fusion the device path is a custom operation of the fused
+//! stream: it runs when burn runs the stream (when a result is read or the device synced), and
+//! [`MsLoss::check`] syncs the device first.
 //!
 //! ## Usage
 //! ```
@@ -66,6 +67,7 @@
 //!   autodiff.
 //! - `wgpu`: burn's CubeCL backends, with the device path on wgpu. It builds burn's wgpu
 //!   backend (burn-cubecl, cubecl-wgpu): a large build, so it is off by default.
+//! - `fusion`: `wgpu` with burn's `fusion` on (required whenever burn's fusion is on).
 
 #[cfg(feature = "wgpu")]
 use std::sync::Arc;
@@ -130,6 +132,10 @@ pub enum Error {
         /// The logits' device.
         device: String,
     },
+    /// [`MsLoss::check`] has no energy to give: the last device call's error was reported
+    /// already.
+    #[error("no energy to check: the last call on the device failed, and its error was reported")]
+    NoEnergy,
     /// Opening or registering a wgpu device, or reaching burn's buffers, failed.
     #[error("msloss on burn's wgpu device: {0}")]
     Setup(String),
@@ -164,36 +170,63 @@ pub struct HostLoss {
 /// backward pass) to the logits' autodiff graph.
 ///
 /// Users call [`MsLoss::forward`]; this trait is public because burn's dispatch needs it to be.
-#[backend_extension(Autodiff, Flex: cfg(feature = "flex"), Cube: cfg(feature = "wgpu"))]
+#[backend_extension(
+    Autodiff,
+    Flex: cfg(feature = "flex"),
+    Cube: cfg(feature = "wgpu"),
+    Fusion: cfg(feature = "fusion")
+)]
 pub trait MsLossOps: Backend {
     /// Returns `[host.total]` (shape `[1]`, the logits' dtype and device). Under autodiff, the
     /// backward pass multiplies the incoming gradient by `host.grad`.
+    #[fusion(dtype = logits, shape = burn::backend::Shape::from(vec![1]))]
     fn ms_loss_attach(logits: FloatTensor<Self>, host: HostLoss) -> FloatTensor<Self>;
 
-    /// The device path: the loss `[1]` and, when the call wants it, `∂E/∂logits`, computed
-    /// where the tensors live. Under autodiff, the gradient is kept for the backward pass and
-    /// the second output is `None`. `mask` is read only when the call says there is one (any
-    /// tensor otherwise: burn's dispatch routes no optional tensor input). Backends without a
-    /// device path record an error in `call`.
+    /// The device path: the loss `[1]` and, when the call wants it, `∂E/∂logits` (otherwise a
+    /// `[1]` placeholder), computed where the tensors live. Under autodiff, the gradient is kept
+    /// for the backward pass and the second output is a placeholder. `mask` is read only when the
+    /// call says there is one (any tensor otherwise: burn's dispatch routes no optional tensor
+    /// input). Backends without a device path record an error in `call`. Under burn's fusion
+    /// the call runs when the fused stream does, not when this returns.
+    #[fusion(meta = fusion_meta)]
     fn ms_loss_device(
         logits: FloatTensor<Self>,
         image: FloatTensor<Self>,
         mask: FloatTensor<Self>,
         call: DeviceCall,
-    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>);
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
-/// The answer of a backend without a device path: an error in `call`, a placeholder value.
+/// The outputs of [`MsLossOps::ms_loss_device`] as burn's fusion needs them before it runs.
+#[cfg(feature = "fusion")]
+fn fusion_meta(
+    logits: &burn::backend::fusion::custom::TensorSpec,
+    _image: &burn::backend::fusion::custom::TensorSpec,
+    _mask: &burn::backend::fusion::custom::TensorSpec,
+    call: &DeviceCall,
+) -> (burn::backend::fusion::custom::TensorSpec, burn::backend::fusion::custom::TensorSpec) {
+    use burn::backend::fusion::custom::TensorSpec;
+    let one = || burn::backend::Shape::from(vec![1]);
+    let grad = if call.want_grad() { logits.shape.clone() } else { one() };
+    (TensorSpec::new(one(), logits.dtype), TensorSpec::new(grad, logits.dtype))
+}
+
+/// A `[1]` zero tensor like `like` (the placeholder of an output that is not computed).
+fn placeholder<B: Backend>(like: &FloatTensor<B>) -> FloatTensor<B> {
+    B::float_zeros([1].into(), &like.device(), like.dtype().into())
+}
+
+/// The answer of a backend without a device path: an error in `call`, placeholders.
 fn no_device_path<B: Backend>(
     logits: &FloatTensor<B>,
     call: &DeviceCall,
     backend: &str,
-) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
+) -> (FloatTensor<B>, FloatTensor<B>) {
     #[cfg(feature = "wgpu")]
     call.fail_elsewhere(backend);
     #[cfg(not(feature = "wgpu"))]
     let _ = (call, backend);
-    (B::float_zeros([1].into(), &logits.device(), logits.dtype().into()), None)
+    (placeholder::<B>(logits), placeholder::<B>(logits))
 }
 
 /// The loss value as a `[1]` tensor of `B` in the dtype and on the device of `like`.
@@ -216,7 +249,7 @@ macro_rules! plain_backend {
                 _image: FloatTensor<Self>,
                 _mask: FloatTensor<Self>,
                 call: DeviceCall,
-            ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+            ) -> (FloatTensor<Self>, FloatTensor<Self>) {
                 no_device_path::<Self>(&logits, &call, $name)
             }
         }
@@ -238,7 +271,7 @@ impl MsLossOps for burn_cubecl::CubeBackend {
         image: FloatTensor<Self>,
         mask: FloatTensor<Self>,
         call: DeviceCall,
-    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         gpu::evaluate(logits, image, mask, &call)
     }
 }
@@ -286,19 +319,22 @@ impl<B: Backend + MsLossOps, C: CheckpointStrategy> MsLossOps for Autodiff<B, C>
         image: FloatTensor<Self>,
         mask: FloatTensor<Self>,
         call: DeviceCall,
-    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (inner, guard) = logits.into_parts();
         let (shape, device, dtype) = (inner.shape(), inner.device(), inner.dtype());
+        let want_grad = call.want_grad();
         let (value, grad) = B::ms_loss_device(inner, image.into_primitive(), mask.into_primitive(), call);
         let out = match MsLossBackward.prepare::<C>([guard]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                // A failed call leaves no gradient; its error reaches the caller, who drops `out`.
-                let grad = grad.unwrap_or_else(|| B::float_zeros(shape, &device, dtype.into()));
+                // The call computes the gradient on every autodiff device; a failed call's error
+                // reaches the caller, who drops `out`.
+                let grad = if want_grad { grad } else { B::float_zeros(shape, &device, dtype.into()) };
                 prep.finish(grad, value)
             }
             OpsKind::UnTracked(prep) => prep.finish(value),
         };
-        (out, None)
+        let spare = placeholder::<Self>(&out);
+        (out, spare)
     }
 }
 
@@ -346,9 +382,10 @@ pub struct MsLoss {
     /// The device path's plan, kept across calls of one shape (the caller owns it through this).
     #[cfg(feature = "wgpu")]
     plan: Arc<Mutex<Option<msloss_wgpu::Plan>>>,
-    /// The energy record of the last device call, read by [`MsLoss::check`].
+    /// The last device call (its energy record once it ran) and its device, for
+    /// [`MsLoss::check`].
     #[cfg(feature = "wgpu")]
-    record: Mutex<Option<gpu::Record>>,
+    record: Mutex<Option<(DeviceCall, burn::tensor::Device)>>,
 }
 
 /// Where `device`'s tensors are evaluated.
@@ -427,8 +464,13 @@ impl MsLoss {
     pub fn check(&self) -> Result<Energy<f64>, Error> {
         #[cfg(feature = "wgpu")]
         {
-            let record = self.record.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-            if let Some(r) = record {
+            let last = self.record.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            if let Some((call, device)) = last {
+                if !call.has_run() {
+                    // Under burn's fusion: run the fused stream, which runs the call.
+                    device.sync().map_err(|e| Error::Read { what: "energy record", message: e.to_string() })?;
+                }
+                let r = call.take_outcome()?;
                 self.count_transfers(1);
                 let e = r.read()?;
                 let e = Energy::new(f64::from(e.fidelity), f64::from(e.length));
@@ -436,7 +478,11 @@ impl MsLoss {
                 return Ok(e);
             }
         }
-        Ok(self.last().0)
+        let e = self.last().0;
+        if e.total.is_nan() {
+            return Err(Error::NoEnergy);
+        }
+        Ok(e)
     }
 
     /// The parameters.
@@ -500,7 +546,7 @@ impl MsLoss {
         match route(&device)? {
             Route::Host => self.forward_host(shape, logits, image, mask, want_grad, dtype),
             #[cfg(feature = "wgpu")]
-            Route::Device(backend) => self.forward_device(backend, shape, logits, image, mask, want_grad),
+            Route::Device(backend) => self.forward_device(backend, device, shape, logits, image, mask, want_grad),
         }
     }
 
@@ -509,6 +555,7 @@ impl MsLoss {
     fn forward_device<const D: usize>(
         &self,
         backend: msloss_wgpu::WgpuBackend,
+        device: burn::tensor::Device,
         shape: Shape,
         logits: Tensor<D>,
         image: Tensor<D>,
@@ -517,7 +564,7 @@ impl MsLoss {
     ) -> Result<Tensor<1>, Error> {
         let t0 = Instant::now();
         let masked = mask.is_some();
-        let call = DeviceCall::new(backend, shape, self.params, want_grad, masked, Arc::clone(&self.plan));
+        let call = DeviceCall::prepare(backend, shape, self.params, want_grad, masked, Arc::clone(&self.plan))?;
         let mask = mask.unwrap_or_else(|| image.clone());
         let out = <burn::backend::Dispatch as MsLossOps>::ms_loss_device(
             logits.into_dispatch(),
@@ -525,9 +572,11 @@ impl MsLoss {
             mask.into_dispatch(),
             call.clone(),
         );
-        let record = call.outcome()?;
-        debug_assert!(out.1.is_none() || call.want_grad());
-        *self.record.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(record);
+        // Under burn's fusion the call has not run yet: its outcome waits for `check`.
+        if let Some(e) = call.take_error() {
+            return Err(e);
+        }
+        *self.record.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((call, device));
         let timing = Timing { path: Path::Device, compute: t0.elapsed(), ..Timing::default() };
         let unknown = Energy { fidelity: f64::NAN, length: f64::NAN, total: f64::NAN };
         *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (unknown, timing);
