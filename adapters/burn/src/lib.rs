@@ -546,7 +546,7 @@ impl MsLoss {
         match route(&device)? {
             Route::Host => self.forward_host(shape, logits, image, mask, want_grad, dtype),
             #[cfg(feature = "wgpu")]
-            Route::Device(backend) => self.forward_device(backend, device, shape, logits, image, mask, want_grad),
+            Route::Device(backend) => self.forward_device(backend, shape, logits, image, mask, want_grad),
         }
     }
 
@@ -555,7 +555,6 @@ impl MsLoss {
     fn forward_device<const D: usize>(
         &self,
         backend: msloss_wgpu::WgpuBackend,
-        device: burn::tensor::Device,
         shape: Shape,
         logits: Tensor<D>,
         image: Tensor<D>,
@@ -563,6 +562,7 @@ impl MsLoss {
         want_grad: bool,
     ) -> Result<Tensor<1>, Error> {
         let t0 = Instant::now();
+        let device = logits.device();
         let masked = mask.is_some();
         let call = DeviceCall::prepare(backend, shape, self.params, want_grad, masked, Arc::clone(&self.plan))?;
         let mask = mask.unwrap_or_else(|| image.clone());
