@@ -5,7 +5,7 @@ no input and no device node. Standard library only; run by .ci/run.
 
     python3 bench/hostile.py [--bin target/release/msloss]
 """
-import argparse, hashlib, os, stat, struct, subprocess, sys, tempfile, threading, time
+import argparse, hashlib, os, stat, struct, subprocess, sys, tempfile, threading, time, zlib
 
 U64 = str(2**64 - 1)
 
@@ -37,6 +37,20 @@ def setup(d):
         f.write(b"\x93NUMPY\x01\x00\xff\xff{{{{")
     with open(f"{d}/empty.png", "wb"):
         pass
+    # Found by fuzzing: a header of nested lists (the parser backtracked for minutes), a PNG whose
+    # header declares 245 x 50M pixels in 200 bytes, a JPEG declaring 65518 x 250 in 900 bytes.
+    nested = b"{'descr': '<f4', 'fortran_order': False, 'shape': " + b"[" * 60 + b"}"
+    nested += b" " * (63 - (len(nested) + 10) % 64) + b"\n"
+    with open(f"{d}/nested.npy", "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(nested)) + nested)
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    with open(f"{d}/huge.png", "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 245, 50331660, 8, 0, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(f"{here}/../fuzz/crashes/image/jpeg-declares-16-mpx", "rb") as src, open(f"{d}/short.jpg", "wb") as f:
+        f.write(src.read())
 
 
 def cases(d):
@@ -73,6 +87,9 @@ def cases(d):
         ("eval 4096 distinct labels", ["eval", f"{d}/many.npy", f"{d}/many.npy"], None, {1}),
         ("eval, Fortran order", ["eval", f"{d}/labf.npy", f"{d}/lab.npy"], None, {1}),
         ("eval to a full stdout", ["eval", f"{d}/lab.npy", f"{d}/lab.npy"], "full", {1}),
+        ("energy, a header nested 60 deep", e + ["--logits", f"{d}/nested.npy"], None, {1}),
+        ("eval, a PNG declaring 12 GB", ["eval", f"{d}/huge.png", f"{d}/huge.png"], None, {1}),
+        ("segment, a short JPEG declaring 16 Mpx", ["segment", f"{d}/short.jpg", "-k", "2", "--quiet"], None, {1}),
     ]
 
 

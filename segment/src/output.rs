@@ -191,7 +191,7 @@ fn check_npy_header(path: &Path, file: &mut File, file_len: u64) -> Result<(), S
     std::io::Seek::seek(file, std::io::SeekFrom::Start(start)).map_err(read_err)?;
     file.take(header_len).read_to_end(&mut header).map_err(read_err)?;
     let (mut depth, mut deepest) = (0usize, 0usize);
-    for c in header {
+    for &c in &header {
         match c {
             b'[' | b'(' | b'{' => {
                 depth += 1;
@@ -199,6 +199,23 @@ fn check_npy_header(path: &Path, file: &mut File, file_len: u64) -> Result<(), S
             }
             b']' | b')' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
+        }
+    }
+    // The shape's product (times the widest item) must fit in 64 bits: the parser multiplies
+    // it out unchecked.
+    let text = String::from_utf8_lossy(&header);
+    if let Some(dims) = text.split("'shape'").nth(1).and_then(|t| t.split('(').nth(1)).and_then(|t| t.split(')').next())
+    {
+        let product = dims
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .try_fold(16u64, |acc, d| d.parse::<u64>().ok().map_or(Some(acc), |d| acc.checked_mul(d)));
+        if product.is_none() {
+            return Err(SegmentError::unsupported(
+                path,
+                format!("the header's shape ({dims}) has more elements than 64-bit sizes can count"),
+            ));
         }
     }
     if deepest > MAX_NPY_NESTING {
