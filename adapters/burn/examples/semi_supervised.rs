@@ -30,12 +30,13 @@
 use std::time::{Duration, Instant};
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
-use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{PaddingConfig2d, Relu};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use msloss_burn::{MsLoss, SemiSupervised, Timing};
+use unet::UNet;
+
+#[path = "common/unet.rs"]
+mod unet;
 use msloss_core::rng::SplitMix64;
 use msloss_core::{LengthKind, Params, Reduction};
 
@@ -136,49 +137,6 @@ impl Data {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The model: a two-level U-Net.
-
-#[derive(Module, Debug)]
-struct UNet {
-    enc1a: Conv2d,
-    enc1b: Conv2d,
-    pool: MaxPool2d,
-    enc2a: Conv2d,
-    enc2b: Conv2d,
-    up: ConvTranspose2d,
-    dec1: Conv2d,
-    head: Conv2d,
-    relu: Relu,
-}
-
-impl UNet {
-    fn new(width: usize, device: &Device) -> Self {
-        let conv = |i, o| Conv2dConfig::new([i, o], [3, 3]).with_padding(PaddingConfig2d::Same).init(device);
-        Self {
-            enc1a: conv(1, width),
-            enc1b: conv(width, width),
-            pool: MaxPool2dConfig::new([2, 2]).init(),
-            enc2a: conv(width, 2 * width),
-            enc2b: conv(2 * width, 2 * width),
-            up: ConvTranspose2dConfig::new([2 * width, width], [2, 2]).with_stride([2, 2]).init(device),
-            dec1: conv(2 * width, width),
-            head: Conv2dConfig::new([width, CLASSES], [1, 1]).init(device),
-            relu: Relu::new(),
-        }
-    }
-
-    /// Logits `[b, CLASSES, SIZE, SIZE]`.
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let r = |t| self.relu.forward(t);
-        let e1 = r(self.enc1b.forward(r(self.enc1a.forward(x))));
-        let e2 = r(self.enc2b.forward(r(self.enc2a.forward(self.pool.forward(e1.clone())))));
-        let u = r(self.up.forward(e2));
-        let d = r(self.dec1.forward(Tensor::cat(vec![e1, u], 1)));
-        self.head.forward(d)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Training and scoring.
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -229,7 +187,7 @@ fn train(
 ) -> Result<(UNet, RunStats), msloss_burn::Error> {
     let steps = args.steps;
     device.seed(seed);
-    let mut model = UNet::new(12, device);
+    let mut model = UNet::new(12, CLASSES, device);
     let mut optim = AdamConfig::new().init();
     let params = Params::default().with_lambda(args.lambda).with_length(LengthKind::L1).with_reduction(Reduction::Mean);
     let (alpha, beta) = match mode {
