@@ -3,19 +3,28 @@
 //! forward and backward, the gradient wrt the logits left on the device, the device synced
 //! before the clock stops (`iter_custom`). Names: `burn-wgpu/{msloss,peer}/<shape>`.
 //!
+//! `burn-wgpu-step/{ce,ce+msloss,ce+peer}`: one training step of the `semi_supervised` example's
+//! U-Net (forward, loss, backward, Adam) on its batch `[12, 1, 32, 32]`, 3 classes: CE alone,
+//! then CE + β·MS with msloss and with the peer; the loss's share of a step is
+//! `(t(ce+msloss) − t(ce)) / t(ce+msloss)`.
+//!
 //! `MSLOSS_BENCH_SHAPES` (`B,N,C,H,W;...`) replaces the default shapes, which are small enough
 //! for Mesa's lavapipe; on a GPU, `2,21,3,512,512` is the reference shape. On a machine
 //! without a GPU this measures lavapipe, not a GPU.
 
 #[path = "../tests/common/peer.rs"]
 mod peer;
+#[path = "../examples/common/unet.rs"]
+mod unet;
 
 use std::time::{Duration, Instant};
 
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use msloss_burn::MsLoss;
 use msloss_core::rng::RandomInputs;
+use msloss_core::{LengthKind, Reduction};
 use msloss_core::{Params, Shape};
 
 fn shapes() -> Vec<Shape> {
@@ -91,5 +100,60 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// One training step of the example's model per iteration, with CE alone or CE + β·MS.
+fn bench_step(c: &mut Criterion) {
+    let device = match msloss_burn::gpu::default_device() {
+        Ok(d) => d.autodiff(),
+        Err(e) => {
+            eprintln!("burn-wgpu benches skipped: {e}");
+            return;
+        }
+    };
+    // The example's settings: batch 12 of 32x32 grey images, 3 classes, β = 20, λ = 1e-4, L1, mean.
+    let (batch, classes, side, beta) = (12, 3, 32, 20.0);
+    let params = Params::default().with_lambda(1e-4).with_length(LengthKind::L1).with_reduction(Reduction::Mean);
+    let image = Tensor::<4>::random([batch, 1, side, side], Distribution::Uniform(0.0, 1.0), &device);
+    let labels =
+        Tensor::<4>::random([batch, 1, side, side], Distribution::Uniform(0.0, classes as f64), &device).floor().int();
+    let one_hot: Tensor<4> =
+        Tensor::cat((0..classes).map(|k| labels.clone().equal_elem(k as i64).float()).collect::<Vec<_>>(), 1);
+    let weight = Tensor::<4>::ones([batch, 1, side, side], (&device, DType::F32));
+    let loss = MsLoss::new(params);
+    let sync = |device: &Device| {
+        if let Err(e) = device.sync() {
+            eprintln!("sync: {e}");
+        }
+    };
+    let mut group = c.benchmark_group("burn-wgpu-step");
+    group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(5));
+    for which in ["ce", "ce+msloss", "ce+peer"] {
+        group.bench_function(BenchmarkId::new(which, format!("{batch}x{classes}x1x{side}x{side}")), |bch| {
+            bch.iter_custom(|iters| {
+                let mut model = unet::UNet::new(12, classes, &device);
+                let mut optim = AdamConfig::new().init();
+                sync(&device);
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let logits = model.forward(image.clone());
+                    let ce = msloss_burn::masked_cross_entropy(logits.clone(), one_hot.clone(), weight.clone());
+                    let total = match which {
+                        "ce" => ce,
+                        "ce+msloss" => match loss.forward(logits, image.clone(), None) {
+                            Ok(e) => ce + e * beta,
+                            Err(err) => panic!("msloss: {err}"),
+                        },
+                        _ => ce + peer::peer_loss(logits, image.clone(), None, &params) * beta,
+                    };
+                    let grads = GradientsParams::from_grads(total.backward(), &model);
+                    model = optim.step(1e-3, model, grads);
+                }
+                sync(&device);
+                start.elapsed()
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_step);
 criterion_main!(benches);
