@@ -43,6 +43,9 @@ pub(crate) struct Problem<'a, T> {
     pub(crate) delta: T,
     /// The reduction's factor, applied to the gradient.
     pub(crate) scale: T,
+    /// The largest image magnitude and probability accepted (`msloss_core::image_limit`).
+    pub(crate) image_limit: T,
+    pub(crate) probability_limit: T,
 }
 
 /// One thread's scratch: the ring of rows (read by pass 2), the lines the passes write, the
@@ -188,14 +191,20 @@ fn all_zero<T: CpuFloat>(src: &[T], term: impl Fn(T) -> T) -> bool {
 }
 
 /// Input checks as [`all_zero`] terms: finite (`v·0` is NaN for ±∞ and NaN), finite and
-/// non-negative, and 0 or 1.
+/// non-negative (and within the limit), and 0 or 1.
 #[inline(always)]
 fn finite<T: CpuFloat>(v: T) -> T {
     v * T::zero()
 }
 #[inline(always)]
-fn probability_ok<T: CpuFloat>(v: T) -> T {
-    v * T::zero() + (v.abs() - v)
+fn probability_ok<T: CpuFloat>(v: T, limit: T) -> T {
+    v * T::zero() + (v.abs() - v) + beyond(v, limit)
+}
+/// `|v| − limit` where positive, else 0.
+#[inline(always)]
+fn beyond<T: CpuFloat>(v: T, limit: T) -> T {
+    let e = v.abs() - limit;
+    if e > T::zero() { e } else { T::zero() }
 }
 #[inline(always)]
 fn mask_ok<T: CpuFloat>(v: T) -> T {
@@ -244,7 +253,12 @@ fn fill_row<T: CpuFloat>(
     for n in 0..n_cls {
         let src = &p.scores[p.plan.row_start(b, n_cls, n, q)..][..w];
         line_mut(lines, len, n)[OFF..OFF + w].copy_from_slice(src);
-        bad |= check && !if p.logits { all_zero(src, finite) } else { all_zero(src, probability_ok) };
+        bad |= check
+            && !if p.logits {
+                all_zero(src, finite)
+            } else {
+                all_zero(src, |v| probability_ok(v, p.probability_limit))
+            };
     }
     if p.logits {
         // The softmax, the maximum subtracted, chunk by chunk with the classes inside.
@@ -297,7 +311,7 @@ fn fill_image<T: CpuFloat>(p: &Problem<'_, T>, x: &mut [T], b: usize, q: usize, 
         l.copy_from_slice(src);
         match centre.get(k) {
             Some(&ck) => l.iter_mut().for_each(|v| *v -= ck),
-            None => bad |= !all_zero(src, finite),
+            None => bad |= !all_zero(src, |v| finite(v) + beyond(v, p.image_limit)),
         }
     }
     bad

@@ -342,6 +342,8 @@ pub(crate) fn evaluate<T: CpuFloat>(
         weight: T::from_f64_lossy(params.fidelity_weight),
         delta: T::from_f64_lossy(params.delta),
         scale: T::from_f64_lossy(scale),
+        image_limit: T::from_f64_lossy(msloss_core::image_limit::<T>(c)),
+        probability_limit: T::from_f64_lossy(msloss_core::probability_limit::<T>()),
     };
     let (p1, tw) = (n_cls * (1 + c) + 1, kernel::consts_len(c));
     let blocks = plan.blocks;
@@ -411,7 +413,7 @@ pub(crate) fn evaluate<T: CpuFloat>(
         }
     }
     let (fid, len) = part2.chunks(2).fold((0.0, 0.0), |(f, l), part| (f + part[0], l + part[1]));
-    let (fidelity, length) = (params.fidelity_weight * fid * scale, params.lambda * len * scale);
+    let (fidelity, length) = params.weigh(fid, len, scale);
     let e = Energy {
         fidelity: T::from_f64_lossy(fidelity),
         length: T::from_f64_lossy(length),

@@ -20,7 +20,8 @@ use crate::{WgpuBackend, WgpuError};
 /// [`WgpuError::EnergyRecord`] for a record of the wrong length; [`Error::EmptyMask`] and
 /// [`Error::NonFiniteResult`] as the host path reports them; [`WgpuError::InvalidDeviceInput`]
 /// naming every invalid input the device found (non-finite scores or image, negative
-/// probabilities, mask values other than 0 and 1).
+/// probabilities, image values or probabilities beyond f32's limits, mask values other than 0
+/// and 1).
 pub fn decode_energy(bytes: &[u8]) -> Result<Energy<f32>, WgpuError> {
     if bytes.len() != ENERGY_BYTES as usize {
         return Err(WgpuError::EnergyRecord { expected: ENERGY_BYTES as usize, got: bytes.len() });
@@ -33,6 +34,8 @@ pub fn decode_energy(bytes: &[u8]) -> Result<Energy<f32>, WgpuError> {
         (status::NEGATIVE_PROBABILITY, "a probability is negative"),
         (status::IMAGE_NONFINITE, "the image contains NaN or infinity"),
         (status::BAD_MASK, "a mask value is neither 0 nor 1"),
+        (status::IMAGE_RANGE, "an image value is beyond the largest whose squared distances fit f32"),
+        (status::PROBABILITY_RANGE, "a probability is beyond the largest whose squared differences fit f32"),
     ]
     .iter()
     .filter(|(bit, _)| st & bit != 0)

@@ -13,7 +13,7 @@ use msloss_core::{
 };
 
 use crate::case::{self, Case, shape};
-use crate::{Failure, Outcome, Subject, Tested};
+use crate::{Failure, Outcome, Subject, Tested, Tolerance};
 
 /// The reference's energy, gradient and centroids.
 ///
@@ -324,6 +324,14 @@ pub fn bad_input<T: Real, S: Subject<T> + ?Sized>(subject: &mut S) -> usize {
     let mut x = data.image.clone();
     x[77] = T::nan();
     n += refuses(subject, "non-finite image", s, logits, &x, None, &params);
+    // Values whose squares overflow the type (see `msloss_core::image_limit`).
+    let limit = msloss_core::image_limit::<T>(s.channels());
+    let mut x = data.image.clone();
+    x[60] = T::from_f64_lossy(-2.0 * limit);
+    n += refuses(subject, "image beyond its limit", s, logits, &x, None, &params);
+    let mut p = data.probs.clone();
+    p[150] = T::from_f64_lossy(2.0 * msloss_core::probability_limit::<T>());
+    n += refuses(subject, "probability beyond its limit", s, Scores::Probs(&p), image, None, &params);
     let mut m = data.mask.clone();
     m[90] = T::from_f64_lossy(0.5);
     n += refuses(subject, "mask of 0.5", s, logits, image, Some(&m), &params);
@@ -367,6 +375,27 @@ pub fn bad_input<T: Real, S: Subject<T> + ?Sized>(subject: &mut S) -> usize {
         assert!(reference(&input, &p).is_ok(), "{label}: the reference refuses");
         let o = subject.evaluate(&input, &p).unwrap_or_else(|f| panic!("{label}: refused: {f}"));
         assert!(o.energy.total.is_finite() && o.grad.iter().all(|g| g.is_finite()), "{label}: {:?}", o.energy);
+        n += 1;
+    }
+    // A zero weight switches its term off, even where the term's sum overflows the type: images
+    // at half their limit (squared distances fit, their sum over the pixels may not).
+    let half: Vec<T> = data
+        .image
+        .iter()
+        .map(|v| T::from_f64_lossy(if v.to_f64_lossless() < 0.5 { -0.5 } else { 0.5 } * limit))
+        .collect();
+    for p in [Params { fidelity_weight: 0.0, ..params }, Params { fidelity_weight: 0.0, lambda: 0.0, ..params }] {
+        let input = Input::new(s, logits, &half, None).expect("lengths fit");
+        let label = format!("{} {} zero weight on an overflowing term: {p:?}", subject.name(), T::NAME);
+        let want = reference(&input, &p).unwrap_or_else(|f| panic!("{label}: the reference refuses: {f}"));
+        let o = subject.evaluate(&input, &p).unwrap_or_else(|f| panic!("{label}: refused: {f}"));
+        assert!(o.grad.iter().all(|g| g.is_finite()), "{label}: a non-finite gradient");
+        if subject.supports().energy_parts {
+            assert_eq!(o.energy.fidelity, T::zero(), "{label}");
+            Tolerance::of::<T>().energy(&label, o.energy, want.energy);
+        } else {
+            Tolerance::of::<T>().total(&label, o.energy.total, want.energy);
+        }
         n += 1;
     }
     // The sum over an empty mask is fine: everything is zero.
@@ -424,18 +453,20 @@ pub fn bad_values_in_large_inputs<T: Real, S: Subject<T> + ?Sized>(subject: &mut
 }
 
 /// Energies too large for `T` are refused ([`Error::NonFiniteResult`], as the reference
-/// does) rather than returned as infinity: an image scaled by `3e19` in `f32`, `1e160` in
-/// `f64`.
+/// does) rather than returned as infinity: an image at 0.9 of its limit
+/// ([`msloss_core::image_limit`]) with a fidelity weight of 1e30.
 pub fn overflow_is_an_error<T: Real, S: Subject<T> + ?Sized>(subject: &mut S) -> usize {
     let s = shape(1, 2, 1, 1, 4, 4);
     let data = RandomInputs::<T>::new(s, 9);
-    let factor = T::from_f64_lossy(if T::NAME == "f32" { 3e19 } else { 1e160 });
+    let largest = data.image.iter().fold(0.0f64, |m, v| m.max(v.to_f64_lossless().abs()));
+    let factor = T::from_f64_lossy(0.9 * msloss_core::image_limit::<T>(1) / largest);
     let image: Vec<T> = data.image.iter().map(|v| *v * factor).collect();
     let input = Input::new(s, Scores::Logits(&data.logits), &image, None).expect("fits");
+    let params = Params { fidelity_weight: 1e30, ..Params::default() };
     let label = format!("{} {} overflow", subject.name(), T::NAME);
-    let want = reference(&input, &Params::default()).err();
+    let want = reference(&input, &params).err();
     assert!(matches!(want, Some(Error::NonFiniteResult { .. })), "{label}: the reference gives {want:?}");
-    let got = subject.evaluate(&input, &Params::default());
+    let got = subject.evaluate(&input, &params);
     match got {
         Ok(o) => panic!("{label}: accepted, energy {:?}", o.energy),
         Err(f) if subject.supports().typed_errors => {

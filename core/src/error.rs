@@ -78,6 +78,21 @@ pub enum Error {
         /// The value that came.
         value: f64,
     },
+    /// An input value too large for the float type: its squared distances (or squared
+    /// differences) would overflow before any weight scales them.
+    #[error(
+        "{what} at flat index {index} holds {value}, beyond ±{limit:e}, the largest whose squares fit this float type (compute in f64, or rescale)"
+    )]
+    OutOfRange {
+        /// Which tensor.
+        what: &'static str,
+        /// Flat index of the first offending element.
+        index: usize,
+        /// The value that came.
+        value: f64,
+        /// The largest magnitude accepted.
+        limit: f64,
+    },
     /// A mask value other than 0 or 1.
     #[error("mask values must be 0 or 1, but flat index {index} holds {value}")]
     BadMask {

@@ -1,5 +1,7 @@
 //! What one evaluation reads.
 
+use num_traits::Float;
+
 use crate::{Error, Real, Shape};
 
 /// The network's scores: logits (softmax is applied over the classes) or probabilities.
@@ -90,6 +92,19 @@ impl<'a, T: Real> Input<'a, T> {
         if let Some(index) = self.image.iter().position(|v| !v.is_finite()) {
             return Err(Error::NonFinite { what: "image", index, value: self.image[index].to_f64_lossless() });
         }
+        // The limits rounded to T, and compared in T, as the backends compare them.
+        let limit = T::from_f64_lossy(image_limit::<T>(self.shape.channels()));
+        if let Some(index) = self.image.iter().position(|v| v.abs() > limit) {
+            let (value, limit) = (self.image[index].to_f64_lossless(), limit.to_f64_lossless());
+            return Err(Error::OutOfRange { what: "image", index, value, limit });
+        }
+        if !self.scores.is_logits() {
+            let limit = T::from_f64_lossy(probability_limit::<T>());
+            if let Some(index) = scores.iter().position(|v| *v > limit) {
+                let (value, limit) = (scores[index].to_f64_lossless(), limit.to_f64_lossless());
+                return Err(Error::OutOfRange { what: "probs", index, value, limit });
+            }
+        }
         if let Some(m) = self.mask
             && let Some(index) = m.iter().position(|v| *v != T::zero() && *v != T::one())
         {
@@ -105,6 +120,19 @@ impl<'a, T: Real> Input<'a, T> {
             None => self.shape.mask_len(),
         }
     }
+}
+
+/// The largest image magnitude accepted in `T` with `channels` channels, `√(MAX/(64·C))`: every
+/// squared distance `‖x − c‖²` (at most `4·C·x²`) stays below `MAX/16`, so no per-pixel term of the
+/// fidelity or of its gradient overflows `T` before a weight scales it.
+pub fn image_limit<T: Real>(channels: usize) -> f64 {
+    Float::sqrt(T::max_value().to_f64_lossless() / (64.0 * channels.max(1) as f64))
+}
+
+/// The largest probability accepted in `T`, `√(MAX/192)`: a pixel's squared differences to its
+/// three neighbours (at most `12·y²`, the L2 and Charbonnier lengths) stay below `MAX/16`.
+pub fn probability_limit<T: Real>() -> f64 {
+    Float::sqrt(T::max_value().to_f64_lossless() / 192.0)
 }
 
 /// Checks a buffer's length against what `shape` needs.

@@ -85,7 +85,7 @@ mod shape;
 
 pub use backend::{Backend, Energy, Outputs, check_request};
 pub use error::Error;
-pub use input::{Input, Scores};
+pub use input::{Input, Scores, image_limit, probability_limit};
 pub use params::{LengthKind, Params, Reduction};
 pub use real::Real;
 pub use reference::{Reference, ReferenceWorkspace, probability};

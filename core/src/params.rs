@@ -106,6 +106,14 @@ impl Params {
         Ok(())
     }
 
+    /// The energy's two parts `(w·F·scale, λ·L·scale)` from the raw sums `F` and `L`. A zero
+    /// weight switches its term off: a sum that overflowed the backend's type (∞) then gives 0,
+    /// not `0·∞ = NaN`, as it does in exact arithmetic.
+    pub fn weigh(&self, fidelity_sum: f64, length_sum: f64, scale: f64) -> (f64, f64) {
+        let term = |w: f64, sum: f64| if w == 0.0 { 0.0 } else { w * sum * scale };
+        (term(self.fidelity_weight, fidelity_sum), term(self.lambda, length_sum))
+    }
+
     /// With another λ.
     pub fn with_lambda(mut self, lambda: f64) -> Self {
         self.lambda = lambda;

@@ -125,8 +125,7 @@ impl<T: Real> Backend<T> for Reference {
                 }
             }
         }
-        let fidelity = params.fidelity_weight * fid_total.value() * scale;
-        let length = params.lambda * len_total.value() * scale;
+        let (fidelity, length) = params.weigh(fid_total.value(), len_total.value(), scale);
         // Each reported number is the f64 value rounded once to T.
         let e = Energy {
             fidelity: T::from_f64_lossy(fidelity),

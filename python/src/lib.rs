@@ -370,7 +370,7 @@ fn energy_typed<'py, T: Float>(
 /// The multiphase Mumford–Shah energy of NumPy arrays, its centroids and its gradient.
 ///
 /// Give exactly one of `logits` (softmax over the class axis is applied) or `probs`
-/// (probabilities, finite and >= 0):
+/// (probabilities, finite, >= 0 and at most about 1.3e18 in float32, 9.7e152 in float64):
 ///
 /// - `logits` / `probs`: `(B, N, H, W)` or `(B, N, D, H, W)`, float32 or float64: the scores'
 ///   dtype is the dtype the energy is computed in;

@@ -144,8 +144,8 @@ def test_bad_inputs_raise_typed_errors():
         (ValueError, "logits is not finite at flat index 7", dict(logits=np.where(np.arange(z.size).reshape(z.shape) == 7, np.nan, z).astype(np.float32))),
         (ValueError, "probabilities must be >= 0", dict(probs=-np.abs(z))),
         (ValueError, "mask values must be 0 or 1", dict(logits=z, mask=m * 2)),
-        (ValueError, "parameter lambda must be finite and >= 0, got -1", dict(logits=z, lam=-1.0)),
-        (ValueError, "parameter delta must be finite and > 0", dict(logits=z, delta=0.0)),
+        (ValueError, "parameter lambda must be finite, >= 0 and <= 1e30, got -1", dict(logits=z, lam=-1.0)),
+        (ValueError, "parameter delta must be between 1e-15 and 1e15, got 0", dict(logits=z, delta=0.0)),
         (ValueError, "parameter centroid_eps", dict(logits=z, centroid_eps=float("nan"))),
         (ValueError, "parameter fidelity_weight", dict(logits=z, fidelity_weight=float("inf"))),
         (ValueError, 'length must be "l1", "l2" or "charbonnier", got "tv"', dict(logits=z, length="tv")),
@@ -155,7 +155,8 @@ def test_bad_inputs_raise_typed_errors():
         (ValueError, "threads must be between 1 and 1024, got -2", dict(logits=z, threads=-2)),
         (ValueError, "threads must be between 1 and 1024, got 5000", dict(logits=z, threads=5000)),
         (ValueError, "the mask selects no pixel", dict(logits=z, mask=np.zeros_like(m), reduction="mean")),
-        (ValueError, "came out non-finite", dict(logits=z, image=np.full_like(x, 1e30))),
+        (ValueError, "came out non-finite", dict(logits=z, image=x * np.float32(1e15), fidelity_weight=1e30)),
+        (ValueError, "image at flat index 0 holds 1000000015047466200000000000000, beyond", dict(logits=z, image=np.full_like(x, 1e30))),
     ]
     for exc, msg, kw in cases:
         kw = {"image": x, **kw}
@@ -253,16 +254,15 @@ def test_concurrent_calls_agree():
 
 
 def test_non_finite_gradient_is_refused():
-    # A finite energy whose float32 gradient overflows: one pixel of class 1 among class 0, a huge λ and
-    # the mean reduction (the energy is divided by the 64 pixels, the spike's gradient is 4λ/64 after
-    # the overflow of 4λ). The gradient is refused, not returned with infinities in it.
-    z = np.full((1, 2, 8, 8), -10, np.float32)
-    z[0, 0] = 10
-    z[0, 1, 4, 4], z[0, 0, 4, 4] = 10, -10
-    x = np.zeros((1, 1, 8, 8), np.float32)
-    ok = msloss.energy(x, logits=z, lam=1e37, reduction="mean")
+    # A finite energy whose float32 gradient overflows: probabilities, two pixels far apart in intensity, each
+    # wholly in its own class; the other class's gradient there is w·(x − c)² = 1e30·1e36, past float32.
+    x = np.zeros((1, 1, 1, 2), np.float32)
+    x[0, 0, 0, 1] = 1e18
+    p = np.zeros((1, 2, 1, 2), np.float32)
+    p[0, 0, 0, 0] = p[0, 1, 0, 1] = 1
+    ok = msloss.energy(x, probs=p)
     assert np.isfinite(ok.grad).all()
-    with pytest.raises(ValueError, match="gradient came out non-finite at flat index 36"):
-        msloss.energy(x, logits=z, lam=3e38, reduction="mean")
+    with pytest.raises(ValueError, match="gradient came out non-finite at flat index"):
+        msloss.energy(x, probs=p, fidelity_weight=1e30)
     # Without the gradient, the finite energy is returned.
-    assert np.isfinite(msloss.energy(x, logits=z, lam=3e38, reduction="mean", grad=False).total)
+    assert np.isfinite(msloss.energy(x, probs=p, fidelity_weight=1e30, grad=False).total)

@@ -34,6 +34,10 @@ const STATUS_IMAGE_NONFINITE: u32 = 4u;
 const STATUS_BAD_MASK: u32 = 8u;
 const STATUS_EMPTY_MASK: u32 = 16u;
 const STATUS_RESULT_NONFINITE: u32 = 32u;
+const STATUS_IMAGE_RANGE: u32 = 64u;
+const STATUS_PROBABILITY_RANGE: u32 = 128u;
+// The largest finite f32.
+const F32_MAX: f32 = 3.40282347e38;
 
 struct Dims {
     batch: u32,

@@ -22,14 +22,15 @@ fn main() {
             scale = 0.0;
         }
     }
-    let fidelity = dims.weight * totals[1] * scale;
-    let length = dims.lambda * totals[2] * scale;
+    // A zero weight switches its term off (msloss_core::Params::weigh): 0, not 0·inf.
+    let fidelity = select(dims.weight * totals[1] * scale, 0.0, dims.weight == 0.0);
+    let length = select(dims.lambda * totals[2] * scale, 0.0, dims.lambda == 0.0);
     let total = fidelity + length;
     if !is_finite_f32(total) {
         st |= STATUS_RESULT_NONFINITE;
     }
     let bad_input = STATUS_SCORES_NONFINITE | STATUS_NEGATIVE_PROBABILITY | STATUS_IMAGE_NONFINITE | STATUS_BAD_MASK
-        | STATUS_EMPTY_MASK;
+        | STATUS_EMPTY_MASK | STATUS_IMAGE_RANGE | STATUS_PROBABILITY_RANGE;
     var words = vec3<u32>(bitcast<u32>(fidelity), bitcast<u32>(length), bitcast<u32>(total));
     if (st & bad_input) != 0u {
         // A quiet NaN.

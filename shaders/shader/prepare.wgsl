@@ -1,5 +1,5 @@
 // prepare: one invocation per pixel (b, s). Checks the inputs (finite scores and image,
-// probabilities >= 0, mask in {0, 1}) into the status word and, for logits, writes the softmax
+// probabilities >= 0, image and probabilities within msloss-core's limits for f32, mask in {0, 1}) into the status word and, for logits, writes the softmax
 // y = softmax_n(z) (maximum subtracted first). Loops: 3·N + C.
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -30,9 +30,15 @@ fn main(
             bad |= STATUS_BAD_MASK;
         }
     }
+    // msloss_core::image_limit and probability_limit, for f32.
+    let image_limit = sqrt(F32_MAX / (64.0 * f32(max(dims.channels, 1u))));
+    let probability_limit = sqrt(F32_MAX / 192.0);
     for (var k = 0u; k < dims.channels; k++) {
-        if !is_finite_f32(image[(b * dims.channels + k) * sp + s]) {
+        let x = image[(b * dims.channels + k) * sp + s];
+        if !is_finite_f32(x) {
             bad |= STATUS_IMAGE_NONFINITE;
+        } else if abs(x) > image_limit {
+            bad |= STATUS_IMAGE_RANGE;
         }
     }
     let base = b * n_cls * sp + s;
@@ -59,6 +65,8 @@ fn main(
                 bad |= STATUS_SCORES_NONFINITE;
             } else if v < 0.0 {
                 bad |= STATUS_NEGATIVE_PROBABILITY;
+            } else if v > probability_limit {
+                bad |= STATUS_PROBABILITY_RANGE;
             }
         }
     }

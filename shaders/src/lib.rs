@@ -72,6 +72,10 @@ pub mod status {
     pub const EMPTY_MASK: u32 = 16;
     /// The energy came out non-finite.
     pub const RESULT_NONFINITE: u32 = 32;
+    /// An image value beyond `msloss_core::image_limit::<f32>(C)`.
+    pub const IMAGE_RANGE: u32 = 64;
+    /// A probability beyond `msloss_core::probability_limit::<f32>()`.
+    pub const PROBABILITY_RANGE: u32 = 128;
 }
 
 /// The uniform block every kernel but [`Kernel::Reduce`] reads (`struct Dims` in

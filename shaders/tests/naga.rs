@@ -139,6 +139,8 @@ fn constants_match() {
         ("STATUS_BAD_MASK", status::BAD_MASK),
         ("STATUS_EMPTY_MASK", status::EMPTY_MASK),
         ("STATUS_RESULT_NONFINITE", status::RESULT_NONFINITE),
+        ("STATUS_IMAGE_RANGE", status::IMAGE_RANGE),
+        ("STATUS_PROBABILITY_RANGE", status::PROBABILITY_RANGE),
     ];
     for (name, value) in expected {
         assert_eq!(wgsl_const(&module, name), value, "const {name}");
