@@ -171,10 +171,13 @@ fn evaluate_in<T: Real + msloss_cpu::CpuFloat>(bytes: &mut Bytes<'_>) {
             let floor = (2.0 * d * (ysum * raw).sqrt() + d * d * ysum) * params.fidelity_weight * scale;
             let energy_tol = Tolerance { absolute: tol.absolute.max(floor), ..tol };
             energy_tol.energy(&label, energy, want.energy);
-            // The gradient is a difference of per-pixel terms w·‖x − c_n‖² (at most 4·w·C·max x²):
-            // at extreme image values it cancels, and either side keeps only its rounding relative
-            // to those terms, so they set the floor.
-            let terms = 4.0 * params.fidelity_weight * shape.channels() as f64 * xmax * xmax;
+            // The gradient is a difference of per-pixel terms, w·‖x − c_n‖² (at most 4·w·C·max x²)
+            // and λ times the length's fluxes (at most 2·max(1, y) on each of 3 axes, both ways):
+            // where it cancels (extreme images, saturated softmax) either side keeps only its
+            // rounding relative to those terms, so they set the floor.
+            let ymax = if logits { 1.0 } else { scores.iter().fold(1.0f64, |m, v| m.max(v.to_f64_lossless())) };
+            let terms =
+                4.0 * params.fidelity_weight * shape.channels() as f64 * xmax * xmax + 12.0 * params.lambda * ymax;
             let grad_tol = Tolerance { absolute: tol.absolute.max(tol.relative * terms), ..tol };
             grad_tol.slices("gradient", &label, &grad, &want.grad);
             // A centroid is a weighted mean of x: its absolute accuracy is about ε·max|x| (its sum
