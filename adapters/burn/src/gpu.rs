@@ -136,6 +136,27 @@ impl Record {
     }
 }
 
+/// The plan in `slot`, kept when it fits the call (shape, inputs and outputs, parameters, device)
+/// and built afresh otherwise (the old one dropped first: it holds device memory).
+fn ready_plan<'a>(
+    slot: &'a mut Option<Plan>,
+    backend: &WgpuBackend,
+    shape: Shape,
+    params: &Params,
+    io: Io,
+) -> Result<&'a Plan, Error> {
+    let fits = slot.as_ref().is_some_and(|p| {
+        p.shape() == shape && p.io() == io && p.params() == params && p.backend().device() == backend.device()
+    });
+    if !fits {
+        *slot = None;
+    }
+    match slot {
+        Some(p) => Ok(p),
+        None => Ok(slot.insert(backend.plan(shape, params, io)?)),
+    }
+}
+
 impl DeviceCall {
     /// A call of `shape`, with the plan in `plan` made ready here (built when the shape, the
     /// mask, the gradient or the parameters changed), so that what can be refused is refused
@@ -148,17 +169,8 @@ impl DeviceCall {
         masked: bool,
         plan: Arc<Mutex<Option<Plan>>>,
     ) -> Result<Self, Error> {
-        {
-            let mut slot = plan.lock().unwrap_or_else(PoisonError::into_inner);
-            let io = Io { kind: ScoresKind::Logits, mask: masked, grad: want_grad };
-            let reuse = slot.as_ref().is_some_and(|p| {
-                p.shape() == shape && p.io() == io && p.params() == &params && p.backend().device() == backend.device()
-            });
-            if !reuse {
-                *slot = None;
-                *slot = Some(backend.plan(shape, &params, io)?);
-            }
-        }
+        let io = Io { kind: ScoresKind::Logits, mask: masked, grad: want_grad };
+        ready_plan(&mut plan.lock().unwrap_or_else(PoisonError::into_inner), &backend, shape, &params, io)?;
         let outcome = Mutex::new(None);
         Ok(Self { inner: Arc::new(CallInner { backend, shape, params, want_grad, masked, plan, outcome }) })
     }
@@ -326,12 +338,7 @@ fn run(
     // DeviceCall::prepare made the plan; another call of the same MsLoss may have replaced it
     // since (under fusion calls run late), so it is checked, and rebuilt if it no longer fits.
     let mut slot = c.plan.lock().unwrap_or_else(PoisonError::into_inner);
-    let fits = slot.as_ref().is_some_and(|p| p.shape() == c.shape && p.io() == io && p.params() == &c.params);
-    if !fits {
-        *slot = None;
-        *slot = Some(c.backend.plan(c.shape, &c.params, io)?);
-    }
-    let plan = slot.as_ref().ok_or_else(|| Error::Setup("no plan".into()))?;
+    let plan = ready_plan(&mut slot, &c.backend, c.shape, &c.params, io)?;
     let wgpu_device = c.backend.device();
     let mut encoder = wgpu_device.create_command_encoder(&Default::default());
     plan.encode(&mut encoder, &buffers)?;
