@@ -6,7 +6,7 @@ logits, λ = 1e-3, L1 length, sum reduction, 2 threads for both; with the NumPy 
 measured call by call. Calls alternate between the three round after round; medians over all calls.
 
 Needs the msloss wheel and torch in the running Python:
-    python bench/python.py [--threads 2] [--rounds 7]
+    python bench/python.py [--threads 2] [--rounds 7] [--shapes S1,S2,S3,S4]
 """
 import argparse
 import os
@@ -52,6 +52,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=10, help="msloss calls per round (the peer: one)")
+    ap.add_argument("--shapes", default=",".join(SHAPES), help="which of S1-S4, comma-separated")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, numpy {np.__version__}, {a.threads} threads, f32 logits, "
@@ -59,7 +60,8 @@ def main():
     print("| shape | PyTorch (authors') ms | msloss.torch ms | msloss.energy ms | Rust evaluation ms "
           "| overhead: torch path | overhead: NumPy call | PyTorch / msloss.torch |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, (b, n, c, h, w) in SHAPES.items():
+    for name in a.shapes.split(","):
+        b, n, c, h, w = SHAPES[name]
         g = torch.Generator().manual_seed(0)
         z = torch.randn(b, n, h, w, generator=g, requires_grad=True)
         x = torch.rand(b, c, h, w, generator=g)

@@ -44,7 +44,8 @@
 //! The reference's typed errors: parameters and output lengths first, then the input values
 //! (checked inside pass 1; on a bad value the core's own check names the first offending
 //! element), an empty mask under the mean reduction, and [`Error::NonFiniteResult`] when the
-//! energy overflows `T`. On an error the gradient buffer holds no meaningful values.
+//! energy or a gradient value overflows `T` (pass 2 watches each gradient value as it stores
+//! it, so the check costs no second read). On an error the gradient buffer holds no meaningful values.
 //!
 //! ## Memory
 //! A [`CpuWorkspace`] holds per-thread scratch (the ring of rows: two rows of every class in
@@ -349,7 +350,7 @@ pub(crate) fn evaluate<T: CpuFloat>(
     let blocks = plan.blocks;
     let CpuWorkspace { scratch, part1, part2, consts } = ws;
     part1.resize(bsz * blocks * p1, 0.0);
-    part2.resize(bsz * blocks * 2, 0.0);
+    part2.resize(bsz * blocks * 3, 0.0);
     let per_sample = c + n_cls * tw;
     consts.resize(bsz * per_sample, T::zero());
     let grad = out.grad.as_deref_mut().map(GradOut::new);
@@ -363,7 +364,7 @@ pub(crate) fn evaluate<T: CpuFloat>(
             s.get_mut().unwrap_or_else(PoisonError::into_inner).fit(&plan);
         }
         let (scratch, p, grad) = (&scratch[..], &p, grad.as_ref());
-        let samples = part1.par_chunks_mut(blocks * p1).zip(part2.par_chunks_mut(blocks * 2));
+        let samples = part1.par_chunks_mut(blocks * p1).zip(part2.par_chunks_mut(blocks * 3));
         samples.zip(consts.par_chunks_mut(per_sample)).enumerate().for_each(|(b, ((sums1, sums2), consts))| {
             sums1.par_chunks_mut(p1).enumerate().for_each(|(k, part)| {
                 let mut s = take(scratch);
@@ -390,14 +391,14 @@ pub(crate) fn evaluate<T: CpuFloat>(
                 kernel::class_consts(centroid, |k| head[k].to_f64_lossless(), area, eps, table);
             }
             let consts = &*consts;
-            sums2.par_chunks_mut(2).enumerate().for_each(|(k, part)| {
+            sums2.par_chunks_mut(3).enumerate().for_each(|(k, part)| {
                 let mut s = take(scratch);
                 let rows = plan.block_rows(k);
-                let (f, l) = arch.dispatch(
+                let (f, l, finite) = arch.dispatch(
                     #[inline(always)]
                     || kernel::pass2(p, &mut s, consts, b, rows, grad),
                 );
-                part.copy_from_slice(&[f, l]);
+                part.copy_from_slice(&[f, l, if finite { 0.0 } else { 1.0 }]);
             });
         });
     });
@@ -412,7 +413,7 @@ pub(crate) fn evaluate<T: CpuFloat>(
             }
         }
     }
-    let (fid, len) = part2.chunks(2).fold((0.0, 0.0), |(f, l), part| (f + part[0], l + part[1]));
+    let (fid, len) = part2.chunks(3).fold((0.0, 0.0), |(f, l), part| (f + part[0], l + part[1]));
     let (fidelity, length) = params.weigh(fid, len, scale);
     let e = Energy {
         fidelity: T::from_f64_lossy(fidelity),
@@ -421,6 +422,14 @@ pub(crate) fn evaluate<T: CpuFloat>(
     };
     if !e.total.is_finite() {
         return Err(Error::NonFiniteResult { what: "energy", value: e.total.to_f64_lossless() });
+    }
+    if part2.chunks(3).any(|part| part[2] != 0.0) {
+        // Pass 2 saw a non-finite gradient value as it stored it; name the first.
+        let value = out.grad.as_deref().and_then(|g| g.iter().find(|v| !v.is_finite()));
+        return Err(Error::NonFiniteResult {
+            what: "gradient",
+            value: value.map_or(f64::NAN, |v| v.to_f64_lossless()),
+        });
     }
     Ok(e)
 }

@@ -13,8 +13,8 @@ use crate::context::{MAX_CHANNELS, MAX_CLASSES, scoped};
 use crate::{WgpuBackend, WgpuError};
 
 /// Decodes the energy record the device wrote (copy it to a mappable buffer and map it). A
-/// record whose inputs failed the device's checks (or a mean over no valid pixel) holds NaN
-/// values, so that a reader who skips this function sees no plausible number.
+/// record whose inputs failed the device's checks (or a mean over no valid pixel, or a
+/// non-finite gradient) holds NaN values, so that a reader who skips this function sees no plausible number.
 ///
 /// # Errors
 /// [`WgpuError::EnergyRecord`] for a record of the wrong length; [`Error::EmptyMask`] and
@@ -47,7 +47,14 @@ pub fn decode_energy(bytes: &[u8]) -> Result<Energy<f32>, WgpuError> {
     if st & status::EMPTY_MASK != 0 {
         return Err(Error::EmptyMask.into());
     }
-    if st & status::RESULT_NONFINITE != 0 || !total.is_finite() {
+    // The energy first, as the reference reports it; a non-finite gradient also NaNs the record.
+    if st & status::RESULT_NONFINITE != 0 {
+        return Err(Error::NonFiniteResult { what: "energy", value: f64::from(total) }.into());
+    }
+    if st & status::GRADIENT_NONFINITE != 0 {
+        return Err(Error::NonFiniteResult { what: "gradient", value: f64::NAN }.into());
+    }
+    if !total.is_finite() {
         return Err(Error::NonFiniteResult { what: "energy", value: f64::from(total) }.into());
     }
     Ok(Energy { fidelity, length, total })
@@ -647,9 +654,12 @@ impl Plan {
                             whole(&self.stats),
                             grad.clone(),
                             whole(&self.loss_partials),
+                            whole(&self.status),
                         ],
                     ),
-                    Kernel::Jacobian => make(*kernel, &[dims.clone(), y_read.clone(), grad.clone()]),
+                    Kernel::Jacobian => {
+                        make(*kernel, &[dims.clone(), y_read.clone(), grad.clone(), whole(&self.status)])
+                    }
                     Kernel::Finalize => make(
                         *kernel,
                         &[dims.clone(), whole(&self.totals), whole(&self.status), range(&buffers.energy, ENERGY_BYTES)],

@@ -225,7 +225,7 @@ fn errors_are_send_and_sync() {
 fn missing_limits_are_named() {
     let e = msloss_wgpu::check_limits(&wgpu::Limits::downlevel_webgl2_defaults()).unwrap_err();
     assert!(
-        matches!(e, WgpuError::MissingLimit { name: "max_storage_buffers_per_shader_stage", required: 7, got: 0 }),
+        matches!(e, WgpuError::MissingLimit { name: "max_storage_buffers_per_shader_stage", required: 8, got: 0 }),
         "{e}"
     );
     let l = wgpu::Limits { max_compute_workgroup_storage_size: 1024, ..wgpu::Limits::default() };

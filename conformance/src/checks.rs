@@ -477,6 +477,40 @@ pub fn overflow_is_an_error<T: Real, S: Subject<T> + ?Sized>(subject: &mut S) ->
     1
 }
 
+/// A gradient too large for `T` under a finite energy is refused
+/// ([`Error::NonFiniteResult`] naming the gradient, as the reference does), never returned
+/// with infinities or NaNs in it: two pixels, the second at 0.9 of the image limit, each
+/// wholly in its own class (probabilities), `ε_c` = 1e-30 so that each centroid is its pixel
+/// and the energy stays small, and a fidelity weight of 1e30, so that the other class's
+/// `w·(x − c)²` overflows. Without the gradient the same request succeeds. Subjects without
+/// probabilities skip it.
+pub fn gradient_overflow_is_an_error<T: Real, S: Subject<T> + ?Sized>(subject: &mut S) -> usize {
+    if !subject.supports().probabilities {
+        return 0;
+    }
+    let s = shape(1, 2, 1, 1, 1, 2);
+    let image = [T::zero(), T::from_f64_lossy(0.9 * msloss_core::image_limit::<T>(1))];
+    let probs = [T::one(), T::zero(), T::zero(), T::one()];
+    let input = Input::new(s, Scores::Probs(&probs), &image, None).expect("fits");
+    let params = Params { fidelity_weight: 1e30, centroid_eps: 1e-30, ..Params::default() };
+    let label = format!("{} {} gradient overflow", subject.name(), T::NAME);
+    let want = reference(&input, &params).err();
+    assert!(
+        matches!(want, Some(Error::NonFiniteResult { what: "gradient", .. })),
+        "{label}: the reference gives {want:?}"
+    );
+    match subject.evaluate(&input, &params) {
+        Ok(o) => panic!("{label}: accepted, gradient {:?}", o.grad),
+        Err(f) if subject.supports().typed_errors => {
+            assert!(matches!(f.error, Some(Error::NonFiniteResult { what: "gradient", .. })), "{label}: {f}");
+        }
+        Err(f) => assert!(f.to_string().contains("gradient came out non-finite"), "{label}: {f}"),
+    }
+    let energy = subject.energy(&input, &params);
+    assert!(energy.as_ref().is_ok_and(|e| e.total.is_finite()), "{label}: the energy alone gives {energy:?}");
+    1
+}
+
 /// The gradient checker's tolerance in `T`: `1e-6` in `f64`, `1e-4` in `f32`.
 pub fn gradcheck_tolerance<T: Real>() -> f64 {
     if T::NAME == "f32" { 1e-4 } else { 1e-6 }

@@ -173,6 +173,8 @@ fn a_narrow_subject_skips_what_it_cannot_do() {
     assert!(checks::same_bits_run_to_run(&mut narrow) > 0);
     assert!(checks::workspace_reuse(&mut narrow) > 0);
     assert_eq!(checks::overflow_is_an_error(&mut narrow), 1);
+    assert_eq!(checks::gradient_overflow_is_an_error(&mut narrow), 0);
+    assert_eq!(checks::gradient_overflow_is_an_error(&mut full), 1);
     // Without the reference's L1 signs, the L1 cases of tied logits are left out.
     let mut own_signs =
         Tested::<f32, _>::new(Reference).with_supports(Supports { reference_l1_signs: false, ..Supports::ALL });

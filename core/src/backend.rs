@@ -85,7 +85,9 @@ pub trait Backend<T: Real> {
     /// # Errors
     /// Any [`Error`] of [`Params::validate`], [`Input::validate_values`] and
     /// [`Outputs::check`]; [`Error::EmptyMask`] for the mean reduction over an all-zero mask;
-    /// backend-specific failures.
+    /// [`Error::NonFiniteResult`] when the energy, or any element of a requested gradient, comes
+    /// out non-finite (valid inputs can still overflow `T` with extreme weights), so a success
+    /// never hands back a NaN or an infinity; backend-specific failures.
     fn evaluate(
         &self,
         input: &Input<'_, T>,

@@ -135,6 +135,9 @@ impl<T: Real> Backend<T> for Reference {
         if !e.total.is_finite() {
             return Err(Error::NonFiniteResult { what: "energy", value: e.total.to_f64_lossless() });
         }
+        if let Some(v) = out.grad.as_deref().and_then(|g| g.iter().find(|v| !v.is_finite())) {
+            return Err(Error::NonFiniteResult { what: "gradient", value: v.to_f64_lossless() });
+        }
         Ok(e)
     }
 }

@@ -85,17 +85,19 @@ class _Loss(torch.autograd.Function):
         s = _host(scores, compute)
         x = _host(image, compute)
         m = None if mask is None else _host_mask(mask, compute)
-        r = _energy(s, x, m, is_logits, params, grad=bool(ctx.needs_input_grad[0]))
-        # The gradient is a NumPy array of our own; the inputs are kept (no copy on the CPU) for a
-        # second backward through the same loss, and so that autograd notices in-place changes.
-        ctx.grad = r.grad
+        # The inputs are kept (no copy on the CPU) for a second backward through the same loss, and
+        # so that autograd notices in-place changes. All but the result is set before msloss runs,
+        # which leaves the caches cold.
         ctx.save_for_backward(s, x, m)
         ctx.is_logits = is_logits
         ctx.params = params
         ctx.scores_dtype = scores.dtype
         ctx.scores_device = scores.device
         out_dtype = scores.dtype if scores.dtype in (torch.float32, torch.float64) else torch.float32
-        return torch.scalar_tensor(r.total, dtype=out_dtype, device=scores.device)
+        out = torch.empty((), dtype=out_dtype, device=scores.device)
+        r = _energy(s, x, m, is_logits, params, grad=bool(ctx.needs_input_grad[0]))
+        ctx.grad = r.grad  # a NumPy array of our own, handed to autograd in the backward
+        return out.fill_(r.total)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

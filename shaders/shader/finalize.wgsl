@@ -1,7 +1,7 @@
 // finalize: one invocation. Applies the weights and the reduction to the reduced totals
 // (totals = [V, F, Len]) and writes the energy record [fidelity, length, total, status] as
 // four 32-bit words (three f32 bit patterns and the status bits). When the inputs failed a check,
-// or the mean has no valid pixel, the three values are NaN: a caller that reads the energy without
+// the mean has no valid pixel or the gradient came out non-finite, the three values are NaN: a caller that reads the energy without
 // decoding the status word (a framework's loss tensor) sees no plausible number.
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -30,7 +30,7 @@ fn main() {
         st |= STATUS_RESULT_NONFINITE;
     }
     let bad_input = STATUS_SCORES_NONFINITE | STATUS_NEGATIVE_PROBABILITY | STATUS_IMAGE_NONFINITE | STATUS_BAD_MASK
-        | STATUS_EMPTY_MASK | STATUS_IMAGE_RANGE | STATUS_PROBABILITY_RANGE;
+        | STATUS_EMPTY_MASK | STATUS_IMAGE_RANGE | STATUS_PROBABILITY_RANGE | STATUS_GRADIENT_NONFINITE;
     var words = vec3<u32>(bitcast<u32>(fidelity), bitcast<u32>(length), bitcast<u32>(total));
     if (st & bad_input) != 0u {
         // A quiet NaN.

@@ -1,9 +1,11 @@
 // jacobian: the softmax backward, one invocation per pixel (b, s), in place on the gradient:
-// ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m), with g = ∂E/∂y as loss_grad wrote it. Loops: 2·N.
+// ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m), with g = ∂E/∂y as loss_grad wrote it; a value that comes
+// out non-finite sets its bit in the status word. Loops: 2·N.
 
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(3) var<storage, read_write> status: array<atomic<u32>>;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -21,8 +23,14 @@ fn main(
     for (var n = 0u; n < dims.classes; n++) {
         mean += y[base + n * sp] * grad[base + n * sp];
     }
+    var finite = true;
     for (var n = 0u; n < dims.classes; n++) {
         let at = base + n * sp;
-        grad[at] = y[at] * (grad[at] - mean);
+        let v = y[at] * (grad[at] - mean);
+        grad[at] = v;
+        finite = finite && is_finite_f32(v);
+    }
+    if !finite {
+        atomicOr(&status[0], STATUS_GRADIENT_NONFINITE);
     }
 }

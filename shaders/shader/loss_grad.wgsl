@@ -4,7 +4,7 @@
 //   the length term     over the forward differences that start at s
 //   ∂E/∂y_bns           w·m·(‖x − c‖² − corr·⟨c, x − c⟩) plus the length (sub)gradient, times
 //                       the reduction's scale,
-// writes the gradient (when FLAG_GRAD is set) and sums the two energy terms of the workgroup by
+// writes the gradient (when FLAG_GRAD is set; a non-finite value sets its bit in the status word) and sums the two energy terms of the workgroup by
 // a fixed-order tree into partials[g] (fidelity) and partials[loss_groups + g] (length).
 // Loops: PER_INVOCATION × (C plus a constant number over the three axes).
 
@@ -16,6 +16,7 @@
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(6) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(7) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(8) var<storage, read_write> status: array<atomic<u32>>;
 
 var<workgroup> shared_fid: array<f32, WG>;
 var<workgroup> shared_len: array<f32, WG>;
@@ -155,7 +156,11 @@ fn element(i: u32) -> vec2<f32> {
     }
     g += dims.lambda * (back - own);
     if (dims.flags & FLAG_GRAD) != 0u {
-        grad[i] = g * stats[dims.batch * dims.classes];
+        let v = g * stats[dims.batch * dims.classes];
+        grad[i] = v;
+        if !is_finite_f32(v) {
+            atomicOr(&status[0], STATUS_GRADIENT_NONFINITE);
+        }
     }
     return vec2<f32>(fid, len);
 }

@@ -76,6 +76,9 @@ pub mod status {
     pub const IMAGE_RANGE: u32 = 64;
     /// A probability beyond `msloss_core::probability_limit::<f32>()`.
     pub const PROBABILITY_RANGE: u32 = 128;
+    /// A gradient value came out non-finite (set where [`Kernel::LossGrad`](super::Kernel) and
+    /// [`Kernel::Jacobian`](super::Kernel) write it).
+    pub const GRADIENT_NONFINITE: u32 = 256;
 }
 
 /// The uniform block every kernel but [`Kernel::Reduce`] reads (`struct Dims` in
@@ -258,7 +261,7 @@ impl Kernel {
     ];
 
     /// The most bindings of any kernel.
-    pub const MAX_BINDINGS: usize = 8;
+    pub const MAX_BINDINGS: usize = 9;
 
     /// A label for pipelines and errors (the file name without `.wgsl`).
     pub const fn name(self) -> &'static str {
@@ -316,10 +319,10 @@ impl Kernel {
             Kernel::Reduce => &[U, Rw, Rw],
             // dims, sums, totals, centroids, stats
             Kernel::Centroids => &[U, Rw, Rw, Rw, Rw],
-            // dims, y, image, mask, centroids, stats, grad, partials
-            Kernel::LossGrad => &[U, Rw, Rw, Rw, Rw, Rw, Rw, Rw],
-            // dims, y, grad
-            Kernel::Jacobian => &[U, Rw, Rw],
+            // dims, y, image, mask, centroids, stats, grad, partials, status
+            Kernel::LossGrad => &[U, Rw, Rw, Rw, Rw, Rw, Rw, Rw, Rw],
+            // dims, y, grad, status
+            Kernel::Jacobian => &[U, Rw, Rw, Rw],
             // dims, totals, status, energy
             Kernel::Finalize => &[U, Rw, Rw, Rw],
         }

@@ -141,6 +141,7 @@ fn constants_match() {
         ("STATUS_RESULT_NONFINITE", status::RESULT_NONFINITE),
         ("STATUS_IMAGE_RANGE", status::IMAGE_RANGE),
         ("STATUS_PROBABILITY_RANGE", status::PROBABILITY_RANGE),
+        ("STATUS_GRADIENT_NONFINITE", status::GRADIENT_NONFINITE),
     ];
     for (name, value) in expected {
         assert_eq!(wgsl_const(&module, name), value, "const {name}");
@@ -152,5 +153,5 @@ fn every_source_starts_with_the_shared_code() {
     for kernel in Kernel::ALL {
         assert!(kernel.source().starts_with(msloss_shaders::COMMON), "{}", kernel.name());
     }
-    assert_eq!(Kernel::LossGrad.storage_buffers(), 7);
+    assert_eq!(Kernel::LossGrad.storage_buffers(), 8);
 }
