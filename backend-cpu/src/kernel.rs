@@ -478,30 +478,20 @@ impl<'a, T> GradOut<'a, T> {
 }
 
 /// Stores `v` as pixels `ci·L…` of the gradient row that starts at `start` (`w` pixels long;
-/// the last chunk may be cut), and adds `v·0` to `probe`: a lane of `probe` turns NaN once a
-/// stored value is not finite, and stays 0 otherwise, at one multiply-add a lane.
+/// the last chunk may be cut).
 #[inline(always)]
-fn store<T: CpuFloat>(grad: &GradOut<'_, T>, start: usize, w: usize, ci: usize, v: &V<T>, probe: &mut V<T>) {
+fn store<T: Copy>(grad: &GradOut<'_, T>, start: usize, w: usize, ci: usize, v: &V<T>) {
     let n = L.min(w - ci * L);
     // SAFETY: a chunk of a row of this block's own sample and rows (see `GradOut::row`).
     let out = unsafe { grad.row(start + ci * L, n) };
     match <&mut V<T>>::try_from(&mut *out) {
-        Ok(out) => {
-            *out = *v;
-            for l in 0..L {
-                probe[l] += v[l] * T::zero();
-            }
-        }
-        Err(_) => out.iter_mut().zip(v).zip(probe.iter_mut()).for_each(|((o, &v), p)| {
-            *o = v;
-            *p += v * T::zero();
-        }),
+        Ok(out) => *out = *v,
+        Err(_) => out.iter_mut().zip(v).for_each(|(o, &v)| *o = v),
     }
 }
 
 /// Pass 2 over `rows` of sample `b`: returns `(F, Len)` (the sums before weights and
-/// reduction) and writes the gradient where `grad` is given, with whether every value it wrote
-/// was finite. `consts` holds the sample's
+/// reduction) and writes the gradient where `grad` is given. `consts` holds the sample's
 /// centre `c̄` (`C` values), then its [`class_consts`] tables, one per class.
 #[inline(always)]
 pub(crate) fn pass2<T: CpuFloat>(
@@ -511,7 +501,7 @@ pub(crate) fn pass2<T: CpuFloat>(
     b: usize,
     rows: core::ops::Range<usize>,
     grad: Option<&GradOut<'_, T>>,
-) -> (f64, f64, bool) {
+) -> (f64, f64) {
     let plan = &p.plan;
     let Scratch { ring, work, keys, gbuf, carry, .. } = scratch;
     reset(plan, ring, work);
@@ -519,8 +509,7 @@ pub(crate) fn pass2<T: CpuFloat>(
     keys.fill(usize::MAX);
     // With logits and a gradient, pass 1 left the block's probabilities in the gradient buffer.
     let cache = grad.filter(|_| plan.cache).map(|grad| Cache { grad, b, rows: (rows.start, rows.end) });
-    let probe = [T::zero(); L];
-    let mut ctx = Row { p, ring, wk: &mut wk, keys, gbuf, carry, cache: cache.as_ref(), consts, b, grad, probe };
+    let mut ctx = Row { p, ring, wk: &mut wk, keys, gbuf, carry, cache: cache.as_ref(), consts, b, grad };
     let start = rows.start;
     let back = if plan.depth > 1 { plan.height } else { 1 };
     let mut sums = [[0.0; L]; 2];
@@ -547,7 +536,27 @@ pub(crate) fn pass2<T: CpuFloat>(
     } else {
         rows!(false)
     }
-    (lanes_total(&sums[0]), lanes_total(&sums[1]), ctx.probe.iter().all(|v| *v == T::zero()))
+    (lanes_total(&sums[0]), lanes_total(&sums[1]))
+}
+
+/// Whether every gradient value in `rows` of sample `b` is finite: pass 2's writes, read back
+/// by the block that wrote them while they are still in cache. A function of its own, called
+/// outside the ISA dispatch: inside it, its code changed how the row loop compiled.
+#[inline(never)]
+pub(crate) fn block_finite<T: CpuFloat>(
+    plan: &Plan,
+    grad: &GradOut<'_, T>,
+    b: usize,
+    rows: core::ops::Range<usize>,
+) -> bool {
+    rows.into_iter().all(|q| {
+        (0..plan.classes).all(|n| {
+            // SAFETY: a row of the calling block's own sample and rows (see `GradOut::row`), which
+            // pass 2 has finished writing.
+            let row = unsafe { grad.row(plan.row_start(b, plan.classes, n, q), plan.width) };
+            all_zero(row, |v| v * T::zero())
+        })
+    })
 }
 
 /// The ring slot of row `q`, filled if it holds another row.
@@ -654,8 +663,6 @@ struct Row<'s, 'w, T> {
     consts: &'s [T],
     b: usize,
     grad: Option<&'s GradOut<'s, T>>,
-    /// NaN in a lane once a gradient value stored through it was not finite (see [`store`]).
-    probe: V<T>,
 }
 
 /// `[v_{-1}, v_0, …, v_{L−2}]` with `v_{-1} = before`: a chunk's values one pixel west.
@@ -823,7 +830,7 @@ impl<T: CpuFloat> Row<'_, '_, T> {
                         gsum[l] += y0[l] * g[l];
                     }
                 } else if let Some(grad) = self.grad {
-                    store(grad, plan.row_start(b, n_cls, n, q), w, ci, &g, &mut self.probe);
+                    store(grad, plan.row_start(b, n_cls, n, q), w, ci, &g);
                 }
             }
             if full {
@@ -838,7 +845,7 @@ impl<T: CpuFloat> Row<'_, '_, T> {
                     for l in 0..L {
                         o[l] = scale * (y0[l] * (g[l] - gsum[l]));
                     }
-                    store(grad, plan.row_start(b, n_cls, n, q), w, ci, &o, &mut self.probe);
+                    store(grad, plan.row_start(b, n_cls, n, q), w, ci, &o);
                 }
             }
         }
