@@ -73,11 +73,12 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use msloss_core::{Backend, Energy, Error, Input, Outputs, Params, Reduction};
+use msloss_core::{Backend, Energy, Error, Fidelity, Gaussian, Input, Outputs, Params, Reduction};
 use rayon::prelude::*;
 
 mod float;
 mod kernel;
+mod local;
 mod plan;
 
 pub use float::CpuFloat;
@@ -260,11 +261,23 @@ pub struct CpuWorkspace<T> {
     part2: Vec<f64>,
     /// Each sample's pass-2 constants: its centre and its classes' tables (see `kernel`).
     consts: Vec<T>,
+    /// The local fidelity's per-thread planes, its Gaussian, and its per-sample results.
+    local: Vec<Mutex<Vec<f64>>>,
+    gaussian: Option<(f64, Gaussian)>,
+    per_sample: Vec<f64>,
 }
 
 impl<T> Default for CpuWorkspace<T> {
     fn default() -> Self {
-        Self { scratch: Vec::new(), part1: Vec::new(), part2: Vec::new(), consts: Vec::new() }
+        Self {
+            scratch: Vec::new(),
+            part1: Vec::new(),
+            part2: Vec::new(),
+            consts: Vec::new(),
+            local: Vec::new(),
+            gaussian: None,
+            per_sample: Vec::new(),
+        }
     }
 }
 
@@ -292,7 +305,7 @@ impl<T: CpuFloat> Backend<T> for CpuBackend {
 }
 
 /// A free scratch slot: the calling thread's own, else any free one.
-fn take<T>(slots: &[Mutex<Scratch<T>>]) -> MutexGuard<'_, Scratch<T>> {
+pub(crate) fn take<S>(slots: &[Mutex<S>]) -> MutexGuard<'_, S> {
     let first = rayon::current_thread_index().unwrap_or(0);
     for i in 0..slots.len() {
         match slots[(first + i) % slots.len()].try_lock() {
@@ -316,9 +329,12 @@ pub(crate) fn evaluate<T: CpuFloat>(
     if let Some(what) = cpu.pool_error {
         return Err(Error::Unsupported { backend: "cpu", what });
     }
-    params.validate()?;
     let shape = input.shape();
+    params.validate_for(shape)?;
     out.check(shape)?;
+    if let Fidelity::Local { sigma } = params.fidelity {
+        return evaluate_local(cpu, input, params, sigma, out, ws);
+    }
     let plan = Plan::new(shape, input.scores().is_logits(), out.grad.is_some());
     let (bsz, n_cls, c) = (shape.batch(), plan.classes, plan.channels);
     let mean = params.reduction == Reduction::Mean;
@@ -348,7 +364,7 @@ pub(crate) fn evaluate<T: CpuFloat>(
     };
     let (p1, tw) = (n_cls * (1 + c) + 1, kernel::consts_len(c));
     let blocks = plan.blocks;
-    let CpuWorkspace { scratch, part1, part2, consts } = ws;
+    let CpuWorkspace { scratch, part1, part2, consts, .. } = ws;
     part1.resize(bsz * blocks * p1, 0.0);
     part2.resize(bsz * blocks * 3, 0.0);
     let per_sample = c + n_cls * tw;
@@ -426,6 +442,53 @@ pub(crate) fn evaluate<T: CpuFloat>(
     }
     if part2.chunks(3).any(|part| part[2] != 0.0) {
         // Pass 2 saw a non-finite gradient value as it stored it; name the first.
+        let value = out.grad.as_deref().and_then(|g| g.iter().find(|v| !v.is_finite()));
+        return Err(Error::NonFiniteResult {
+            what: "gradient",
+            value: value.map_or(f64::NAN, |v| v.to_f64_lossless()),
+        });
+    }
+    Ok(e)
+}
+
+/// The local fidelity: the fused kernels give the length term (and the centroids, checks and
+/// errors) with the fidelity switched off; [`local::add`] then adds the fidelity and its gradient.
+fn evaluate_local<T: CpuFloat>(
+    cpu: &CpuBackend,
+    input: &Input<'_, T>,
+    params: &Params,
+    sigma: f64,
+    mut out: Outputs<'_, T>,
+    ws: &mut CpuWorkspace<T>,
+) -> Result<Energy<T>, Error> {
+    let global = Params { fidelity: Fidelity::Global, fidelity_weight: 0.0, ..*params };
+    let reborrow = Outputs { grad: out.grad.as_deref_mut(), centroids: out.centroids.as_deref_mut() };
+    let e = evaluate(cpu, input, &global, reborrow, ws)?;
+    let scale = match params.reduction {
+        Reduction::Sum => 1.0,
+        Reduction::Mean => 1.0 / input.valid_count() as f64,
+    };
+    let CpuWorkspace { local: slots, gaussian, per_sample, .. } = ws;
+    if gaussian.as_ref().is_none_or(|(s, _)| *s != sigma) {
+        *gaussian = None;
+    }
+    let (_, gaussian) = gaussian.get_or_insert_with(|| (sigma, Gaussian::new(sigma)));
+    let local = local::Local { gaussian, eps: params.centroid_eps, factor: params.fidelity_weight * scale };
+    let (f, finite) = cpu.run(|| {
+        let threads = rayon::current_num_threads();
+        if slots.len() < threads {
+            slots.resize_with(threads, Mutex::default);
+        }
+        local::add(input, &local, out.grad.as_deref_mut(), slots, per_sample)
+    });
+    let (fidelity, _) = params.weigh(f, 0.0, scale);
+    let length = e.length.to_f64_lossless();
+    let e =
+        Energy { fidelity: T::from_f64_lossy(fidelity), length: e.length, total: T::from_f64_lossy(fidelity + length) };
+    if !e.total.is_finite() {
+        return Err(Error::NonFiniteResult { what: "energy", value: e.total.to_f64_lossless() });
+    }
+    if !finite {
         let value = out.grad.as_deref().and_then(|g| g.iter().find(|v| !v.is_finite()));
         return Err(Error::NonFiniteResult {
             what: "gradient",

@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use msloss_core::rng::RandomInputs;
-use msloss_core::{Backend, Input, LengthKind, Outputs, Params, Scores, Shape};
+use msloss_core::{Backend, Fidelity, Input, LengthKind, Outputs, Params, Scores, Shape};
 use msloss_cpu::CpuBackend;
 
 /// The system allocator, counting allocations.
@@ -38,15 +38,18 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn repeated_calls_allocate_nothing() {
     let cpu = CpuBackend::with_threads(2);
-    for (shape, logits, mask, length) in [
-        (Shape::new(2, 3, 2, 1, 17, 19), true, true, LengthKind::L1),
-        (Shape::new(1, 4, 1, 3, 6, 7), false, false, LengthKind::Charbonnier),
+    let local = Fidelity::Local { sigma: 1.5 };
+    for (shape, logits, mask, length, fidelity) in [
+        (Shape::new(2, 3, 2, 1, 17, 19), true, true, LengthKind::L1, Fidelity::Global),
+        (Shape::new(1, 4, 1, 3, 6, 7), false, false, LengthKind::Charbonnier, Fidelity::Global),
+        (Shape::new(2, 3, 2, 1, 17, 19), true, true, LengthKind::L1, local),
+        (Shape::new(1, 2, 3, 3, 6, 7), false, false, LengthKind::L2, local),
     ] {
         let shape = shape.expect("valid shape");
         let data = RandomInputs::<f32>::new(shape, 3);
         let scores = if logits { Scores::Logits(&data.logits[..]) } else { Scores::Probs(&data.probs[..]) };
         let input = Input::new(shape, scores, &data.image, mask.then_some(&data.mask[..])).expect("fits");
-        let params = Params::default().with_length(length);
+        let params = Params::default().with_length(length).with_fidelity(fidelity);
         let mut grad = vec![0.0f32; shape.scores_len()];
         let mut cent = vec![0.0f32; shape.centroids_len()];
         let mut ws = cpu.workspace();

@@ -60,6 +60,14 @@ pub fn decode_energy(bytes: &[u8]) -> Result<Energy<f32>, WgpuError> {
     Ok(Energy { fidelity, length, total })
 }
 
+/// The local fidelity has no kernels yet: [`Error::Unsupported`].
+fn refuse_local(params: &Params) -> Result<(), Error> {
+    match params.fidelity {
+        msloss_core::Fidelity::Global => Ok(()),
+        msloss_core::Fidelity::Local { .. } => Err(Error::Unsupported { backend: "wgpu", what: "the local fidelity" }),
+    }
+}
+
 /// u32 indices in the kernels stay below this (room for one workgroup's overshoot).
 const INDEX_MAX: u64 = u32::MAX as u64 - 2 * TILE as u64;
 
@@ -304,7 +312,8 @@ impl WgpuBackend {
     /// ([`WgpuError::Validation`], [`WgpuError::OutOfMemory`]) while creating resources;
     /// [`WgpuError::DeviceLost`].
     pub fn plan(&self, shape: Shape, params: &Params, io: Io) -> Result<Plan, WgpuError> {
-        params.validate()?;
+        params.validate_for(shape)?;
+        refuse_local(params)?;
         self.check_health()?;
         let lay = self.layout(shape)?;
         let sz = lay.sz;
@@ -558,7 +567,8 @@ impl Plan {
     /// # Errors
     /// [`Error::BadParam`] (as [`WgpuError::Core`]).
     pub fn set_params(&mut self, params: &Params) -> Result<(), WgpuError> {
-        params.validate()?;
+        params.validate_for(self.shape)?;
+        refuse_local(params)?;
         if *params == self.params {
             return Ok(());
         }

@@ -85,6 +85,8 @@ fn check<T: msloss::cpu::CpuFloat>(args: &Args, backend: &AnyBackend) -> anyhow:
         "input": if input.scores().is_logits() { "logits" } else { "probs" },
         "length": params.length.name(),
         "reduction": params.reduction.name(),
+        "fidelity": params.fidelity.name(),
+        "sigma": match params.fidelity { msloss::Fidelity::Local { sigma } => Some(sigma), msloss::Fidelity::Global => None },
         "mask": args.mask,
         "mode": match report.mode { Mode::Full => "full", Mode::Directional => "directional" },
         "checks": report.checks,

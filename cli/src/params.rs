@@ -1,6 +1,6 @@
 //! The loss parameters as command-line flags, shared by every subcommand that evaluates the loss.
 
-use msloss::{LengthKind, Params, Reduction};
+use msloss::{Fidelity, LengthKind, Params, Reduction};
 
 /// `--length`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -20,6 +20,15 @@ pub(crate) enum ReductionArg {
     Sum,
     /// Divided by the number of valid pixels.
     Mean,
+}
+
+/// `--fidelity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum FidelityArg {
+    /// One soft mean per class and sample (published).
+    Global,
+    /// Gaussian-weighted local means per pixel and class (region-scalable fitting; needs --sigma).
+    Local,
 }
 
 /// Loss parameters (defaults: those of `msloss_core::Params::default()`).
@@ -43,6 +52,12 @@ pub(crate) struct ParamArgs {
     /// Sum (published) or mean over valid pixels.
     #[arg(long, value_enum, default_value_t = ReductionArg::Sum)]
     pub(crate) reduction: ReductionArg,
+    /// What the fidelity compares each pixel with.
+    #[arg(long, value_enum, default_value_t = FidelityArg::Global)]
+    pub(crate) fidelity: FidelityArg,
+    /// The local fidelity's Gaussian σ in pixels (> 0, at most the largest spatial extent).
+    #[arg(long, allow_hyphen_values = true, required_if_eq("fidelity", "local"))]
+    pub(crate) sigma: Option<f64>,
 }
 
 impl ParamArgs {
@@ -61,6 +76,18 @@ impl ParamArgs {
             reduction: match self.reduction {
                 ReductionArg::Sum => Reduction::Sum,
                 ReductionArg::Mean => Reduction::Mean,
+            },
+            fidelity: match (self.fidelity, self.sigma) {
+                (FidelityArg::Local, Some(sigma)) => Fidelity::Local { sigma },
+                (FidelityArg::Local, None) => Fidelity::Local { sigma: f64::NAN },
+                (FidelityArg::Global, None) => Fidelity::Global,
+                (FidelityArg::Global, Some(value)) => {
+                    return Err(msloss::Error::BadParam {
+                        name: "sigma",
+                        expected: "given only with --fidelity local",
+                        value,
+                    });
+                }
             },
         };
         p.validate()?;

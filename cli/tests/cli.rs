@@ -120,12 +120,29 @@ fn gradcheck_passes_and_reports() {
         &["--shape", "2,3,2,5,4", "--length", "l1", "--mask"][..],
         &["--shape", "1,2,1,4,3,3", "--length", "charbonnier", "--dtype", "f32", "--input", "probs"][..],
         &["--shape", "1,2,3,12,16,2", "--length", "l2", "--reduction", "mean"][..],
+        &["--shape", "2,3,2,7,8", "--fidelity", "local", "--sigma", "1.5", "--mask"][..],
+        &["--shape", "1,2,1,5,6,3", "--fidelity", "local", "--sigma", "0.8", "--dtype", "f32", "--input", "probs"][..],
     ] {
         let out = bin().arg("gradcheck").args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stdout));
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(json["pass"], true);
         assert!(json["max_rel_error"].as_f64().unwrap() < 1e-4);
+    }
+}
+
+#[test]
+fn the_local_fidelitys_sigma_is_checked() {
+    for (args, needle) in [
+        (&["--fidelity", "local"][..], "--sigma"),
+        (&["--fidelity", "local", "--sigma", "0"][..], "parameter sigma must be finite, > 0"),
+        (&["--fidelity", "local", "--sigma", "9"][..], "at most the largest spatial extent of the input, got 9"),
+        (&["--sigma", "2"][..], "sigma must be given only with --fidelity local"),
+    ] {
+        let out = bin().args(["gradcheck", "--shape", "1,2,1,4,8"]).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && out.stdout.is_empty(), "{args:?} succeeded");
+        assert!(err.contains(needle) && !err.contains("panicked"), "{args:?}: {err}");
     }
 }
 

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use msloss_core::rng::RandomInputs;
-use msloss_core::{Input, LengthKind, Params, Real, Reduction, Scores, Shape};
+use msloss_core::{Fidelity, Input, LengthKind, Params, Real, Reduction, Scores, Shape};
 
 /// One request: shape, kind of scores, mask, parameters, and the seed of its random inputs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -137,6 +137,26 @@ pub fn parameter_cases() -> Vec<Case> {
         }
     }
     cases
+}
+
+/// The local fidelity ([`Fidelity::Local`]): σ from under a pixel to past the image's height, 2D
+/// and 3D, one and three channels, logits and probabilities, masked and not, every length kind,
+/// the mean reduction, and a large ε_c (its correction of the gradient matters).
+pub fn local_cases() -> Vec<Case> {
+    let local = |sigma| Params::default().with_lambda(0.05).with_fidelity(Fidelity::Local { sigma });
+    [
+        (shape(1, 2, 1, 1, 7, 9), true, false, local(1.0)),
+        (shape(2, 3, 3, 1, 6, 8), false, true, local(0.7)),
+        (shape(1, 3, 2, 1, 9, 6), true, true, local(2.5).with_length(LengthKind::Charbonnier)),
+        (shape(1, 2, 1, 1, 5, 11), true, false, local(8.0).with_length(LengthKind::L2)),
+        (shape(1, 2, 2, 4, 5, 6), true, true, local(1.2)),
+        (shape(2, 2, 1, 3, 4, 5), false, false, local(0.9).with_reduction(Reduction::Mean)),
+        (shape(1, 3, 1, 6, 7, 5), true, true, Params { centroid_eps: 0.5, ..local(1.5) }),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (s, logits, mask, params))| Case::new(s, logits, mask, params, 200 + i as u64))
+    .collect()
 }
 
 /// Larger images with many rows, classes up to 21, and a volume of many slices (40×30×16).

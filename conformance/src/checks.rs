@@ -9,7 +9,7 @@
 use msloss_core::gradcheck::{self, Options};
 use msloss_core::rng::RandomInputs;
 use msloss_core::{
-    Backend, Energy, Error, Input, LengthKind, Outputs, Params, Real, Reduction, Reference, Scores, Shape,
+    Backend, Energy, Error, Fidelity, Input, LengthKind, Outputs, Params, Real, Reduction, Reference, Scores, Shape,
 };
 
 use crate::case::{self, Case, shape};
@@ -106,6 +106,11 @@ pub fn some_features<T: Real, S: Subject<T> + ?Sized>(subject: &mut S) -> usize 
 /// w = 0.
 pub fn other_parameters<T: Real, S: Subject<T> + ?Sized>(subject: &mut S) -> usize {
     compare_all(subject, &case::parameter_cases(), "other parameters")
+}
+
+/// The local fidelity ([`case::local_cases`]) against the reference.
+pub fn local_fidelity<T: Real, S: Subject<T> + ?Sized>(subject: &mut S) -> usize {
+    compare_all(subject, &case::local_cases(), "local fidelity")
 }
 
 /// Larger images ([`case::larger_cases`]): many rows, classes up to 21, a volume of many
@@ -359,6 +364,10 @@ pub fn bad_input<T: Real, S: Subject<T> + ?Sized>(subject: &mut S) -> usize {
         ("δ = 1e-300", Params { delta: 1e-300, length: LengthKind::Charbonnier, ..params }),
         ("ε_c = 1e300", Params { centroid_eps: 1e300, ..params }),
         ("λ = 1e300", Params { lambda: 1e300, ..params }),
+        // The local fidelity's σ: > 0, and at most the largest extent (9 here).
+        ("σ = 0", params.with_fidelity(Fidelity::Local { sigma: 0.0 })),
+        ("σ = NaN", params.with_fidelity(Fidelity::Local { sigma: f64::NAN })),
+        ("σ = 9.5", params.with_fidelity(Fidelity::Local { sigma: 9.5 })),
     ] {
         n += refuses(subject, what, s, logits, image, None, &p);
     }
@@ -530,7 +539,10 @@ pub fn gradcheck<T: Real, B: Backend<T>>(subject: &mut Tested<T, B>) -> usize {
         Case::new(shape(1, 3, 2, 1, 6, 5), true, true, mean(LengthKind::Charbonnier), 9),
         Case::new(shape(1, 2, 1, 3, 4, 3), false, true, mean(LengthKind::L2), 9),
         Case::new(shape(2, 2, 1, 1, 5, 5), true, true, mean(LengthKind::L1), 9),
-    ];
+    ]
+    .into_iter()
+    .chain(local_gradcheck_cases())
+    .collect::<Vec<_>>();
     let tolerance = gradcheck_tolerance::<T>();
     let mut n = 0;
     for case in cases.iter().filter(|c| subject.supports().admits(c)) {
@@ -542,6 +554,30 @@ pub fn gradcheck<T: Real, B: Backend<T>>(subject: &mut Tested<T, B>) -> usize {
         n += 1;
     }
     n
+}
+
+/// The local fidelity's gradient cases, small (each finite difference evaluates the reference's
+/// literal double sum): 2D logits, a masked volume of probabilities with a large ε_c, the mean
+/// reduction over two masked samples.
+fn local_gradcheck_cases() -> [Case; 3] {
+    let local = |sigma| Params::default().with_lambda(0.2).with_fidelity(Fidelity::Local { sigma });
+    [
+        Case::new(shape(1, 2, 1, 1, 5, 6), true, false, local(1.0), 50),
+        Case::new(
+            shape(1, 2, 2, 3, 4, 4),
+            false,
+            true,
+            Params { centroid_eps: 0.5, ..local(0.8) }.with_length(LengthKind::L2),
+            51,
+        ),
+        Case::new(
+            shape(2, 2, 1, 1, 4, 5),
+            true,
+            true,
+            local(2.0).with_reduction(Reduction::Mean).with_length(LengthKind::Charbonnier),
+            52,
+        ),
+    ]
 }
 
 /// Output buffers of the wrong length (gradient, centroids) give the reference's errors.

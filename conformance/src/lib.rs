@@ -53,7 +53,7 @@ macro_rules! tests {
         $crate::tests!(@each $float, $subjects, every_feature, other_parameters, one_hot_probabilities,
             tied_logits, tied_row_ends, tied_slices, larger_images, near_coincident_centroids,
             same_bits_run_to_run, workspace_reuse, bad_input, bad_values_in_large_inputs, overflow_is_an_error,
-            gradient_overflow_is_an_error);
+            gradient_overflow_is_an_error, local_fidelity);
     };
     (@each $float:ty, $subjects:expr, $($check:ident),+) => {
         $(

@@ -119,6 +119,8 @@ pub struct Supports {
     /// leaves out its L1 cases (ties of equal logits, which any arithmetic keeps exact, are
     /// still checked).
     pub reference_l1_signs: bool,
+    /// The local fidelity ([`msloss_core::Fidelity::Local`]).
+    pub local_fidelity: bool,
 }
 
 impl Supports {
@@ -131,11 +133,13 @@ impl Supports {
         energy_parts: true,
         typed_errors: true,
         reference_l1_signs: true,
+        local_fidelity: true,
     };
 
     /// Whether a subject with these capabilities can run `case`.
     pub fn admits(&self, case: &Case) -> bool {
-        self.takes(case.logits, case.mask, case.shape.depth())
+        let local = matches!(case.params.fidelity, msloss_core::Fidelity::Local { .. });
+        self.takes(case.logits, case.mask, case.shape.depth()) && (!local || self.local_fidelity)
     }
 
     /// Whether a subject with these capabilities can take `input`.

@@ -171,7 +171,7 @@ pub trait Backend<T: Real> {
 /// # Errors
 /// As [`Backend::evaluate`].
 pub fn check_request<T: Real>(input: &Input<'_, T>, params: &Params, out: &Outputs<'_, T>) -> Result<usize, Error> {
-    params.validate()?;
+    params.validate_for(input.shape())?;
     out.check(input.shape())?;
     input.validate_values()?;
     let valid = input.valid_count();

@@ -86,7 +86,7 @@ mod shape;
 pub use backend::{Backend, Energy, Outputs, check_request};
 pub use error::Error;
 pub use input::{Input, Scores, image_limit, probability_limit};
-pub use params::{LengthKind, Params, Reduction};
+pub use params::{Fidelity, Gaussian, LengthKind, Params, Reduction};
 pub use real::Real;
 pub use reference::{Reference, ReferenceWorkspace, probability};
 pub use shape::Shape;

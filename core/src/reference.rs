@@ -3,7 +3,9 @@
 use alloc::vec::Vec;
 use num_traits::Float;
 
-use crate::{Backend, Energy, Error, Input, LengthKind, Outputs, Params, Real, Reduction, check_request};
+use crate::{
+    Backend, Energy, Error, Fidelity, Gaussian, Input, LengthKind, Outputs, Params, Real, Reduction, check_request,
+};
 
 /// The reference implementation of the loss: every quantity computed in `f64` exactly as the
 /// definition reads (see the crate docs), one sample at a time, no fusion, no threads.
@@ -57,6 +59,10 @@ impl<T: Real> Backend<T> for Reference {
             Reduction::Mean => 1.0 / valid as f64,
         };
         let want_grad = out.grad.is_some();
+        let gaussian = match params.fidelity {
+            Fidelity::Global => None,
+            Fidelity::Local { sigma } => Some(Gaussian::new(sigma)),
+        };
 
         for b in 0..shape.batch() {
             let scores = &input.scores().data()[b * n_cls * sp..(b + 1) * n_cls * sp];
@@ -89,19 +95,24 @@ impl<T: Real> Backend<T> for Reference {
                         cs[(b * n_cls + n) * n_ch + k] = T::from_f64_lossy(*ck);
                     }
                 }
-                // Fidelity and its gradient.
-                let corr = 2.0 * eps / (area + eps);
-                for s in 0..sp {
-                    let dist2: f64 = (0..n_ch)
-                        .map(|k| {
-                            let d = x(k, s) - c[k];
-                            d * d
-                        })
-                        .sum();
-                    fid_total.add(mask(s) * yn[s] * dist2);
-                    if want_grad {
-                        let dot: f64 = (0..n_ch).map(|k| c[k] * (x(k, s) - c[k])).sum();
-                        g[n * sp + s] += params.fidelity_weight * mask(s) * (dist2 - corr * dot);
+                // Fidelity and its gradient: against the centroid, or against local means.
+                if let Some(gaussian) = &gaussian {
+                    let fid = Local { dims: shape.spatial_dims(), gaussian, eps, weight: params.fidelity_weight };
+                    fid_total.add(fid.term(yn, &x, n_ch, &mask, want_grad.then(|| &mut g[n * sp..(n + 1) * sp])));
+                } else {
+                    let corr = 2.0 * eps / (area + eps);
+                    for s in 0..sp {
+                        let dist2: f64 = (0..n_ch)
+                            .map(|k| {
+                                let d = x(k, s) - c[k];
+                                d * d
+                            })
+                            .sum();
+                        fid_total.add(mask(s) * yn[s] * dist2);
+                        if want_grad {
+                            let dot: f64 = (0..n_ch).map(|k| c[k] * (x(k, s) - c[k])).sum();
+                            g[n * sp + s] += params.fidelity_weight * mask(s) * (dist2 - corr * dot);
+                        }
                     }
                 }
                 // Length and its gradient.
@@ -139,6 +150,81 @@ impl<T: Real> Backend<T> for Reference {
             return Err(Error::NonFiniteResult { what: "gradient", value: v.to_f64_lossless() });
         }
         Ok(e)
+    }
+}
+
+/// The local fidelity of one class map ([`Fidelity::Local`]), summed literally: for every pixel
+/// `s`, its window's `a(s)` and local mean `f(s)`, then `Σ_t K(s, t)·m_t·y_t·‖x_t − f(s)‖²` over
+/// the window. Its gradient, added into `g` as `w·∂F/∂y_t`, is the same double sum of
+///
+/// ```text
+/// ∂F/∂y_t = m_t·Σ_s K(s, t)·( ‖x_t − f(s)‖² − 2·ε_c/(a(s) + ε_c)·⟨f(s), x_t − f(s)⟩ )
+/// ```
+///
+/// (the second term is what `ε_c` leaves of `∂f(s)/∂y_t`, as for the global centroid).
+struct Local<'a> {
+    dims: [usize; 3],
+    gaussian: &'a Gaussian,
+    eps: f64,
+    weight: f64,
+}
+
+impl Local<'_> {
+    /// The pixels of `s`'s window and their weights `K(s, t)`: along each axis of extent > 1,
+    /// the taps out to the radius, cut at the image's edges.
+    fn window(&self, s: usize, mut visit: impl FnMut(usize, f64)) {
+        let [_, h, w] = self.dims;
+        let at = [s / (h * w), (s / w) % h, s % w];
+        let r = self.gaussian.radius();
+        let span = |a: usize| {
+            let n = self.dims[a];
+            if n > 1 { at[a].saturating_sub(r)..(at[a] + r + 1).min(n) } else { at[a]..at[a] + 1 }
+        };
+        let tap = |a: usize, i: usize| if self.dims[a] > 1 { self.gaussian.tap(i.abs_diff(at[a])) } else { 1.0 };
+        for i in span(0) {
+            for j in span(1) {
+                for k in span(2) {
+                    visit((i * h + j) * w + k, tap(0, i) * tap(1, j) * tap(2, k));
+                }
+            }
+        }
+    }
+
+    /// `F` of class map `yn`, and `w·∂F/∂y` added into `g` where given.
+    fn term(
+        &self,
+        yn: &[f64],
+        x: &dyn Fn(usize, usize) -> f64,
+        n_ch: usize,
+        mask: &dyn Fn(usize) -> f64,
+        mut g: Option<&mut [f64]>,
+    ) -> f64 {
+        let mut total = Sum::default();
+        let mut f = Vec::with_capacity(n_ch);
+        for s in 0..yn.len() {
+            let mut area = Sum::default();
+            let mut moments = alloc::vec![Sum::default(); n_ch];
+            self.window(s, |t, k| {
+                let wy = k * mask(t) * yn[t];
+                area.add(wy);
+                for (c, m) in moments.iter_mut().enumerate() {
+                    m.add(wy * x(c, t));
+                }
+            });
+            let area = area.value();
+            f.clear();
+            f.extend(moments.iter().map(|m| m.value() / (area + self.eps)));
+            let corr = 2.0 * self.eps / (area + self.eps);
+            self.window(s, |t, k| {
+                let dist2: f64 = (0..n_ch).map(|c| (x(c, t) - f[c]) * (x(c, t) - f[c])).sum();
+                total.add(k * mask(t) * yn[t] * dist2);
+                if let Some(g) = g.as_deref_mut() {
+                    let dot: f64 = (0..n_ch).map(|c| f[c] * (x(c, t) - f[c])).sum();
+                    g[t] += self.weight * k * mask(t) * (dist2 - corr * dot);
+                }
+            });
+        }
+        total.value()
     }
 }
 

@@ -1,7 +1,7 @@
 //! Property tests over bounded random inputs (proptest): what must hold for every input.
 
 use msloss_core::rng::RandomInputs;
-use msloss_core::{Backend, Input, LengthKind, Outputs, Params, Reduction, Reference, Scores, Shape};
+use msloss_core::{Backend, Fidelity, Input, LengthKind, Outputs, Params, Reduction, Reference, Scores, Shape};
 use proptest::prelude::*;
 
 fn any_shape() -> impl Strategy<Value = Shape> {
@@ -18,6 +18,7 @@ fn any_params() -> impl Strategy<Value = Params> {
             delta,
             centroid_eps: eps,
             reduction: if mean { Reduction::Mean } else { Reduction::Sum },
+            fidelity: Fidelity::Global,
         },
     )
 }

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use msloss_conformance::Tolerance;
 use msloss_conformance::checks::reference;
-use msloss_core::{Backend, Input, LengthKind, Outputs, Params, Real, Reduction, Scores, Shape};
+use msloss_core::{Backend, Fidelity, Input, LengthKind, Outputs, Params, Real, Reduction, Scores, Shape};
 use msloss_cpu::CpuBackend;
 use msloss_segment::output::load_labels;
 use msloss_segment::{Volume, metrics};
@@ -132,6 +132,11 @@ fn evaluate_in<T: Real + msloss_cpu::CpuFloat>(bytes: &mut Bytes<'_>) {
         delta: bytes.pick(&[1e-2, 1e-15, 1.0, 1e15, 1e16, 0.0]),
         centroid_eps: bytes.pick(&[1e-8, 1e-30, 1.0, 1e15, 1e-31]),
         reduction: if flags & 2 == 0 { Reduction::Sum } else { Reduction::Mean },
+        fidelity: if flags & 8 == 0 {
+            Fidelity::Global
+        } else {
+            Fidelity::Local { sigma: bytes.pick(&[0.5, 1.5, 4.0, 0.0, 50.0, f64::NAN]) }
+        },
     };
     let mut values = |len: usize, lo: f64, hi: f64| -> Vec<T> {
         (0..len).map(|_| T::from_f64_lossy(bytes.value(lo, hi, &SPECIALS))).collect()

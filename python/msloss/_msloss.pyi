@@ -13,6 +13,7 @@ MAX_THREADS: int
 _Float = Union[np.float32, np.float64]
 _Length = Literal["l1", "l2", "charbonnier"]
 _Reduction = Literal["sum", "mean"]
+_Fidelity = Literal["global", "local"]
 _BackendName = Literal["cpu", "reference"]
 
 @final
@@ -56,6 +57,8 @@ def energy(
     centroid_eps: float = 1e-8,
     fidelity_weight: float = 1.0,
     reduction: _Reduction = "sum",
+    fidelity: _Fidelity = "global",
+    sigma: Optional[float] = None,
     backend: _BackendName = "cpu",
     threads: Optional[int] = None,
     grad: bool = True,
@@ -79,7 +82,10 @@ def energy(
 
     Keywords (those of ``msloss energy``): ``lam`` (λ, the length weight, >= 0), ``length``,
     ``delta`` (Charbonnier's δ, > 0), ``centroid_eps`` (ε_c, > 0), ``fidelity_weight`` (w, >= 0),
-    ``reduction`` (``"sum"`` or ``"mean"`` over valid pixels), ``backend`` (``"cpu"``, or
+    ``reduction`` (``"sum"`` or ``"mean"`` over valid pixels), ``fidelity`` (``"global"``: one
+    soft mean per class, as published; ``"local"``: Gaussian-weighted local means, for uneven
+    illumination, with ``sigma`` the Gaussian's σ in pixels, > 0 and at most the largest spatial
+    extent), ``backend`` (``"cpu"``, or
     ``"reference"``: the literal f64 definition, slow), ``threads`` (the CPU backend's threads,
     1 to ``MAX_THREADS``; ``None``: all cores; results are the same bits), ``grad`` (whether to
     compute the gradient).
@@ -106,6 +112,8 @@ def gradcheck(
     centroid_eps: float = 1e-8,
     fidelity_weight: float = 1.0,
     reduction: _Reduction = "sum",
+    fidelity: _Fidelity = "global",
+    sigma: Optional[float] = None,
 ) -> dict[str, Any]:
     """Checks a backend's analytic gradient against central differences of the f64 reference
     energy on seeded inputs, as ``msloss gradcheck`` does.

@@ -131,6 +131,8 @@ def mumford_shah_loss(
     centroid_eps: float = 1e-8,
     fidelity_weight: float = 1.0,
     reduction: str = "sum",
+    fidelity: str = "global",
+    sigma: Optional[float] = None,
     backend: str = "cpu",
     threads: Optional[int] = None,
     input: str = "logits",
@@ -161,7 +163,8 @@ def mumford_shah_loss(
     if input not in ("logits", "probs"):
         raise ValueError(f'input must be "logits" or "probs", got {input!r}')
     params = dict(lam=lam, length=length, delta=delta, centroid_eps=centroid_eps,
-                  fidelity_weight=fidelity_weight, reduction=reduction, backend=backend, threads=threads)
+                  fidelity_weight=fidelity_weight, reduction=reduction, fidelity=fidelity, sigma=sigma, backend=backend,
+                  threads=threads)
     return _Loss.apply(logits, image, mask, input == "logits", params)
 
 
@@ -172,11 +175,13 @@ class MumfordShahLoss(torch.nn.Module):
     """
 
     def __init__(self, *, lam: float = 1e-3, length: str = "l1", delta: float = 1e-2, centroid_eps: float = 1e-8,
-                 fidelity_weight: float = 1.0, reduction: str = "sum", backend: str = "cpu",
+                 fidelity_weight: float = 1.0, reduction: str = "sum", fidelity: str = "global",
+                 sigma: Optional[float] = None, backend: str = "cpu",
                  threads: Optional[int] = None, input: str = "logits") -> None:
         super().__init__()
         self.params = dict(lam=lam, length=length, delta=delta, centroid_eps=centroid_eps,
-                           fidelity_weight=fidelity_weight, reduction=reduction, backend=backend, threads=threads,
+                           fidelity_weight=fidelity_weight, reduction=reduction, fidelity=fidelity, sigma=sigma,
+                           backend=backend, threads=threads,
                            input=input)
 
     def forward(self, logits: torch.Tensor, image: torch.Tensor,

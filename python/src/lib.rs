@@ -23,7 +23,8 @@ use msloss::cpu::{CpuBackend, CpuFloat, CpuWorkspace, MAX_THREADS};
 use msloss::gradcheck::{self as checker, Mode, Options};
 use msloss::rng::RandomInputs;
 use msloss::{
-    Backend, Energy, Input, LengthKind, Outputs, Params, Reduction, Reference, ReferenceWorkspace, Scores, Shape,
+    Backend, Energy, Fidelity, Input, LengthKind, Outputs, Params, Reduction, Reference, ReferenceWorkspace, Scores,
+    Shape,
 };
 use msloss_segment::{SegmentConfig, SegmentError, Volume};
 use numpy::{
@@ -75,6 +76,7 @@ fn length_kind(length: &str) -> PyResult<LengthKind> {
 }
 
 /// The loss parameters from the keywords, validated.
+#[expect(clippy::too_many_arguments, reason = "the loss keywords, one argument each")]
 fn params(
     lam: f64,
     length: &str,
@@ -82,6 +84,8 @@ fn params(
     centroid_eps: f64,
     fidelity_weight: f64,
     reduction: &str,
+    fidelity: &str,
+    sigma: Option<f64>,
 ) -> PyResult<Params> {
     let length = length_kind(length)?;
     let reduction = match reduction {
@@ -89,7 +93,20 @@ fn params(
         "mean" => Reduction::Mean,
         other => return Err(PyValueError::new_err(format!("reduction must be \"sum\" or \"mean\", got {other:?}"))),
     };
-    let p = Params { lambda: lam, fidelity_weight, length, delta, centroid_eps, reduction };
+    let fidelity = match (fidelity, sigma) {
+        ("global", None) => Fidelity::Global,
+        ("local", Some(sigma)) => Fidelity::Local { sigma },
+        ("local", None) => {
+            return Err(PyValueError::new_err("fidelity=\"local\" needs sigma (the Gaussian's σ in pixels)"));
+        }
+        ("global", Some(s)) => {
+            return Err(PyValueError::new_err(format!("sigma is for fidelity=\"local\" only, got sigma={s}")));
+        }
+        (other, _) => {
+            return Err(PyValueError::new_err(format!("fidelity must be \"global\" or \"local\", got {other:?}")));
+        }
+    };
+    let p = Params { lambda: lam, fidelity_weight, length, delta, centroid_eps, reduction, fidelity };
     p.validate().map_err(core_err)?;
     Ok(p)
 }
@@ -363,9 +380,11 @@ fn energy_typed<'py, T: Float>(
 /// The keywords are those of `msloss energy`: `lam` (λ, the length weight, >= 0), `length`
 /// (`"l1"`, `"l2"` or `"charbonnier"`), `delta` (Charbonnier's δ, > 0), `centroid_eps` (ε_c,
 /// > 0), `fidelity_weight` (w, >= 0), `reduction` (`"sum"` or `"mean"` over valid pixels),
-/// `backend` (`"cpu"`, or `"reference"`: the literal f64 definition, slow), `threads` (the CPU
-/// backend's threads, 1 to `MAX_THREADS`; `None`: all cores; results are the same bits), and
-/// `grad` (whether to compute the gradient).
+/// `fidelity` (`"global"`: one soft mean per class, as published; `"local"`: Gaussian-weighted
+/// local means, for uneven illumination, with `sigma` the Gaussian's σ in pixels, > 0 and at
+/// most the largest spatial extent), `backend` (`"cpu"`, or `"reference"`: the literal f64
+/// definition, slow), `threads` (the CPU backend's threads, 1 to `MAX_THREADS`; `None`: all
+/// cores; results are the same bits), and `grad` (whether to compute the gradient).
 ///
 /// Returns an `Energy` with `fidelity` (w·F), `length` (λ·Len), `total`, `centroids`
 /// `(B, N, C)` and `grad` (∂E/∂scores in the scores' shape and dtype, or `None`).
@@ -376,7 +395,8 @@ fn energy_typed<'py, T: Float>(
 #[pyfunction]
 #[pyo3(signature = (
     image, *, logits=None, probs=None, mask=None, lam=1e-3, length="l1", delta=1e-2,
-    centroid_eps=1e-8, fidelity_weight=1.0, reduction="sum", backend="cpu", threads=None, grad=true
+    centroid_eps=1e-8, fidelity_weight=1.0, reduction="sum", fidelity="global", sigma=None, backend="cpu",
+    threads=None, grad=true
 ))]
 #[expect(clippy::too_many_arguments, reason = "the keywords of `msloss energy`, one argument each")]
 fn energy(
@@ -390,6 +410,8 @@ fn energy(
     centroid_eps: f64,
     fidelity_weight: f64,
     reduction: &str,
+    fidelity: &str,
+    sigma: Option<f64>,
     backend: &str,
     threads: Option<i64>,
     grad: bool,
@@ -408,7 +430,7 @@ fn energy(
         check_mask(m)?;
     }
     let req = Request {
-        params: params(lam, length, delta, centroid_eps, fidelity_weight, reduction)?,
+        params: params(lam, length, delta, centroid_eps, fidelity_weight, reduction, fidelity, sigma)?,
         chosen: choose(backend, threads)?,
         want_grad: grad,
     };
@@ -436,7 +458,7 @@ fn energy(
 #[pyo3(signature = (
     shape, *, backend="cpu", threads=None, dtype="float64", input="logits", mask=false, seed=1,
     tol=None, full_limit=2048, lam=1e-3, length="l1", delta=1e-2, centroid_eps=1e-8,
-    fidelity_weight=1.0, reduction="sum"
+    fidelity_weight=1.0, reduction="sum", fidelity="global", sigma=None
 ))]
 #[expect(clippy::too_many_arguments, reason = "the options of `msloss gradcheck`, one argument each")]
 fn gradcheck<'py>(
@@ -456,6 +478,8 @@ fn gradcheck<'py>(
     centroid_eps: f64,
     fidelity_weight: f64,
     reduction: &str,
+    fidelity: &str,
+    sigma: Option<f64>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let shape = match shape[..] {
         [b, n, c, h, w] => Shape::new(b, n, c, 1, h, w),
@@ -473,7 +497,7 @@ fn gradcheck<'py>(
         "probs" => false,
         other => return Err(PyValueError::new_err(format!("input must be \"logits\" or \"probs\", got {other:?}"))),
     };
-    let p = params(lam, length, delta, centroid_eps, fidelity_weight, reduction)?;
+    let p = params(lam, length, delta, centroid_eps, fidelity_weight, reduction, fidelity, sigma)?;
     let chosen = choose(backend, threads)?;
     let options = Options { full_limit: count("full_limit", full_limit, 0)?, seed, ..Options::default() };
     let job = Check { shape, logits, mask, params: p, options, chosen };
@@ -497,6 +521,7 @@ fn gradcheck<'py>(
     d.set_item("input", input)?;
     d.set_item("length", p.length.name())?;
     d.set_item("reduction", p.reduction.name())?;
+    d.set_item("fidelity", p.fidelity.name())?;
     d.set_item("mask", mask)?;
     d.set_item(
         "mode",

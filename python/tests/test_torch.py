@@ -200,3 +200,64 @@ def test_cuda_tensors_round_trip():
     r = msloss.energy(x.numpy(), logits=z.numpy(), mask=m.numpy())
     assert loss.item() == np.float32(r.total)
     assert torch.equal(zc.grad.cpu(), torch.from_numpy(r.grad))
+
+
+def local_definition(z, x, m, sigma, lam, eps=1e-8):
+    """The local fidelity (2D) written with torch convolutions, differentiated by autograd: zero
+    padding is exactly "pixels outside the image do not exist", since every window sum is of
+    m·y·(...)."""
+    r = int(np.ceil(3 * sigma))
+    d = torch.arange(-r, r + 1, dtype=torch.float64)
+    k1 = torch.exp(-d * d / (2 * sigma * sigma))
+    k1 = k1 / k1.sum()
+    k2 = (k1[:, None] * k1[None, :])[None, None]
+    conv = lambda v: torch.nn.functional.conv2d(v[:, None], k2, padding=r)[:, 0]  # noqa: E731
+    y = torch.softmax(z, 1)
+    mf = m.to(torch.float64)
+    fid = 0.0
+    for n in range(z.shape[1]):
+        wy = mf * y[:, n]
+        a = conv(wy)
+        e = sum(conv(wy * x[:, k] ** 2) for k in range(x.shape[1]))
+        f_part = 0.0
+        for k in range(x.shape[1]):
+            b = conv(wy * x[:, k])
+            f = b / (a + eps)
+            f_part = f_part - 2 * f * b + f * f * a
+        fid = fid + (e + f_part).sum()
+    # The L1 length, as in the global definition's tests.
+    valid_h = mf[:, 1:] * mf[:, :-1]
+    valid_w = mf[:, :, 1:] * mf[:, :, :-1]
+    tv = ((y[:, :, 1:] - y[:, :, :-1]).abs() * valid_h[:, None]).sum() + \
+        ((y[:, :, :, 1:] - y[:, :, :, :-1]).abs() * valid_w[:, None]).sum()
+    return fid + lam * tv
+
+
+@pytest.mark.parametrize("sigma", [0.8, 2.0])
+def test_local_fidelity_matches_f64_autodiff(sigma):
+    z, x, m = data(b=2, n=3, c=2, h=9, w=11)
+    z.requires_grad_(True)
+    want = local_definition(z, x, m, sigma, lam=0.05)
+    (want_grad,) = torch.autograd.grad(want, z)
+    z2 = z.detach().clone().requires_grad_(True)
+    got = mumford_shah_loss(z2, x, m, lam=0.05, fidelity="local", sigma=sigma)
+    got.backward()
+    assert abs(got.item() - want.item()) <= 1e-9 * abs(want.item())
+    assert torch.allclose(z2.grad, want_grad, rtol=1e-9, atol=1e-9 * want_grad.abs().max().item())
+
+
+def test_local_fidelity_autograd_gradcheck():
+    z, x, m = data(b=1, n=2, c=1, h=6, w=7)
+    z.requires_grad_(True)
+    f = lambda z: mumford_shah_loss(z, x, m, lam=0.2, fidelity="local", sigma=1.2)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (z,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_local_fidelity_arguments_are_checked():
+    z, x, m = data(b=1, n=2, c=1, h=6, w=7)
+    for kw, msg in [(dict(fidelity="local"), "needs sigma"), (dict(sigma=2.0), "sigma is for"),
+                    (dict(fidelity="local", sigma=0.0), "sigma must be finite, > 0"),
+                    (dict(fidelity="local", sigma=8.0), "at most the largest spatial extent"),
+                    (dict(fidelity="regional", sigma=1.0), 'fidelity must be "global" or "local"')]:
+        with pytest.raises(ValueError, match=msg):
+            mumford_shah_loss(z, x, m, **kw)
