@@ -81,7 +81,8 @@ class _Loss(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, scores: torch.Tensor, image: torch.Tensor, mask: Optional[torch.Tensor],
                 is_logits: bool, params: dict) -> torch.Tensor:
-        compute = _COMPUTE_DTYPE[scores.dtype]
+        dtype = scores.dtype
+        compute = _COMPUTE_DTYPE[dtype]
         s = _host(scores, compute)
         x = _host(image, compute)
         m = None if mask is None else _host_mask(mask, compute)
@@ -91,33 +92,42 @@ class _Loss(torch.autograd.Function):
         ctx.save_for_backward(s, x, m)
         ctx.is_logits = is_logits
         ctx.params = params
-        ctx.scores_dtype = scores.dtype
-        ctx.scores_device = scores.device
-        out_dtype = scores.dtype if scores.dtype in (torch.float32, torch.float64) else torch.float32
-        out = torch.empty((), dtype=out_dtype, device=scores.device)
+        # Where the gradient must go: nowhere (None) when msloss's array already is the scores'.
+        ctx.target = None if compute is dtype and scores.device.type == "cpu" else (scores.device, dtype)
+        out = torch.empty((), dtype=compute, device=scores.device)
         r = _energy(s, x, m, is_logits, params, grad=bool(ctx.needs_input_grad[0]))
         ctx.grad = r.grad  # a NumPy array of our own, handed to autograd in the backward
         return out.fill_(r.total)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor):
-        s, x, m = ctx.saved_tensors
-        g, ctx.grad = ctx.grad, None
-        if g is None:
-            # A later backward through the same loss (retain_graph=True, torch.autograd.gradcheck):
-            # the first one handed its buffer over, so the gradient is computed again (the same bits).
-            g = _energy(s, x, m, ctx.is_logits, ctx.params, grad=True).grad
-        # The buffer is handed to autograd as it is, so that it becomes the .grad without a copy; a
-        # scaling is done here in NumPy, in place (a torch operation on these sizes would start
-        # torch's OpenMP threads, which then compete with msloss's own threads in the next call).
-        scale = float(grad_out)
-        if scale != 1.0:
-            np.multiply(g, scale, out=g)
-        t = torch.from_numpy(g)
-        if t.dtype != ctx.scores_dtype or ctx.scores_device.type != "cpu":
-            t = t.to(device=ctx.scores_device, dtype=ctx.scores_dtype)
-        return t, None, None, None, None
+        # A backward that records a graph (create_graph=True) goes through once_differentiable, so that
+        # differentiating the gradient again is an error; the usual one runs without recording anyway.
+        if torch.is_grad_enabled():
+            return _backward_once(ctx, grad_out)
+        return _backward(ctx, grad_out)
+
+
+def _backward(ctx: Any, grad_out: torch.Tensor):
+    s, x, m = ctx.saved_tensors
+    g, ctx.grad = ctx.grad, None
+    if g is None:
+        # A later backward through the same loss (retain_graph=True, torch.autograd.gradcheck):
+        # the first one handed its buffer over, so the gradient is computed again (the same bits).
+        g = _energy(s, x, m, ctx.is_logits, ctx.params, grad=True).grad
+    # The buffer is handed to autograd as it is, so that it becomes the .grad without a copy; a
+    # scaling is done here in NumPy, in place (a torch operation on these sizes would start
+    # torch's OpenMP threads, which then compete with msloss's own threads in the next call).
+    scale = float(grad_out)
+    if scale != 1.0:
+        np.multiply(g, scale, out=g)
+    t = torch.from_numpy(g)
+    if ctx.target is not None:
+        t = t.to(device=ctx.target[0], dtype=ctx.target[1])
+    return t, None, None, None, None
+
+
+_backward_once = torch.autograd.function.once_differentiable(_backward)
 
 
 def mumford_shah_loss(
