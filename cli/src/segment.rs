@@ -137,7 +137,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             // The image and its labels, and the optimiser's planes (see `msloss_segment::segment`).
             let [c, k] = [if args.grey { 1 } else { 3 }, args.phases.unwrap_or(3)];
             let pixels = args.depth.checked_mul(args.size).and_then(|p| p.checked_mul(args.size));
-            let need = pixels.and_then(|n| crate::sys::bytes(&[(n, 4 * c + 1), (n, k.saturating_mul(16))]));
+            let need = pixels.and_then(|n| crate::sys::bytes(&[(n, 4 * c + 1), (n, k.saturating_mul(20))]));
             crate::sys::ensure_memory(need, "the built-in image of this size")?;
             let spec = SynthSpec {
                 phases: args.phases.unwrap_or(3),
@@ -182,6 +182,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             .progress_chars("=> "),
     );
     let seg = segment(&backend, &vol, &cfg, |p| {
+        bar.set_length(p.max_iters as u64);
         bar.set_position(p.iteration as u64);
         bar.set_message(format!("{:.6e}", p.energy.total));
     })?;
@@ -246,6 +247,20 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             "  {} steps ({stop}); energy {:.6e} = fidelity {:.6e} + length {:.6e}; {:.3} s",
             seg.iterations, seg.energy.total, seg.energy.fidelity, seg.energy.length, summary.seconds.total
         )?;
+        let start = if seg.start == "otsu" { "multi-level Otsu" } else { "k-means++" };
+        let tries: Vec<String> = seg
+            .rescues
+            .iter()
+            .map(|t| {
+                let kind = match t.kind {
+                    msloss_segment::RescueKind::Refill => "refill",
+                    msloss_segment::RescueKind::SplitMerge => "split+merge",
+                };
+                format!("{kind} {}", if t.kept { "kept" } else { "not kept" })
+            })
+            .collect();
+        let tries = if tries.is_empty() { "none needed".to_owned() } else { tries.join(", ") };
+        writeln!(r, "  start: {start} on the denoised image; rescue tries: {tries}")?;
         for (k, (cen, pixels)) in summary.centroids.iter().zip(&seg.pixels_per_phase).enumerate() {
             let cen: Vec<String> = cen.iter().map(|v| format!("{v:.3}")).collect();
             writeln!(r, "  phase {k}: {pixels:>8} pixels, centroid [{}]", cen.join(", "))?;
@@ -259,6 +274,10 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
                 per.join(", "),
                 q.adapted_rand_error
             )?;
+        }
+        let empty = seg.pixels_per_phase.iter().filter(|&&p| p == 0).count();
+        if empty > 0 {
+            writeln!(r, "  note: {empty} of the {phases} phases ended empty: the image may have fewer phases")?;
         }
         for (p, _) in &plan {
             writeln!(r, "  wrote {}", p.display())?;

@@ -115,19 +115,27 @@ fn one_start(pts: &[f64], c: usize, k: usize, rng: &mut SplitMix64) -> (Vec<f64>
 /// Clusters the pixel intensities of `vol` into `k` groups with `starts` seeded k-means++ starts,
 /// keeping the best.
 pub fn kmeans(vol: &Volume, k: usize, starts: usize, seed: u64) -> Clusters {
-    let c = vol.channels();
-    let pts = sample(vol);
+    kmeans_points(&sample(vol), vol.channels(), k, starts, seed)
+}
+
+/// Clusters the points `pts` (`[S, C]` rows) into `k` groups with `starts` seeded k-means++
+/// starts, keeping the one with the lowest within-cluster sum of squares.
+pub fn kmeans_points(pts: &[f64], c: usize, k: usize, starts: usize, seed: u64) -> Clusters {
+    let c = c.max(1);
     let s = pts.len() / c;
+    if s == 0 {
+        return Clusters { centroids: vec![0.0; k * c], within_variance: 0.0 };
+    }
     let mut best: Option<(Vec<f64>, f64)> = None;
     for start in 0..starts.max(1) {
         let mut rng = SplitMix64::new(seed ^ (0xA076_1D64_78BD_642F_u64.wrapping_mul(start as u64 + 1)));
-        let (cen, inertia) = one_start(&pts, c, k, &mut rng);
+        let (cen, inertia) = one_start(pts, c, k, &mut rng);
         if best.as_ref().is_none_or(|b| inertia < b.1) {
             best = Some((cen, inertia));
         }
     }
     let (centroids, inertia) = best.unwrap_or_default();
-    Clusters { centroids, within_variance: inertia / s.max(1) as f64 }
+    Clusters { centroids, within_variance: inertia / s as f64 }
 }
 
 /// The mean over the subsample of `vol` of the squared distance of a pixel to its nearest

@@ -30,7 +30,9 @@ mod error;
 pub mod kmeans;
 pub mod metrics;
 pub mod output;
+pub mod rescue;
 mod segmenter;
+pub mod start;
 pub mod synth;
 pub mod volume;
 
@@ -44,6 +46,7 @@ pub(crate) fn zeros<T: Clone + Default>(len: usize, what: &str) -> Result<Vec<T>
 }
 
 pub use error::SegmentError;
+pub use rescue::{Rescue, RescueKind};
 pub use segmenter::{Progress, SegmentConfig, Segmentation, segment};
 pub use volume::Volume;
 
@@ -74,6 +77,10 @@ pub struct Summary {
     pub pixels_per_phase: Vec<usize>,
     /// Seconds: initialisation, optimisation, and the whole run including input and output.
     pub seconds: Seconds,
+    /// How the start was found: `"otsu"` (grey) or `"kmeans"`.
+    pub start: &'static str,
+    /// The rescue tries after the first descent, in order.
+    pub rescues: Vec<Rescue>,
 }
 
 /// The energy's parts, for the summary.
@@ -117,6 +124,8 @@ impl Summary {
             centroids: seg.centroids.chunks(c).map(<[f64]>::to_vec).collect(),
             pixels_per_phase: seg.pixels_per_phase.clone(),
             seconds: Seconds { init: seg.init_seconds, optimise: seg.optimise_seconds, total: total_seconds },
+            start: seg.start,
+            rescues: seg.rescues.clone(),
         }
     }
 }

@@ -115,3 +115,43 @@ pub fn generate(spec: &SynthSpec) -> Result<Synthetic, SegmentError> {
     }
     Ok(Synthetic { volume: Volume::new(channels, d, h, w, data)?, truth })
 }
+
+/// Issue 27's image: four grey phases at levels 0, 0.2, 0.3 and 1.0 with Gaussian noise
+/// σ = 0.04 on a `size × size` image (`size >= 8`). Phase 0 is the background; phase 1 a
+/// rectangle over rows `[size/8, 7·size/8)` and columns `[size/16, 9·size/16)` (37.5%); phase 2,
+/// the small one close to phase 1, a disk of radius `0.113·size` (4%) inside that rectangle
+/// centred at (`size/2`, `5·size/16`); phase 3 a disk of radius `0.156·size` (7.7%) centred at
+/// (`size/2`, `25·size/32`). `bench/quality.py` draws the same regions.
+///
+/// # Errors
+/// [`SegmentError::BadImage`] for `size < 8` or a size that does not fit in memory.
+pub fn small_close_phases(size: usize, seed: u64) -> Result<Synthetic, SegmentError> {
+    const LEVELS: [f64; 4] = [0.0, 0.2, 0.3, 1.0];
+    const SIGMA: f64 = 0.04;
+    if size < 8 {
+        return Err(SegmentError::BadImage(format!("issue 27's image needs a size of at least 8, got {size}")));
+    }
+    let n = size
+        .checked_mul(size)
+        .ok_or_else(|| SegmentError::BadImage(format!("a {size}×{size} image does not fit in memory")))?;
+    let mut truth: Vec<u8> = crate::zeros(n, "the synthetic image's labels")?;
+    let mut data: Vec<f32> = crate::zeros(n, "the synthetic image")?;
+    let sz = size as f64;
+    let inside = |y: f64, x: f64, cy: f64, cx: f64, r: f64| (y - cy).powi(2) + (x - cx).powi(2) <= r * r;
+    let mut rng = SplitMix64::new(seed);
+    for (s, (t, v)) in truth.iter_mut().zip(data.iter_mut()).enumerate() {
+        let (y, x) = ((s / size) as f64, (s % size) as f64);
+        let rect = y >= sz / 8.0 && y < 7.0 * sz / 8.0 && x >= sz / 16.0 && x < 9.0 * sz / 16.0;
+        *t = if inside(y, x, sz / 2.0, 25.0 * sz / 32.0, 0.156 * sz) {
+            3
+        } else if inside(y, x, sz / 2.0, 5.0 * sz / 16.0, 0.113 * sz) {
+            2
+        } else if rect {
+            1
+        } else {
+            0
+        };
+        *v = (LEVELS[usize::from(*t)] + SIGMA * rng.normal()) as f32;
+    }
+    Ok(Synthetic { volume: Volume::new(1, 1, size, size, data)?, truth })
+}
