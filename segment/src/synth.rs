@@ -117,11 +117,12 @@ pub fn generate(spec: &SynthSpec) -> Result<Synthetic, SegmentError> {
 }
 
 /// Issue 27's image: four grey phases at levels 0, 0.2, 0.3 and 1.0 with Gaussian noise
-/// σ = 0.04 on a `size × size` image (`size >= 8`). Phase 0 is the background; phase 1 a
-/// rectangle over rows `[size/8, 7·size/8)` and columns `[size/16, 9·size/16)` (37.5%); phase 2,
-/// the small one close to phase 1, a disk of radius `0.113·size` (4%) inside that rectangle
-/// centred at (`size/2`, `5·size/16`); phase 3 a disk of radius `0.156·size` (7.7%) centred at
-/// (`size/2`, `25·size/32`). `bench/quality.py` draws the same regions.
+/// σ = 0.04 on a `size × size` image (`size >= 8`), a layout on which k-means starts lose the
+/// small phase. Phase 1 (0.2) fills the left half (46%); phase 2 (0.3, the small phase close to
+/// phase 1) is a disk of radius `0.113·size` (4%) centred at (`size/2`, `size/4`) inside it;
+/// the right half is phase 0 (0, 35%) with a 6 × 4 grid of phase 3 disks (1.0, 15%) of radius
+/// `0.045·size` centred at (`(i + ½)·size/6`, `size/2 + (j + ½)·size/8`), whose many boundary
+/// pixels blend 0 and 1. `bench/quality.py` draws the same regions.
 ///
 /// # Errors
 /// [`SegmentError::BadImage`] for `size < 8` or a size that does not fit in memory.
@@ -141,12 +142,17 @@ pub fn small_close_phases(size: usize, seed: u64) -> Result<Synthetic, SegmentEr
     let mut rng = SplitMix64::new(seed);
     for (s, (t, v)) in truth.iter_mut().zip(data.iter_mut()).enumerate() {
         let (y, x) = ((s / size) as f64, (s % size) as f64);
-        let rect = y >= sz / 8.0 && y < 7.0 * sz / 8.0 && x >= sz / 16.0 && x < 9.0 * sz / 16.0;
-        *t = if inside(y, x, sz / 2.0, 25.0 * sz / 32.0, 0.156 * sz) {
-            3
-        } else if inside(y, x, sz / 2.0, 5.0 * sz / 16.0, 0.113 * sz) {
+        let grid = (0..6).any(|i| {
+            (0..4).any(|j| {
+                let (cy, cx) = ((f64::from(i) + 0.5) * sz / 6.0, sz / 2.0 + (f64::from(j) + 0.5) * sz / 8.0);
+                inside(y, x, cy, cx, 0.045 * sz)
+            })
+        });
+        *t = if inside(y, x, sz / 2.0, sz / 4.0, 0.113 * sz) {
             2
-        } else if rect {
+        } else if grid {
+            3
+        } else if x < sz / 2.0 {
             1
         } else {
             0
