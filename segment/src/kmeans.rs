@@ -5,6 +5,7 @@
 //! squares is kept: the result depends on the seed, never on luck between runs.
 
 use msloss_core::rng::SplitMix64;
+use rayon::prelude::*;
 
 use crate::Volume;
 
@@ -151,23 +152,38 @@ pub fn within_variance(vol: &Volume, centroids: &[f64]) -> f64 {
 /// denoised copy, whose intensity histogram separates phases that noise makes overlap.
 pub fn box_smooth(vol: &Volume) -> Volume {
     let [d, h, w] = vol.dims();
-    let n = vol.pixels();
     let mut data = vol.data().to_vec();
-    let mut tmp = vec![0.0f32; n];
+    let mut tmp = vec![0.0f32; data.len()];
     for (extent, stride) in [(d, h * w), (h, w), (w, 1)] {
         if extent < 2 {
             continue;
         }
-        for plane in data.chunks_exact_mut(n) {
-            for (s, t) in tmp.iter_mut().enumerate() {
-                let i = (s / stride) % extent;
-                let lo = if i > 0 { s - stride } else { s };
-                let hi = if i + 1 < extent { s + stride } else { s };
-                *t = (plane[lo] + plane[s] + plane[hi]) / 3.0;
-            }
-            plane.copy_from_slice(&tmp);
-        }
+        along_axis(&data, &mut tmp, extent, stride, |lo, mid, hi| (lo + mid + hi) / 3.0);
+        std::mem::swap(&mut data, &mut tmp);
     }
     // Same extents and finite values as `vol`, so this cannot fail; fall back to `vol` regardless.
     Volume::new(vol.channels(), d, h, w, data).unwrap_or_else(|_| vol.clone())
+}
+
+/// `out[s] = f(x[s − e], x[s], x[s + e])` for the unit step `e` along one axis (`extent` values
+/// `stride` apart; the neighbours clamped at the ends), over every line of `x` along that axis.
+/// `x.len()` is a multiple of `extent · stride` (channels and outer axes are whole blocks).
+pub(crate) fn along_axis<T: Copy + Send + Sync>(
+    x: &[T],
+    out: &mut [T],
+    extent: usize,
+    stride: usize,
+    f: impl Fn(T, T, T) -> T + Sync,
+) {
+    let block = extent * stride;
+    out.par_chunks_mut(block).zip(x.par_chunks(block)).for_each(|(o, b)| {
+        for i in 0..extent {
+            let lo = i.saturating_sub(1) * stride;
+            let hi = (i + 1).min(extent - 1) * stride;
+            let mid = i * stride;
+            for j in 0..stride {
+                o[mid + j] = f(b[lo + j], b[mid + j], b[hi + j]);
+            }
+        }
+    });
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 use msloss_core::{Backend, Energy, Input, LengthKind, Outputs, Params, Reduction, Scores, Shape};
 use rayon::prelude::*;
 
-use crate::kmeans::{box_smooth, nearest, within_variance};
+use crate::kmeans::{box_smooth, within_variance};
 use crate::rescue::{Rescue, propose};
 use crate::start::{has_distinct, start, start_pixels};
 use crate::{SegmentError, Volume};
@@ -418,21 +418,23 @@ impl<B: Backend<f32>> Descent<'_, B> {
 /// each pixel of `smoothed`, `−‖x̄ − c_n‖² / (2σ̄²)`, less its maximum, clamped at `−INIT_CLAMP`.
 fn init_logits(smoothed: &Volume, cen: &[f64], sigma2: f64, logits: &mut [f32]) {
     let (n, c) = (smoothed.pixels(), smoothed.channels());
-    let k = cen.len() / c.max(1);
     let img = smoothed.data();
-    let mut cols: Vec<&mut [f32]> = logits.chunks_mut(n).collect();
-    let mut px = vec![0.0f64; c];
-    let mut dist = vec![0.0f64; k];
-    for s in 0..n {
-        for (ch, v) in px.iter_mut().enumerate() {
-            *v = f64::from(img[ch * n + s]);
-        }
-        let (_, dmin) = nearest(&px, cen, c);
-        for (j, dj) in dist.iter_mut().enumerate() {
-            *dj = px.iter().zip(&cen[j * c..(j + 1) * c]).map(|(a, b)| (a - b) * (a - b)).sum();
-        }
-        for (j, col) in cols.iter_mut().enumerate() {
-            col[s] = (-(dist[j] - dmin) / (2.0 * sigma2)).max(-INIT_CLAMP) as f32;
-        }
+    let dist =
+        |s: usize, j: usize| -> f64 { (0..c).map(|ch| (f64::from(img[ch * n + s]) - cen[j * c + ch]).powi(2)).sum() };
+    let dmin: Vec<f64> = (0..n).into_par_iter().with_min_len(1 << 12).map(|s| nearest_px(img, n, s, cen, c)).collect();
+    for (j, col) in logits.chunks_mut(n).enumerate() {
+        col.par_iter_mut().zip(dmin.par_iter()).enumerate().with_min_len(1 << 12).for_each(|(s, (z, &dm))| {
+            *z = (-(dist(s, j) - dm) / (2.0 * sigma2)).max(-INIT_CLAMP) as f32;
+        });
     }
+}
+
+/// The squared distance of pixel `s` of the `[C, N]` image `img` to its nearest centroid in `cen`.
+fn nearest_px(img: &[f32], n: usize, s: usize, cen: &[f64], c: usize) -> f64 {
+    let mut best = f64::INFINITY;
+    for row in cen.chunks_exact(c.max(1)) {
+        let d: f64 = row.iter().enumerate().map(|(ch, &m)| (f64::from(img[ch * n + s]) - m).powi(2)).sum();
+        best = best.min(d);
+    }
+    best
 }

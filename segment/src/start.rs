@@ -16,7 +16,9 @@
 //! all pixels are used; if Otsu still cannot make `K` non-empty classes, k-means is.
 
 use crate::Volume;
-use crate::kmeans::{MAX_SAMPLES, kmeans_points};
+use rayon::prelude::*;
+
+use crate::kmeans::{MAX_SAMPLES, along_axis, kmeans_points};
 
 /// Histogram bins of the multi-level Otsu start.
 pub const OTSU_BINS: usize = 512;
@@ -44,19 +46,17 @@ pub fn squared_gradient(vol: &Volume) -> Vec<f64> {
     let [d, h, w] = vol.dims();
     let n = vol.pixels();
     let mut g = vec![0.0f64; n];
+    let mut diff = vec![0.0f32; n];
     for ch in 0..vol.channels() {
         let x = vol.channel(ch);
         for (extent, stride) in [(d, h * w), (h, w), (w, 1)] {
             if extent < 2 {
                 continue;
             }
-            for (s, gs) in g.iter_mut().enumerate() {
-                let i = (s / stride) % extent;
-                let lo = if i > 0 { s - stride } else { s };
-                let hi = if i + 1 < extent { s + stride } else { s };
-                let diff = f64::from(x[hi]) - f64::from(x[lo]);
-                *gs += diff * diff;
-            }
+            along_axis(x, &mut diff, extent, stride, |lo, _, hi| hi - lo);
+            g.par_iter_mut().zip(diff.par_iter()).with_min_len(1 << 14).for_each(|(gs, &v)| {
+                *gs += f64::from(v) * f64::from(v);
+            });
         }
     }
     g
