@@ -6,7 +6,7 @@
 //! short boundaries.
 //!
 //! - [`segment`]: the segmenter, generic over any [`msloss_core::Backend<f32>`] (the CPU backend
-//!   [`msloss_cpu::CpuBackend`], or a GPU backend);
+//!   [`msloss_cpu::CpuBackend`], or a GPU backend); [`segment_auto`] chooses the number of phases;
 //! - [`Volume`]: images (PNG, JPEG, TIFF; grey or colour; 8 or 16 bit) and `.npy` volumes;
 //! - [`synth`]: seeded synthetic images and volumes with known ground truth;
 //! - [`metrics`]: Hungarian label matching, IoU per class, mean IoU, adapted Rand error;
@@ -26,6 +26,7 @@
 //! # Ok::<(), msloss_segment::SegmentError>(())
 //! ```
 
+pub mod auto;
 mod error;
 pub mod kmeans;
 pub mod metrics;
@@ -45,6 +46,7 @@ pub(crate) fn zeros<T: Clone + Default>(len: usize, what: &str) -> Result<Vec<T>
     Ok(v)
 }
 
+pub use auto::{AutoSegmentation, Candidate, segment_auto};
 pub use error::SegmentError;
 pub use rescue::{Rescue, RescueKind};
 pub use segmenter::{Progress, SegmentConfig, Segmentation, segment};

@@ -5,7 +5,7 @@
 use msloss_cpu::CpuBackend;
 use msloss_segment::rescue::{RescueKind, propose};
 use msloss_segment::synth::small_close_phases;
-use msloss_segment::{SegmentConfig, Volume, metrics, segment};
+use msloss_segment::{SegmentConfig, Volume, metrics, segment, segment_auto};
 
 #[test]
 fn four_phases_one_small_and_close_are_all_found() {
@@ -82,4 +82,21 @@ fn colour_version_is_found_by_the_kmeans_start() {
         assert_eq!(seg.start, "kmeans");
         assert!(q.per_class_iou.iter().all(|&v| v >= 0.8), "rescues {rescues}: {:?}", q.per_class_iou);
     }
+}
+
+#[test]
+fn auto_chooses_four_phases_on_the_issue_image_and_explains_why() {
+    let img = small_close_phases(128, 8).expect("valid");
+    let cfg = SegmentConfig::default();
+    let a = segment_auto(&CpuBackend::with_threads(2), &img.volume, &cfg, 2..=8, |_, _| {}).expect("runs");
+    assert_eq!(a.segmentation.phases, 4, "{}", a.reason);
+    assert!(a.reason.starts_with("K 4 has the shortest description length"), "{}", a.reason);
+    let four = a.candidates.iter().find(|c| c.phases == 4).expect("K 4 tried");
+    assert!(four.eligible);
+    assert!(a.candidates.iter().filter(|c| c.eligible).all(|c| c.description_length >= four.description_length));
+    let q = metrics::evaluate(&a.segmentation.labels, &img.truth).expect("same size");
+    assert!(q.per_class_iou.iter().all(|&v| v >= 0.8), "{:?}", q.per_class_iou);
+    // A bad range is a typed error.
+    let err = segment_auto(&CpuBackend::new(), &img.volume, &cfg, 1..=3, |_, _| {}).unwrap_err();
+    assert!(matches!(err, msloss_segment::SegmentError::BadPhases { phases: 1, .. }), "{err}");
 }
