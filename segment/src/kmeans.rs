@@ -23,8 +23,8 @@ pub struct Clusters {
     pub within_variance: f64,
 }
 
-/// The subsample as `[S, C]` rows.
-fn sample(vol: &Volume) -> Vec<f64> {
+/// The evenly strided subsample of `vol` that k-means clusters, as `[S, C]` rows.
+pub(crate) fn sample(vol: &Volume) -> Vec<f64> {
     let n = vol.pixels();
     let c = vol.channels();
     let stride = n.div_ceil(MAX_SAMPLES).max(1);
@@ -82,6 +82,13 @@ fn one_start(pts: &[f64], c: usize, k: usize, rng: &mut SplitMix64) -> (Vec<f64>
         }
         cen.extend_from_slice(&new);
     }
+    lloyd(pts, c, cen)
+}
+
+/// Lloyd iterations from the centroids `cen` (`[K, C]`) on the points `pts`; returns the
+/// centroids and the within-cluster sum of squares.
+pub(crate) fn lloyd(pts: &[f64], c: usize, mut cen: Vec<f64>) -> (Vec<f64>, f64) {
+    let k = cen.len() / c.max(1);
     let mut sums = vec![0.0; k * c];
     let mut counts = vec![0usize; k];
     let mut inertia = f64::INFINITY;

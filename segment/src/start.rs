@@ -8,7 +8,10 @@
 //! - *Grey images* (`C = 1`): multi-level Otsu thresholds of the interior pixels' histogram,
 //!   computed exactly by dynamic programming (the `K − 1` thresholds that maximise the
 //!   between-class variance, which in one dimension is the globally optimal k-means over the
-//!   histogram's bins); the centroids are the classes' exact means.
+//!   histogram's bins); the centroids are the classes' exact means, then refined by Lloyd
+//!   iterations on all pixels (the k-means subsample). Otsu decides which phases there are; the
+//!   refinement only centres them as k-means on the whole image does, which on images that the
+//!   k-means start already handled gives the same descent as before.
 //! - *Colour and multichannel images*: seeded k-means++ with several starts on the interior
 //!   pixels (see [`crate::kmeans`]).
 //!
@@ -18,7 +21,7 @@
 use crate::Volume;
 use rayon::prelude::*;
 
-use crate::kmeans::{MAX_SAMPLES, along_axis, kmeans_points};
+use crate::kmeans::{MAX_SAMPLES, along_axis, kmeans_points, lloyd, sample};
 
 /// Histogram bins of the multi-level Otsu start.
 pub const OTSU_BINS: usize = 512;
@@ -200,6 +203,7 @@ pub fn start(smoothed: &Volume, inside: Option<&[bool]>, k: usize, starts: usize
             (0..n).filter(|&s| all || chosen(s)).map(|s| f64::from(x[s])).collect::<Vec<f64>>()
         };
         if let Some(means) = multi_otsu(&pick(false), k, OTSU_BINS) {
+            let (means, _) = lloyd(&sample(smoothed), 1, means);
             return Start { centroids: means, method: "otsu", interior_fraction: fraction };
         }
         if use_interior && let Some(means) = multi_otsu(&pick(true), k, OTSU_BINS) {
