@@ -9,7 +9,8 @@
 //!   computed exactly by dynamic programming (the `K − 1` thresholds that maximise the
 //!   between-class variance, which in one dimension is the globally optimal k-means over the
 //!   histogram's bins); the centroids are the classes' exact means, then refined by Lloyd
-//!   iterations on all pixels (the k-means subsample). Otsu decides which phases there are; the
+//!   iterations on all pixels (the k-means subsample) unless that moves a mean by more than a
+//!   quarter of the distance to its nearest neighbour. Otsu decides which phases there are; the
 //!   refinement only centres them as k-means on the whole image does, which on images that the
 //!   k-means start already handled gives the same descent as before.
 //! - *Colour and multichannel images*: seeded k-means++ with several starts on the interior
@@ -186,6 +187,24 @@ pub fn start_pixels(smoothed: &Volume, k: usize) -> Option<Vec<bool>> {
     (kept as f64 >= MIN_INTERIOR * smoothed.pixels() as f64 && kept >= k).then_some(inside)
 }
 
+/// A centroid may move by at most this fraction of the distance to its nearest neighbour when
+/// the Otsu means are refined on all pixels.
+const MAX_REFINE_SHIFT: f64 = 0.25;
+
+/// The grey means `otsu` refined by Lloyd iterations on all pixels of `smoothed` (the k-means
+/// subsample), or `otsu` unchanged if the refinement moves any mean by more than
+/// [`MAX_REFINE_SHIFT`] of the distance to its nearest neighbour: boundary blends may pull a
+/// small phase's mean away (issue 27), and the refinement must not change which phases are found.
+fn refine(smoothed: &Volume, otsu: Vec<f64>) -> Vec<f64> {
+    let (refined, _) = lloyd(&sample(smoothed), 1, otsu.clone());
+    let close = otsu.iter().enumerate().all(|(j, &m)| {
+        let gap =
+            otsu.iter().enumerate().filter(|&(i, _)| i != j).map(|(_, &o)| (o - m).abs()).fold(f64::INFINITY, f64::min);
+        refined.get(j).is_some_and(|&r| (r - m).abs() <= MAX_REFINE_SHIFT * gap)
+    });
+    if close { refined } else { otsu }
+}
+
 /// The start for `k` phases on the denoised copy `smoothed` from the pixels `inside` (all when
 /// `None`; see [`start_pixels`]), with `starts` k-means starts and `seed` for images of several
 /// channels.
@@ -203,8 +222,7 @@ pub fn start(smoothed: &Volume, inside: Option<&[bool]>, k: usize, starts: usize
             (0..n).filter(|&s| all || chosen(s)).map(|s| f64::from(x[s])).collect::<Vec<f64>>()
         };
         if let Some(means) = multi_otsu(&pick(false), k, OTSU_BINS) {
-            let (means, _) = lloyd(&sample(smoothed), 1, means);
-            return Start { centroids: means, method: "otsu", interior_fraction: fraction };
+            return Start { centroids: refine(smoothed, means), method: "otsu", interior_fraction: fraction };
         }
         if use_interior && let Some(means) = multi_otsu(&pick(true), k, OTSU_BINS) {
             return Start { centroids: means, method: "otsu", interior_fraction: 1.0 };

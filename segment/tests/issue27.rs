@@ -13,14 +13,15 @@ fn four_phases_one_small_and_close_are_all_found() {
         let img = small_close_phases(size, seed).expect("valid");
         let small = img.truth.iter().filter(|&&t| t == 2).count() as f64 / img.truth.len() as f64;
         assert!((0.035..0.045).contains(&small), "the small phase has {small} of the pixels");
-        for lambda in [2.0, 6.0] {
-            let cfg = SegmentConfig { lambda, ..SegmentConfig::default().with_phases(4) };
+        // The start alone must find every phase (no rescue), and so must the default run.
+        for (lambda, rescues) in [(2.0, 0), (6.0, 0), (6.0, 2)] {
+            let cfg = SegmentConfig { lambda, rescues, ..SegmentConfig::default().with_phases(4) };
             let seg = segment(&CpuBackend::with_threads(2), &img.volume, &cfg, |_| {}).expect("runs");
             let q = metrics::evaluate(&seg.labels, &img.truth).expect("same size");
             let worst = q.per_class_iou.iter().copied().fold(f64::INFINITY, f64::min);
             assert!(
                 worst >= 0.8,
-                "{size}², λ {lambda}: per-phase IoU {:?} (mean {}), start {}, rescues {:?}",
+                "{size}², λ {lambda}, {rescues} rescues: per-phase IoU {:?} (mean {}), start {}, tries {:?}",
                 q.per_class_iou,
                 q.mean_iou,
                 seg.start,
