@@ -14,7 +14,7 @@
 //!   refinement only centres them as k-means on the whole image does, which on images that the
 //!   k-means start already handled gives the same descent as before.
 //! - *Colour and multichannel images*: seeded k-means++ with several starts on the interior
-//!   pixels (see [`crate::kmeans`]).
+//!   pixels (see [`crate::kmeans`]), refined on all pixels under the same condition.
 //!
 //! If the interior holds too few pixels or too few distinct histogram bins for `K` classes,
 //! all pixels are used; if Otsu still cannot make `K` non-empty classes, k-means is.
@@ -191,18 +191,22 @@ pub fn start_pixels(smoothed: &Volume, k: usize) -> Option<Vec<bool>> {
 /// the Otsu means are refined on all pixels.
 const MAX_REFINE_SHIFT: f64 = 0.25;
 
-/// The grey means `otsu` refined by Lloyd iterations on all pixels of `smoothed` (the k-means
-/// subsample), or `otsu` unchanged if the refinement moves any mean by more than
+/// The centroids `found` (`[K, C]`) refined by Lloyd iterations on all pixels of `smoothed` (the
+/// k-means subsample), or `found` unchanged if the refinement moves any centroid by more than
 /// [`MAX_REFINE_SHIFT`] of the distance to its nearest neighbour: boundary blends may pull a
-/// small phase's mean away (issue 27), and the refinement must not change which phases are found.
-fn refine(smoothed: &Volume, otsu: Vec<f64>) -> Vec<f64> {
-    let (refined, _) = lloyd(&sample(smoothed), 1, otsu.clone());
-    let close = otsu.iter().enumerate().all(|(j, &m)| {
+/// small phase's centroid away (issue 27), and the refinement must not change which phases are
+/// found.
+fn refine(smoothed: &Volume, found: Vec<f64>) -> Vec<f64> {
+    let c = smoothed.channels().max(1);
+    let (refined, _) = lloyd(&sample(smoothed), c, found.clone());
+    let dist = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let rows: Vec<&[f64]> = found.chunks_exact(c).collect();
+    let close = rows.iter().enumerate().all(|(j, m)| {
         let gap =
-            otsu.iter().enumerate().filter(|&(i, _)| i != j).map(|(_, &o)| (o - m).abs()).fold(f64::INFINITY, f64::min);
-        refined.get(j).is_some_and(|&r| (r - m).abs() <= MAX_REFINE_SHIFT * gap)
+            rows.iter().enumerate().filter(|&(i, _)| i != j).map(|(_, o)| dist(o, m)).fold(f64::INFINITY, f64::min);
+        refined.get(j * c..(j + 1) * c).is_some_and(|r| dist(r, m) <= MAX_REFINE_SHIFT * gap)
     });
-    if close { refined } else { otsu }
+    if close { refined } else { found }
 }
 
 /// The start for `k` phases on the denoised copy `smoothed` from the pixels `inside` (all when
@@ -238,7 +242,8 @@ pub fn start(smoothed: &Volume, inside: Option<&[bool]>, k: usize, starts: usize
         }
     }
     let clusters = kmeans_points(&pts, c, k, starts, seed);
-    Start { centroids: clusters.centroids, method: "kmeans", interior_fraction: fraction }
+    let centroids = if use_interior { refine(smoothed, clusters.centroids) } else { clusters.centroids };
+    Start { centroids, method: "kmeans", interior_fraction: fraction }
 }
 
 #[cfg(test)]
