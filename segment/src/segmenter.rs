@@ -29,7 +29,7 @@ const ADAM_EPS: f64 = 1e-8;
 /// | `phases` | 2 | the number of phases `K` (2 to 255, at most the pixel count) |
 /// | `lambda` | 6 | the length weight, in units of the within-phase variance `σ̂²` |
 /// | `length` | [`LengthKind::Charbonnier`] | how boundaries are measured (isotropic, smooth) |
-/// | `max_iters` | 300 | the most optimiser steps |
+/// | `max_iters` | 300 | the most optimiser steps of each descent (the first and each rescue try) |
 /// | `tol` | `1e-4` | stop when the relative energy change stays below this for 3 steps |
 /// | `learning_rate` | 0.5 | Adam's step in logit units |
 /// | `seed` | 0 | the k-means++ seed |
@@ -50,7 +50,7 @@ pub struct SegmentConfig {
     pub lambda: f64,
     /// The length kind.
     pub length: LengthKind,
-    /// The most optimiser steps.
+    /// The most optimiser steps of each descent (the first, and each rescue try).
     pub max_iters: usize,
     /// The relative-energy tolerance.
     pub tol: f64,
@@ -117,7 +117,7 @@ impl SegmentConfig {
 pub struct Progress {
     /// The step, from 1.
     pub iteration: usize,
-    /// The most steps allowed.
+    /// The most steps allowed over every descent: `max_iters · (rescues + 1)`.
     pub max_iters: usize,
     /// The energy at this step's logits.
     pub energy: Energy<f64>,
