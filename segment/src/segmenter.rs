@@ -115,7 +115,7 @@ impl SegmentConfig {
 /// One optimiser step, reported to the progress callback.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
-    /// The step, from 1.
+    /// The step, from 1, counted on through the rescue tries' descents.
     pub iteration: usize,
     /// The most steps allowed over every descent: `max_iters · (rescues + 1)`.
     pub max_iters: usize,
