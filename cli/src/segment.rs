@@ -8,9 +8,10 @@ use std::time::Instant;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use msloss::LengthKind;
+use msloss_segment::auto::AUTO_RANGE;
 use msloss_segment::output::{self, Format, Staged};
 use msloss_segment::synth::{self, SynthSpec};
-use msloss_segment::{SegmentConfig, Summary, Volume, metrics, segment};
+use msloss_segment::{SegmentConfig, Summary, Volume, metrics, segment, segment_auto};
 
 use crate::backends::BackendArgs;
 use crate::params::LengthArg;
@@ -23,9 +24,11 @@ pub(crate) struct Args {
     /// they are).
     /// Without it, a built-in synthetic image with known ground truth is segmented and scored.
     input: Option<PathBuf>,
-    /// The number of phases K (2 to 255); default 3 for the built-in image.
-    #[arg(long, short = 'k')]
-    phases: Option<usize>,
+    /// The number of phases K (2 to 255), or `auto`: K from 2 to 8, the one whose segmentation has the
+    /// shortest description length (residuals + phase means + boundaries; see README). Default 3 for the
+    /// built-in image.
+    #[arg(long, short = 'k', value_parser = parse_phases)]
+    phases: Option<Phases>,
     /// Length weight, in units of the image's within-phase variance (so the default suits any
     /// image size, intensity range and noise level).
     #[arg(long, default_value_t = SegmentConfig::default().lambda)]
@@ -84,6 +87,24 @@ pub(crate) struct Args {
     save_truth: Option<PathBuf>,
 }
 
+/// `--phases`: a number, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phases {
+    /// This many phases.
+    Fixed(usize),
+    /// Chosen in [`AUTO_RANGE`].
+    Auto,
+}
+
+fn parse_phases(s: &str) -> Result<Phases, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(Phases::Auto);
+    }
+    s.parse::<usize>()
+        .map(Phases::Fixed)
+        .map_err(|_| format!("expected a number of phases (2 to 255) or `auto`, got `{s}`"))
+}
+
 impl Args {
     /// The backend's flags.
     pub(crate) fn backend(&self) -> &BackendArgs {
@@ -130,17 +151,25 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let plan = planned_outputs(args)?;
     let (vol, truth, name) = match &args.input {
         Some(p) => {
-            anyhow::ensure!(args.phases.is_some(), "give the number of phases with --phases K (K >= 2)");
+            anyhow::ensure!(
+                args.phases.is_some(),
+                "give the number of phases with --phases K (K >= 2) or --phases auto"
+            );
             (Volume::load(p)?, None, p.display().to_string())
         }
         None => {
             // The image and its labels, and the optimiser's planes (see `msloss_segment::segment`).
-            let [c, k] = [if args.grey { 1 } else { 3 }, args.phases.unwrap_or(3)];
+            let k = match args.phases {
+                Some(Phases::Fixed(k)) => k,
+                Some(Phases::Auto) => *AUTO_RANGE.end(),
+                None => 3,
+            };
+            let c = if args.grey { 1 } else { 3 };
             let pixels = args.depth.checked_mul(args.size).and_then(|p| p.checked_mul(args.size));
-            let need = pixels.and_then(|n| crate::sys::bytes(&[(n, 4 * c + 1), (n, k.saturating_mul(16))]));
+            let need = pixels.and_then(|n| crate::sys::bytes(&[(n, 4 * c + 1), (n, k.saturating_mul(20))]));
             crate::sys::ensure_memory(need, "the built-in image of this size")?;
             let spec = SynthSpec {
-                phases: args.phases.unwrap_or(3),
+                phases: if let Some(Phases::Fixed(k)) = args.phases { k } else { 3 },
                 colour: !args.grey,
                 dims: [args.depth, args.size, args.size],
                 noise: args.noise,
@@ -151,9 +180,13 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             (s.volume, Some(s.truth), "built-in synthetic image".to_owned())
         }
     };
-    let phases = args.phases.unwrap_or(3);
+    let auto = args.phases == Some(Phases::Auto);
     let cfg = SegmentConfig {
-        phases,
+        phases: match args.phases {
+            Some(Phases::Fixed(k)) => k,
+            Some(Phases::Auto) => *AUTO_RANGE.start(),
+            None => 3,
+        },
         lambda: args.lambda,
         length: match args.length {
             LengthArg::L1 => LengthKind::L1,
@@ -181,11 +214,23 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    let seg = segment(&backend, &vol, &cfg, |p| {
+    let report = |k: Option<usize>, p: &msloss_segment::Progress| {
+        bar.set_length(p.max_iters as u64);
         bar.set_position(p.iteration as u64);
-        bar.set_message(format!("{:.6e}", p.energy.total));
-    })?;
+        match k {
+            Some(k) => bar.set_message(format!("{:.6e} (K {k})", p.energy.total)),
+            None => bar.set_message(format!("{:.6e}", p.energy.total)),
+        }
+    };
+    let (seg, chosen) = if auto {
+        let a = segment_auto(&backend, &vol, &cfg, AUTO_RANGE, |k, p| report(Some(k), p))?;
+        (a.segmentation, Some((a.candidates, a.reason)))
+    } else {
+        (segment(&backend, &vol, &cfg, |p| report(None, p))?, None)
+    };
     bar.finish_and_clear();
+    let phases = seg.phases;
+    let cfg = cfg.with_phases(phases);
 
     let quality = truth.as_ref().map(|t| metrics::evaluate(&seg.labels, t)).transpose()?;
     let mut files = Vec::new();
@@ -220,6 +265,15 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             if let Some(q) = &quality {
                 m.insert("quality".into(), serde_json::to_value(q)?);
             }
+            if let Some((candidates, reason)) = &chosen {
+                let auto = serde_json::json!({
+                    "range": [AUTO_RANGE.start(), AUTO_RANGE.end()],
+                    "criterion": "minimum description length in nats: (N*C/2)*ln(RSS/(N*C)) + (K*C/2)*ln(N) + ln(3)*boundary_pairs",
+                    "candidates": candidates,
+                    "reason": reason,
+                });
+                m.insert("auto".into(), auto);
+            }
         }
         files.push((p.clone(), serde_json::to_vec_pretty(&v)?));
     }
@@ -240,12 +294,29 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             _ => format!("{c} channels"),
         };
         writeln!(r, "segmented {name} ({size}, {kind}) into {phases} phases on the {backend_name} backend")?;
+        if let Some((_, reason)) = &chosen {
+            writeln!(r, "  --phases auto chose K = {phases}: {reason}")?;
+        }
         let stop = if seg.converged { "converged" } else { "step limit" };
         writeln!(
             r,
             "  {} steps ({stop}); energy {:.6e} = fidelity {:.6e} + length {:.6e}; {:.3} s",
             seg.iterations, seg.energy.total, seg.energy.fidelity, seg.energy.length, summary.seconds.total
         )?;
+        let start = if seg.start == "otsu" { "multi-level Otsu" } else { "k-means++" };
+        let tries: Vec<String> = seg
+            .rescues
+            .iter()
+            .map(|t| {
+                let kind = match t.kind {
+                    msloss_segment::RescueKind::Refill => "refill",
+                    msloss_segment::RescueKind::SplitMerge => "split+merge",
+                };
+                format!("{kind} {}", if t.kept { "kept" } else { "not kept" })
+            })
+            .collect();
+        let tries = if tries.is_empty() { "none needed".to_owned() } else { tries.join(", ") };
+        writeln!(r, "  start: {start} on the denoised image; rescue tries: {tries}")?;
         for (k, (cen, pixels)) in summary.centroids.iter().zip(&seg.pixels_per_phase).enumerate() {
             let cen: Vec<String> = cen.iter().map(|v| format!("{v:.3}")).collect();
             writeln!(r, "  phase {k}: {pixels:>8} pixels, centroid [{}]", cen.join(", "))?;
@@ -259,6 +330,10 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
                 per.join(", "),
                 q.adapted_rand_error
             )?;
+        }
+        let empty = seg.pixels_per_phase.iter().filter(|&&p| p == 0).count();
+        if empty > 0 {
+            writeln!(r, "  note: {empty} of the {phases} phases ended empty: the image may have fewer phases")?;
         }
         for (p, _) in &plan {
             writeln!(r, "  wrote {}", p.display())?;

@@ -136,3 +136,72 @@ fn bad_input_fails_cleanly_without_partial_outputs() {
     names.sort();
     assert_eq!(names, ["empty.npy", "text.png", "tiny.npy"], "stray files");
 }
+
+/// A float32 `.npy` image `[H, W]` at `path`.
+fn write_npy(path: &Path, h: u64, w: u64, data: &[f32]) {
+    use npyz::WriterBuilder;
+    let mut buf = Vec::new();
+    let mut wr = npyz::WriteOptions::new().default_dtype().shape(&[h, w]).writer(&mut buf).begin_nd().expect("header");
+    wr.extend(data.iter().copied()).expect("data");
+    wr.finish().expect("finish");
+    std::fs::write(path, buf).expect("write");
+}
+
+#[test]
+fn bad_phase_counts_are_clear_errors_without_outputs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = |n: &str| dir.path().join(n);
+    let out = p("labels.npy");
+    let expect_err = |args: &[&str], needle: &str| {
+        let o = run(args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert_eq!(o.status.code(), Some(if needle.starts_with("invalid value") { 2 } else { 1 }), "{args:?}");
+        let e = stderr(&o);
+        assert!(e.contains(needle), "{args:?}: stderr {e:?} lacks {needle:?}");
+        assert!(!e.contains("panicked"), "{args:?} panicked: {e}");
+        assert!(!out.exists(), "{args:?} left an output behind");
+    };
+    // Two values over 64 pixels, and a constant image.
+    let two = p("two.npy");
+    write_npy(&two, 8, 8, &(0..64).map(|i| if i < 30 { 0.2 } else { 0.8 }).collect::<Vec<f32>>());
+    let flat = p("flat.npy");
+    write_npy(&flat, 8, 8, &[0.5; 64]);
+    for k in ["0", "1"] {
+        expect_err(&["segment", s(&two), "--phases", k, "--out", s(&out)], ">= 2");
+        expect_err(&["segment", "--size", "16", "--phases", k, "--out", s(&out)], "between 2 and 5");
+    }
+    expect_err(&["segment", s(&two), "--phases", "256", "--out", s(&out)], "<= min(255");
+    expect_err(&["segment", s(&two), "--phases", "65", "--out", s(&out)], "pixel count 64");
+    expect_err(&["segment", s(&two), "--phases", "3", "--out", s(&out)], "fewer than 3 distinct pixel values");
+    expect_err(&["segment", s(&flat), "--phases", "2", "--out", s(&out)], "fewer than 2 distinct pixel values");
+    expect_err(&["segment", s(&two), "--phases", "many", "--out", s(&out)], "invalid value 'many'");
+    expect_err(&["segment", s(&two), "--phases=-1", "--out", s(&out)], "invalid value '-1'");
+    expect_err(&["segment", s(&flat), "--phases", "auto", "--out", s(&out)], "fewer than 2 distinct pixel values");
+    // Two values, two phases: fine, and `auto` stops at the values there are.
+    let o = run(&["segment", s(&two), "--phases", "2", "--out", s(&out), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_file(&out).expect("remove");
+    let summary = p("auto.json");
+    let o = run(&["segment", s(&two), "--phases", "auto", "--out", s(&out), "--json", s(&summary), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&std::fs::read(&summary).expect("summary"));
+    assert_eq!(v["phases"], 2, "{v}");
+    assert!(v["auto"]["reason"].as_str().expect("a reason").contains("K 3 and above not tried"), "{v}");
+}
+
+#[test]
+fn phases_auto_chooses_and_explains_k() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let summary = dir.path().join("s.json");
+    let o = run(&["segment", "--size", "96", "--grey", "--phases", "auto", "--json", s(&summary)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("--phases auto chose K = 3: K 3 has the shortest description length"), "{out}");
+    let v = json(&std::fs::read(&summary).expect("summary"));
+    assert_eq!(v["phases"], 3, "{v}");
+    assert!(v["quality"]["mean_iou"].as_f64().expect("quality") > 0.95, "{v}");
+    let cands = v["auto"]["candidates"].as_array().expect("candidates");
+    assert_eq!(cands[0]["phases"], 2);
+    assert!(cands.len() >= 3, "{v}");
+    assert!(v["auto"]["criterion"].as_str().expect("criterion").contains("ln(3)*boundary_pairs"));
+}

@@ -43,6 +43,15 @@ pub enum SegmentError {
         /// The pixel (voxel) count of the image.
         pixels: usize,
     },
+    /// The image has fewer distinct pixel values than the phases asked for, so some phase would
+    /// be empty whatever the segmentation.
+    #[error(
+        "the image has fewer than {phases} distinct pixel values, so it cannot be split into {phases} phases; ask for fewer phases"
+    )]
+    TooFewValues {
+        /// The phases asked for.
+        phases: usize,
+    },
     /// A setting is out of range.
     #[error("setting {name} must be {expected}, got {value}")]
     BadSetting {

@@ -5,6 +5,7 @@
 //! squares is kept: the result depends on the seed, never on luck between runs.
 
 use msloss_core::rng::SplitMix64;
+use rayon::prelude::*;
 
 use crate::Volume;
 
@@ -22,8 +23,8 @@ pub struct Clusters {
     pub within_variance: f64,
 }
 
-/// The subsample as `[S, C]` rows.
-fn sample(vol: &Volume) -> Vec<f64> {
+/// The evenly strided subsample of `vol` that k-means clusters, as `[S, C]` rows.
+pub(crate) fn sample(vol: &Volume) -> Vec<f64> {
     let n = vol.pixels();
     let c = vol.channels();
     let stride = n.div_ceil(MAX_SAMPLES).max(1);
@@ -81,6 +82,13 @@ fn one_start(pts: &[f64], c: usize, k: usize, rng: &mut SplitMix64) -> (Vec<f64>
         }
         cen.extend_from_slice(&new);
     }
+    lloyd(pts, c, cen)
+}
+
+/// Lloyd iterations from the centroids `cen` (`[K, C]`) on the points `pts`; returns the
+/// centroids and the within-cluster sum of squares.
+pub(crate) fn lloyd(pts: &[f64], c: usize, mut cen: Vec<f64>) -> (Vec<f64>, f64) {
+    let k = cen.len() / c.max(1);
     let mut sums = vec![0.0; k * c];
     let mut counts = vec![0usize; k];
     let mut inertia = f64::INFINITY;
@@ -115,19 +123,27 @@ fn one_start(pts: &[f64], c: usize, k: usize, rng: &mut SplitMix64) -> (Vec<f64>
 /// Clusters the pixel intensities of `vol` into `k` groups with `starts` seeded k-means++ starts,
 /// keeping the best.
 pub fn kmeans(vol: &Volume, k: usize, starts: usize, seed: u64) -> Clusters {
-    let c = vol.channels();
-    let pts = sample(vol);
+    kmeans_points(&sample(vol), vol.channels(), k, starts, seed)
+}
+
+/// Clusters the points `pts` (`[S, C]` rows) into `k` groups with `starts` seeded k-means++
+/// starts, keeping the one with the lowest within-cluster sum of squares.
+pub fn kmeans_points(pts: &[f64], c: usize, k: usize, starts: usize, seed: u64) -> Clusters {
+    let c = c.max(1);
     let s = pts.len() / c;
+    if s == 0 {
+        return Clusters { centroids: vec![0.0; k * c], within_variance: 0.0 };
+    }
     let mut best: Option<(Vec<f64>, f64)> = None;
     for start in 0..starts.max(1) {
         let mut rng = SplitMix64::new(seed ^ (0xA076_1D64_78BD_642F_u64.wrapping_mul(start as u64 + 1)));
-        let (cen, inertia) = one_start(&pts, c, k, &mut rng);
+        let (cen, inertia) = one_start(pts, c, k, &mut rng);
         if best.as_ref().is_none_or(|b| inertia < b.1) {
             best = Some((cen, inertia));
         }
     }
     let (centroids, inertia) = best.unwrap_or_default();
-    Clusters { centroids, within_variance: inertia / s.max(1) as f64 }
+    Clusters { centroids, within_variance: inertia / s as f64 }
 }
 
 /// The mean over the subsample of `vol` of the squared distance of a pixel to its nearest
@@ -143,23 +159,38 @@ pub fn within_variance(vol: &Volume, centroids: &[f64]) -> f64 {
 /// denoised copy, whose intensity histogram separates phases that noise makes overlap.
 pub fn box_smooth(vol: &Volume) -> Volume {
     let [d, h, w] = vol.dims();
-    let n = vol.pixels();
     let mut data = vol.data().to_vec();
-    let mut tmp = vec![0.0f32; n];
+    let mut tmp = vec![0.0f32; data.len()];
     for (extent, stride) in [(d, h * w), (h, w), (w, 1)] {
         if extent < 2 {
             continue;
         }
-        for plane in data.chunks_exact_mut(n) {
-            for (s, t) in tmp.iter_mut().enumerate() {
-                let i = (s / stride) % extent;
-                let lo = if i > 0 { s - stride } else { s };
-                let hi = if i + 1 < extent { s + stride } else { s };
-                *t = (plane[lo] + plane[s] + plane[hi]) / 3.0;
-            }
-            plane.copy_from_slice(&tmp);
-        }
+        along_axis(&data, &mut tmp, extent, stride, |lo, mid, hi| (lo + mid + hi) / 3.0);
+        std::mem::swap(&mut data, &mut tmp);
     }
     // Same extents and finite values as `vol`, so this cannot fail; fall back to `vol` regardless.
     Volume::new(vol.channels(), d, h, w, data).unwrap_or_else(|_| vol.clone())
+}
+
+/// `out[s] = f(x[s − e], x[s], x[s + e])` for the unit step `e` along one axis (`extent` values
+/// `stride` apart; the neighbours clamped at the ends), over every line of `x` along that axis.
+/// `x.len()` is a multiple of `extent · stride` (channels and outer axes are whole blocks).
+pub(crate) fn along_axis<T: Copy + Send + Sync>(
+    x: &[T],
+    out: &mut [T],
+    extent: usize,
+    stride: usize,
+    f: impl Fn(T, T, T) -> T + Sync,
+) {
+    let block = extent * stride;
+    out.par_chunks_mut(block).zip(x.par_chunks(block)).for_each(|(o, b)| {
+        for i in 0..extent {
+            let lo = i.saturating_sub(1) * stride;
+            let hi = (i + 1).min(extent - 1) * stride;
+            let mid = i * stride;
+            for j in 0..stride {
+                o[mid + j] = f(b[lo + j], b[mid + j], b[hi + j]);
+            }
+        }
+    });
 }

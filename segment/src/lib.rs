@@ -6,7 +6,7 @@
 //! short boundaries.
 //!
 //! - [`segment`]: the segmenter, generic over any [`msloss_core::Backend<f32>`] (the CPU backend
-//!   [`msloss_cpu::CpuBackend`], or a GPU backend);
+//!   [`msloss_cpu::CpuBackend`], or a GPU backend); [`segment_auto`] chooses the number of phases;
 //! - [`Volume`]: images (PNG, JPEG, TIFF; grey or colour; 8 or 16 bit) and `.npy` volumes;
 //! - [`synth`]: seeded synthetic images and volumes with known ground truth;
 //! - [`metrics`]: Hungarian label matching, IoU per class, mean IoU, adapted Rand error;
@@ -26,11 +26,14 @@
 //! # Ok::<(), msloss_segment::SegmentError>(())
 //! ```
 
+pub mod auto;
 mod error;
 pub mod kmeans;
 pub mod metrics;
 pub mod output;
+pub mod rescue;
 mod segmenter;
+pub mod start;
 pub mod synth;
 pub mod volume;
 
@@ -43,7 +46,9 @@ pub(crate) fn zeros<T: Clone + Default>(len: usize, what: &str) -> Result<Vec<T>
     Ok(v)
 }
 
+pub use auto::{AutoSegmentation, Candidate, segment_auto};
 pub use error::SegmentError;
+pub use rescue::{Rescue, RescueKind};
 pub use segmenter::{Progress, SegmentConfig, Segmentation, segment};
 pub use volume::Volume;
 
@@ -74,6 +79,10 @@ pub struct Summary {
     pub pixels_per_phase: Vec<usize>,
     /// Seconds: initialisation, optimisation, and the whole run including input and output.
     pub seconds: Seconds,
+    /// How the start was found: `"otsu"` (grey) or `"kmeans"`.
+    pub start: &'static str,
+    /// The rescue tries after the first descent, in order.
+    pub rescues: Vec<Rescue>,
 }
 
 /// The energy's parts, for the summary.
@@ -117,6 +126,8 @@ impl Summary {
             centroids: seg.centroids.chunks(c).map(<[f64]>::to_vec).collect(),
             pixels_per_phase: seg.pixels_per_phase.clone(),
             seconds: Seconds { init: seg.init_seconds, optimise: seg.optimise_seconds, total: total_seconds },
+            start: seg.start,
+            rescues: seg.rescues.clone(),
         }
     }
 }

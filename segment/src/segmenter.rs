@@ -5,7 +5,9 @@ use std::time::Instant;
 use msloss_core::{Backend, Energy, Input, LengthKind, Outputs, Params, Reduction, Scores, Shape};
 use rayon::prelude::*;
 
-use crate::kmeans::{box_smooth, kmeans, nearest, within_variance};
+use crate::kmeans::{box_smooth, within_variance};
+use crate::rescue::{Rescue, propose};
+use crate::start::{has_distinct, start, start_pixels};
 use crate::{SegmentError, Volume};
 
 /// Initial logits are clamped to `[-INIT_CLAMP, 0]` (after subtracting each pixel's maximum), so
@@ -27,11 +29,12 @@ const ADAM_EPS: f64 = 1e-8;
 /// | `phases` | 2 | the number of phases `K` (2 to 255, at most the pixel count) |
 /// | `lambda` | 6 | the length weight, in units of the within-phase variance `σ̂²` |
 /// | `length` | [`LengthKind::Charbonnier`] | how boundaries are measured (isotropic, smooth) |
-/// | `max_iters` | 300 | the most optimiser steps |
+/// | `max_iters` | 300 | the most optimiser steps of each descent (the first and each rescue try) |
 /// | `tol` | `1e-4` | stop when the relative energy change stays below this for 3 steps |
 /// | `learning_rate` | 0.5 | Adam's step in logit units |
 /// | `seed` | 0 | the k-means++ seed |
-/// | `starts` | 4 | k-means++ starts (the best is kept) |
+/// | `starts` | 4 | k-means++ starts for colour images (the best is kept) |
+/// | `rescues` | 2 | the most rescue tries after the first descent (0: none) |
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SegmentConfig {
     /// The number of phases `K`.
@@ -47,17 +50,19 @@ pub struct SegmentConfig {
     pub lambda: f64,
     /// The length kind.
     pub length: LengthKind,
-    /// The most optimiser steps.
+    /// The most optimiser steps of each descent (the first, and each rescue try).
     pub max_iters: usize,
     /// The relative-energy tolerance.
     pub tol: f64,
     /// Adam's learning rate, in logit units per step.
     pub learning_rate: f64,
-    /// The seed of the k-means++ initialisation.
+    /// The seed of the k-means++ initialisation (colour images) and of the rescue's splits.
     pub seed: u64,
     /// How many k-means++ starts are tried (the one with the lowest within-cluster sum of squares
-    /// is kept).
+    /// is kept). Grey images start from multi-level Otsu and do not use them.
     pub starts: usize,
+    /// The most rescue tries after the first descent (see [`segment`]); each is a full descent.
+    pub rescues: usize,
 }
 
 impl Default for SegmentConfig {
@@ -71,6 +76,7 @@ impl Default for SegmentConfig {
             learning_rate: 0.5,
             seed: 0,
             starts: 4,
+            rescues: 2,
         }
     }
 }
@@ -109,9 +115,9 @@ impl SegmentConfig {
 /// One optimiser step, reported to the progress callback.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
-    /// The step, from 1.
+    /// The step, from 1, counted on through the rescue tries' descents.
     pub iteration: usize,
-    /// The most steps allowed.
+    /// The most steps allowed over every descent: `max_iters · (rescues + 1)`.
     pub max_iters: usize,
     /// The energy at this step's logits.
     pub energy: Energy<f64>,
@@ -130,13 +136,13 @@ pub struct Segmentation {
     pub centroids: Vec<f64>,
     /// Pixels per label.
     pub pixels_per_phase: Vec<usize>,
-    /// The optimiser steps taken.
+    /// The optimiser steps taken, over every descent (rescue tries included).
     pub iterations: usize,
-    /// Whether the relative-energy tolerance was met (rather than the step limit).
+    /// Whether the kept descent met the relative-energy tolerance (rather than the step limit).
     pub converged: bool,
     /// The final energy and its parts (mean reduction).
     pub energy: Energy<f64>,
-    /// The total energy at every step.
+    /// The total energy at every step, the descents one after another.
     pub history: Vec<f64>,
     /// The λ the loss ran with (`lambda · σ̂²`).
     pub lambda: f64,
@@ -144,8 +150,12 @@ pub struct Segmentation {
     pub within_variance: f64,
     /// Seconds spent in the initialisation.
     pub init_seconds: f64,
-    /// Seconds spent in the optimisation.
+    /// Seconds spent in the optimisation (every descent, rescue tries included).
     pub optimise_seconds: f64,
+    /// How the start's centroids were found: `"otsu"` or `"kmeans"`.
+    pub start: &'static str,
+    /// The rescue tries, in order (see [`segment`]).
+    pub rescues: Vec<Rescue>,
 }
 
 fn backend_err<B: Backend<f32>>(backend: &B, e: B::Error) -> SegmentError {
@@ -160,13 +170,13 @@ fn backend_err<B: Backend<f32>>(backend: &B, e: B::Error) -> SegmentError {
 /// of [`Backend::energy_and_grad`] for [`Scores::Logits`]), so no finite differences or
 /// autograd are involved.
 ///
-/// - *Initialisation*: seeded k-means++ with several starts (see [`crate::kmeans`]) on the
-///   intensities of a denoised copy of the image (a 3-pixel box mean along each axis, whose
-///   histogram separates phases that noise makes overlap: on grey images with 4 phases at noise
-///   0.2 this lifts the mean IoU from about 0.65 to 0.97); the logits start as the
+/// - *Start*: phase centroids from a denoised copy of the image (a 3-pixel box mean along each
+///   axis), leaving out its boundary pixels (where the box mean blends two phases): multi-level
+///   Otsu thresholds of its histogram for grey images (exact, by dynamic programming), seeded
+///   k-means++ with several starts for colour (see [`crate::start`]). The logits start as the
 ///   Gaussian-mixture log-posterior of the denoised pixel, `z_n = −‖x̄ − c_n‖² / (2σ̄²)` (`σ̄²` the
-///   denoised copy's within-cluster variance), clamped to 6 below each pixel's maximum. The
-///   energy itself is always that of the original image.
+///   denoised copy's mean squared distance to its nearest centroid), clamped to 6 below each
+///   pixel's maximum. The energy itself is always that of the original image.
 /// - *Optimiser*: Adam. The gradient's scale varies over orders of magnitude with the image size,
 ///   the intensity range and between saturated and undecided pixels; Adam's per-coordinate
 ///   normalisation makes each logit move at most about `learning_rate` per step whatever that
@@ -174,12 +184,19 @@ fn backend_err<B: Backend<f32>>(backend: &B, e: B::Error) -> SegmentError {
 ///   across the flat middle of the softmax. Plain gradient descent would need a step tuned per
 ///   image; L-BFGS would need line searches (extra energy evaluations) on a nonconvex energy.
 /// - *Stopping*: when `|E_t − E_{t−1}| / |E_t| < tol` for 3 steps in a row, or after `max_iters`.
+/// - *Rescue*: the descent never revives a phase it has emptied, so after it converges at most
+///   `cfg.rescues` other starts are tried (see [`crate::rescue`]): a phase that is empty or tiny
+///   is re-seeded by splitting the phase that two centroids would fit best, or else that split is
+///   paired with a merge of the two closest phases, when the split gains more than the merge
+///   costs. Each try is a full descent (its own `max_iters`) from that start with the same `λ`,
+///   and is kept only if its final energy is lower; the first try that is not kept ends the
+///   rescue.
 /// - *Labels*: the arg-max phase of each pixel, renumbered by the brightness (mean over channels)
 ///   of the phase centroids, darkest first, so the same image always gets the same numbers.
 ///
 /// # Errors
-/// [`SegmentError::BadPhases`], [`SegmentError::BadSetting`], [`SegmentError::Backend`],
-/// [`SegmentError::Diverged`].
+/// [`SegmentError::BadPhases`], [`SegmentError::TooFewValues`], [`SegmentError::BadSetting`],
+/// [`SegmentError::Backend`], [`SegmentError::Diverged`].
 pub fn segment<B: Backend<f32>>(
     backend: &B,
     vol: &Volume,
@@ -189,100 +206,56 @@ pub fn segment<B: Backend<f32>>(
     let n = vol.pixels();
     cfg.validate(n)?;
     let k = cfg.phases;
+    if !has_distinct(vol, k) {
+        return Err(SegmentError::TooFewValues { phases: k });
+    }
     let c = vol.channels();
     let [d, h, w] = vol.dims();
     let t0 = Instant::now();
 
     let smoothed = box_smooth(vol);
-    let clusters = kmeans(&smoothed, k, cfg.starts, cfg.seed);
-    let sigma2 = clusters.within_variance.max(MIN_VARIANCE);
-    let raw_variance = within_variance(vol, &clusters.centroids);
+    let inside = start_pixels(&smoothed, k);
+    let first = start(&smoothed, inside.as_deref(), k, cfg.starts, cfg.seed);
+    let raw_variance = within_variance(vol, &first.centroids);
     let lambda = cfg.lambda * raw_variance;
     let params = Params { lambda, length: cfg.length, reduction: Reduction::Mean, ..Params::default() };
     let shape = Shape::new(1, k, c, d, h, w).map_err(|e| SegmentError::BadImage(e.to_string()))?;
 
-    // The optimiser's four planes of K·N values, allocated up front or refused.
-    let mut planes = [(); 4].map(|()| Vec::new());
+    // The optimiser's planes of K·N values (the kept logits, a try's logits, the gradient and
+    // Adam's two moments), allocated up front or refused.
+    let mut planes = [(); 5].map(|()| Vec::new());
     for plane in &mut planes {
         *plane = crate::zeros(k * n, "the optimiser's logits, gradient and moments")?;
     }
-    let [mut logits, mut grad, mut m, mut v] = planes;
-    {
-        let img = smoothed.data();
-        let cen = &clusters.centroids;
-        let mut cols: Vec<&mut [f32]> = logits.chunks_mut(n).collect();
-        let mut px = vec![0.0f64; c];
-        let mut dist = vec![0.0f64; k];
-        for s in 0..n {
-            for (ch, v) in px.iter_mut().enumerate() {
-                *v = f64::from(img[ch * n + s]);
-            }
-            let (_, dmin) = nearest(&px, cen, c);
-            for (j, dj) in dist.iter_mut().enumerate() {
-                *dj = px.iter().zip(&cen[j * c..(j + 1) * c]).map(|(a, b)| (a - b) * (a - b)).sum();
-            }
-            for (j, col) in cols.iter_mut().enumerate() {
-                col[s] = (-(dist[j] - dmin) / (2.0 * sigma2)).max(-INIT_CLAMP) as f32;
-            }
-        }
-    }
+    let [mut best_logits, mut logits, grad, m, v] = planes;
+    let mut work = Work { ws: backend.workspace(), grad, m, v };
     let init_seconds = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
-    let mut ws = backend.workspace();
-    let mut centroids = vec![0.0f32; k * c];
-    // Adam sees ∂E/∂z scaled to a per-pixel, per-variance quantity so that ADAM_EPS is negligible.
-    let gscale = (n as f64 / sigma2) as f32;
-    let mut history: Vec<f64> = Vec::new();
-    let mut calm = 0;
-    let mut converged = false;
-    let mut energy = Energy::default();
-    let mut iterations = 0;
-    for t in 1..=cfg.max_iters {
-        let input = Input::new(shape, Scores::Logits(&logits), vol.data(), None)
-            .map_err(|e| SegmentError::BadImage(e.to_string()))?;
-        let out = Outputs { grad: Some(&mut grad), centroids: Some(&mut centroids) };
-        let e = backend.evaluate(&input, &params, out, &mut ws).map_err(|e| backend_err(backend, e))?;
-        let e = Energy::new(f64::from(e.fidelity), f64::from(e.length));
-        if !e.total.is_finite() {
-            return Err(SegmentError::Diverged { iteration: t, value: e.total });
-        }
-        iterations = t;
-        on_progress(&Progress { iteration: t, max_iters: cfg.max_iters, energy: e });
-        if let Some(&prev) = history.last() {
-            let rel = (prev - e.total).abs() / e.total.abs().max(f64::MIN_POSITIVE);
-            calm = if rel < cfg.tol { calm + 1 } else { 0 };
-        }
-        history.push(e.total);
-        energy = e;
-        if calm >= PATIENCE {
-            converged = true;
+    let max_total = cfg.max_iters.saturating_mul(cfg.rescues + 1);
+    let mut ctx = Descent { backend, vol, smoothed: &smoothed, shape, params, cfg, max_total, steps: 0 };
+    let mut history = Vec::new();
+    let mut best = ctx.run(&first.centroids, &mut best_logits, &mut work, &mut history, &mut on_progress)?;
+    let mut rescues = Vec::new();
+    for _ in 0..cfg.rescues {
+        let current = argmax(&best_logits, n, k);
+        let Some((centroids, kind)) = propose(&smoothed, inside.as_deref(), &current, &best.centroids, k, cfg.seed)
+        else {
+            break;
+        };
+        let trial = ctx.run(&centroids, &mut logits, &mut work, &mut history, &mut on_progress)?;
+        let kept = trial.energy.total < best.energy.total;
+        rescues.push(Rescue { kind, energy_before: best.energy.total, energy_after: trial.energy.total, kept });
+        if !kept {
             break;
         }
-        if t == cfg.max_iters {
-            break;
-        }
-        let lr = cfg.learning_rate;
-        let bc1 = 1.0 - BETA1.powi(t as i32);
-        let bc2 = 1.0 - BETA2.powi(t as i32);
-        let step = (lr * bc2.sqrt() / bc1) as f32;
-        let (b1, b2, eps) = (BETA1 as f32, BETA2 as f32, (ADAM_EPS * bc2.sqrt()) as f32);
-        const CHUNK: usize = 1 << 14;
-        logits
-            .par_chunks_mut(CHUNK)
-            .zip(grad.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK))
-            .zip(v.par_chunks_mut(CHUNK))
-            .for_each(|(((z, g), m), v)| {
-                for i in 0..z.len() {
-                    let gi = g[i] * gscale;
-                    m[i] = b1 * m[i] + (1.0 - b1) * gi;
-                    v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
-                    z[i] -= step * m[i] / (v[i].sqrt() + eps);
-                }
-            });
+        best = trial;
+        std::mem::swap(&mut best_logits, &mut logits);
     }
     let optimise_seconds = t1.elapsed().as_secs_f64();
+    let iterations = ctx.steps;
+    let Outcome { centroids, energy, converged } = best;
+    let logits = best_logits;
 
     // Renumber phases by centroid brightness, darkest first.
     let brightness: Vec<f64> =
@@ -293,20 +266,7 @@ pub fn segment<B: Backend<f32>>(
     for (r, &j) in order.iter().enumerate() {
         rank[j] = r as u8;
     }
-    let labels: Vec<u8> = (0..n)
-        .into_par_iter()
-        .with_min_len(1 << 14)
-        .map(|s| {
-            let mut best = (f32::NEG_INFINITY, 0);
-            for j in 0..k {
-                let z = logits[j * n + s];
-                if z > best.0 {
-                    best = (z, j);
-                }
-            }
-            rank[best.1]
-        })
-        .collect();
+    let labels: Vec<u8> = argmax(&logits, n, k).into_iter().map(|j| rank[usize::from(j)]).collect();
     let mut pixels_per_phase = vec![0usize; k];
     for &l in &labels {
         pixels_per_phase[usize::from(l)] += 1;
@@ -327,5 +287,154 @@ pub fn segment<B: Backend<f32>>(
         within_variance: raw_variance,
         init_seconds,
         optimise_seconds,
+        start: first.method,
+        rescues,
     })
+}
+
+/// The arg-max phase of each pixel of the logits `[K, N]` (the first on ties).
+fn argmax(logits: &[f32], n: usize, k: usize) -> Vec<u8> {
+    (0..n)
+        .into_par_iter()
+        .with_min_len(1 << 14)
+        .map(|s| {
+            let mut best = (f32::NEG_INFINITY, 0);
+            for j in 0..k {
+                let z = logits[j * n + s];
+                if z > best.0 {
+                    best = (z, j);
+                }
+            }
+            best.1 as u8
+        })
+        .collect()
+}
+
+/// The buffers every descent reuses.
+struct Work<W> {
+    ws: W,
+    grad: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// What one descent ends with: the soft centroids `[K, C]` of its last step, its energy, and
+/// whether it met the tolerance.
+struct Outcome {
+    centroids: Vec<f32>,
+    energy: Energy<f64>,
+    converged: bool,
+}
+
+/// The fixed parts of every descent of one segmentation, and the steps taken so far.
+struct Descent<'a, B> {
+    backend: &'a B,
+    vol: &'a Volume,
+    smoothed: &'a Volume,
+    shape: Shape,
+    params: Params,
+    cfg: &'a SegmentConfig,
+    max_total: usize,
+    steps: usize,
+}
+
+impl<B: Backend<f32>> Descent<'_, B> {
+    /// One descent from the phase centroids `cen` (`[K, C]`), in `logits`; appends each step's
+    /// energy to `history` and reports it to `on_progress`, numbering steps on from earlier
+    /// descents.
+    fn run(
+        &mut self,
+        cen: &[f64],
+        logits: &mut [f32],
+        work: &mut Work<B::Workspace>,
+        history: &mut Vec<f64>,
+        on_progress: &mut impl FnMut(&Progress),
+    ) -> Result<Outcome, SegmentError> {
+        let (k, c, n) = (self.cfg.phases, self.vol.channels(), self.vol.pixels());
+        let sigma2 = within_variance(self.smoothed, cen).max(MIN_VARIANCE);
+        init_logits(self.smoothed, cen, sigma2, logits);
+        work.m.iter_mut().for_each(|x| *x = 0.0);
+        work.v.iter_mut().for_each(|x| *x = 0.0);
+        let mut centroids = vec![0.0f32; k * c];
+        // Adam sees ∂E/∂z scaled to a per-pixel, per-variance quantity so that ADAM_EPS is negligible.
+        let gscale = (n as f64 / sigma2) as f32;
+        let mut prev: Option<f64> = None;
+        let mut calm = 0;
+        let mut converged = false;
+        let mut energy = Energy::default();
+        for t in 1..=self.cfg.max_iters {
+            let input = Input::new(self.shape, Scores::Logits(logits), self.vol.data(), None)
+                .map_err(|e| SegmentError::BadImage(e.to_string()))?;
+            let out = Outputs { grad: Some(&mut work.grad), centroids: Some(&mut centroids) };
+            let e = self
+                .backend
+                .evaluate(&input, &self.params, out, &mut work.ws)
+                .map_err(|e| backend_err(self.backend, e))?;
+            let e = Energy::new(f64::from(e.fidelity), f64::from(e.length));
+            self.steps += 1;
+            if !e.total.is_finite() {
+                return Err(SegmentError::Diverged { iteration: self.steps, value: e.total });
+            }
+            on_progress(&Progress { iteration: self.steps, max_iters: self.max_total, energy: e });
+            if let Some(prev) = prev {
+                let rel = (prev - e.total).abs() / e.total.abs().max(f64::MIN_POSITIVE);
+                calm = if rel < self.cfg.tol { calm + 1 } else { 0 };
+            }
+            prev = Some(e.total);
+            history.push(e.total);
+            energy = e;
+            if calm >= PATIENCE {
+                converged = true;
+                break;
+            }
+            if t == self.cfg.max_iters {
+                break;
+            }
+            let lr = self.cfg.learning_rate;
+            let bc1 = 1.0 - BETA1.powi(t as i32);
+            let bc2 = 1.0 - BETA2.powi(t as i32);
+            let step = (lr * bc2.sqrt() / bc1) as f32;
+            let (b1, b2, eps) = (BETA1 as f32, BETA2 as f32, (ADAM_EPS * bc2.sqrt()) as f32);
+            const CHUNK: usize = 1 << 14;
+            logits
+                .par_chunks_mut(CHUNK)
+                .zip(work.grad.par_chunks(CHUNK))
+                .zip(work.m.par_chunks_mut(CHUNK))
+                .zip(work.v.par_chunks_mut(CHUNK))
+                .for_each(|(((z, g), m), v)| {
+                    for i in 0..z.len() {
+                        let gi = g[i] * gscale;
+                        m[i] = b1 * m[i] + (1.0 - b1) * gi;
+                        v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                        z[i] -= step * m[i] / (v[i].sqrt() + eps);
+                    }
+                });
+        }
+        Ok(Outcome { centroids, energy, converged })
+    }
+}
+
+/// The starting logits `[K, N]` of the centroids `cen`: the Gaussian-mixture log-posterior of
+/// each pixel of `smoothed`, `−‖x̄ − c_n‖² / (2σ̄²)`, less its maximum, clamped at `−INIT_CLAMP`.
+fn init_logits(smoothed: &Volume, cen: &[f64], sigma2: f64, logits: &mut [f32]) {
+    let (n, c) = (smoothed.pixels(), smoothed.channels());
+    let img = smoothed.data();
+    let dist =
+        |s: usize, j: usize| -> f64 { (0..c).map(|ch| (f64::from(img[ch * n + s]) - cen[j * c + ch]).powi(2)).sum() };
+    let dmin: Vec<f64> = (0..n).into_par_iter().with_min_len(1 << 12).map(|s| nearest_px(img, n, s, cen, c)).collect();
+    for (j, col) in logits.chunks_mut(n).enumerate() {
+        col.par_iter_mut().zip(dmin.par_iter()).enumerate().with_min_len(1 << 12).for_each(|(s, (z, &dm))| {
+            *z = (-(dist(s, j) - dm) / (2.0 * sigma2)).max(-INIT_CLAMP) as f32;
+        });
+    }
+}
+
+/// The squared distance of pixel `s` of the `[C, N]` image `img` to its nearest centroid in `cen`.
+fn nearest_px(img: &[f32], n: usize, s: usize, cen: &[f64], c: usize) -> f64 {
+    let mut best = f64::INFINITY;
+    for row in cen.chunks_exact(c.max(1)) {
+        let d: f64 = row.iter().enumerate().map(|(ch, &m)| (f64::from(img[ch * n + s]) - m).powi(2)).sum();
+        best = best.min(d);
+    }
+    best
 }

@@ -115,3 +115,49 @@ pub fn generate(spec: &SynthSpec) -> Result<Synthetic, SegmentError> {
     }
     Ok(Synthetic { volume: Volume::new(channels, d, h, w, data)?, truth })
 }
+
+/// Issue 27's image: four grey phases at levels 0, 0.2, 0.3 and 1.0 with Gaussian noise
+/// σ = 0.04 on a `size × size` image (`size >= 8`), a layout on which k-means starts lose the
+/// small phase. Phase 1 (0.2) fills the left half (46%); phase 2 (0.3, the small phase close to
+/// phase 1) is a disk of radius `0.113·size` (4%) centred at (`size/2`, `size/4`) inside it;
+/// the right half is phase 0 (0, 35%) with a 6 × 4 grid of phase 3 disks (1.0, 15%) of radius
+/// `0.045·size` centred at (`(i + ½)·size/6`, `size/2 + (j + ½)·size/8`), whose many boundary
+/// pixels blend 0 and 1. `bench/quality.py` draws the same regions.
+///
+/// # Errors
+/// [`SegmentError::BadImage`] for `size < 8` or a size that does not fit in memory.
+pub fn small_close_phases(size: usize, seed: u64) -> Result<Synthetic, SegmentError> {
+    const LEVELS: [f64; 4] = [0.0, 0.2, 0.3, 1.0];
+    const SIGMA: f64 = 0.04;
+    if size < 8 {
+        return Err(SegmentError::BadImage(format!("issue 27's image needs a size of at least 8, got {size}")));
+    }
+    let n = size
+        .checked_mul(size)
+        .ok_or_else(|| SegmentError::BadImage(format!("a {size}×{size} image does not fit in memory")))?;
+    let mut truth: Vec<u8> = crate::zeros(n, "the synthetic image's labels")?;
+    let mut data: Vec<f32> = crate::zeros(n, "the synthetic image")?;
+    let sz = size as f64;
+    let inside = |y: f64, x: f64, cy: f64, cx: f64, r: f64| (y - cy).powi(2) + (x - cx).powi(2) <= r * r;
+    let mut rng = SplitMix64::new(seed);
+    for (s, (t, v)) in truth.iter_mut().zip(data.iter_mut()).enumerate() {
+        let (y, x) = ((s / size) as f64, (s % size) as f64);
+        let grid = (0..6).any(|i| {
+            (0..4).any(|j| {
+                let (cy, cx) = ((f64::from(i) + 0.5) * sz / 6.0, sz / 2.0 + (f64::from(j) + 0.5) * sz / 8.0);
+                inside(y, x, cy, cx, 0.045 * sz)
+            })
+        });
+        *t = if inside(y, x, sz / 2.0, sz / 4.0, 0.113 * sz) {
+            2
+        } else if grid {
+            3
+        } else if x < sz / 2.0 {
+            1
+        } else {
+            0
+        };
+        *v = (LEVELS[usize::from(*t)] + SIGMA * rng.normal()) as f32;
+    }
+    Ok(Synthetic { volume: Volume::new(1, 1, size, size, data)?, truth })
+}

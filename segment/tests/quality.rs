@@ -98,11 +98,19 @@ fn deterministic_and_converged() {
 }
 
 #[test]
-fn constant_image_does_not_fail() {
+fn fewer_distinct_values_than_phases_is_a_typed_error() {
+    // A constant image cannot have two phases, nor a two-valued one three: no silent empty phase.
     let vol = Volume::new(1, 1, 8, 8, vec![0.5; 64]).expect("valid");
+    let err = segment(&CpuBackend::new(), &vol, &SegmentConfig::default().with_phases(2), |_| {}).unwrap_err();
+    assert!(matches!(err, SegmentError::TooFewValues { phases: 2 }), "{err}");
+    let two: Vec<f32> = (0..64).map(|i| if i < 20 { 0.0 } else { 1.0 }).collect();
+    let vol = Volume::new(1, 1, 8, 8, two).expect("valid");
+    let err = segment(&CpuBackend::new(), &vol, &SegmentConfig::default().with_phases(3), |_| {}).unwrap_err();
+    assert!(matches!(err, SegmentError::TooFewValues { phases: 3 }), "{err}");
+    assert!(err.to_string().contains("fewer than 3 distinct"), "{err}");
+    // Two values, two phases: exact.
     let seg = segment(&CpuBackend::new(), &vol, &SegmentConfig::default().with_phases(2), |_| {}).expect("runs");
-    assert!(seg.energy.total.is_finite() && seg.energy.total.abs() < 1e-9, "energy {:?}", seg.energy);
-    assert_eq!(seg.labels.len(), 64);
+    assert_eq!(seg.pixels_per_phase, vec![20, 44]);
 }
 
 #[test]
