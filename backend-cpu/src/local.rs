@@ -69,7 +69,7 @@ fn sample<T: CpuFloat>(
     let shape = input.shape();
     let (n_cls, c, sp, dims) = (shape.classes(), shape.channels(), shape.spatial(), shape.spatial_dims());
     let lines = dims.iter().sum::<usize>();
-    buf.resize((2 * n_cls + c + 1) * sp + lines + dims.into_iter().max().unwrap_or(1) + c, 0.0);
+    buf.resize((2 * n_cls + c + 1) * sp + lines + 2 * dims.into_iter().max().unwrap_or(1) + c, 0.0);
     let (centre, rest) = buf.split_at_mut(c);
     let (y, rest) = rest.split_at_mut(n_cls * sp);
     let (g, rest) = rest.split_at_mut(n_cls * sp);
@@ -122,9 +122,9 @@ fn sample<T: CpuFloat>(
                 bk[k * sp + s] = a[s] * xc(k, s);
             }
         }
-        convolve(a, dims, local.gaussian, line);
+        local.gaussian.convolve(a, dims, line);
         for k in 0..c {
-            convolve(&mut bk[k * sp..(k + 1) * sp], dims, local.gaussian, line);
+            local.gaussian.convolve(&mut bk[k * sp..(k + 1) * sp], dims, line);
         }
         // f', κ, the energy's window part; U over b', W over a.
         for s in 0..sp {
@@ -142,9 +142,9 @@ fn sample<T: CpuFloat>(
             total += ff * a[s] - 2.0 * fb;
             a[s] = ff + kappa * wv;
         }
-        convolve(a, dims, local.gaussian, line);
+        local.gaussian.convolve(a, dims, line);
         for k in 0..c {
-            convolve(&mut bk[k * sp..(k + 1) * sp], dims, local.gaussian, line);
+            local.gaussian.convolve(&mut bk[k * sp..(k + 1) * sp], dims, line);
         }
         for s in 0..sp {
             let (mut xx, mut xu) = (0.0, 0.0);
@@ -172,33 +172,4 @@ fn sample<T: CpuFloat>(
         }
     }
     (total, finite)
-}
-
-/// `plane` (`[D, H, W]`) convolved in place with the truncated Gaussian along every axis of
-/// extent > 1, one line at a time through `line`; pixels outside the image count as absent.
-fn convolve(plane: &mut [f64], dims: [usize; 3], gaussian: &Gaussian, line: &mut [f64]) {
-    let [d, h, w] = dims;
-    let r = gaussian.radius();
-    for (axis, (n, stride)) in [(d, h * w), (h, w), (w, 1)].into_iter().enumerate() {
-        if n < 2 {
-            continue;
-        }
-        let count = plane.len() / n;
-        for l in 0..count {
-            // The l-th line along `axis`: its first pixel, then `stride` apart.
-            let first = match axis {
-                0 => l,
-                1 => (l / w) * h * w + l % w,
-                _ => l * w,
-            };
-            for (i, v) in line[..n].iter_mut().enumerate() {
-                *v = plane[first + i * stride];
-            }
-            for i in 0..n {
-                let lo = i.saturating_sub(r);
-                let hi = (i + r + 1).min(n);
-                plane[first + i * stride] = (lo..hi).map(|j| gaussian.tap(i.abs_diff(j)) * line[j]).sum();
-            }
-        }
-    }
 }

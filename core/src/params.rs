@@ -112,6 +112,50 @@ impl Gaussian {
     pub fn tap(&self, d: usize) -> f64 {
         self.taps.get(d).copied().unwrap_or(0.0)
     }
+
+    /// `plane` (`[D, H, W]`) convolved in place with `K` along every axis of extent > 1, pixels
+    /// outside the image absent (the sums are cut at the edges, not renormalised). `line` is
+    /// scratch of at least twice the largest extent. Each output is `Σ_d k(|d|)·v(i + d)`, added
+    /// tap by tap from `d = −r` up (a fixed order, whatever calls it).
+    pub fn convolve(&self, plane: &mut [f64], dims: [usize; 3], line: &mut [f64]) {
+        let [d, h, w] = dims;
+        let r = self.radius() as isize;
+        for (axis, (n, stride)) in [(d, h * w), (h, w), (w, 1)].into_iter().enumerate() {
+            if n < 2 {
+                continue;
+            }
+            let (src, acc) = line.split_at_mut(n);
+            let acc = &mut acc[..n];
+            for l in 0..plane.len() / n {
+                // The l-th line along `axis`: its first pixel, then `stride` apart.
+                let first = match axis {
+                    0 => l,
+                    1 => (l / w) * h * w + l % w,
+                    _ => l * w,
+                };
+                for (i, v) in src.iter_mut().enumerate() {
+                    *v = plane[first + i * stride];
+                }
+                acc.fill(0.0);
+                for off in -r..=r {
+                    let t = self.tap(off.unsigned_abs());
+                    // Outputs i with i + off inside the line.
+                    let lo = (-off).max(0) as usize;
+                    let hi = (n as isize - off.max(0)).max(0) as usize;
+                    if lo >= hi {
+                        continue;
+                    }
+                    let shifted = &src[(lo as isize + off) as usize..(hi as isize + off) as usize];
+                    for (a, v) in acc[lo..hi].iter_mut().zip(shifted) {
+                        *a += t * v;
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    plane[first + i * stride] = *a;
+                }
+            }
+        }
+    }
 }
 
 /// The loss parameters. Values are `f64` whatever the compute type; backends convert them.
