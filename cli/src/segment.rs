@@ -14,7 +14,7 @@ use msloss_segment::synth::{self, SynthSpec};
 use msloss_segment::{SegmentConfig, Summary, Volume, metrics, segment, segment_auto};
 
 use crate::backends::BackendArgs;
-use crate::params::LengthArg;
+use crate::params::{FidelityArg, LengthArg};
 
 /// Arguments of `msloss segment`.
 #[derive(Debug, clap::Args)]
@@ -36,6 +36,14 @@ pub(crate) struct Args {
     /// How boundaries are measured.
     #[arg(long, value_enum, default_value_t = LengthArg::Charbonnier)]
     length: LengthArg,
+    /// The fidelity: global phase means, or local ones (Gaussian-weighted, for uneven illumination;
+    /// needs --sigma).
+    #[arg(long, value_enum, default_value_t = FidelityArg::Global)]
+    fidelity: FidelityArg,
+    /// The local fidelity's Gaussian σ in pixels: a few times the structures' size, well below the
+    /// scale over which the illumination drifts.
+    #[arg(long, allow_hyphen_values = true, required_if_eq("fidelity", "local"))]
+    sigma: Option<f64>,
     /// The most optimiser (Adam) steps.
     #[arg(long, default_value_t = SegmentConfig::default().max_iters)]
     iters: usize,
@@ -197,6 +205,13 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         tol: args.tol,
         learning_rate: args.lr,
         seed: args.seed,
+        fidelity: match (args.fidelity, args.sigma) {
+            (FidelityArg::Local, Some(sigma)) => msloss::Fidelity::Local { sigma },
+            (FidelityArg::Global, None) => msloss::Fidelity::Global,
+            (FidelityArg::Local, None) | (FidelityArg::Global, Some(_)) => {
+                anyhow::bail!("--sigma goes with --fidelity local, and --fidelity local needs --sigma")
+            }
+        },
         ..SegmentConfig::default()
     };
     cfg.validate(vol.pixels())?;

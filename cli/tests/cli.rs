@@ -147,6 +147,24 @@ fn the_local_fidelitys_sigma_is_checked() {
 }
 
 #[test]
+fn segment_takes_the_local_fidelity_with_its_sigma() {
+    for (args, needle) in [
+        (&["--fidelity", "local"][..], "--sigma"),
+        (&["--sigma", "4"][..], "--sigma goes with --fidelity local"),
+        (&["--fidelity", "local", "--sigma", "-1"][..], "sigma"),
+        (&["--fidelity", "local", "--sigma", "1e9"][..], "at most the largest extent of the image"),
+    ] {
+        let out = bin().args(["segment", "--size", "32", "--quiet"]).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && out.stdout.is_empty(), "{args:?} succeeded");
+        assert!(err.contains(needle) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    let out = bin().args(["segment", "--size", "32", "--phases", "2", "--fidelity", "local", "--sigma", "4"]).output();
+    let out = out.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn gradcheck_fails_loudly_when_the_tolerance_cannot_be_met() {
     // A tolerance below what any floating-point check reaches must make the command exit non-zero.
     let out = run(&["gradcheck", "--shape", "1,2,1,4,4", "--dtype", "f32", "--tol", "1e-30"]);

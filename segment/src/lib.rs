@@ -63,6 +63,10 @@ pub struct Summary {
     pub backend: String,
     /// The length kind's name.
     pub length: &'static str,
+    /// The fidelity's name (`global`, `local`), and the local fidelity's σ.
+    pub fidelity: &'static str,
+    /// The local fidelity's σ in pixels.
+    pub sigma: Option<f64>,
     /// The relative λ asked for.
     pub lambda: f64,
     /// The λ the loss ran with.
@@ -118,6 +122,11 @@ impl Summary {
             shape: [c, d, h, w],
             backend: backend.to_owned(),
             length: cfg.length.name(),
+            fidelity: cfg.fidelity.name(),
+            sigma: match cfg.fidelity {
+                msloss_core::Fidelity::Local { sigma } => Some(sigma),
+                msloss_core::Fidelity::Global => None,
+            },
             lambda: cfg.lambda,
             lambda_effective: seg.lambda,
             iterations: seg.iterations,

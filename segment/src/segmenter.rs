@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use msloss_core::{Backend, Energy, Input, LengthKind, Outputs, Params, Reduction, Scores, Shape};
+use msloss_core::{Backend, Energy, Fidelity, Gaussian, Input, LengthKind, Outputs, Params, Reduction, Scores, Shape};
 use rayon::prelude::*;
 
 use crate::kmeans::{box_smooth, within_variance};
@@ -35,6 +35,7 @@ const ADAM_EPS: f64 = 1e-8;
 /// | `seed` | 0 | the k-means++ seed |
 /// | `starts` | 4 | k-means++ starts for colour images (the best is kept) |
 /// | `rescues` | 2 | the most rescue tries after the first descent (0: none) |
+/// | `fidelity` | global | the loss's fidelity: global class means, or local ones (uneven illumination) |
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SegmentConfig {
     /// The number of phases `K`.
@@ -63,6 +64,10 @@ pub struct SegmentConfig {
     pub starts: usize,
     /// The most rescue tries after the first descent (see [`segment`]); each is a full descent.
     pub rescues: usize,
+    /// The fidelity of the loss: [`Fidelity::Global`] (one mean per phase), or
+    /// [`Fidelity::Local`] for phases whose intensity drifts across the image (a bias field);
+    /// its σ, in pixels, should be a few times the structures' size and well below the drift's.
+    pub fidelity: Fidelity,
 }
 
 impl Default for SegmentConfig {
@@ -77,6 +82,7 @@ impl Default for SegmentConfig {
             seed: 0,
             starts: 4,
             rescues: 2,
+            fidelity: Fidelity::Global,
         }
     }
 }
@@ -102,6 +108,9 @@ impl SegmentConfig {
         check("lambda", self.lambda.is_finite() && self.lambda >= 0.0, "finite and >= 0", self.lambda)?;
         check("tol", self.tol.is_finite() && self.tol >= 0.0, "finite and >= 0", self.tol)?;
         check("iters", self.max_iters >= 1, ">= 1", self.max_iters as f64)?;
+        if let Fidelity::Local { sigma } = self.fidelity {
+            check("sigma", sigma.is_finite() && sigma > 0.0, "finite and > 0", sigma)?;
+        }
         check(
             "learning_rate",
             self.learning_rate.is_finite() && self.learning_rate > 0.0,
@@ -214,11 +223,26 @@ pub fn segment<B: Backend<f32>>(
     let t0 = Instant::now();
 
     let smoothed = box_smooth(vol);
+    // The local fidelity starts from the image less its local mean (`x − K_σ*x`), where phases
+    // that drift across the image keep one level each; the noise is measured there too.
+    let (smoothed, raw) = match cfg.fidelity {
+        Fidelity::Global => (smoothed, None),
+        Fidelity::Local { sigma } => {
+            let extent = vol.dims().into_iter().max().unwrap_or(1);
+            if sigma > extent as f64 {
+                let expected = "at most the largest extent of the image";
+                return Err(SegmentError::BadSetting { name: "sigma", expected, value: sigma });
+            }
+            let gaussian = Gaussian::new(sigma);
+            (detrend(&smoothed, &gaussian)?, Some(detrend(vol, &gaussian)?))
+        }
+    };
     let inside = start_pixels(&smoothed, k);
     let first = start(&smoothed, inside.as_deref(), k, cfg.starts, cfg.seed);
-    let raw_variance = within_variance(vol, &first.centroids);
+    let raw_variance = within_variance(raw.as_ref().unwrap_or(vol), &first.centroids);
     let lambda = cfg.lambda * raw_variance;
-    let params = Params { lambda, length: cfg.length, reduction: Reduction::Mean, ..Params::default() };
+    let params =
+        Params { lambda, length: cfg.length, reduction: Reduction::Mean, fidelity: cfg.fidelity, ..Params::default() };
     let shape = Shape::new(1, k, c, d, h, w).map_err(|e| SegmentError::BadImage(e.to_string()))?;
 
     // The optimiser's planes of K·N values (the kept logits, a try's logits, the gradient and
@@ -237,7 +261,9 @@ pub fn segment<B: Backend<f32>>(
     let mut history = Vec::new();
     let mut best = ctx.run(&first.centroids, &mut best_logits, &mut work, &mut history, &mut on_progress)?;
     let mut rescues = Vec::new();
-    for _ in 0..cfg.rescues {
+    // The rescue compares phase means with the start's image: the global fidelity's only.
+    let tries = if cfg.fidelity == Fidelity::Global { cfg.rescues } else { 0 };
+    for _ in 0..tries {
         let current = argmax(&best_logits, n, k);
         let Some((centroids, kind)) = propose(&smoothed, inside.as_deref(), &current, &best.centroids, k, cfg.seed)
         else {
@@ -290,6 +316,30 @@ pub fn segment<B: Backend<f32>>(
         start: first.method,
         rescues,
     })
+}
+
+/// `vol − K_σ * vol`, channel by channel: the image less its Gaussian-weighted local mean (the
+/// local fidelity's window, its sums cut at the edges and divided by the weight inside).
+fn detrend(vol: &Volume, gaussian: &Gaussian) -> Result<Volume, SegmentError> {
+    let dims = vol.dims();
+    let n = vol.pixels();
+    let mut plane: Vec<f64> = crate::zeros(n, "the local start's planes")?;
+    let mut weight: Vec<f64> = crate::zeros(n, "the local start's planes")?;
+    let mut line = vec![0.0; 2 * dims.into_iter().max().unwrap_or(1)];
+    weight.fill(1.0);
+    gaussian.convolve(&mut weight, dims, &mut line);
+    let mut out = crate::zeros(vol.data().len(), "the local start's image")?;
+    for (ch, o) in out.chunks_mut(n).enumerate() {
+        for (p, &x) in plane.iter_mut().zip(vol.channel(ch)) {
+            *p = f64::from(x);
+        }
+        gaussian.convolve(&mut plane, dims, &mut line);
+        for ((o, &x), (p, wt)) in o.iter_mut().zip(vol.channel(ch)).zip(plane.iter().zip(&weight)) {
+            *o = (f64::from(x) - p / wt) as f32;
+        }
+    }
+    let [d, h, w] = dims;
+    Volume::new(vol.channels(), d, h, w, out)
 }
 
 /// The arg-max phase of each pixel of the logits `[K, N]` (the first on ties).
