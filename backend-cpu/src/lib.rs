@@ -261,10 +261,9 @@ pub struct CpuWorkspace<T> {
     part2: Vec<f64>,
     /// Each sample's pass-2 constants: its centre and its classes' tables (see `kernel`).
     consts: Vec<T>,
-    /// The local fidelity's per-thread planes, its Gaussian, and its per-sample results.
-    local: Vec<Mutex<Vec<f64>>>,
+    /// The local fidelity's scratch and its Gaussian (with its σ).
+    local: local::LocalScratch,
     gaussian: Option<(f64, Gaussian)>,
-    per_sample: Vec<f64>,
 }
 
 impl<T> Default for CpuWorkspace<T> {
@@ -274,9 +273,8 @@ impl<T> Default for CpuWorkspace<T> {
             part1: Vec::new(),
             part2: Vec::new(),
             consts: Vec::new(),
-            local: Vec::new(),
+            local: local::LocalScratch::default(),
             gaussian: None,
-            per_sample: Vec::new(),
         }
     }
 }
@@ -468,19 +466,14 @@ fn evaluate_local<T: CpuFloat>(
         Reduction::Sum => 1.0,
         Reduction::Mean => 1.0 / input.valid_count() as f64,
     };
-    let CpuWorkspace { local: slots, gaussian, per_sample, .. } = ws;
+    let CpuWorkspace { local: scratch, gaussian, .. } = ws;
     if gaussian.as_ref().is_none_or(|(s, _)| *s != sigma) {
         *gaussian = None;
     }
     let (_, gaussian) = gaussian.get_or_insert_with(|| (sigma, Gaussian::new(sigma)));
-    let local = local::Local { gaussian, eps: params.centroid_eps, factor: params.fidelity_weight * scale };
-    let (f, finite) = cpu.run(|| {
-        let threads = rayon::current_num_threads();
-        if slots.len() < threads {
-            slots.resize_with(threads, Mutex::default);
-        }
-        local::add(input, &local, out.grad.as_deref_mut(), slots, per_sample)
-    });
+    let local =
+        local::Local { gaussian, eps: params.centroid_eps, factor: params.fidelity_weight * scale, arch: cpu.arch };
+    let (f, finite) = cpu.run(|| local::add(input, &local, out.grad.as_deref_mut(), scratch));
     let (fidelity, _) = params.weigh(f, 0.0, scale);
     let length = e.length.to_f64_lossless();
     let e =

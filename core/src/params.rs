@@ -109,51 +109,65 @@ impl Gaussian {
         self.taps.len() - 1
     }
     /// `k(d)` for `d = |s_a − t_a|`.
+    #[inline]
     pub fn tap(&self, d: usize) -> f64 {
         self.taps.get(d).copied().unwrap_or(0.0)
     }
 
     /// `plane` (`[D, H, W]`) convolved in place with `K` along every axis of extent > 1, pixels
-    /// outside the image absent (the sums are cut at the edges, not renormalised). `line` is
-    /// scratch of at least twice the largest extent. Each output is `Σ_d k(|d|)·v(i + d)`, added
-    /// tap by tap from `d = −r` up (a fixed order, whatever calls it).
-    pub fn convolve(&self, plane: &mut [f64], dims: [usize; 3], line: &mut [f64]) {
+    /// outside the image absent (the sums are cut at the edges, not renormalised). `scratch` holds
+    /// at least `plane.len()` values and twice the largest extent. Each output is
+    /// `Σ_d k(|d|)·v(i + d)`, added tap by tap from `d = −r` up (a fixed order, whatever calls
+    /// it): along W line by line, along H and D whole rows (or slices) at a time, so every inner
+    /// loop runs over contiguous memory. Inlined, so that a caller compiled for wider vectors gets
+    /// them.
+    #[inline]
+    pub fn convolve(&self, plane: &mut [f64], dims: [usize; 3], scratch: &mut [f64]) {
         let [d, h, w] = dims;
         let r = self.radius() as isize;
-        for (axis, (n, stride)) in [(d, h * w), (h, w), (w, 1)].into_iter().enumerate() {
-            if n < 2 {
-                continue;
-            }
-            let (src, acc) = line.split_at_mut(n);
-            let acc = &mut acc[..n];
-            for l in 0..plane.len() / n {
-                // The l-th line along `axis`: its first pixel, then `stride` apart.
-                let first = match axis {
-                    0 => l,
-                    1 => (l / w) * h * w + l % w,
-                    _ => l * w,
-                };
-                for (i, v) in src.iter_mut().enumerate() {
-                    *v = plane[first + i * stride];
-                }
+        // The outputs `i` of a line of `n` whose input `i + off` is inside it.
+        let span = |n: usize, off: isize| ((-off).max(0) as usize, (n as isize - off.max(0)).max(0) as usize);
+        if w > 1 {
+            let (src, acc) = scratch.split_at_mut(w);
+            let acc = &mut acc[..w];
+            for row in plane.chunks_exact_mut(w) {
+                src.copy_from_slice(row);
                 acc.fill(0.0);
                 for off in -r..=r {
-                    let t = self.tap(off.unsigned_abs());
-                    // Outputs i with i + off inside the line.
-                    let lo = (-off).max(0) as usize;
-                    let hi = (n as isize - off.max(0)).max(0) as usize;
+                    let (lo, hi) = span(w, off);
                     if lo >= hi {
                         continue;
                     }
-                    let shifted = &src[(lo as isize + off) as usize..(hi as isize + off) as usize];
-                    for (a, v) in acc[lo..hi].iter_mut().zip(shifted) {
+                    let t = self.tap(off.unsigned_abs());
+                    for (a, v) in acc[lo..hi].iter_mut().zip(&src[(lo as isize + off) as usize..]) {
                         *a += t * v;
                     }
                 }
-                for (i, a) in acc.iter().enumerate() {
-                    plane[first + i * stride] = *a;
+                row.copy_from_slice(acc);
+            }
+        }
+        for (n, stride) in [(h, w), (d, h * w)] {
+            if n < 2 {
+                continue;
+            }
+            let out = &mut scratch[..plane.len()];
+            out.fill(0.0);
+            for (block, dst) in plane.chunks_exact(n * stride).zip(out.chunks_exact_mut(n * stride)) {
+                for (i, dst) in dst.chunks_exact_mut(stride).enumerate() {
+                    for off in -r..=r {
+                        let j = i as isize + off;
+                        if j < 0 || j >= n as isize {
+                            continue;
+                        }
+                        let t = self.tap(off.unsigned_abs());
+                        let src = &block[j as usize * stride..(j as usize + 1) * stride];
+                        for (a, v) in dst.iter_mut().zip(src) {
+                            *a += t * v;
+                        }
+                    }
                 }
             }
+            plane.copy_from_slice(out);
         }
     }
 }

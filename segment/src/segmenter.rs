@@ -325,7 +325,7 @@ fn detrend(vol: &Volume, gaussian: &Gaussian) -> Result<Volume, SegmentError> {
     let n = vol.pixels();
     let mut plane: Vec<f64> = crate::zeros(n, "the local start's planes")?;
     let mut weight: Vec<f64> = crate::zeros(n, "the local start's planes")?;
-    let mut line = vec![0.0; 2 * dims.into_iter().max().unwrap_or(1)];
+    let mut line = crate::zeros(n + 2 * dims.into_iter().max().unwrap_or(1), "the local start's planes")?;
     weight.fill(1.0);
     gaussian.convolve(&mut weight, dims, &mut line);
     let mut out = crate::zeros(vol.data().len(), "the local start's image")?;
