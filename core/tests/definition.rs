@@ -274,9 +274,9 @@ fn the_separable_convolution_is_the_window_sum() {
         let mut want = vec![0.0; n];
         for (s, o) in want.iter_mut().enumerate() {
             let (si, sj, sk) = (s / (h * w), (s / w) % h, s % w);
-            for t in 0..n {
+            for (t, v) in plane.iter().enumerate() {
                 let (ti, tj, tk) = (t / (h * w), (t / w) % h, t % w);
-                *o += tap(0, si, ti) * tap(1, sj, tj) * tap(2, sk, tk) * plane[t];
+                *o += tap(0, si, ti) * tap(1, sj, tj) * tap(2, sk, tk) * v;
             }
         }
         let mut got = plane.clone();
