@@ -137,6 +137,8 @@ def segment(
     iters: int = 300,
     tol: float = 1e-4,
     lr: float = 0.5,
+    fidelity: _Fidelity = "global",
+    sigma: Optional[float] = None,
     backend: _BackendName = "cpu",
     threads: Optional[int] = None,
     seed: int = 0,
@@ -146,7 +148,8 @@ def segment(
 
     ``image`` is ``(H, W)``, ``(C, H, W)`` or ``(C, D, H, W)``: uint8 is divided by 255, uint16
     by 65535, other integer, bool and float dtypes are taken as they are (copied to float32).
-    ``lam`` is the length weight in units of the image's within-phase variance.
+    ``lam`` is the length weight in units of the image's within-phase variance; ``fidelity="local"``
+    with ``sigma`` (pixels) fits Gaussian-weighted local means, for uneven illumination.
 
     Returns uint8 labels, ``(H, W)`` for an image and ``(D, H, W)`` for a volume; label k is the
     k-th darkest phase. With ``info=True``, ``(labels, summary)``: the summary dict holds what

@@ -605,23 +605,25 @@ fn volume(image: &Bound<'_, PyAny>) -> PyResult<Volume> {
 
 /// Unsupervised multiphase segmentation of an image or volume into `phases` phases, as
 /// `msloss segment` does: the energy minimised over per-pixel logits (Adam, exact gradients),
-/// from a seeded k-means++ start.
+/// from a multi-level Otsu start (grey) or a seeded k-means++ one (colour), with rescue tries
+/// for lost phases.
 ///
 /// `image` is `(H, W)`, `(C, H, W)` or `(C, D, H, W)`: uint8 is divided by 255, uint16 by
 /// 65535, other integer, bool and float dtypes are taken as they are (and copied to float32).
 /// Keywords: `lam` (the length weight in units of the image's within-phase variance), `length`
 /// (`"l1"`, `"l2"`, `"charbonnier"`), `iters` (the most steps), `tol` (relative energy change
-/// to stop at), `lr` (Adam's step in logit units), `backend`, `threads`, `seed`.
+/// to stop at), `lr` (Adam's step in logit units), `fidelity` (`"global"`, or `"local"` with
+/// `sigma` in pixels, for uneven illumination), `backend`, `threads`, `seed`.
 ///
 /// Returns the labels as uint8, `(H, W)` for an image and `(D, H, W)` for a volume; label k is
 /// the k-th darkest phase. With `info=True`, `(labels, summary)`: the summary dict holds what
 /// `msloss segment --json` and `--plot` report (`iterations`, `converged`, `energy`, `history`,
-/// `centroids`, `pixels_per_phase`, `lambda_effective`, …). Raises `ValueError` for bad shapes, values or settings, `TypeError`
+/// `centroids`, `pixels_per_phase`, `lambda_effective`, `start`, `rescues`, …). Raises `ValueError` for bad shapes, values or settings, `TypeError`
 /// for an unsupported dtype.
 #[pyfunction]
 #[pyo3(signature = (
-    image, phases, *, lam=6.0, length="charbonnier", iters=300, tol=1e-4, lr=0.5, backend="cpu",
-    threads=None, seed=0, info=false
+    image, phases, *, lam=6.0, length="charbonnier", iters=300, tol=1e-4, lr=0.5, fidelity="global",
+    sigma=None, backend="cpu", threads=None, seed=0, info=false
 ))]
 #[expect(clippy::too_many_arguments, reason = "the options of `msloss segment`, one argument each")]
 fn segment<'py>(
@@ -633,12 +635,15 @@ fn segment<'py>(
     iters: i64,
     tol: f64,
     lr: f64,
+    fidelity: &str,
+    sigma: Option<f64>,
     backend: &str,
     threads: Option<i64>,
     seed: u64,
     info: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let vol = volume(image)?;
+    let fidelity = params(1e-3, "l1", 1e-2, 1e-8, 1.0, "sum", fidelity, sigma)?.fidelity;
     let cfg = SegmentConfig {
         phases: count("phases", phases, 2)?,
         lambda: lam,
@@ -647,6 +652,7 @@ fn segment<'py>(
         tol,
         learning_rate: lr,
         seed,
+        fidelity,
         ..SegmentConfig::default()
     };
     let chosen = choose(backend, threads)?;
@@ -683,6 +689,10 @@ fn segment<'py>(
     summary.set_item("lambda_effective", seg.lambda)?;
     summary.set_item("within_variance", seg.within_variance)?;
     summary.set_item("seconds", seg.init_seconds + seg.optimise_seconds)?;
+    summary.set_item("start", seg.start)?;
+    let rescues: Vec<(&str, f64, f64, bool)> =
+        seg.rescues.iter().map(|r| (r.kind.name(), r.energy_before, r.energy_after, r.kept)).collect();
+    summary.set_item("rescues", rescues)?;
     Ok((labels, summary).into_pyobject(py)?.into_any())
 }
 

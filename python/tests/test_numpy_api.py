@@ -266,3 +266,15 @@ def test_non_finite_gradient_is_refused():
         msloss.energy(x, probs=p, fidelity_weight=1e30)
     # Without the gradient, the finite energy is returned.
     assert np.isfinite(msloss.energy(x, probs=p, fidelity_weight=1e30, grad=False).total)
+
+
+def test_segment_takes_the_local_fidelity():
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:48, :48] / 48.0
+    truth = ((y - 0.5) ** 2 + (x - 0.4) ** 2 < 0.06).astype(np.uint8)
+    img = (np.array([0.35, 0.65])[truth] * (1 + 0.6 * (x - 0.5) * 2) + 0.03 * rng.standard_normal(truth.shape))
+    labels, info = msloss.segment(img.astype(np.float32), 2, fidelity="local", sigma=4.0, info=True)
+    assert labels.shape == (48, 48) and info["start"] in ("otsu", "kmeans") and info["rescues"] == []
+    assert (labels == truth).mean() > 0.95
+    with pytest.raises(ValueError, match="needs sigma"):
+        msloss.segment(img, 2, fidelity="local")

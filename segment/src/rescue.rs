@@ -36,6 +36,16 @@ pub enum RescueKind {
     SplitMerge,
 }
 
+impl RescueKind {
+    /// Its name in the JSON summary (`refill`, `split-merge`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            RescueKind::Refill => "refill",
+            RescueKind::SplitMerge => "split-merge",
+        }
+    }
+}
+
 /// One rescue try: what was tried, the energy before and after it, and whether it was kept.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Rescue {
