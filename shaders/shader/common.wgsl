@@ -23,6 +23,8 @@ const FLAG_LOGITS: u32 = 1u;
 const FLAG_MASK: u32 = 2u;
 const FLAG_GRAD: u32 = 4u;
 const FLAG_MEAN: u32 = 8u;
+// The local fidelity: loss_grad leaves the fidelity out, the local_* kernels add it.
+const FLAG_LOCAL: u32 = 16u;
 
 const LENGTH_L1: u32 = 0u;
 const LENGTH_L2: u32 = 1u;
