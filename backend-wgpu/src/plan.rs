@@ -338,8 +338,9 @@ enum Step {
 }
 
 /// Everything one evaluation on the device needs beyond the caller's buffers: scratch (the
-/// softmax, the class-sum partials, O(B·N·C) sums and centroids), the uniform block, and the
-/// reduction levels' bind groups. Built once by [`WgpuBackend::plan`] for a shape, an [`Io`]
+/// softmax, the class-sum partials, O(B·N·C) sums and centroids; with the local fidelity two
+/// buffers of `B·N·(C+1)` planes and its taps), the uniform block, and the reduction levels'
+/// and convolutions' bind groups. Built once by [`WgpuBackend::plan`] for a shape, an [`Io`]
 /// and parameters; owned by the caller, which records it with [`Plan::encode`] on any
 /// [`DeviceBuffers`] of that shape, as often as it likes.
 ///
@@ -395,7 +396,8 @@ impl WgpuBackend {
     /// # Errors
     /// [`Error::BadParam`] (as [`WgpuError::Core`]); [`WgpuError::ExtentTooLarge`],
     /// [`WgpuError::IndexOverflow`], [`WgpuError::BufferTooLarge`],
-    /// [`WgpuError::GridTooLarge`] for shapes beyond the kernels or the device; a scope error
+    /// [`WgpuError::GridTooLarge`] for shapes beyond the kernels or the device (ExtentTooLarge also
+    /// for a local fidelity's window past [`MAX_WINDOW`]); a scope error
     /// ([`WgpuError::Validation`], [`WgpuError::OutOfMemory`]) while creating resources;
     /// [`WgpuError::DeviceLost`].
     pub fn plan(&self, shape: Shape, params: &Params, io: Io) -> Result<Plan, WgpuError> {
@@ -741,10 +743,12 @@ impl Plan {
 
     /// Replaces the parameters. The new values reach the device with the queue's next submit
     /// (`Queue::write_buffer` semantics): every encoding of this plan in that submission sees
-    /// them.
+    /// them. Another fidelity (or σ) changes the dispatches: the plan is built anew, as
+    /// [`WgpuBackend::plan`] would, and encodings recorded before keep the old parameters.
     ///
     /// # Errors
-    /// [`Error::BadParam`] (as [`WgpuError::Core`]).
+    /// [`Error::BadParam`] (as [`WgpuError::Core`]); when the fidelity changes, those of
+    /// [`WgpuBackend::plan`] (the plan is left as it was).
     pub fn set_params(&mut self, params: &Params) -> Result<(), WgpuError> {
         params.validate_for(self.shape)?;
         if *params == self.params {
@@ -774,7 +778,7 @@ impl Plan {
     /// Records one evaluation on `buffers` into `encoder`: a clear of the status word and one
     /// compute pass of every dispatch. Reads and writes only device memory; nothing is
     /// submitted. The bind groups of the caller's ranges are built here, each call (six of them,
-    /// cheap), so the ranges may move between calls.
+    /// nine with the local fidelity; cheap), so the ranges may move between calls.
     ///
     /// # Errors
     /// [`WgpuError::PlanMismatch`] when `buffers` has a mask or gradient the plan was not built
@@ -813,7 +817,7 @@ impl Plan {
             let make = |kernel: Kernel, resources: &[wgpu::BindingResource<'_>]| {
                 bind_group(device, kernel, &self.backend.pipeline(kernel).layout, resources)
             };
-            let mut groups = Vec::with_capacity(6);
+            let mut groups = Vec::with_capacity(9);
             for step in &self.steps {
                 let Step::Caller(kernel, _) = step else { continue };
                 let bg = match kernel {

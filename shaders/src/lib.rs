@@ -62,7 +62,7 @@ pub mod flags {
 /// The longest window one invocation of [`Kernel::LocalConv`] sums: `min(2·⌈3σ⌉ + 1, extent)`
 /// along any axis of the local fidelity must not exceed it (the backend refuses larger ones with
 /// a typed error), which keeps the loop far below lavapipe's 65,535 iterations.
-pub const MAX_WINDOW: u32 = 8192;
+pub const MAX_WINDOW: u32 = 4096;
 
 /// Values of [`Dims::length_kind`].
 pub mod length_kind {
