@@ -2,7 +2,8 @@
 //! gradcheck cases cover the maths): a convolution window at [`MAX_WINDOW`] taps, the most one
 //! invocation sums, against the reference; a line longer than lavapipe's 65,535 loop
 //! iterations, correct with a small σ and refused with a typed error (not silently cut short)
-//! with a σ whose window would pass the bound; and a plan switched between the fidelities.
+//! with a σ whose window would pass the bound; a plan switched between the fidelities; and an
+//! image far from zero.
 
 mod common;
 
@@ -71,5 +72,21 @@ fn a_plan_switches_fidelity() {
         assert_eq!(e1.total.to_bits(), e2.total.to_bits(), "{p:?}");
         assert_eq!(e1.fidelity.to_bits(), e2.fidelity.to_bits(), "{p:?}");
         assert!(g1.iter().zip(&g2).all(|(a, b)| a.to_bits() == b.to_bits()), "{p:?}");
+    }
+}
+
+/// An image far from zero (values in `[1000, 1001)`, a bias field's offset): the kernels
+/// centre it on a weighted mean before the `f32` window sums, so `‖x − f‖²` does not cancel.
+#[test]
+fn an_offset_image_does_not_cancel() {
+    for mut gpu in subjects() {
+        for (logits, mask, sigma) in [(true, true, 1.5), (false, false, 4.0)] {
+            let case = Case::new(shape(1, 3, 2, 1, 12, 10), logits, mask, local(sigma), 21);
+            let mut data = case.data::<f32>();
+            for (i, x) in data.image.iter_mut().enumerate() {
+                *x += 1000.0 + (i % 10) as f32;
+            }
+            assert!(checks::agrees_with_reference(&mut gpu, &case, &data, "offset image").is_some());
+        }
     }
 }
