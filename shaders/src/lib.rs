@@ -28,8 +28,9 @@
 //! maps `U`, `W` of the gradient), [`Kernel::LocalConv`] again and [`Kernel::LocalGrad`].
 //!
 //! No loop in any invocation grows with the image size (a pixel is visited by a bounded number
-//! of invocations, sums are multi-level trees), which keeps every invocation far below the
-//! 65,535-iteration budget of Mesa's lavapipe, and every sum is taken in a fixed order.
+//! of invocations, sums are multi-level trees; a convolution's window is at most
+//! [`MAX_WINDOW`] taps), which keeps every invocation far below the 65,535-iteration budget of
+//! Mesa's lavapipe, and every sum is taken in a fixed order.
 #![no_std]
 
 use Binding::{StorageReadWrite as Rw, Uniform as U};
