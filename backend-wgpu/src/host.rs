@@ -92,7 +92,7 @@ impl Backend<f32> for WgpuBackend {
         let valid = check_request(input, params, &out)?;
         self.check_health()?;
         let shape = input.shape();
-        let per_call = self.max_batch(shape)?;
+        let per_call = self.max_batch(shape, params)?;
         if per_call < shape.batch() {
             return self.evaluate_split(input, params, out, ws, per_call, valid);
         }

@@ -4,8 +4,10 @@
 
 use std::num::NonZeroU64;
 
-use msloss_core::{Energy, Error, LengthKind, Params, Reduction, Shape};
-use msloss_shaders::{Dims, Kernel, ReduceParams, TILE, WORKGROUP_SIZE, flags, length_kind, status};
+use msloss_core::{Energy, Error, Fidelity, Gaussian, LengthKind, Params, Reduction, Shape};
+use msloss_shaders::{
+    ConvParams, Dims, Kernel, MAX_WINDOW, ReduceParams, TILE, WORKGROUP_SIZE, flags, length_kind, status,
+};
 use wgpu::util::DeviceExt;
 
 use crate::buffers::{self, BufferRange, DeviceBuffers, ENERGY_BYTES, Io, Needs, ScoresKind};
@@ -60,12 +62,46 @@ pub fn decode_energy(bytes: &[u8]) -> Result<Energy<f32>, WgpuError> {
     Ok(Energy { fidelity, length, total })
 }
 
-/// The local fidelity has no kernels yet: [`Error::Unsupported`].
-fn refuse_local(params: &Params) -> Result<(), Error> {
-    match params.fidelity {
-        msloss_core::Fidelity::Global => Ok(()),
-        msloss_core::Fidelity::Local { .. } => Err(Error::Unsupported { backend: "wgpu", what: "the local fidelity" }),
+/// The local fidelity's host-side table: the coverage lines `S_a(i) = Σ_j k(|i − j|)` of the
+/// D, H and W axes (1 along an axis of extent 1), then the taps `k(0..=radius)`, as `f32` from
+/// the same [`Gaussian`] the CPU uses; and the taps' radius, `min(⌈3σ⌉, largest extent − 1)`.
+///
+/// # Errors
+/// [`WgpuError::ExtentTooLarge`] when a window `min(2⌈3σ⌉ + 1, extent)` along an axis of extent
+/// > 1 passes [`MAX_WINDOW`] (one invocation of the convolution loops over it).
+fn local_table(shape: Shape, sigma: f64) -> Result<(Vec<f32>, usize), WgpuError> {
+    let gaussian = Gaussian::new(sigma);
+    let dims = shape.spatial_dims();
+    let largest = dims.into_iter().max().unwrap_or(1);
+    let radius = gaussian.radius().min(largest - 1);
+    let mut table = Vec::with_capacity(dims.iter().sum::<usize>() + radius + 1);
+    for n in dims {
+        if n > 1 {
+            let window = (2 * radius + 1).min(n);
+            if window > MAX_WINDOW as usize {
+                return Err(WgpuError::ExtentTooLarge {
+                    dim: "the local fidelity's window min(2⌈3σ⌉ + 1, extent)",
+                    got: window,
+                    max: MAX_WINDOW as usize,
+                });
+            }
+        }
+        for i in 0..n {
+            let cover: f64 = if n > 1 {
+                (i.saturating_sub(radius)..(i + radius + 1).min(n)).map(|j| gaussian.tap(i.abs_diff(j))).sum()
+            } else {
+                1.0
+            };
+            table.push(cover as f32);
+        }
     }
+    table.extend((0..=radius).map(|d| gaussian.tap(d) as f32));
+    Ok((table, radius))
+}
+
+/// Whether `params` asks for the local fidelity.
+fn is_local(params: &Params) -> bool {
+    matches!(params.fidelity, Fidelity::Local { .. })
 }
 
 /// u32 indices in the kernels stay below this (room for one workgroup's overshoot).
@@ -103,6 +139,11 @@ struct Sizes {
 }
 
 impl Sizes {
+    /// Elements of one of the local fidelity's two scratch buffers: `B·N·(C+1)` planes.
+    fn local_len(&self) -> u64 {
+        self.b * self.n * (self.c + 1) * self.s
+    }
+
     fn new(shape: Shape) -> Result<Self, WgpuError> {
         if shape.classes() > MAX_CLASSES {
             return Err(WgpuError::ExtentTooLarge { dim: "N (classes)", got: shape.classes(), max: MAX_CLASSES });
@@ -128,6 +169,17 @@ impl Sizes {
         }
         Ok(sizes)
     }
+
+    /// [`Sizes::new`], and the local fidelity's scratch against the kernels' index range.
+    fn with_local(shape: Shape, local: bool) -> Result<Self, WgpuError> {
+        let sizes = Self::new(shape)?;
+        let count = sizes.local_len();
+        if local && count > INDEX_MAX {
+            let what = "the local fidelity's scratch (B·N·(C+1)·D·H·W)";
+            return Err(WgpuError::IndexOverflow { what, count, max: INDEX_MAX });
+        }
+        Ok(sizes)
+    }
 }
 
 /// Buffer sizes and reduction levels of one shape, checked against the device's limits.
@@ -141,27 +193,36 @@ struct Layout {
     class_levels: Vec<(u64, u64)>,
     count_levels: Vec<(u64, u64)>,
     loss_levels: Vec<(u64, u64)>,
+    /// The local fidelity's energy sum (`B·N·S` values), when it is asked for.
+    local_levels: Option<Vec<(u64, u64)>>,
 }
 
 impl WgpuBackend {
-    /// The layout of `shape` on this device.
+    /// The layout of `shape` on this device, with the local fidelity's scratch if `local`.
     ///
     /// # Errors
     /// [`WgpuError::ExtentTooLarge`], [`WgpuError::IndexOverflow`],
     /// [`WgpuError::BufferTooLarge`] or [`WgpuError::GridTooLarge`].
-    fn layout(&self, shape: Shape) -> Result<Layout, WgpuError> {
-        let sz = Sizes::new(shape)?;
+    fn layout(&self, shape: Shape, local: bool) -> Result<Layout, WgpuError> {
+        let sz = Sizes::with_local(shape, local)?;
         let limits = &self.inner.limits;
         let f = 4u64;
         let class_levels = levels(sz.tiles);
         let count_levels = levels(sz.b);
         let loss_levels = levels(sz.loss_groups);
-        let scratch_len = [(sz.rows, &class_levels), (1, &count_levels), (2, &loss_levels)]
-            .iter()
-            .flat_map(|(rows, lv)| lv.iter().map(move |(_, out)| rows * out))
-            .max()
-            .unwrap_or(1)
-            .max(1);
+        let local_levels = local.then(|| levels(sz.b * sz.n * sz.s));
+        let no_levels = Vec::new();
+        let scratch_len = [
+            (sz.rows, &class_levels),
+            (1, &count_levels),
+            (2, &loss_levels),
+            (1, local_levels.as_ref().unwrap_or(&no_levels)),
+        ]
+        .iter()
+        .flat_map(|(rows, lv)| lv.iter().map(move |(_, out)| rows * out))
+        .max()
+        .unwrap_or(1)
+        .max(1);
         let lay = Layout {
             sz,
             scores_bytes: sz.b * sz.n * sz.s * f,
@@ -171,6 +232,7 @@ impl WgpuBackend {
             class_levels,
             count_levels,
             loss_levels,
+            local_levels,
         };
         let binding_limit = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         for (what, bytes) in [
@@ -180,6 +242,7 @@ impl WgpuBackend {
             ("the class-sum partials", sz.rows * sz.tiles * f),
             ("the reduction scratch", scratch_len * f),
             ("the loss partials", 2 * sz.loss_groups * f),
+            ("the local fidelity's scratch", if local { sz.local_len() * f } else { 0 }),
         ] {
             if bytes > binding_limit {
                 let limit_name = if limits.max_storage_buffer_binding_size <= limits.max_buffer_size {
@@ -195,6 +258,7 @@ impl WgpuBackend {
             (Kernel::Prepare, ceil_div(sz.b * sz.s, WORKGROUP_SIZE as u64)),
             (Kernel::ClassSums, sz.rows * sz.tiles),
             (Kernel::LossGrad, sz.loss_groups),
+            (Kernel::LocalConv, if local { ceil_div(sz.local_len(), WORKGROUP_SIZE as u64) } else { 0 }),
         ] {
             if groups > md * md {
                 return Err(WgpuError::GridTooLarge {
@@ -207,18 +271,19 @@ impl WgpuBackend {
         Ok(lay)
     }
 
-    /// The most samples of `shape` one dispatch sequence can hold on this device (the host path
-    /// splits larger batches), or the error that even one sample meets.
-    pub(crate) fn max_batch(&self, shape: Shape) -> Result<usize, WgpuError> {
-        if self.layout(shape).is_ok() {
+    /// The most samples of `shape` one dispatch sequence can hold on this device with `params`
+    /// (the host path splits larger batches), or the error that even one sample meets.
+    pub(crate) fn max_batch(&self, shape: Shape, params: &Params) -> Result<usize, WgpuError> {
+        let local = is_local(params);
+        if self.layout(shape, local).is_ok() {
             return Ok(shape.batch());
         }
-        self.layout(shape.with_batch(1)?)?;
+        self.layout(shape.with_batch(1)?, local)?;
         // Every size grows with B: the largest that fits, by bisection (fits(lo), !fits(hi)).
         let (mut lo, mut hi) = (1, shape.batch());
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
-            if self.layout(shape.with_batch(mid)?).is_ok() {
+            if self.layout(shape.with_batch(mid)?, local).is_ok() {
                 lo = mid;
             } else {
                 hi = mid;
@@ -253,6 +318,8 @@ impl Traffic {
 /// One dispatch whose bind group is built with the plan (it binds only the plan's buffers).
 #[derive(Debug)]
 struct Fixed {
+    /// [`Kernel::Reduce`] or [`Kernel::LocalConv`].
+    kernel: Kernel,
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     grid: (u32, u32),
@@ -271,8 +338,9 @@ enum Step {
 }
 
 /// Everything one evaluation on the device needs beyond the caller's buffers: scratch (the
-/// softmax, the class-sum partials, O(B·N·C) sums and centroids), the uniform block, and the
-/// reduction levels' bind groups. Built once by [`WgpuBackend::plan`] for a shape, an [`Io`]
+/// softmax, the class-sum partials, O(B·N·C) sums and centroids; with the local fidelity two
+/// buffers of `B·N·(C+1)` planes and its taps), the uniform block, and the reduction levels'
+/// and convolutions' bind groups. Built once by [`WgpuBackend::plan`] for a shape, an [`Io`]
 /// and parameters; owned by the caller, which records it with [`Plan::encode`] on any
 /// [`DeviceBuffers`] of that shape, as often as it likes.
 ///
@@ -297,7 +365,27 @@ pub struct Plan {
     centroids: wgpu::Buffer,
     stats: wgpu::Buffer,
     loss_partials: wgpu::Buffer,
+    local: Option<LocalScratch>,
     steps: Vec<Step>,
+}
+
+/// The local fidelity's scratch: two buffers of `B·N·(C+1)` planes between which the
+/// convolutions alternate, and the coverage lines and taps ([`local_table`]).
+#[derive(Debug)]
+struct LocalScratch {
+    planes: wgpu::Buffer,
+    other: wgpu::Buffer,
+    table: wgpu::Buffer,
+    /// An odd number of axes is convolved: the products go into, and the gradient's maps come
+    /// back in, `other` (the first convolutions always end in `planes`).
+    odd: bool,
+}
+
+impl LocalScratch {
+    /// Where `local_products` writes and `local_grad` reads.
+    fn edge(&self) -> &wgpu::Buffer {
+        if self.odd { &self.other } else { &self.planes }
+    }
 }
 
 impl WgpuBackend {
@@ -308,14 +396,18 @@ impl WgpuBackend {
     /// # Errors
     /// [`Error::BadParam`] (as [`WgpuError::Core`]); [`WgpuError::ExtentTooLarge`],
     /// [`WgpuError::IndexOverflow`], [`WgpuError::BufferTooLarge`],
-    /// [`WgpuError::GridTooLarge`] for shapes beyond the kernels or the device; a scope error
+    /// [`WgpuError::GridTooLarge`] for shapes beyond the kernels or the device (ExtentTooLarge also
+    /// for a local fidelity's window past [`MAX_WINDOW`]); a scope error
     /// ([`WgpuError::Validation`], [`WgpuError::OutOfMemory`]) while creating resources;
     /// [`WgpuError::DeviceLost`].
     pub fn plan(&self, shape: Shape, params: &Params, io: Io) -> Result<Plan, WgpuError> {
         params.validate_for(shape)?;
-        refuse_local(params)?;
+        let table = match params.fidelity {
+            Fidelity::Local { sigma } => Some(local_table(shape, sigma)?),
+            Fidelity::Global => None,
+        };
         self.check_health()?;
-        let lay = self.layout(shape)?;
+        let lay = self.layout(shape, table.is_some())?;
         let sz = lay.sz;
         let logits = io.kind == ScoresKind::Logits;
         let device = &self.inner.device;
@@ -346,6 +438,27 @@ impl WgpuBackend {
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             });
 
+            // The axes the local fidelity convolves: (extent, stride) of D, H, W, extent > 1.
+            let axes: Vec<(u64, u64)> =
+                [(shape.depth(), shape.height() * shape.width()), (shape.height(), shape.width()), (shape.width(), 1)]
+                    .into_iter()
+                    .filter(|(n, _)| *n > 1)
+                    .map(|(n, st)| (n as u64, st as u64))
+                    .collect();
+            let local = table.as_ref().map(|(t, _)| {
+                let bytes: Vec<u8> = t.iter().flat_map(|v| v.to_ne_bytes()).collect();
+                LocalScratch {
+                    planes: storage("msloss local planes", sz.local_len(), none),
+                    other: storage("msloss local other", sz.local_len(), none),
+                    table: device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("msloss local taps"),
+                        contents: &bytes,
+                        usage: wgpu::BufferUsages::STORAGE,
+                    }),
+                    odd: axes.len() % 2 == 1,
+                }
+            });
+
             let mut b = StepBuilder { backend: self, steps: Vec::new(), ping: &ping, pong: &pong };
             let pixel_groups = ceil_div(sz.b * sz.s, WORKGROUP_SIZE as u64);
             // 1. checks and softmax
@@ -359,6 +472,22 @@ impl WgpuBackend {
             // 5. energy terms and gradient, then their sums
             b.caller(Kernel::LossGrad, sz.loss_groups)?;
             b.chain(&loss_partials, 0, 2, &lay.loss_levels, &totals, 1)?;
+            // 5b. the local fidelity: products, convolutions, per-pixel terms and their sum into
+            // the fidelity total (over loss_grad's zero), then the gradient's convolutions and
+            // its addition to the length's gradient.
+            if let (Some(ls), Some((t, radius)), Some(lv)) = (&local, &table, &lay.local_levels) {
+                let elem_groups = ceil_div(sz.b * sz.n * sz.s, WORKGROUP_SIZE as u64);
+                let taps_offset = (t.len() - radius - 1) as u64;
+                let conv = ConvSetup { table: &ls.table, axes: &axes, radius: *radius as u64, taps_offset, sz: &sz };
+                b.caller(Kernel::LocalProducts, elem_groups)?;
+                b.convolve(&conv, ls.edge(), if ls.odd { &ls.planes } else { &ls.other })?;
+                b.caller(Kernel::LocalTerms, elem_groups)?;
+                b.chain(&ls.other, 0, 1, lv, &totals, 1)?;
+                if io.grad {
+                    b.convolve(&conv, &ls.planes, &ls.other)?;
+                    b.caller(Kernel::LocalGrad, elem_groups)?;
+                }
+            }
             // 6. softmax backward
             if logits && io.grad {
                 b.caller(Kernel::Jacobian, pixel_groups)?;
@@ -382,10 +511,21 @@ impl WgpuBackend {
                 centroids,
                 stats,
                 loss_partials,
+                local,
                 steps,
             })
         })?
     }
+}
+
+/// What the local fidelity's convolutions bind and loop over.
+struct ConvSetup<'a> {
+    table: &'a wgpu::Buffer,
+    /// `(extent, stride)` of every axis of extent > 1, D first.
+    axes: &'a [(u64, u64)],
+    radius: u64,
+    taps_offset: u64,
+    sz: &'a Sizes,
 }
 
 /// Collects the dispatches of a plan.
@@ -457,9 +597,47 @@ impl StepBuilder<'_> {
             let bind_group = bind_group(device, Kernel::Reduce, &p.layout, &[whole(&ub), whole(from), whole(to)]);
             let grid = self.grid(Kernel::Reduce, rows * len_out)?;
             let elems = (rows * len_in, rows * len_out);
-            self.steps.push(Step::Fixed(Fixed { pipeline: p.pipeline.clone(), bind_group, grid, elems }));
+            let kernel = Kernel::Reduce;
+            self.steps.push(Step::Fixed(Fixed { kernel, pipeline: p.pipeline.clone(), bind_group, grid, elems }));
             from = to;
             from_offset = to_offset;
+        }
+        Ok(())
+    }
+}
+
+impl StepBuilder<'_> {
+    /// The separable Gaussian along every axis of `conv`, from `first` and alternating with
+    /// `second` (the result is in `first` after an even number of axes, in `second` after an
+    /// odd one).
+    fn convolve(&mut self, conv: &ConvSetup<'_>, first: &wgpu::Buffer, second: &wgpu::Buffer) -> Result<(), WgpuError> {
+        let len = conv.sz.local_len();
+        let (mut from, mut to) = (first, second);
+        for &(extent, stride) in conv.axes {
+            // Sizes::with_local bounds every count by u32; the radius is below the largest extent.
+            let cp = ConvParams {
+                len: len as u32,
+                spatial: conv.sz.s as u32,
+                extent: extent as u32,
+                stride: stride as u32,
+                radius: conv.radius.min(extent - 1) as u32,
+                taps_offset: conv.taps_offset as u32,
+            };
+            let device = self.backend.device();
+            let ub = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("msloss conv params"),
+                contents: &cp.to_bytes(),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+            let kernel = Kernel::LocalConv;
+            let p = self.backend.pipeline(kernel);
+            let bind_group =
+                bind_group(device, kernel, &p.layout, &[whole(&ub), whole(conv.table), whole(from), whole(to)]);
+            let grid = self.grid(kernel, ceil_div(len, WORKGROUP_SIZE as u64))?;
+            let window = (2 * u64::from(cp.radius) + 1).min(extent);
+            let elems = (len * window, len);
+            self.steps.push(Step::Fixed(Fixed { kernel, pipeline: p.pipeline.clone(), bind_group, grid, elems }));
+            std::mem::swap(&mut from, &mut to);
         }
         Ok(())
     }
@@ -507,6 +685,9 @@ fn dims_for(shape: Shape, sz: &Sizes, params: &Params, io: Io) -> Dims {
     }
     if params.reduction == Reduction::Mean {
         fl |= flags::MEAN;
+    }
+    if is_local(params) {
+        fl |= flags::LOCAL;
     }
     // Sizes::new checked every count below against u32.
     Dims {
@@ -562,14 +743,20 @@ impl Plan {
 
     /// Replaces the parameters. The new values reach the device with the queue's next submit
     /// (`Queue::write_buffer` semantics): every encoding of this plan in that submission sees
-    /// them.
+    /// them. Another fidelity (or σ) changes the dispatches: the plan is built anew, as
+    /// [`WgpuBackend::plan`] would, and encodings recorded before keep the old parameters.
     ///
     /// # Errors
-    /// [`Error::BadParam`] (as [`WgpuError::Core`]).
+    /// [`Error::BadParam`] (as [`WgpuError::Core`]); when the fidelity changes, those of
+    /// [`WgpuBackend::plan`] (the plan is left as it was).
     pub fn set_params(&mut self, params: &Params) -> Result<(), WgpuError> {
         params.validate_for(self.shape)?;
-        refuse_local(params)?;
         if *params == self.params {
+            return Ok(());
+        }
+        // Another fidelity (or σ) is another pipeline: build the plan anew.
+        if params.fidelity != self.params.fidelity {
+            *self = self.backend.plan(self.shape, params, self.io)?;
             return Ok(());
         }
         let sz = Sizes::new(self.shape)?;
@@ -591,7 +778,7 @@ impl Plan {
     /// Records one evaluation on `buffers` into `encoder`: a clear of the status word and one
     /// compute pass of every dispatch. Reads and writes only device memory; nothing is
     /// submitted. The bind groups of the caller's ranges are built here, each call (six of them,
-    /// cheap), so the ranges may move between calls.
+    /// nine with the local fidelity; cheap), so the ranges may move between calls.
     ///
     /// # Errors
     /// [`WgpuError::PlanMismatch`] when `buffers` has a mask or gradient the plan was not built
@@ -630,7 +817,7 @@ impl Plan {
             let make = |kernel: Kernel, resources: &[wgpu::BindingResource<'_>]| {
                 bind_group(device, kernel, &self.backend.pipeline(kernel).layout, resources)
             };
-            let mut groups = Vec::with_capacity(6);
+            let mut groups = Vec::with_capacity(9);
             for step in &self.steps {
                 let Step::Caller(kernel, _) = step else { continue };
                 let bg = match kernel {
@@ -674,8 +861,51 @@ impl Plan {
                         *kernel,
                         &[dims.clone(), whole(&self.totals), whole(&self.status), range(&buffers.energy, ENERGY_BYTES)],
                     ),
-                    // Reduce levels are Step::Fixed.
-                    Kernel::Reduce => continue,
+                    Kernel::LocalProducts | Kernel::LocalTerms | Kernel::LocalGrad => {
+                        let Some(ls) = &self.local else { continue };
+                        match kernel {
+                            Kernel::LocalProducts => make(
+                                *kernel,
+                                &[
+                                    dims.clone(),
+                                    y_read.clone(),
+                                    image.clone(),
+                                    mask.clone(),
+                                    whole(&self.sums),
+                                    whole(ls.edge()),
+                                ],
+                            ),
+                            Kernel::LocalTerms => make(
+                                *kernel,
+                                &[
+                                    dims.clone(),
+                                    y_read.clone(),
+                                    image.clone(),
+                                    mask.clone(),
+                                    whole(&self.sums),
+                                    whole(&ls.table),
+                                    whole(&ls.planes),
+                                    whole(&ls.other),
+                                ],
+                            ),
+                            _ => make(
+                                *kernel,
+                                &[
+                                    dims.clone(),
+                                    image.clone(),
+                                    mask.clone(),
+                                    whole(&self.sums),
+                                    whole(&ls.table),
+                                    whole(ls.edge()),
+                                    whole(&self.stats),
+                                    grad.clone(),
+                                    whole(&self.status),
+                                ],
+                            ),
+                        }
+                    }
+                    // Reduce levels and convolutions are Step::Fixed.
+                    Kernel::Reduce | Kernel::LocalConv => continue,
                 };
                 groups.push(bg);
             }
@@ -736,12 +966,15 @@ impl Plan {
                         ),
                         Kernel::Jacobian => (2 * n * px, n * px),
                         Kernel::Finalize => (3, 4),
-                        Kernel::Reduce => (0, 0),
+                        Kernel::LocalProducts => (n * px + c * px + mask + rows, n * (c + 1) * px),
+                        Kernel::LocalTerms => (2 * n * px + (n + 1) * c * px + mask + rows, (n * (c + 2)) * px),
+                        Kernel::LocalGrad => (n * px + c * px + mask + n * (c + 1) * px + rows + 1, n * px),
+                        Kernel::Reduce | Kernel::LocalConv => (0, 0),
                     },
                 };
                 let name = match step {
                     Step::Caller(k, _) => k.name(),
-                    Step::Fixed(_) => Kernel::Reduce.name(),
+                    Step::Fixed(fx) => fx.kernel.name(),
                 };
                 Traffic { kernel: name, read: read * f, written: written * f }
             })
@@ -754,7 +987,7 @@ impl Plan {
             .iter()
             .map(|s| match s {
                 Step::Caller(k, g) => (k.name(), g.0, g.1),
-                Step::Fixed(f) => (Kernel::Reduce.name(), f.grid.0, f.grid.1),
+                Step::Fixed(f) => (f.kernel.name(), f.grid.0, f.grid.1),
             })
             .collect()
     }

@@ -43,6 +43,29 @@ fn host_path_splits_large_batches() {
     }
 }
 
+/// The local fidelity's scratch (`2·N·(C+1)` planes a sample, 256 KiB each here) counts too:
+/// one sample per dispatch sequence, where the global fidelity takes two.
+#[test]
+fn host_path_splits_local_fidelity_batches() {
+    if backend().is_none() {
+        return;
+    }
+    let b = small_device();
+    let shape = Shape::new_2d(3, 2, 1, 128, 128).unwrap();
+    let mut gpu = tested(&b).named("wgpu with a 256 KiB binding limit");
+    for (logits, reduction) in [(true, Reduction::Mean), (false, Reduction::Sum)] {
+        let p = Params::default()
+            .with_lambda(0.05)
+            .with_reduction(reduction)
+            .with_fidelity(msloss_core::Fidelity::Local { sigma: 1.5 });
+        let case = Case::new(shape, logits, true, p, 43);
+        assert!(checks::agrees_with_reference(&mut gpu, &case, &case.data(), "split, local").is_some());
+        // Two samples' scratch is past the limit: the device-resident path refuses them.
+        let e = b.plan(Shape::new_2d(2, 2, 1, 128, 128).unwrap(), &p, Io::TRAIN).unwrap_err();
+        assert!(matches!(e, WgpuError::BufferTooLarge { what: "the local fidelity's scratch", .. }), "{e}");
+    }
+}
+
 #[test]
 fn beyond_the_limit_is_refused_with_its_name() {
     if backend().is_none() {

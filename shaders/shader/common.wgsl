@@ -7,8 +7,9 @@
 //   centroids        [B, N, C]
 // Every kernel runs with a folded 2D dispatch grid: the linear workgroup index is
 // wid.y · nwg.x + wid.x, and work past the end is masked off (never an early return before a
-// barrier). Each invocation's loops are bounded by N, C or log2(WG): no loop grows with the
-// image size (Mesa's lavapipe silently stops a shader after 65,535 loop iterations).
+// barrier). Each invocation's loops are bounded by N, C, log2(WG) or, in local_conv, the
+// Gaussian's window (at most MAX_WINDOW taps): no loop grows with the image size (Mesa's
+// lavapipe silently stops a shader after 65,535 loop iterations).
 // Every storage binding is read_write, inputs included: the caller may keep several tensors in
 // one buffer (a framework's allocator packs them in pages), and wgpu accepts a buffer bound
 // read_write several times in one dispatch but not bound read-only and read_write.
@@ -23,6 +24,8 @@ const FLAG_LOGITS: u32 = 1u;
 const FLAG_MASK: u32 = 2u;
 const FLAG_GRAD: u32 = 4u;
 const FLAG_MEAN: u32 = 8u;
+// The local fidelity: loss_grad leaves the fidelity out, the local_* kernels add it.
+const FLAG_LOCAL: u32 = 16u;
 
 const LENGTH_L1: u32 = 0u;
 const LENGTH_L2: u32 = 1u;

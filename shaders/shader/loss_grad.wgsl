@@ -1,6 +1,6 @@
 // loss_grad: PER_INVOCATION score elements (b, n, s) per invocation, strided by WG within a
 // workgroup's TILE. Computes for each
-//   the fidelity term   m·y·‖x_s − c_bn‖²
+//   the fidelity term   m·y·‖x_s − c_bn‖² (0 under FLAG_LOCAL: the local_* kernels add it)
 //   the length term     over the forward differences that start at s
 //   ∂E/∂y_bns           w·m·(‖x − c‖² − corr·⟨c, x − c⟩) plus the length (sub)gradient, times
 //                       the reduction's scale,
@@ -101,13 +101,15 @@ fn element(i: u32) -> vec2<f32> {
         rel2 += (c0k - ck) * ((xk - ck) + (xk - c0k));
         dot += ck * d;
     }
-    let fid = ms * ys * dist2;
+    // The local fidelity is added by the local_* kernels: none of it here.
+    let global = (dims.flags & FLAG_LOCAL) == 0u;
+    let fid = select(0.0, ms * ys * dist2, global);
     var len = 0.0;
     var gd = dist2;
     if (dims.flags & FLAG_LOGITS) != 0u {
         gd = rel2;
     }
-    var g = dims.weight * ms * (gd - stats[bn] * dot);
+    var g = select(0.0, dims.weight * ms * (gd - stats[bn] * dot), global);
     var own = 0.0;
     var back = 0.0;
     if dims.length_kind == LENGTH_CHARBONNIER {

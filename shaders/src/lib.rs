@@ -19,9 +19,18 @@
 //! 6. [`Kernel::Jacobian`] — for logits, the softmax backward in place.
 //! 7. [`Kernel::Finalize`] — weights, reduction, the energy record and its status word.
 //!
+//! With the local fidelity ([`flags::LOCAL`]), `LossGrad` leaves the fidelity out, and after its
+//! reduction (before the `Jacobian`) the local fidelity is added by separable convolutions
+//! over `2·B·N·(C+1)` planes of `S` values of scratch (two buffers of `B·N·(C+1)` planes):
+//! [`Kernel::LocalProducts`] (`m·y`, `m·y·x'`, the image centred on a class-weighted mean
+//! `x̄`), [`Kernel::LocalConv`] once per axis of extent > 1, [`Kernel::LocalTerms`] (the local
+//! means, the per-pixel energy, reduced by [`Kernel::Reduce`] into the fidelity total, and the
+//! maps `U`, `W` of the gradient), [`Kernel::LocalConv`] again and [`Kernel::LocalGrad`].
+//!
 //! No loop in any invocation grows with the image size (a pixel is visited by a bounded number
-//! of invocations, sums are multi-level trees), which keeps every invocation far below the
-//! 65,535-iteration budget of Mesa's lavapipe, and every sum is taken in a fixed order.
+//! of invocations, sums are multi-level trees; a convolution's window is at most
+//! [`MAX_WINDOW`] taps), which keeps every invocation far below the 65,535-iteration budget of
+//! Mesa's lavapipe, and every sum is taken in a fixed order.
 #![no_std]
 
 use Binding::{StorageReadWrite as Rw, Uniform as U};
@@ -46,7 +55,15 @@ pub mod flags {
     pub const GRAD: u32 = 4;
     /// The mean reduction (divide by the valid-pixel count); otherwise the sum.
     pub const MEAN: u32 = 8;
+    /// The local fidelity: [`Kernel::LossGrad`](super::Kernel) leaves the fidelity out and the
+    /// `Local*` kernels add it.
+    pub const LOCAL: u32 = 16;
 }
+
+/// The longest window one invocation of [`Kernel::LocalConv`] sums: `min(2·⌈3σ⌉ + 1, extent)`
+/// along any axis of the local fidelity must not exceed it (the backend refuses larger ones with
+/// a typed error), which keeps the loop far below lavapipe's 65,535 iterations.
+pub const MAX_WINDOW: u32 = 4096;
 
 /// Values of [`Dims::length_kind`].
 pub mod length_kind {
@@ -182,6 +199,35 @@ pub struct ReduceParams {
     pub dst_offset: u32,
 }
 
+/// The uniform block of one [`Kernel::LocalConv`] dispatch (`struct ConvParams` in
+/// `local_conv.wgsl`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConvParams {
+    /// Elements convolved (whole planes of `spatial` pixels).
+    pub len: u32,
+    /// Pixels per plane, `S`.
+    pub spatial: u32,
+    /// The axis' extent.
+    pub extent: u32,
+    /// The axis' stride within a plane.
+    pub stride: u32,
+    /// The taps used: `min(⌈3σ⌉, extent − 1)`.
+    pub radius: u32,
+    /// Index of the tap `k(0)` in the taps buffer (the coverage lines come first).
+    pub taps_offset: u32,
+}
+
+/// Member names of [`ConvParams`] in order (the WGSL struct adds two padding words).
+pub const CONV_PARAMS_MEMBERS: [&str; 6] = ["len", "spatial", "extent", "stride", "radius", "taps_offset"];
+
+impl ConvParams {
+    /// The block as uniform-buffer bytes (padded to 32).
+    pub fn to_bytes(&self) -> [u8; 32] {
+        words_to_bytes([self.len, self.spatial, self.extent, self.stride, self.radius, self.taps_offset, 0, 0])
+    }
+}
+
 /// Member names of [`ReduceParams`] in order (the WGSL struct adds three padding words).
 pub const REDUCE_PARAMS_MEMBERS: [&str; 5] = ["rows", "len_in", "len_out", "src_offset", "dst_offset"];
 
@@ -226,6 +272,16 @@ pub const CENTROIDS: &str = concat!(include_str!("../shader/common.wgsl"), inclu
 pub const LOSS_GRAD: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/loss_grad.wgsl"));
 /// [`Kernel::Jacobian`]'s source.
 pub const JACOBIAN: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/jacobian.wgsl"));
+/// [`Kernel::LocalProducts`]'s source.
+pub const LOCAL_PRODUCTS: &str =
+    concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/local_products.wgsl"));
+/// [`Kernel::LocalConv`]'s source.
+pub const LOCAL_CONV: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/local_conv.wgsl"));
+/// [`Kernel::LocalTerms`]'s source.
+pub const LOCAL_TERMS: &str =
+    concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/local_terms.wgsl"));
+/// [`Kernel::LocalGrad`]'s source.
+pub const LOCAL_GRAD: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/local_grad.wgsl"));
 /// [`Kernel::Finalize`]'s source.
 pub const FINALIZE: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/finalize.wgsl"));
 
@@ -246,11 +302,19 @@ pub enum Kernel {
     Jacobian,
     /// The energy record.
     Finalize,
+    /// The local fidelity's maps `m·y` and `m·y·x'`.
+    LocalProducts,
+    /// One axis of the local fidelity's Gaussian.
+    LocalConv,
+    /// The local fidelity's per-pixel energy and gradient maps.
+    LocalTerms,
+    /// The local fidelity's gradient, added.
+    LocalGrad,
 }
 
 impl Kernel {
     /// All kernels, in pipeline order.
-    pub const ALL: [Kernel; 7] = [
+    pub const ALL: [Kernel; 11] = [
         Kernel::Prepare,
         Kernel::ClassSums,
         Kernel::Reduce,
@@ -258,6 +322,10 @@ impl Kernel {
         Kernel::LossGrad,
         Kernel::Jacobian,
         Kernel::Finalize,
+        Kernel::LocalProducts,
+        Kernel::LocalConv,
+        Kernel::LocalTerms,
+        Kernel::LocalGrad,
     ];
 
     /// The most bindings of any kernel.
@@ -273,6 +341,10 @@ impl Kernel {
             Kernel::LossGrad => "loss_grad",
             Kernel::Jacobian => "jacobian",
             Kernel::Finalize => "finalize",
+            Kernel::LocalProducts => "local_products",
+            Kernel::LocalConv => "local_conv",
+            Kernel::LocalTerms => "local_terms",
+            Kernel::LocalGrad => "local_grad",
         }
     }
 
@@ -286,6 +358,10 @@ impl Kernel {
             Kernel::LossGrad => LOSS_GRAD,
             Kernel::Jacobian => JACOBIAN,
             Kernel::Finalize => FINALIZE,
+            Kernel::LocalProducts => LOCAL_PRODUCTS,
+            Kernel::LocalConv => LOCAL_CONV,
+            Kernel::LocalTerms => LOCAL_TERMS,
+            Kernel::LocalGrad => LOCAL_GRAD,
         }
     }
 
@@ -325,6 +401,14 @@ impl Kernel {
             Kernel::Jacobian => &[U, Rw, Rw, Rw],
             // dims, totals, status, energy
             Kernel::Finalize => &[U, Rw, Rw, Rw],
+            // dims, y, image, mask, sums, planes
+            Kernel::LocalProducts => &[U, Rw, Rw, Rw, Rw, Rw],
+            // params, taps, src, dst
+            Kernel::LocalConv => &[U, Rw, Rw, Rw],
+            // dims, y, image, mask, sums, taps, planes, energy
+            Kernel::LocalTerms => &[U, Rw, Rw, Rw, Rw, Rw, Rw, Rw],
+            // dims, image, mask, sums, taps, planes, stats, grad, status
+            Kernel::LocalGrad => &[U, Rw, Rw, Rw, Rw, Rw, Rw, Rw, Rw],
         }
     }
 

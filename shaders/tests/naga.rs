@@ -1,7 +1,9 @@
 //! Every shader parsed and validated by naga (no GPU needed), and the Rust-side tables
 //! (workgroup sizes, bindings, uniform layouts, constants) checked against the WGSL.
 
-use msloss_shaders::{Binding, DIMS_MEMBERS, Dims, Kernel, REDUCE_PARAMS_MEMBERS, ReduceParams};
+use msloss_shaders::{
+    Binding, CONV_PARAMS_MEMBERS, ConvParams, DIMS_MEMBERS, Dims, Kernel, REDUCE_PARAMS_MEMBERS, ReduceParams,
+};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use naga::{AddressSpace, ShaderStage, StorageAccess, TypeInner};
 
@@ -105,6 +107,16 @@ fn reduce_params_layout_matches() {
     }
 }
 
+#[test]
+fn conv_params_layout_matches() {
+    let (module, _) = parse(Kernel::LocalConv);
+    let (members, size) = struct_layout(&module, "ConvParams");
+    assert_eq!(size as usize, ConvParams::default().to_bytes().len());
+    for (i, name) in CONV_PARAMS_MEMBERS.iter().enumerate() {
+        assert_eq!(members[i], (name.to_string(), 4 * i as u32));
+    }
+}
+
 /// The value of a `const NAME: u32 = ...;` in the shared code.
 fn wgsl_const(module: &naga::Module, name: &str) -> u32 {
     let (_, c) = module
@@ -130,6 +142,7 @@ fn constants_match() {
         ("FLAG_MASK", flags::MASK),
         ("FLAG_GRAD", flags::GRAD),
         ("FLAG_MEAN", flags::MEAN),
+        ("FLAG_LOCAL", flags::LOCAL),
         ("LENGTH_L1", length_kind::L1),
         ("LENGTH_L2", length_kind::L2),
         ("LENGTH_CHARBONNIER", length_kind::CHARBONNIER),

@@ -112,6 +112,33 @@ fn agrees_with_the_cpu_path_2d_and_3d() {
     }
 }
 
+/// The local fidelity on the device (msloss-wgpu's convolution kernels) against burn's CPU path.
+#[test]
+fn local_fidelity_agrees_with_the_cpu_path() {
+    let gpu = gpu();
+    let cpu = Device::flex();
+    let cases = [(Shape::new_2d(2, 3, 2, 9, 11).unwrap(), 53), (Shape::new(1, 3, 2, 3, 7, 6).unwrap(), 54)];
+    for (shape, seed) in cases {
+        let case = Case::new(shape, seed);
+        for (masked, reduction, sigma) in [(false, Reduction::Sum, 1.5), (true, Reduction::Mean, 4.0)] {
+            let params = Params::default()
+                .with_lambda(0.05)
+                .with_reduction(reduction)
+                .with_fidelity(msloss_core::Fidelity::Local { sigma });
+            let loss_gpu = MsLoss::new(params);
+            let loss_cpu = MsLoss::new(params);
+            let what = format!("{shape} local σ {sigma} {} mask {masked}", reduction.name());
+            let (g, c) = if shape.depth() > 1 {
+                (case.run::<5>(&loss_gpu, &gpu, masked), case.run::<5>(&loss_cpu, &cpu, masked))
+            } else {
+                (case.run::<4>(&loss_gpu, &gpu, masked), case.run::<4>(&loss_cpu, &cpu, masked))
+            };
+            assert_eq!(loss_gpu.last().1.path, Path::Device, "{what}");
+            compare(&what, g, c);
+        }
+    }
+}
+
 /// Without autodiff the op returns the value alone, on the device.
 #[test]
 fn value_without_autodiff() {

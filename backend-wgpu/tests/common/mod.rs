@@ -39,7 +39,7 @@ pub(crate) fn tested(b: &WgpuBackend) -> Tested<f32, WgpuBackend> {
     Tested::new(b.clone())
         .named(format!("wgpu on {}", b.adapter_info().name))
         .with_tolerance(Tolerance::F32)
-        .with_supports(Supports { reference_l1_signs: false, local_fidelity: false, ..Supports::ALL })
+        .with_supports(Supports { reference_l1_signs: false, ..Supports::ALL })
         .with_core_error(|e| match e {
             WgpuError::Core(c) => Some(c.clone()),
             _ => None,

@@ -1,0 +1,72 @@
+// local_grad: adds the local fidelity's gradient w·scale·∂F/∂y to what loss_grad wrote (the
+// length's), one invocation per (b, n, s), before the softmax backward:
+//   ∂F/∂y = m·(S(s)·‖x'‖² − ⟨x', K*U⟩ + K*W)
+// with K*W in plane bn·(C+1) and K*U_k in the C planes after it (the second convolutions of
+// local_terms' output). A zero weight adds nothing; a non-finite value sets its status bit.
+// Loops: N·C (the centre) and C.
+
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<storage, read_write> image: array<f32>;
+@group(0) @binding(2) var<storage, read_write> mask: array<f32>;
+@group(0) @binding(3) var<storage, read_write> sums: array<f32>;
+@group(0) @binding(4) var<storage, read_write> taps: array<f32>;
+@group(0) @binding(5) var<storage, read_write> planes: array<f32>;
+@group(0) @binding(6) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(7) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(8) var<storage, read_write> status: array<atomic<u32>>;
+
+// x̄_bk: the class sums' weighted mean Σ_n Σ m·y·x_k / Σ_n Σ m·y (0 without mass). Any
+// constant keeps the expansion exact; one near the image's values keeps the sums small.
+fn local_centre(b: u32, k: u32) -> f32 {
+    var mass = 0.0;
+    var moment = 0.0;
+    for (var n = 0u; n < dims.classes; n++) {
+        let row = (b * dims.classes + n) * (dims.channels + 1u);
+        mass += sums[row];
+        moment += sums[row + 1u + k];
+    }
+    return select(0.0, moment / mass, mass > 0.0);
+}
+
+// S(s) = Σ_t K(s, t): the product of the three axes' coverage values.
+fn coverage(s: u32) -> f32 {
+    let hw = dims.height * dims.width;
+    let d = s / hw;
+    let h = (s / dims.width) % dims.height;
+    let w = s % dims.width;
+    return taps[d] * taps[dims.depth + h] * taps[dims.depth + dims.height + w];
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = linear_group(wid, nwg) * WG + lid;
+    let sp = dims.spatial;
+    if i >= dims.batch * dims.classes * sp || dims.weight == 0.0 {
+        return;
+    }
+    let s = i % sp;
+    let bn = i / sp;
+    let b = bn / dims.classes;
+    var m = 1.0;
+    if (dims.flags & FLAG_MASK) != 0u {
+        m = mask[b * sp + s];
+    }
+    let first = bn * (dims.channels + 1u) * sp + s;
+    var xx = 0.0;
+    var xu = 0.0;
+    for (var k = 0u; k < dims.channels; k++) {
+        let x = image[(b * dims.channels + k) * sp + s] - local_centre(b, k);
+        xx += x * x;
+        xu += x * planes[first + (1u + k) * sp];
+    }
+    let g = m * (coverage(s) * xx - xu + planes[first]);
+    let v = grad[i] + dims.weight * stats[dims.batch * dims.classes] * g;
+    grad[i] = v;
+    if !is_finite_f32(v) {
+        atomicOr(&status[0], STATUS_GRADIENT_NONFINITE);
+    }
+}

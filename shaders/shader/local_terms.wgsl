@@ -1,0 +1,82 @@
+// local_terms: the local fidelity's per-pixel terms, one invocation per (b, n, s), after the
+// convolutions left a = K*(m·y) in plane bn·(C+1) and b'_k = K*(m·y·x'_k) in the C planes after
+// it. With f' = (b' − x̄·ε_c)/(a + ε_c) (the local mean less x̄) and κ = 2·ε_c/(a + ε_c):
+//   energy[i] = m·y·‖x'‖²·S(s) + ‖f'‖²·a − 2·⟨f', b'⟩   (summed over i, the raw fidelity F)
+//   plane 0   ← W = ‖f'‖² + κ·⟨f' + x̄, f'⟩,   plane 1 + k ← U_k = 2·f'_k + κ·(f'_k + x̄_k)
+// in place, for the second convolutions of the gradient. S(s) = Σ_t K(s, t) is the product of
+// the coverage lines the host put at the start of `taps` (D, then H, then W values).
+// Loops: N·C (the centre) and C.
+
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> image: array<f32>;
+@group(0) @binding(3) var<storage, read_write> mask: array<f32>;
+@group(0) @binding(4) var<storage, read_write> sums: array<f32>;
+@group(0) @binding(5) var<storage, read_write> taps: array<f32>;
+@group(0) @binding(6) var<storage, read_write> planes: array<f32>;
+@group(0) @binding(7) var<storage, read_write> energy: array<f32>;
+
+// x̄_bk: the class sums' weighted mean Σ_n Σ m·y·x_k / Σ_n Σ m·y (0 without mass). Any
+// constant keeps the expansion exact; one near the image's values keeps the sums small.
+fn local_centre(b: u32, k: u32) -> f32 {
+    var mass = 0.0;
+    var moment = 0.0;
+    for (var n = 0u; n < dims.classes; n++) {
+        let row = (b * dims.classes + n) * (dims.channels + 1u);
+        mass += sums[row];
+        moment += sums[row + 1u + k];
+    }
+    return select(0.0, moment / mass, mass > 0.0);
+}
+
+// S(s) = Σ_t K(s, t): the product of the three axes' coverage values.
+fn coverage(s: u32) -> f32 {
+    let hw = dims.height * dims.width;
+    let d = s / hw;
+    let h = (s / dims.width) % dims.height;
+    let w = s % dims.width;
+    return taps[d] * taps[dims.depth + h] * taps[dims.depth + dims.height + w];
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = linear_group(wid, nwg) * WG + lid;
+    let sp = dims.spatial;
+    if i >= dims.batch * dims.classes * sp {
+        return;
+    }
+    let s = i % sp;
+    let bn = i / sp;
+    let b = bn / dims.classes;
+    var m = 1.0;
+    if (dims.flags & FLAG_MASK) != 0u {
+        m = mask[b * sp + s];
+    }
+    let eps = dims.eps;
+    let first = bn * (dims.channels + 1u) * sp + s;
+    let a = planes[first];
+    let den = a + eps;
+    let kappa = 2.0 * eps / den;
+    var xx = 0.0;
+    var ff = 0.0;
+    var fb = 0.0;
+    var wv = 0.0;
+    for (var k = 0u; k < dims.channels; k++) {
+        let centre = local_centre(b, k);
+        let x = image[(b * dims.channels + k) * sp + s] - centre;
+        xx += x * x;
+        let at = first + (1u + k) * sp;
+        let bv = planes[at];
+        let f = (bv - centre * eps) / den;
+        ff += f * f;
+        fb += f * bv;
+        wv += (f + centre) * f;
+        planes[at] = 2.0 * f + kappa * (f + centre);
+    }
+    planes[first] = ff + kappa * wv;
+    energy[i] = m * y[i] * xx * coverage(s) + (ff * a - 2.0 * fb);
+}
