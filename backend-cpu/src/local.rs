@@ -66,6 +66,15 @@ pub(crate) fn add<T: CpuFloat>(
     let (g, rest) = rest.split_at_mut(n_cls * sp);
     let (stats, rest) = rest.split_at_mut(2 * sp);
     let (centre, cover) = rest.split_at_mut(c);
+    // S(t)'s factors, axis by axis (the same for every sample).
+    let mut at = 0;
+    for n in dims {
+        for (i, v) in cover[at..at + n].iter_mut().enumerate() {
+            *v = local.gaussian.edge_weight(n, i);
+        }
+        at += n;
+    }
+    let cover = &*cover;
     let logits = input.scores().is_logits();
     let (mut total, mut finite) = (0.0, true);
     for b in 0..shape.batch() {
@@ -95,19 +104,6 @@ pub(crate) fn add<T: CpuFloat>(
         let valid = (0..sp).map(m).sum::<f64>().max(1.0);
         for (k, v) in centre.iter_mut().enumerate() {
             *v = (0..sp).map(|s| m(s) * image[k * sp + s].to_f64_lossless()).sum::<f64>() / valid;
-        }
-        // S(t), axis by axis: the taps that fall inside the image.
-        let r = local.gaussian.radius();
-        let mut at = 0;
-        for &n in &dims {
-            for i in 0..n {
-                cover[at + i] = if n > 1 {
-                    (i.saturating_sub(r)..(i + r + 1).min(n)).map(|j| local.gaussian.tap(i.abs_diff(j))).sum()
-                } else {
-                    1.0
-                };
-            }
-            at += n;
         }
         let sample = Sample { image, mask, centre, cover, dims, local };
         let y = &*y;

@@ -86,14 +86,7 @@ fn local_table(shape: Shape, sigma: f64) -> Result<(Vec<f32>, usize), WgpuError>
                 });
             }
         }
-        for i in 0..n {
-            let cover: f64 = if n > 1 {
-                (i.saturating_sub(radius)..(i + radius + 1).min(n)).map(|j| gaussian.tap(i.abs_diff(j))).sum()
-            } else {
-                1.0
-            };
-            table.push(cover as f32);
-        }
+        table.extend((0..n).map(|i| gaussian.edge_weight(n, i) as f32));
     }
     table.extend((0..=radius).map(|d| gaussian.tap(d) as f32));
     Ok((table, radius))

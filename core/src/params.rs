@@ -114,6 +114,17 @@ impl Gaussian {
         self.taps.get(d).copied().unwrap_or(0.0)
     }
 
+    /// `S_a(i) = Σ_j k(|i − j|)` over the `j` of a line of `n` pixels: the weight of `K`'s window
+    /// at position `i` that falls inside the image along one axis (1 for an axis of extent 1,
+    /// which `K` leaves out). `S(t) = Σ_s K(s, t)` is its product over the axes.
+    pub fn edge_weight(&self, n: usize, i: usize) -> f64 {
+        if n < 2 {
+            return 1.0;
+        }
+        let r = self.radius();
+        (i.saturating_sub(r)..(i + r + 1).min(n)).map(|j| self.tap(i.abs_diff(j))).sum()
+    }
+
     /// `plane` (`[D, H, W]`) convolved in place with `K` along every axis of extent > 1, pixels
     /// outside the image absent (the sums are cut at the edges, not renormalised). `scratch` holds
     /// at least `plane.len()` values and twice the largest extent. Each output is

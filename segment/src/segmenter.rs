@@ -324,21 +324,22 @@ fn detrend(vol: &Volume, gaussian: &Gaussian) -> Result<Volume, SegmentError> {
     let dims = vol.dims();
     let n = vol.pixels();
     let mut plane: Vec<f64> = crate::zeros(n, "the local start's planes")?;
-    let mut weight: Vec<f64> = crate::zeros(n, "the local start's planes")?;
     let mut line = crate::zeros(n + 2 * dims.into_iter().max().unwrap_or(1), "the local start's planes")?;
-    weight.fill(1.0);
-    gaussian.convolve(&mut weight, dims, &mut line);
+    let [d, h, w] = dims;
+    // The window's weight inside the image, `Σ_t K(s, t)`: a product of the axes' edge weights.
+    let edges = |n: usize| -> Vec<f64> { (0..n).map(|i| gaussian.edge_weight(n, i)).collect() };
+    let (ed, eh, ew) = (edges(d), edges(h), edges(w));
+    let weight = |s: usize| ed[s / (h * w)] * eh[(s / w) % h] * ew[s % w];
     let mut out = crate::zeros(vol.data().len(), "the local start's image")?;
     for (ch, o) in out.chunks_mut(n).enumerate() {
         for (p, &x) in plane.iter_mut().zip(vol.channel(ch)) {
             *p = f64::from(x);
         }
         gaussian.convolve(&mut plane, dims, &mut line);
-        for ((o, &x), (p, wt)) in o.iter_mut().zip(vol.channel(ch)).zip(plane.iter().zip(&weight)) {
-            *o = (f64::from(x) - p / wt) as f32;
+        for (s, ((o, &x), p)) in o.iter_mut().zip(vol.channel(ch)).zip(&plane).enumerate() {
+            *o = (f64::from(x) - p / weight(s)) as f32;
         }
     }
-    let [d, h, w] = dims;
     Volume::new(vol.channels(), d, h, w, out)
 }
 

@@ -11,19 +11,6 @@
 @group(0) @binding(4) var<storage, read_write> sums: array<f32>;
 @group(0) @binding(5) var<storage, read_write> planes: array<f32>;
 
-// x̄_bk: the class sums' weighted mean Σ_n Σ m·y·x_k / Σ_n Σ m·y (0 without mass). Any
-// constant keeps the expansion exact; one near the image's values keeps the sums small.
-fn local_centre(b: u32, k: u32) -> f32 {
-    var mass = 0.0;
-    var moment = 0.0;
-    for (var n = 0u; n < dims.classes; n++) {
-        let row = (b * dims.classes + n) * (dims.channels + 1u);
-        mass += sums[row];
-        moment += sums[row + 1u + k];
-    }
-    return select(0.0, moment / mass, mass > 0.0);
-}
-
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,

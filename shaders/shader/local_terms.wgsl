@@ -16,28 +16,6 @@
 @group(0) @binding(6) var<storage, read_write> planes: array<f32>;
 @group(0) @binding(7) var<storage, read_write> energy: array<f32>;
 
-// x̄_bk: the class sums' weighted mean Σ_n Σ m·y·x_k / Σ_n Σ m·y (0 without mass). Any
-// constant keeps the expansion exact; one near the image's values keeps the sums small.
-fn local_centre(b: u32, k: u32) -> f32 {
-    var mass = 0.0;
-    var moment = 0.0;
-    for (var n = 0u; n < dims.classes; n++) {
-        let row = (b * dims.classes + n) * (dims.channels + 1u);
-        mass += sums[row];
-        moment += sums[row + 1u + k];
-    }
-    return select(0.0, moment / mass, mass > 0.0);
-}
-
-// S(s) = Σ_t K(s, t): the product of the three axes' coverage values.
-fn coverage(s: u32) -> f32 {
-    let hw = dims.height * dims.width;
-    let d = s / hw;
-    let h = (s / dims.width) % dims.height;
-    let w = s % dims.width;
-    return taps[d] * taps[dims.depth + h] * taps[dims.depth + dims.height + w];
-}
-
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,

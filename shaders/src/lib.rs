@@ -2,7 +2,8 @@
 //!
 //! The WGSL compute shaders of msloss's GPU backend (`msloss-wgpu`), one file per entry point
 //! under `shader/`, with the shared code (`shader/common.wgsl`: constants, the [`Dims`] uniform
-//! block, helpers) prepended to each. Every kernel is described by a [`Kernel`]: its source,
+//! block, helpers) prepended to each, and the local fidelity's shared functions
+//! (`shader/local_centre.wgsl`, `shader/local_coverage.wgsl`) to the kernels that use them. Every kernel is described by a [`Kernel`]: its source,
 //! entry point, workgroup size and binding table, which the backend turns into bind group
 //! layouts. The crate's tests parse every shader with naga, validate it, and check the
 //! workgroup sizes, the bindings and the uniform structs' layouts against this file, so the
@@ -273,15 +274,27 @@ pub const LOSS_GRAD: &str = concat!(include_str!("../shader/common.wgsl"), inclu
 /// [`Kernel::Jacobian`]'s source.
 pub const JACOBIAN: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/jacobian.wgsl"));
 /// [`Kernel::LocalProducts`]'s source.
-pub const LOCAL_PRODUCTS: &str =
-    concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/local_products.wgsl"));
+pub const LOCAL_PRODUCTS: &str = concat!(
+    include_str!("../shader/common.wgsl"),
+    include_str!("../shader/local_centre.wgsl"),
+    include_str!("../shader/local_products.wgsl")
+);
 /// [`Kernel::LocalConv`]'s source.
 pub const LOCAL_CONV: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/local_conv.wgsl"));
 /// [`Kernel::LocalTerms`]'s source.
-pub const LOCAL_TERMS: &str =
-    concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/local_terms.wgsl"));
+pub const LOCAL_TERMS: &str = concat!(
+    include_str!("../shader/common.wgsl"),
+    include_str!("../shader/local_centre.wgsl"),
+    include_str!("../shader/local_coverage.wgsl"),
+    include_str!("../shader/local_terms.wgsl")
+);
 /// [`Kernel::LocalGrad`]'s source.
-pub const LOCAL_GRAD: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/local_grad.wgsl"));
+pub const LOCAL_GRAD: &str = concat!(
+    include_str!("../shader/common.wgsl"),
+    include_str!("../shader/local_centre.wgsl"),
+    include_str!("../shader/local_coverage.wgsl"),
+    include_str!("../shader/local_grad.wgsl")
+);
 /// [`Kernel::Finalize`]'s source.
 pub const FINALIZE: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/finalize.wgsl"));
 
