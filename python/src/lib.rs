@@ -75,6 +75,19 @@ fn length_kind(length: &str) -> PyResult<LengthKind> {
     }
 }
 
+/// `fidelity="..."` and `sigma` as a [`Fidelity`] (σ's range is checked with the parameters).
+fn fidelity_kind(fidelity: &str, sigma: Option<f64>) -> PyResult<Fidelity> {
+    match (fidelity, sigma) {
+        ("global", None) => Ok(Fidelity::Global),
+        ("local", Some(sigma)) => Ok(Fidelity::Local { sigma }),
+        ("local", None) => Err(PyValueError::new_err("fidelity=\"local\" needs sigma (the Gaussian's σ in pixels)")),
+        ("global", Some(s)) => {
+            Err(PyValueError::new_err(format!("sigma is for fidelity=\"local\" only, got sigma={s}")))
+        }
+        (other, _) => Err(PyValueError::new_err(format!("fidelity must be \"global\" or \"local\", got {other:?}"))),
+    }
+}
+
 /// The loss parameters from the keywords, validated.
 #[expect(clippy::too_many_arguments, reason = "the loss keywords, one argument each")]
 fn params(
@@ -93,19 +106,7 @@ fn params(
         "mean" => Reduction::Mean,
         other => return Err(PyValueError::new_err(format!("reduction must be \"sum\" or \"mean\", got {other:?}"))),
     };
-    let fidelity = match (fidelity, sigma) {
-        ("global", None) => Fidelity::Global,
-        ("local", Some(sigma)) => Fidelity::Local { sigma },
-        ("local", None) => {
-            return Err(PyValueError::new_err("fidelity=\"local\" needs sigma (the Gaussian's σ in pixels)"));
-        }
-        ("global", Some(s)) => {
-            return Err(PyValueError::new_err(format!("sigma is for fidelity=\"local\" only, got sigma={s}")));
-        }
-        (other, _) => {
-            return Err(PyValueError::new_err(format!("fidelity must be \"global\" or \"local\", got {other:?}")));
-        }
-    };
+    let fidelity = fidelity_kind(fidelity, sigma)?;
     let p = Params { lambda: lam, fidelity_weight, length, delta, centroid_eps, reduction, fidelity };
     p.validate().map_err(core_err)?;
     Ok(p)
@@ -643,7 +644,7 @@ fn segment<'py>(
     info: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let vol = volume(image)?;
-    let fidelity = params(1e-3, "l1", 1e-2, 1e-8, 1.0, "sum", fidelity, sigma)?.fidelity;
+    let fidelity = fidelity_kind(fidelity, sigma)?;
     let cfg = SegmentConfig {
         phases: count("phases", phases, 2)?,
         lambda: lam,
