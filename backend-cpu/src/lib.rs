@@ -430,6 +430,13 @@ pub(crate) fn evaluate<T: CpuFloat>(
     }
     let (fid, len) = part2.chunks(3).fold((0.0, 0.0), |(f, l), part| (f + part[0], l + part[1]));
     let (fidelity, length) = params.weigh(fid, len, scale);
+    let grad_finite = part2.chunks(3).all(|part| part[2] == 0.0);
+    finish(fidelity, length, grad_finite, out.grad.as_deref())
+}
+
+/// The energy in `T` from its weighed parts, or [`Error::NonFiniteResult`] for a non-finite
+/// energy, else for a gradient that was not all finite (naming its first such value).
+fn finish<T: CpuFloat>(fidelity: f64, length: f64, grad_finite: bool, grad: Option<&[T]>) -> Result<Energy<T>, Error> {
     let e = Energy {
         fidelity: T::from_f64_lossy(fidelity),
         length: T::from_f64_lossy(length),
@@ -438,9 +445,8 @@ pub(crate) fn evaluate<T: CpuFloat>(
     if !e.total.is_finite() {
         return Err(Error::NonFiniteResult { what: "energy", value: e.total.to_f64_lossless() });
     }
-    if part2.chunks(3).any(|part| part[2] != 0.0) {
-        // Pass 2 saw a non-finite gradient value as it stored it; name the first.
-        let value = out.grad.as_deref().and_then(|g| g.iter().find(|v| !v.is_finite()));
+    if !grad_finite {
+        let value = grad.and_then(|g| g.iter().find(|v| !v.is_finite()));
         return Err(Error::NonFiniteResult {
             what: "gradient",
             value: value.map_or(f64::NAN, |v| v.to_f64_lossless()),
@@ -475,20 +481,7 @@ fn evaluate_local<T: CpuFloat>(
         local::Local { gaussian, eps: params.centroid_eps, factor: params.fidelity_weight * scale, arch: cpu.arch };
     let (f, finite) = cpu.run(|| local::add(input, &local, out.grad.as_deref_mut(), scratch));
     let (fidelity, _) = params.weigh(f, 0.0, scale);
-    let length = e.length.to_f64_lossless();
-    let e =
-        Energy { fidelity: T::from_f64_lossy(fidelity), length: e.length, total: T::from_f64_lossy(fidelity + length) };
-    if !e.total.is_finite() {
-        return Err(Error::NonFiniteResult { what: "energy", value: e.total.to_f64_lossless() });
-    }
-    if !finite {
-        let value = out.grad.as_deref().and_then(|g| g.iter().find(|v| !v.is_finite()));
-        return Err(Error::NonFiniteResult {
-            what: "gradient",
-            value: value.map_or(f64::NAN, |v| v.to_f64_lossless()),
-        });
-    }
-    Ok(e)
+    finish(fidelity, e.length.to_f64_lossless(), finite, out.grad.as_deref())
 }
 
 #[cfg(test)]
