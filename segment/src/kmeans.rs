@@ -37,7 +37,8 @@ pub(crate) fn sample(vol: &Volume) -> Vec<f64> {
     out
 }
 
-fn dist2(a: &[f64], b: &[f64]) -> f64 {
+/// The squared Euclidean distance of two points.
+pub(crate) fn dist2(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
 

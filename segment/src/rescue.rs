@@ -18,7 +18,7 @@
 //! from the proposal and keeps it only if the energy ends lower (see [`crate::segment`]).
 
 use crate::Volume;
-use crate::kmeans::kmeans_points;
+use crate::kmeans::{dist2, kmeans_points};
 use crate::start::{OTSU_BINS, multi_otsu};
 
 /// A phase with fewer pixels than this fraction of the image (or none) is refilled.
@@ -74,11 +74,10 @@ fn split(pts: &[f64], c: usize, seed: u64) -> Option<(Vec<f64>, Vec<f64>, f64)> 
             *m += v / s as f64;
         }
     }
-    let d2 = |p: &[f64], q: &[f64]| p.iter().zip(q).map(|(x, y)| (x - y) * (x - y)).sum::<f64>();
     let (mut one, mut two) = (0.0, 0.0);
     for p in pts.chunks_exact(c) {
-        one += d2(p, &mean);
-        two += d2(p, a).min(d2(p, b));
+        one += dist2(p, &mean);
+        two += dist2(p, a).min(dist2(p, b));
     }
     Some((a.to_vec(), b.to_vec(), one - two))
 }

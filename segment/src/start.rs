@@ -22,7 +22,7 @@
 use crate::Volume;
 use rayon::prelude::*;
 
-use crate::kmeans::{MAX_SAMPLES, along_axis, kmeans_points, lloyd, sample};
+use crate::kmeans::{MAX_SAMPLES, along_axis, dist2, kmeans_points, lloyd, sample};
 
 /// Histogram bins of the multi-level Otsu start.
 pub const OTSU_BINS: usize = 512;
@@ -199,7 +199,7 @@ const MAX_REFINE_SHIFT: f64 = 0.25;
 fn refine(smoothed: &Volume, found: Vec<f64>) -> Vec<f64> {
     let c = smoothed.channels().max(1);
     let (refined, _) = lloyd(&sample(smoothed), c, found.clone());
-    let dist = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let dist = |a: &[f64], b: &[f64]| dist2(a, b).sqrt();
     let rows: Vec<&[f64]> = found.chunks_exact(c).collect();
     let close = rows.iter().enumerate().all(|(j, m)| {
         let gap =
