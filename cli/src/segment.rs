@@ -25,12 +25,13 @@ pub(crate) struct Args {
     /// Without it, a built-in synthetic image with known ground truth is segmented and scored.
     input: Option<PathBuf>,
     /// The number of phases K (2 to 255), or `auto`: K from 2 to 8, the one whose segmentation has the
-    /// shortest description length (residuals + phase means + boundaries; see README). Default 3 for the
-    /// built-in image.
+    /// shortest description length (residuals + phase means + boundaries; see README). Default for the
+    /// built-in images: 3 (Voronoi), 4 (small-close).
     #[arg(long, short = 'k', value_parser = parse_phases)]
     phases: Option<Phases>,
-    /// Length weight, in units of the image's within-phase variance (so the default suits any
-    /// image size, intensity range and noise level).
+    /// Length weight, in units of the image's within-phase variance σ̂² (so the default suits any
+    /// image size and intensity range), raised where the two closest phases are only r noise
+    /// deviations apart: λ = lambda·σ̂²·(1 + 12/max(r, 2)²).
     #[arg(long, default_value_t = SegmentConfig::default().lambda)]
     lambda: f64,
     /// How boundaries are measured.
@@ -75,16 +76,19 @@ pub(crate) struct Args {
     /// Print nothing but errors.
     #[arg(long, short)]
     quiet: bool,
+    /// Built-in image: which one.
+    #[arg(long, value_enum, default_value_t = Builtin::Voronoi, help_heading = "Built-in image")]
+    image: Builtin,
     /// Built-in image: width and height.
     #[arg(long, default_value_t = 256, help_heading = "Built-in image")]
     size: usize,
-    /// Built-in image: depth (> 1 makes a volume).
+    /// Built-in image: depth (> 1 makes a volume; Voronoi image only).
     #[arg(long, default_value_t = 1, help_heading = "Built-in image")]
     depth: usize,
-    /// Built-in image: noise standard deviation (0 to 0.5).
-    #[arg(long, default_value_t = 0.1, help_heading = "Built-in image")]
-    noise: f64,
-    /// Built-in image: grey instead of colour.
+    /// Built-in image: noise standard deviation, 0 to 0.5 (Voronoi image only; default 0.1).
+    #[arg(long, help_heading = "Built-in image")]
+    noise: Option<f64>,
+    /// Built-in image: grey instead of colour (the small-close image is always grey).
     #[arg(long, help_heading = "Built-in image")]
     grey: bool,
     /// Built-in image: also write it (16-bit PNG for 2D, float32 .npy `[C,D,H,W]`).
@@ -93,6 +97,17 @@ pub(crate) struct Args {
     /// Built-in image: also write its true labels (indexed PNG or .npy).
     #[arg(long, help_heading = "Built-in image")]
     save_truth: Option<PathBuf>,
+}
+
+/// `--image`: the built-in images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Builtin {
+    /// Voronoi regions of 2K seeds, one colour or grey level per phase, a slight ramp and noise
+    /// (`--phases` 2 to 5, `--grey`, `--noise`, `--depth`).
+    Voronoi,
+    /// Four grey phases at 0, 0.2, 0.3 and 1.0 with noise σ 0.04, one of them small (4%) and
+    /// close to a large one: the image on which the k-means start lost a phase (issue 27).
+    SmallClose,
 }
 
 /// `--phases`: a number, or `auto`.
@@ -157,6 +172,8 @@ fn planned_outputs(args: &Args) -> anyhow::Result<Vec<(&Path, Format)>> {
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let plan = planned_outputs(args)?;
+    // The built-in image's own number of phases, when --phases is not given.
+    let builtin_phases = if args.image == Builtin::SmallClose { 4 } else { 3 };
     let (vol, truth, name) = match &args.input {
         Some(p) => {
             anyhow::ensure!(
@@ -170,21 +187,32 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             let k = match args.phases {
                 Some(Phases::Fixed(k)) => k,
                 Some(Phases::Auto) => *AUTO_RANGE.end(),
-                None => 3,
+                None => builtin_phases,
             };
-            let c = if args.grey { 1 } else { 3 };
+            let small_close = args.image == Builtin::SmallClose;
+            if small_close {
+                anyhow::ensure!(
+                    args.depth == 1 && args.noise.is_none(),
+                    "--depth and --noise apply to the Voronoi image only (the small-close image is 2D, noise σ 0.04)"
+                );
+            }
+            let c = if args.grey || small_close { 1 } else { 3 };
             let pixels = args.depth.checked_mul(args.size).and_then(|p| p.checked_mul(args.size));
             let need = pixels.and_then(|n| crate::sys::bytes(&[(n, 4 * c + 1), (n, k.saturating_mul(20))]));
             crate::sys::ensure_memory(need, "the built-in image of this size")?;
-            let spec = SynthSpec {
-                phases: if let Some(Phases::Fixed(k)) = args.phases { k } else { 3 },
-                colour: !args.grey,
-                dims: [args.depth, args.size, args.size],
-                noise: args.noise,
-                ramp: 0.05,
-                seed: args.seed,
+            let s = if small_close {
+                synth::small_close_phases(args.size, args.seed)
+            } else {
+                synth::generate(&SynthSpec {
+                    phases: if let Some(Phases::Fixed(k)) = args.phases { k } else { 3 },
+                    colour: !args.grey,
+                    dims: [args.depth, args.size, args.size],
+                    noise: args.noise.unwrap_or(0.1),
+                    ramp: 0.05,
+                    seed: args.seed,
+                })
             };
-            let s = synth::generate(&spec).context("cannot make the built-in image")?;
+            let s = s.context("cannot make the built-in image")?;
             (s.volume, Some(s.truth), "built-in synthetic image".to_owned())
         }
     };
@@ -193,7 +221,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         phases: match args.phases {
             Some(Phases::Fixed(k)) => k,
             Some(Phases::Auto) => *AUTO_RANGE.start(),
-            None => 3,
+            None => builtin_phases,
         },
         lambda: args.lambda,
         length: match args.length {

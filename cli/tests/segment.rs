@@ -205,3 +205,23 @@ fn phases_auto_chooses_and_explains_k() {
     assert!(cands.len() >= 3, "{v}");
     assert!(v["auto"]["criterion"].as_str().expect("criterion").contains("ln(3)*boundary_pairs"));
 }
+
+#[test]
+fn small_close_built_in_image_finds_all_four_phases() {
+    // Issue 27's image: the k-means start lost its small phase (IoU 0, mean IoU 0.73).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let summary = dir.path().join("s.json");
+    let o = run(&["segment", "--image", "small-close", "--size", "128", "--seed", "5", "--json", s(&summary)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&std::fs::read(&summary).expect("summary"));
+    assert_eq!(v["phases"], 4, "{v}");
+    let per = v["quality"]["per_class_iou"].as_array().expect("per-phase IoU");
+    assert!(per.iter().all(|q| q.as_f64().expect("IoU") >= 0.9), "{v}");
+    assert!(v["contrast_to_noise"].as_f64().expect("r") > 1.0, "{v}");
+    // Its own noise and two dimensions: the Voronoi image's flags are refused.
+    for extra in [["--depth", "4"], ["--noise", "0.1"]] {
+        let o = run(&["segment", "--image", "small-close", "--size", "32", extra[0], extra[1]]);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}");
+        assert!(stderr(&o).contains("apply to the Voronoi image only"), "{}", stderr(&o));
+    }
+}

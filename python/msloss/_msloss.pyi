@@ -132,7 +132,7 @@ def segment(
     image: npt.NDArray[Any],
     phases: int,
     *,
-    lam: float = 6.0,
+    lam: float = 2.0,
     length: _Length = "charbonnier",
     iters: int = 300,
     tol: float = 1e-4,
@@ -148,11 +148,12 @@ def segment(
 
     ``image`` is ``(H, W)``, ``(C, H, W)`` or ``(C, D, H, W)``: uint8 is divided by 255, uint16
     by 65535, other integer, bool and float dtypes are taken as they are (copied to float32).
-    ``lam`` is the length weight in units of the image's within-phase variance; ``fidelity="local"``
+    ``lam`` is the length weight in units of the image's within-phase variance, raised where phases
+    are close to each other relative to the noise (see ``msloss segment --help``); ``fidelity="local"``
     with ``sigma`` (pixels) fits Gaussian-weighted local means, for uneven illumination.
 
     Returns uint8 labels, ``(H, W)`` for an image and ``(D, H, W)`` for a volume; label k is the
     k-th darkest phase. With ``info=True``, ``(labels, summary)``: the summary dict holds what
     ``msloss segment --json`` and ``--plot`` report (``iterations``, ``converged``, ``energy``,
-    ``history``, ``centroids``, ``pixels_per_phase``, ``lambda_effective``, ...).
+    ``history``, ``centroids``, ``pixels_per_phase``, ``lambda_effective``, ``contrast_to_noise``, ...).
     """

@@ -611,7 +611,8 @@ fn volume(image: &Bound<'_, PyAny>) -> PyResult<Volume> {
 ///
 /// `image` is `(H, W)`, `(C, H, W)` or `(C, D, H, W)`: uint8 is divided by 255, uint16 by
 /// 65535, other integer, bool and float dtypes are taken as they are (and copied to float32).
-/// Keywords: `lam` (the length weight in units of the image's within-phase variance), `length`
+/// Keywords: `lam` (the length weight in units of the image's within-phase variance, raised where
+/// phases are close: see `msloss segment --help`), `length`
 /// (`"l1"`, `"l2"`, `"charbonnier"`), `iters` (the most steps), `tol` (relative energy change
 /// to stop at), `lr` (Adam's step in logit units), `fidelity` (`"global"`, or `"local"` with
 /// `sigma` in pixels, for uneven illumination), `backend`, `threads`, `seed`.
@@ -619,11 +620,12 @@ fn volume(image: &Bound<'_, PyAny>) -> PyResult<Volume> {
 /// Returns the labels as uint8, `(H, W)` for an image and `(D, H, W)` for a volume; label k is
 /// the k-th darkest phase. With `info=True`, `(labels, summary)`: the summary dict holds what
 /// `msloss segment --json` and `--plot` report (`iterations`, `converged`, `energy`, `history`,
-/// `centroids`, `pixels_per_phase`, `lambda_effective`, `start`, `rescues`, …). Raises `ValueError` for bad shapes, values or settings, `TypeError`
+/// `centroids`, `pixels_per_phase`, `lambda_effective`, `contrast_to_noise`, `start`,
+/// `rescues`, …). Raises `ValueError` for bad shapes, values or settings, `TypeError`
 /// for an unsupported dtype.
 #[pyfunction]
 #[pyo3(signature = (
-    image, phases, *, lam=6.0, length="charbonnier", iters=300, tol=1e-4, lr=0.5, fidelity="global",
+    image, phases, *, lam=2.0, length="charbonnier", iters=300, tol=1e-4, lr=0.5, fidelity="global",
     sigma=None, backend="cpu", threads=None, seed=0, info=false
 ))]
 #[expect(clippy::too_many_arguments, reason = "the options of `msloss segment`, one argument each")]
@@ -689,6 +691,7 @@ fn segment<'py>(
     summary.set_item("pixels_per_phase", seg.pixels_per_phase)?;
     summary.set_item("lambda_effective", seg.lambda)?;
     summary.set_item("within_variance", seg.within_variance)?;
+    summary.set_item("contrast_to_noise", seg.contrast_to_noise)?;
     summary.set_item("seconds", seg.init_seconds + seg.optimise_seconds)?;
     summary.set_item("start", seg.start)?;
     let rescues: Vec<(&str, f64, f64, bool)> =

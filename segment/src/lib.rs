@@ -71,6 +71,9 @@ pub struct Summary {
     pub lambda: f64,
     /// The λ the loss ran with.
     pub lambda_effective: f64,
+    /// The contrast-to-noise ratio of the two closest start centroids that raised λ (absent for
+    /// a noise-free image).
+    pub contrast_to_noise: Option<f64>,
     /// The optimiser steps taken.
     pub iterations: usize,
     /// Whether the tolerance was met.
@@ -129,6 +132,7 @@ impl Summary {
             },
             lambda: cfg.lambda,
             lambda_effective: seg.lambda,
+            contrast_to_noise: seg.contrast_to_noise.is_finite().then_some(seg.contrast_to_noise),
             iterations: seg.iterations,
             converged: seg.converged,
             energy: EnergySummary { total: seg.energy.total, fidelity: seg.energy.fidelity, length: seg.energy.length },

@@ -5,7 +5,7 @@ use std::time::Instant;
 use msloss_core::{Backend, Energy, Fidelity, Gaussian, Input, LengthKind, Outputs, Params, Reduction, Scores, Shape};
 use rayon::prelude::*;
 
-use crate::kmeans::{box_smooth, within_variance};
+use crate::kmeans::{MAX_SAMPLES, box_smooth, dist2, within_variance};
 use crate::rescue::{Rescue, propose};
 use crate::start::{has_distinct, start, start_pixels};
 use crate::{SegmentError, Volume};
@@ -17,6 +17,12 @@ const INIT_CLAMP: f64 = 6.0;
 const MIN_VARIANCE: f64 = 1e-12;
 /// The relative-energy change must stay below the tolerance for this many steps in a row.
 const PATIENCE: usize = 3;
+/// The length weight grows by `1 + CONTRAST_WEIGHT / r²` at a contrast-to-noise ratio `r` of the
+/// two closest phases (see [`SegmentConfig::lambda`]).
+const CONTRAST_WEIGHT: f64 = 12.0;
+/// The contrast-to-noise ratio is taken as at least this: below it the phases overlap so much
+/// that a still dearer boundary over-smooths (in 3D most of all), so the factor stops at 4.
+const MIN_CONTRAST: f64 = 2.0;
 /// Adam's moment decay rates and denominator guard (on the normalised gradient).
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
@@ -27,7 +33,7 @@ const ADAM_EPS: f64 = 1e-8;
 /// | field | default | meaning |
 /// |---|---|---|
 /// | `phases` | 2 | the number of phases `K` (2 to 255, at most the pixel count) |
-/// | `lambda` | 6 | the length weight, in units of the within-phase variance `σ̂²` |
+/// | `lambda` | 2 | the length weight, in units of the within-phase variance `σ̂²`, raised where phases are close (see the field) |
 /// | `length` | [`LengthKind::Charbonnier`] | how boundaries are measured (isotropic, smooth) |
 /// | `max_iters` | 300 | the most optimiser steps of each descent (the first and each rescue try) |
 /// | `tol` | `1e-4` | stop when the relative energy change stays below this for 3 steps |
@@ -41,13 +47,17 @@ pub struct SegmentConfig {
     /// The number of phases `K`.
     pub phases: usize,
     /// The length weight relative to the image: the loss runs with the mean reduction and
-    /// `λ = lambda · σ̂²`, where `σ̂²` is the mean squared distance of a pixel to its nearest
-    /// k-means centroid (summed over channels). Scaled so, the default gives the same balance of
-    /// boundary length and noise on any image size, intensity range and noise level. The default
-    /// 6 with the Charbonnier length was chosen on the synthetic suite (64×64, 2–5 phases, grey
-    /// and colour, noise 0.1 and 0.2): the worst mean IoU there is 0.98 at noise 0.1 and 0.93 at
-    /// noise 0.2; the anisotropic L1 length needed more steps and did slightly worse; λ = 4 is
-    /// better on colour, 8–12 on grey images with many phases.
+    /// `λ = lambda · σ̂² · (1 + 12 / max(r, 2)²)`. `σ̂²` is the mean squared distance of a pixel to
+    /// its nearest start centroid (summed over channels), so the default suits any image size
+    /// and intensity range. `r` is the contrast-to-noise ratio of the two closest phases, their
+    /// distance over the noise's standard deviation along it (`r² = C·‖m_i − m_j‖² / σ²`),
+    /// measured on the start's classes of the original image (see `start_contrast`). The factor
+    /// makes boundaries dearer where noise flips pixels between close phases (up to 4× at
+    /// `r ≤ 2`) and leaves them cheap where phases stand apart, so that structures one pixel wide
+    /// survive: with the default, above `r ≈ 3.8`, where a fixed `6·σ̂²` erased them below
+    /// `r ≈ 4.9`. The 2, the 12 and the floor of `r` were chosen on `bench/quality.py` and
+    /// `bench/segment.py` (2–8 phases, grey and colour, 2D and 3D, thin lines, `r` from 0.8 to
+    /// 20).
     pub lambda: f64,
     /// The length kind.
     pub length: LengthKind,
@@ -74,7 +84,7 @@ impl Default for SegmentConfig {
     fn default() -> Self {
         Self {
             phases: 2,
-            lambda: 6.0,
+            lambda: 2.0,
             length: LengthKind::Charbonnier,
             max_iters: 300,
             tol: 1e-4,
@@ -153,10 +163,13 @@ pub struct Segmentation {
     pub energy: Energy<f64>,
     /// The total energy at every step, the descents one after another.
     pub history: Vec<f64>,
-    /// The λ the loss ran with (`lambda · σ̂²`).
+    /// The λ the loss ran with (`lambda · σ̂² · (1 + 12 / max(r, 2)²)`).
     pub lambda: f64,
-    /// `σ̂²`, the within-phase variance estimated by k-means.
+    /// `σ̂²`, the within-phase variance at the start's centroids (the first estimate of λ's).
     pub within_variance: f64,
+    /// The contrast-to-noise ratio `r` of the two closest phases (infinite without noise), which
+    /// raised the length weight (see [`SegmentConfig::lambda`]).
+    pub contrast_to_noise: f64,
     /// Seconds spent in the initialisation.
     pub init_seconds: f64,
     /// Seconds spent in the optimisation (every descent, rescue tries included).
@@ -240,7 +253,8 @@ pub fn segment<B: Backend<f32>>(
     let inside = start_pixels(&smoothed, k);
     let first = start(&smoothed, inside.as_deref(), k, cfg.starts, cfg.seed);
     let raw_variance = within_variance(raw.as_ref().unwrap_or(vol), &first.centroids);
-    let lambda = cfg.lambda * raw_variance;
+    let contrast = start_contrast(raw.as_ref().unwrap_or(vol), &smoothed, inside.as_deref(), &first.centroids);
+    let lambda = cfg.lambda * raw_variance * (1.0 + CONTRAST_WEIGHT / contrast.max(MIN_CONTRAST).powi(2));
     let params =
         Params { lambda, length: cfg.length, reduction: Reduction::Mean, fidelity: cfg.fidelity, ..Params::default() };
     let shape = Shape::new(1, k, c, d, h, w).map_err(|e| SegmentError::BadImage(e.to_string()))?;
@@ -311,6 +325,7 @@ pub fn segment<B: Backend<f32>>(
         history,
         lambda,
         within_variance: raw_variance,
+        contrast_to_noise: contrast,
         init_seconds,
         optimise_seconds,
         start: first.method,
@@ -341,6 +356,79 @@ fn detrend(vol: &Volume, gaussian: &Gaussian) -> Result<Volume, SegmentError> {
         }
     }
     Volume::new(vol.channels(), d, h, w, out)
+}
+
+/// The contrast-to-noise ratio `r` of the two closest phases as the start sees them: each
+/// interior pixel (of `inside`; all when `None`) of an evenly strided sample goes to the start
+/// centroid (of `cen`, `[K, C]`) nearest its value in `smoothed`, and `r` is the distance of two classes' means in `vol` over
+/// the noise's standard deviation along it, `sqrt(C·‖m_i − m_j‖² / σ²)`, `σ²` the classes' mean
+/// squared distance to their own means (summed over channels). The start centroids themselves
+/// come from the denoised copy, which blurs structures a pixel or two wide towards their
+/// surroundings; the nearest-centroid classes of the image itself would cut the noise's tails
+/// off and overstate the contrast; boundary pixels would mix the classes. Infinite for an image
+/// without noise, or when the interior holds only one class.
+fn start_contrast(vol: &Volume, smoothed: &Volume, inside: Option<&[bool]>, cen: &[f64]) -> f64 {
+    let (n, c) = (vol.pixels(), vol.channels());
+    let k = cen.len() / c.max(1);
+    // Per class: the pixel count, then the channels' sums and sums of squares.
+    let stride = 1 + 2 * c;
+    // An evenly strided sample of at most about `MAX_SAMPLES` pixels, as k-means uses.
+    let step = n.div_ceil(MAX_SAMPLES).max(1);
+    let totals = (0..n.div_ceil(step))
+        .into_par_iter()
+        .map(|i| i * step)
+        .with_min_len(1 << 12)
+        .fold(
+            || vec![0.0f64; k * stride],
+            |mut acc, s| {
+                if inside.is_some_and(|inside| !inside[s]) {
+                    return acc;
+                }
+                let j = nearest_centroid(smoothed, s, cen);
+                let row = &mut acc[j * stride..(j + 1) * stride];
+                row[0] += 1.0;
+                for ch in 0..c {
+                    let x = f64::from(vol.channel(ch)[s]);
+                    row[1 + ch] += x;
+                    row[1 + c + ch] += x * x;
+                }
+                acc
+            },
+        )
+        .reduce(
+            || vec![0.0f64; k * stride],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    let classes: Vec<&[f64]> = totals.chunks_exact(stride).filter(|row| row[0] > 0.0).collect();
+    let means: Vec<Vec<f64>> = classes.iter().map(|row| row[1..=c].iter().map(|&v| v / row[0]).collect()).collect();
+    let spread: f64 = classes
+        .iter()
+        .zip(&means)
+        .map(|(row, m)| (0..c).map(|ch| row[1 + c + ch] - row[0] * m[ch] * m[ch]).sum::<f64>())
+        .sum::<f64>()
+        / classes.iter().map(|row| row[0]).sum::<f64>().max(1.0);
+    let closest = means
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| means[..i].iter().map(move |b| dist2(a, b)))
+        .fold(f64::INFINITY, f64::min);
+    if spread <= 0.0 { f64::INFINITY } else { (c as f64 * closest / spread).sqrt() }
+}
+
+/// The index of the centroid of `cen` (`[K, C]`) nearest pixel `s` of `vol`.
+fn nearest_centroid(vol: &Volume, s: usize, cen: &[f64]) -> usize {
+    let c = vol.channels();
+    let mut best = (f64::INFINITY, 0);
+    for (j, row) in cen.chunks_exact(c.max(1)).enumerate() {
+        let d: f64 = row.iter().enumerate().map(|(ch, &m)| (f64::from(vol.channel(ch)[s]) - m).powi(2)).sum();
+        if d < best.0 {
+            best = (d, j);
+        }
+    }
+    best.1
 }
 
 /// The arg-max phase of each pixel of the logits `[K, N]` (the first on ties).

@@ -22,7 +22,7 @@
 use crate::Volume;
 use rayon::prelude::*;
 
-use crate::kmeans::{MAX_SAMPLES, along_axis, dist2, kmeans_points, lloyd, sample};
+use crate::kmeans::{MAX_SAMPLES, dist2, kmeans_points, lloyd, sample};
 
 /// Histogram bins of the multi-level Otsu start.
 pub const OTSU_BINS: usize = 512;
@@ -44,35 +44,45 @@ pub struct Start {
     pub interior_fraction: f64,
 }
 
-/// Squared gradient of `vol` at every pixel: central differences (one-sided at the edges) along
-/// every axis of extent > 1, summed over axes and channels.
-pub fn squared_gradient(vol: &Volume) -> Vec<f64> {
+/// Squared gradient of `vol` at pixel `x` of the row starting at pixel `row` (of depth index `z`
+/// and row index `y`): central differences (one-sided at the edges) along every axis of extent
+/// > 1, summed over axes and channels.
+fn squared_gradient(vol: &Volume, row: usize, z: usize, y: usize, x: usize) -> f64 {
     let [d, h, w] = vol.dims();
-    let n = vol.pixels();
-    let mut g = vec![0.0f64; n];
-    let mut diff = vec![0.0f32; n];
+    let s = row + x;
+    let mut g = 0.0;
     for ch in 0..vol.channels() {
-        let x = vol.channel(ch);
-        for (extent, stride) in [(d, h * w), (h, w), (w, 1)] {
+        let v = vol.channel(ch);
+        for (i, extent, stride) in [(z, d, h * w), (y, h, w), (x, w, 1)] {
             if extent < 2 {
                 continue;
             }
-            along_axis(x, &mut diff, extent, stride, |lo, _, hi| hi - lo);
-            g.par_iter_mut().zip(diff.par_iter()).with_min_len(1 << 14).for_each(|(gs, &v)| {
-                *gs += f64::from(v) * f64::from(v);
-            });
+            let lo = if i > 0 { s - stride } else { s };
+            let hi = if i + 1 < extent { s + stride } else { s };
+            let diff = v[hi] - v[lo];
+            g += f64::from(diff) * f64::from(diff);
         }
     }
     g
 }
 
-/// Which pixels are interior (not on a boundary) on the denoised copy `smoothed`.
+/// Which pixels are interior (not on a boundary) on the denoised copy `smoothed`: the squared
+/// gradient at most [`EDGE_FACTOR`] times its median over an evenly strided sample.
 pub fn interior(smoothed: &Volume) -> Vec<bool> {
-    let g = squared_gradient(smoothed);
-    let mut sorted: Vec<f64> = g.iter().copied().step_by(g.len().div_ceil(MAX_SAMPLES).max(1)).collect();
+    let [_, h, w] = smoothed.dims();
+    let n = smoothed.pixels();
+    let at = |s: usize| squared_gradient(smoothed, s - s % w, s / (h * w), (s / w) % h, s % w);
+    let mut sorted: Vec<f64> = (0..n).step_by(n.div_ceil(MAX_SAMPLES).max(1)).map(at).collect();
     let mid = sorted.len() / 2;
     let median = if sorted.is_empty() { 0.0 } else { *sorted.select_nth_unstable_by(mid, f64::total_cmp).1 };
-    g.iter().map(|&v| v <= EDGE_FACTOR * median).collect()
+    let mut inside = vec![false; n];
+    inside.par_chunks_mut(w.max(1)).enumerate().with_min_len(16).for_each(|(r, out)| {
+        let (z, y) = (r / h, r % h);
+        for (x, o) in out.iter_mut().enumerate() {
+            *o = squared_gradient(smoothed, r * w, z, y, x) <= EDGE_FACTOR * median;
+        }
+    });
+    inside
 }
 
 /// Whether the image has at least `k` distinct pixel values (vectors, for several channels).

@@ -161,3 +161,40 @@ pub fn small_close_phases(size: usize, seed: u64) -> Result<Synthetic, SegmentEr
     }
     Ok(Synthetic { volume: Volume::new(1, 1, size, size, data)?, truth })
 }
+
+/// Thin structures: two grey phases, lines 1, 2, 3 and 4 pixels wide at level 0.7 (phase 1) on a
+/// background at 0.3 (phase 0), Gaussian noise σ = 0.1 (contrast 4σ), on a `size × size` image
+/// (`size >= 32`). Line `i` (width `i + 1`) runs across the image at row `size/8 + i·size/4` and
+/// down it at column `size/8 + i·size/4 + size/16`, 8 pixels short of each edge; `bench/quality.py`
+/// draws the same lines.
+///
+/// # Errors
+/// [`SegmentError::BadImage`] for `size < 32` or a size that does not fit in memory.
+pub fn thin_lines(size: usize, seed: u64) -> Result<Synthetic, SegmentError> {
+    const LEVELS: [f64; 2] = [0.3, 0.7];
+    const SIGMA: f64 = 0.1;
+    if size < 32 {
+        return Err(SegmentError::BadImage(format!("the thin-lines image needs a size of at least 32, got {size}")));
+    }
+    let n = size
+        .checked_mul(size)
+        .ok_or_else(|| SegmentError::BadImage(format!("a {size}×{size} image does not fit in memory")))?;
+    let mut truth: Vec<u8> = crate::zeros(n, "the synthetic image's labels")?;
+    let mut data: Vec<f32> = crate::zeros(n, "the synthetic image")?;
+    let along = 8..size - 8;
+    for (i, width) in (1..=4).enumerate() {
+        let at = size / 8 + i * size / 4;
+        for y in at..at + width {
+            truth[y * size + along.start..y * size + along.end].fill(1);
+        }
+        for y in along.clone() {
+            let x = at + size / 16;
+            truth[y * size + x..y * size + x + width].fill(1);
+        }
+    }
+    let mut rng = SplitMix64::new(seed);
+    for (v, &t) in data.iter_mut().zip(&truth) {
+        *v = (LEVELS[usize::from(t)] + SIGMA * rng.normal()) as f32;
+    }
+    Ok(Synthetic { volume: Volume::new(1, 1, size, size, data)?, truth })
+}
