@@ -17,22 +17,9 @@ from skimage.filters import threshold_otsu
 from skimage.segmentation import chan_vese
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from quality import disk, run_msloss, score, tv  # noqa: E402
+from quality import biased, run_msloss, score, tv  # noqa: E402
 
 ALPHAS = [0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
-
-
-def biased(seed, size, alpha, noise=0.05):
-    rng = np.random.default_rng(seed)
-    shape = (size, size)
-    truth = np.zeros(shape, np.uint8)
-    for _ in range(14):
-        truth[disk(shape, rng.uniform(0, size), rng.uniform(0, size), rng.uniform(0.04, 0.10) * size)] = 1
-    y, x = np.mgrid[:size, :size] / size
-    field = 1.2 * (x - 0.5) + 0.4 * np.sin(2 * np.pi * (0.8 * y + 0.1))
-    field /= np.abs(field).max()
-    img = np.array([0.35, 0.65])[truth] * (1 + alpha * field) + noise * rng.standard_normal(shape)
-    return img[None].astype(np.float32), truth
 
 
 def main():

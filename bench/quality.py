@@ -7,8 +7,9 @@ with known ground truth, scored after Hungarian matching of labels to true phase
     python3 bench/quality.py [--bin target/release/msloss] [--json results.json] [--only NAME] [--no-chan-vese]
 
 Every image is generated here with numpy's seeded generator (`np.random.default_rng(seed)`), written as a float32
-`.npy` (`[C,H,W]` or `[C,D,H,W]`), segmented by `msloss segment --phases K` (defaults otherwise; `--phases auto` in
-the `auto` column) and by the baselines, which run in this process:
+`.npy` (`[C,H,W]` or `[C,D,H,W]`), segmented by `msloss segment --phases K` (defaults otherwise, but for the
+bias-field case's local fidelity, `--fidelity local --sigma 16`; `--phases auto` in the `auto` column) and by the
+baselines, which run in this process:
 
 - `chan_vese`, `morphological_chan_vese` (scikit-image defaults; 2 phases, 2D grey only);
 - `tv+multiotsu`: `denoise_tv_chambolle` (default weight 0.1) then `threshold_multiotsu(classes=K)` (grey; 256
@@ -21,8 +22,8 @@ IoU 0), and seconds (msloss: the wall time of the whole `msloss segment` process
 baselines: the call's wall time). The targets checked at the end, for msloss with its defaults: every phase that
 the best baseline finds (IoU >= 0.8) msloss finds too (IoU >= 0.8); msloss's mean IoU >= the best baseline's - 0.01;
 and `chan_vese` at least 10x slower than msloss's work (the JSON's `seconds.total`, from reading the input to the
-summary, like the baseline's call) on the 2-phase 512² images. Rows named `msloss --lambda …` show other settings,
-for information only.
+summary, like the baseline's call) on the 2-phase 512² images; on the bias-field case (α = 0.6, where bench/bias.py
+finds the global fidelity's mean IoU first below 0.8), the global fidelity below 0.8 and the local one at least 0.95.
 """
 import argparse, json, os, subprocess, sys, tempfile, time
 
@@ -135,6 +136,23 @@ def blobs2(seed, size):
     return paint(truth, [[0.35], [0.65]], 0.15, rng), truth, 2
 
 
+def biased(seed, size, alpha, noise=0.05):
+    """2 grey phases: disks (0.65) on a background (0.35) times a smooth bias field `1 + α·g` (`g` a ramp plus a
+    slow sine, scaled to [-1, 1]), then noise σ 0.05 (bench/bias.py sweeps α)."""
+    rng = np.random.default_rng(seed)
+    shape = (size, size)
+    truth = np.zeros(shape, np.uint8)
+    for _ in range(14):
+        truth[disk(shape, rng.uniform(0, size), rng.uniform(0, size), rng.uniform(0.04, 0.10) * size)] = 1
+    y, x = np.mgrid[:size, :size] / size
+    field = 1.2 * (x - 0.5) + 0.4 * np.sin(2 * np.pi * (0.8 * y + 0.1))
+    field /= np.abs(field).max()
+    img = np.array([0.35, 0.65])[truth] * (1 + alpha * field) + noise * rng.standard_normal(shape)
+    return img[None].astype(np.float32), truth
+
+
+LOCAL = ["--fidelity", "local", "--sigma", "16"]
+
 CASES = [
     ("issue27", "issue 27: 0/0.2/0.3/1.0, σ 0.04, 4% phase", lambda: issue27(27)),
     ("small-grey", "small phases 3% + 1%, grey σ 0.06", lambda: small_phases(1, False)),
@@ -149,10 +167,13 @@ CASES = [
     ("blobs-256", "disks, grey σ 0.15, K 2, 256²", lambda: blobs2(6, 256)),
     ("blobs-512", "disks, grey σ 0.15, K 2, 512²", lambda: blobs2(7, 512)),
     ("grey-k2-512", "Voronoi grey, K 2, 512²", lambda: k_phases(40, 2, False, (512, 512))),
+    ("bias", "bias field α 0.6, K 2 (msloss: local σ 16)", lambda: (*biased(1, 256, 0.6), 2)),
 ]
 
-# Extra msloss rows with other settings, for information (the targets use the defaults).
-EXTRA = {"thin": [["--lambda", "2"]]}
+# msloss's settings per case (its defaults elsewhere), and extra msloss rows with other settings: the bias case's
+# global fidelity, whose mean IoU must be below 0.8 there (where bench/bias.py finds it first drops so).
+ARGS = {"bias": LOCAL}
+EXTRA = {"bias": {"msloss, global fidelity": []}}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -253,18 +274,19 @@ def main():
             continue
         img, truth, k = gen()
         rows = {}
-        labels, secs, summary = run_msloss(a.bin, img, k)
+        args = ARGS.get(name, [])
+        labels, secs, summary = run_msloss(a.bin, img, k, args)
         rows["msloss"] = (score(labels, truth, k), secs)
         work = summary["seconds"]["total"]
-        for extra in EXTRA.get(name, []):
+        for row, extra in EXTRA.get(name, {}).items():
             labels, secs_x, _ = run_msloss(a.bin, img, k, extra)
-            rows["msloss " + " ".join(extra)] = (score(labels, truth, k), secs_x)
+            rows[row] = (score(labels, truth, k), secs_x)
         for method, f in baselines(img, k, not a.no_chan_vese).items():
             labels, secs = timed(f)
             rows[method] = (score(labels, truth, k), secs)
         auto = None
         if not a.no_auto:
-            labels, secs, summary_auto = run_msloss(a.bin, img, "auto")
+            labels, secs, summary_auto = run_msloss(a.bin, img, "auto", args)
             auto = summary_auto["phases"]
             rows[f"msloss --phases auto (K {auto})"] = (score(labels, truth, k), secs)
         for method, (per, secs) in rows.items():
@@ -280,6 +302,10 @@ def main():
                                 f"{best.round(3).tolist()})")
             if ms.mean() < best.mean() - 0.01:
                 failures.append(f"{name}: mean IoU {ms.mean():.4f} < {best_m} {best.mean():.4f} - 0.01")
+        if name == "bias":
+            glob = rows["msloss, global fidelity"][0].mean()
+            if not (glob < 0.8 and ms.mean() >= 0.95):
+                failures.append(f"bias: local {ms.mean():.4f} (>= 0.95 wanted) where global {glob:.4f} (< 0.8)")
         if "chan_vese" in rows and img.shape[-1] >= 512:
             cv = rows["chan_vese"][1]
             speed = (f"{name}: chan_vese {cv:.3f} s is {cv / rows['msloss'][1]:.1f}x msloss's process "
