@@ -1108,3 +1108,48 @@ impl Plan {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The local fidelity's scratch is two buffers of one sample's `N·(C+1)` planes, whatever
+    /// `B` (issue 27; it was `2·B·N·(C+1)` planes): counted by `Sizes`, and, where there is an
+    /// adapter, as the plan's buffers. The per-sample blocks and energies grow with `B`, but by
+    /// a block (at most 256 bytes) and a float a sample.
+    #[test]
+    fn local_scratch_is_one_samples() {
+        let (n, c, h, w) = (3usize, 2usize, 9usize, 7usize);
+        let planes = (n * (c + 1) * h * w) as u64;
+        for b in [1, 3, 7] {
+            let shape = Shape::new_2d(b, n, c, h, w).unwrap();
+            assert_eq!(Sizes::with_local(shape, true).unwrap().local_len(), planes, "B = {b}");
+        }
+        let backend = match WgpuBackend::new() {
+            Ok(backend) => backend,
+            Err(e) if std::env::var("MSLOSS_SKIP_GPU").as_deref() == Ok("1") => {
+                eprintln!("MSLOSS_SKIP_GPU=1: skipping the plan's buffers ({e})");
+                return;
+            }
+            Err(e) => panic!("no usable GPU adapter: {e} (set MSLOSS_SKIP_GPU=1 to skip)"),
+        };
+        let params = Params::default().with_fidelity(Fidelity::Local { sigma: 1.5 });
+        let stride = sample_stride(&backend.inner.limits);
+        for b in [1, 3, 7] {
+            let shape = Shape::new_2d(b, n, c, h, w).unwrap();
+            let plan = backend.plan(shape, &params, Io::TRAIN).unwrap();
+            let ls = plan.local.as_ref().unwrap();
+            assert_eq!(ls.planes.size() + ls.other.size(), 2 * planes * 4, "B = {b}");
+            assert_eq!(ls.samples.size(), b as u64 * stride, "B = {b}");
+            assert_eq!(ls.energies.size(), b as u64 * 4, "B = {b}");
+            // Each sample's kernels run once, in order: products, then terms, then the gradient.
+            let per_sample: Vec<&str> = plan
+                .dispatches()
+                .into_iter()
+                .map(|(k, _, _)| k)
+                .filter(|k| ["local_products", "local_terms", "local_grad"].contains(k))
+                .collect();
+            assert_eq!(per_sample, ["local_products", "local_terms", "local_grad"].repeat(b), "B = {b}");
+        }
+    }
+}
