@@ -70,9 +70,14 @@ impl fmt::Debug for WgpuBackend {
 }
 
 /// The limits the kernels need, as `(name, required, got)`.
-fn limit_needs(l: &wgpu::Limits) -> [(&'static str, u64, u64); 6] {
+fn limit_needs(l: &wgpu::Limits) -> [(&'static str, u64, u64); 7] {
     let max_storage = Kernel::ALL.iter().map(|k| k.storage_buffers()).max().unwrap_or(0);
     let max_bindings = Kernel::ALL.iter().map(|k| k.bindings().len()).max().unwrap_or(0);
+    let max_dynamic = Kernel::ALL
+        .iter()
+        .map(|k| k.bindings().iter().filter(|b| **b == Binding::UniformDynamic).count())
+        .max()
+        .unwrap_or(0);
     [
         ("max_storage_buffers_per_shader_stage", max_storage.into(), l.max_storage_buffers_per_shader_stage.into()),
         ("max_bindings_per_bind_group", max_bindings as u64, l.max_bindings_per_bind_group.into()),
@@ -89,6 +94,12 @@ fn limit_needs(l: &wgpu::Limits) -> [(&'static str, u64, u64); 6] {
             l.max_compute_workgroup_storage_size.into(),
         ),
         ("max_uniform_buffer_binding_size", 64, l.max_uniform_buffer_binding_size),
+        // The local fidelity's per-sample block (WebGPU's default is 8).
+        (
+            "max_dynamic_uniform_buffers_per_pipeline_layout",
+            max_dynamic as u64,
+            l.max_dynamic_uniform_buffers_per_pipeline_layout.into(),
+        ),
     ]
 }
 
@@ -251,11 +262,11 @@ fn create_pipeline(device: &wgpu::Device, kernel: Kernel) -> Pipeline {
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
                 ty: match b {
-                    Binding::Uniform => wgpu::BufferBindingType::Uniform,
+                    Binding::Uniform | Binding::UniformDynamic => wgpu::BufferBindingType::Uniform,
                     Binding::StorageRead => wgpu::BufferBindingType::Storage { read_only: true },
                     Binding::StorageReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                 },
-                has_dynamic_offset: false,
+                has_dynamic_offset: *b == Binding::UniformDynamic,
                 min_binding_size: None,
             },
             count: None,

@@ -21,9 +21,10 @@
 //! - Every feature of the core definition: `N` classes, `C` channels, 2D and 3D, masks, the
 //!   three length kinds, both reductions, logits and probabilities, centroids, the global and
 //!   the local fidelity. The local one runs as separable convolutions (one dispatch per axis,
-//!   the taps computed on the host from [`msloss_core::Gaussian`]) over `2·B·N·(C+1)` planes of
-//!   scratch; a window `min(2⌈3σ⌉ + 1, extent)` longer than [`MAX_WINDOW`] along an axis is
-//!   refused ([`WgpuError::ExtentTooLarge`]), since one invocation loops over it.
+//!   the taps computed on the host from [`msloss_core::Gaussian`]), one sample after another
+//!   over one sample's scratch, `2·N·(C+1)` planes whatever `B` (plus a uniform block and a
+//!   float per sample); a window `min(2⌈3σ⌉ + 1, extent)` longer than [`MAX_WINDOW`] along an
+//!   axis is refused ([`WgpuError::ExtentTooLarge`]), since one invocation loops over it.
 //! - Deterministic: every sum is a fixed-order tree (eight elements per invocation, a workgroup
 //!   tree, then as many levels of tree over workgroup partials as the size needs); no float
 //!   atomics. Two runs give the same bits.

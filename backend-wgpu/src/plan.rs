@@ -6,7 +6,7 @@ use std::num::NonZeroU64;
 
 use msloss_core::{Energy, Error, Fidelity, Gaussian, LengthKind, Params, Reduction, Shape};
 use msloss_shaders::{
-    ConvParams, Dims, Kernel, MAX_WINDOW, ReduceParams, TILE, WORKGROUP_SIZE, flags, length_kind, status,
+    ConvParams, Dims, Kernel, MAX_WINDOW, ReduceParams, SampleParams, TILE, WORKGROUP_SIZE, flags, length_kind, status,
 };
 use wgpu::util::DeviceExt;
 
@@ -132,9 +132,10 @@ struct Sizes {
 }
 
 impl Sizes {
-    /// Elements of one of the local fidelity's two scratch buffers: `B·N·(C+1)` planes.
+    /// Elements of one of the local fidelity's two scratch buffers: one sample's `N·(C+1)`
+    /// planes, whatever `B` (the per-sample kernels reuse them sample after sample).
     fn local_len(&self) -> u64 {
-        self.b * self.n * (self.c + 1) * self.s
+        self.n * (self.c + 1) * self.s
     }
 
     fn new(shape: Shape) -> Result<Self, WgpuError> {
@@ -168,7 +169,7 @@ impl Sizes {
         let sizes = Self::new(shape)?;
         let count = sizes.local_len();
         if local && count > INDEX_MAX {
-            let what = "the local fidelity's scratch (B·N·(C+1)·D·H·W)";
+            let what = "the local fidelity's scratch (N·(C+1)·D·H·W)";
             return Err(WgpuError::IndexOverflow { what, count, max: INDEX_MAX });
         }
         Ok(sizes)
@@ -186,8 +187,18 @@ struct Layout {
     class_levels: Vec<(u64, u64)>,
     count_levels: Vec<(u64, u64)>,
     loss_levels: Vec<(u64, u64)>,
-    /// The local fidelity's energy sum (`B·N·S` values), when it is asked for.
+    /// The local fidelity's energy sum of one sample (`N·S` values), when it is asked for; the
+    /// `B` samples' shares are then summed with `count_levels` (`B` values too).
     local_levels: Option<Vec<(u64, u64)>>,
+    /// Bytes between two samples' [`SampleParams`] blocks: 16 rounded up to the device's
+    /// `min_uniform_buffer_offset_alignment` (a dynamic offset must be a multiple of it).
+    sample_stride: u64,
+}
+
+/// Bytes between two samples' [`SampleParams`] blocks on a device with `limits`.
+fn sample_stride(limits: &wgpu::Limits) -> u64 {
+    let align = u64::from(limits.min_uniform_buffer_offset_alignment).max(1);
+    (SampleParams::default().to_bytes().len() as u64).div_ceil(align) * align
 }
 
 impl WgpuBackend {
@@ -203,7 +214,8 @@ impl WgpuBackend {
         let class_levels = levels(sz.tiles);
         let count_levels = levels(sz.b);
         let loss_levels = levels(sz.loss_groups);
-        let local_levels = local.then(|| levels(sz.b * sz.n * sz.s));
+        let local_levels = local.then(|| levels(sz.n * sz.s));
+        let stride = sample_stride(limits);
         let no_levels = Vec::new();
         let scratch_len = [
             (sz.rows, &class_levels),
@@ -226,7 +238,22 @@ impl WgpuBackend {
             count_levels,
             loss_levels,
             local_levels,
+            sample_stride: stride,
         };
+        if local {
+            // One block per sample, chosen by a dynamic offset, which is a u32.
+            let max = u64::from(u32::MAX) / stride;
+            if sz.b > max {
+                let what = "the local fidelity's per-sample uniform blocks (B)";
+                return Err(WgpuError::IndexOverflow { what, count: sz.b, max });
+            }
+            let bytes = sz.b * stride;
+            if bytes > limits.max_buffer_size {
+                let (what, limit_name, limit) =
+                    ("the local fidelity's per-sample uniform blocks", "max_buffer_size", limits.max_buffer_size);
+                return Err(WgpuError::BufferTooLarge { what, bytes, limit_name, limit });
+            }
+        }
         let binding_limit = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         for (what, bytes) in [
             ("the scores", lay.scores_bytes),
@@ -272,7 +299,8 @@ impl WgpuBackend {
             return Ok(shape.batch());
         }
         self.layout(shape.with_batch(1)?, local)?;
-        // Every size grows with B: the largest that fits, by bisection (fits(lo), !fits(hi)).
+        // No size shrinks as B grows (the local fidelity's scratch stays one sample's): the
+        // largest that fits, by bisection (fits(lo), !fits(hi)).
         let (mut lo, mut hi) = (1, shape.batch());
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
@@ -309,7 +337,9 @@ impl Traffic {
 }
 
 /// One dispatch whose bind group is built with the plan (it binds only the plan's buffers).
-#[derive(Debug)]
+/// Cloned to repeat it (wgpu's handles are shared references): the local fidelity's
+/// convolutions run once per sample over the same scratch.
+#[derive(Debug, Clone)]
 struct Fixed {
     /// [`Kernel::Reduce`] or [`Kernel::LocalConv`].
     kernel: Kernel,
@@ -321,19 +351,21 @@ struct Fixed {
 }
 
 /// The dispatches of one evaluation, in order. The kernels that bind a caller's range get their
-/// bind group per call ([`Plan::encode`]); the reductions between them are fixed.
+/// bind group per call ([`Plan::encode`]), one per kernel; the reductions between them are fixed.
 #[derive(Debug)]
 enum Step {
-    /// A kernel that binds the caller's ranges, over this grid.
-    Caller(Kernel, (u32, u32)),
+    /// A kernel that binds the caller's ranges, over this grid; for the local fidelity's
+    /// per-sample kernels, the dynamic offset of the sample's [`SampleParams`] block.
+    Caller(Kernel, (u32, u32), Option<u32>),
     /// A reduction level over the plan's own buffers.
     Fixed(Fixed),
 }
 
 /// Everything one evaluation on the device needs beyond the caller's buffers: scratch (the
 /// softmax, the class-sum partials, O(B·N·C) sums and centroids; with the local fidelity two
-/// buffers of `B·N·(C+1)` planes and its taps), the uniform block, and the reduction levels'
-/// and convolutions' bind groups. Built once by [`WgpuBackend::plan`] for a shape, an [`Io`]
+/// buffers of one sample's `N·(C+1)` planes, reused sample after sample, its taps and `B`
+/// per-sample blocks and energies), the uniform block, and the reduction levels' and
+/// convolutions' bind groups. Built once by [`WgpuBackend::plan`] for a shape, an [`Io`]
 /// and parameters; owned by the caller, which records it with [`Plan::encode`] on any
 /// [`DeviceBuffers`] of that shape, as often as it likes.
 ///
@@ -362,13 +394,24 @@ pub struct Plan {
     steps: Vec<Step>,
 }
 
-/// The local fidelity's scratch: two buffers of `B·N·(C+1)` planes between which the
-/// convolutions alternate, and the coverage lines and taps ([`local_table`]).
+/// The local fidelity's scratch: two buffers of one sample's `N·(C+1)` planes between which the
+/// convolutions alternate (every sample's dispatches reuse them in turn: wgpu puts a barrier
+/// between dispatches of one pass that use a buffer read-write, so a sample's reads finish
+/// before the next sample's writes), the coverage lines and taps ([`local_table`]), the
+/// per-sample blocks and the per-sample energies.
 #[derive(Debug)]
 struct LocalScratch {
     planes: wgpu::Buffer,
     other: wgpu::Buffer,
     table: wgpu::Buffer,
+    /// `B` [`SampleParams`] blocks, `stride` bytes apart: sample `b`'s at `b·stride`, picked by
+    /// the per-sample kernels' dynamic offset. A uniform array with dynamic offsets is core
+    /// WebGPU, so every wgpu backend has it; push constants (wgpu's immediates) are a native-only
+    /// feature, and a bind group per sample would make `B` times the per-call bind groups.
+    samples: wgpu::Buffer,
+    stride: u64,
+    /// The `B` samples' shares of the local energy, summed into the fidelity total at the end.
+    energies: wgpu::Buffer,
     /// An odd number of axes is convolved: the products go into, and the gradient's maps come
     /// back in, `other` (the first convolutions always end in `planes`).
     odd: bool,
@@ -440,6 +483,13 @@ impl WgpuBackend {
                     .collect();
             let local = table.as_ref().map(|(t, _)| {
                 let bytes: Vec<u8> = t.iter().flat_map(|v| v.to_ne_bytes()).collect();
+                let stride = lay.sample_stride;
+                // Layout checked B·stride against max_buffer_size and u32: it fits usize.
+                let mut blocks = vec![0u8; (sz.b * stride) as usize];
+                for (index, block) in blocks.chunks_exact_mut(stride as usize).enumerate() {
+                    let sp = SampleParams { index: index as u32 }.to_bytes();
+                    block[..sp.len()].copy_from_slice(&sp);
+                }
                 LocalScratch {
                     planes: storage("msloss local planes", sz.local_len(), none),
                     other: storage("msloss local other", sz.local_len(), none),
@@ -448,6 +498,13 @@ impl WgpuBackend {
                         contents: &bytes,
                         usage: wgpu::BufferUsages::STORAGE,
                     }),
+                    samples: device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("msloss local samples"),
+                        contents: &blocks,
+                        usage: wgpu::BufferUsages::UNIFORM,
+                    }),
+                    stride,
+                    energies: storage("msloss local energies", sz.b, none),
                     odd: axes.len() % 2 == 1,
                 }
             });
@@ -465,21 +522,38 @@ impl WgpuBackend {
             // 5. energy terms and gradient, then their sums
             b.caller(Kernel::LossGrad, sz.loss_groups)?;
             b.chain(&loss_partials, 0, 2, &lay.loss_levels, &totals, 1)?;
-            // 5b. the local fidelity: products, convolutions, per-pixel terms and their sum into
-            // the fidelity total (over loss_grad's zero), then the gradient's convolutions and
-            // its addition to the length's gradient.
+            // 5b. the local fidelity, one sample after another over one sample's scratch:
+            // products, convolutions, per-pixel terms and their sum into the sample's share, then
+            // the gradient's convolutions and its addition to the length's gradient; at the end
+            // the shares' sum into the fidelity total (over loss_grad's zero).
             if let (Some(ls), Some((t, radius)), Some(lv)) = (&local, &table, &lay.local_levels) {
-                let elem_groups = ceil_div(sz.b * sz.n * sz.s, WORKGROUP_SIZE as u64);
+                let elem_groups = ceil_div(sz.n * sz.s, WORKGROUP_SIZE as u64);
                 let taps_offset = (t.len() - radius - 1) as u64;
                 let conv = ConvSetup { table: &ls.table, axes: &axes, radius: *radius as u64, taps_offset, sz: &sz };
-                b.caller(Kernel::LocalProducts, elem_groups)?;
-                b.convolve(&conv, ls.edge(), if ls.odd { &ls.planes } else { &ls.other })?;
-                b.caller(Kernel::LocalTerms, elem_groups)?;
-                b.chain(&ls.other, 0, 1, lv, &totals, 1)?;
-                if io.grad {
-                    b.convolve(&conv, &ls.planes, &ls.other)?;
-                    b.caller(Kernel::LocalGrad, elem_groups)?;
+                // The convolutions and the energy sum's levels but the last bind only the plan's
+                // buffers, the same for every sample: built once, repeated.
+                let first = b.convolve(&conv, ls.edge(), if ls.odd { &ls.planes } else { &ls.other })?;
+                let second = if io.grad { b.convolve(&conv, &ls.planes, &ls.other)? } else { Vec::new() };
+                let last_level = lv.len().saturating_sub(1);
+                let head = (0..last_level)
+                    .map(|i| b.chain_level(&ls.other, 0, 1, lv, i, &ls.energies, 0))
+                    .collect::<Result<Vec<_>, _>>()?;
+                for sample in 0..sz.b {
+                    // Layout checked B·stride against u32.
+                    let offset = Some((sample * ls.stride) as u32);
+                    b.caller_at(Kernel::LocalProducts, elem_groups, offset)?;
+                    b.steps.extend(first.iter().cloned().map(Step::Fixed));
+                    b.caller_at(Kernel::LocalTerms, elem_groups, offset)?;
+                    b.steps.extend(head.iter().cloned().map(Step::Fixed));
+                    // The last level writes this sample's share.
+                    let last = b.chain_level(&ls.other, 0, 1, lv, last_level, &ls.energies, sample)?;
+                    b.steps.push(Step::Fixed(last));
+                    if io.grad {
+                        b.steps.extend(second.iter().cloned().map(Step::Fixed));
+                        b.caller_at(Kernel::LocalGrad, elem_groups, offset)?;
+                    }
                 }
+                b.chain(&ls.energies, 0, 1, &lay.count_levels, &totals, 1)?;
             }
             // 6. softmax backward
             if logits && io.grad {
@@ -544,8 +618,13 @@ impl StepBuilder<'_> {
 
     /// Adds a dispatch of `kernel` over `groups` workgroups whose bind group is built per call.
     fn caller(&mut self, kernel: Kernel, groups: u64) -> Result<(), WgpuError> {
+        self.caller_at(kernel, groups, None)
+    }
+
+    /// [`StepBuilder::caller`] with the dynamic offset of a per-sample kernel's block.
+    fn caller_at(&mut self, kernel: Kernel, groups: u64, offset: Option<u32>) -> Result<(), WgpuError> {
         let grid = self.grid(kernel, groups)?;
-        self.steps.push(Step::Caller(kernel, grid));
+        self.steps.push(Step::Caller(kernel, grid, offset));
         Ok(())
     }
 
@@ -560,51 +639,78 @@ impl StepBuilder<'_> {
         dst: &wgpu::Buffer,
         dst_offset: u64,
     ) -> Result<(), WgpuError> {
-        let (ping, pong) = (self.ping, self.pong);
-        let mut from = src;
-        let mut from_offset = src_offset;
-        for (i, (len_in, len_out)) in lv.iter().enumerate() {
-            let last = i + 1 == lv.len();
-            let (to, to_offset) = if last {
-                (dst, dst_offset)
-            } else if i % 2 == 0 {
-                (ping, 0)
-            } else {
-                (pong, 0)
-            };
-            // Sizes::new bounds every count by u32.
-            let rp = ReduceParams {
-                rows: rows as u32,
-                len_in: *len_in as u32,
-                len_out: *len_out as u32,
-                src_offset: from_offset as u32,
-                dst_offset: to_offset as u32,
-            };
-            let device = self.backend.device();
-            let ub = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("msloss reduce params"),
-                contents: &rp.to_bytes(),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-            let p = self.backend.pipeline(Kernel::Reduce);
-            let bind_group = bind_group(device, Kernel::Reduce, &p.layout, &[whole(&ub), whole(from), whole(to)]);
-            let grid = self.grid(Kernel::Reduce, rows * len_out)?;
-            let elems = (rows * len_in, rows * len_out);
-            let kernel = Kernel::Reduce;
-            self.steps.push(Step::Fixed(Fixed { kernel, pipeline: p.pipeline.clone(), bind_group, grid, elems }));
-            from = to;
-            from_offset = to_offset;
-        }
+        let steps = self.chain_steps(src, src_offset, rows, lv, dst, dst_offset)?;
+        self.steps.extend(steps.into_iter().map(Step::Fixed));
         Ok(())
+    }
+
+    /// The levels of [`StepBuilder::chain`], not yet added.
+    fn chain_steps(
+        &self,
+        src: &wgpu::Buffer,
+        src_offset: u64,
+        rows: u64,
+        lv: &[(u64, u64)],
+        dst: &wgpu::Buffer,
+        dst_offset: u64,
+    ) -> Result<Vec<Fixed>, WgpuError> {
+        (0..lv.len()).map(|i| self.chain_level(src, src_offset, rows, lv, i, dst, dst_offset)).collect()
+    }
+
+    /// Level `i` of [`StepBuilder::chain`]: level 0 reads `src` at `src_offset`, the last
+    /// writes `dst` at `dst_offset`, the others alternate between ping (even levels write it)
+    /// and pong.
+    #[allow(clippy::too_many_arguments, reason = "the chain's arguments and the level")]
+    fn chain_level(
+        &self,
+        src: &wgpu::Buffer,
+        src_offset: u64,
+        rows: u64,
+        lv: &[(u64, u64)],
+        i: usize,
+        dst: &wgpu::Buffer,
+        dst_offset: u64,
+    ) -> Result<Fixed, WgpuError> {
+        let (ping, pong) = (self.ping, self.pong);
+        let written_by = |level: usize| if level.is_multiple_of(2) { ping } else { pong };
+        let (from, from_offset) = if i == 0 { (src, src_offset) } else { (written_by(i - 1), 0) };
+        let (to, to_offset) = if i + 1 == lv.len() { (dst, dst_offset) } else { (written_by(i), 0) };
+        let (len_in, len_out) = lv.get(i).copied().unwrap_or((0, 0));
+        // Sizes::new bounds every count by u32.
+        let rp = ReduceParams {
+            rows: rows as u32,
+            len_in: len_in as u32,
+            len_out: len_out as u32,
+            src_offset: from_offset as u32,
+            dst_offset: to_offset as u32,
+        };
+        let device = self.backend.device();
+        let ub = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("msloss reduce params"),
+            contents: &rp.to_bytes(),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let p = self.backend.pipeline(Kernel::Reduce);
+        let bind_group = bind_group(device, Kernel::Reduce, &p.layout, &[whole(&ub), whole(from), whole(to)]);
+        let grid = self.grid(Kernel::Reduce, rows * len_out)?;
+        let elems = (rows * len_in, rows * len_out);
+        let kernel = Kernel::Reduce;
+        Ok(Fixed { kernel, pipeline: p.pipeline.clone(), bind_group, grid, elems })
     }
 }
 
 impl StepBuilder<'_> {
-    /// The separable Gaussian along every axis of `conv`, from `first` and alternating with
-    /// `second` (the result is in `first` after an even number of axes, in `second` after an
-    /// odd one).
-    fn convolve(&mut self, conv: &ConvSetup<'_>, first: &wgpu::Buffer, second: &wgpu::Buffer) -> Result<(), WgpuError> {
+    /// The separable Gaussian along every axis of `conv` over one sample's planes, from `first`
+    /// and alternating with `second` (the result is in `first` after an even number of axes, in
+    /// `second` after an odd one), as steps not yet added.
+    fn convolve(
+        &self,
+        conv: &ConvSetup<'_>,
+        first: &wgpu::Buffer,
+        second: &wgpu::Buffer,
+    ) -> Result<Vec<Fixed>, WgpuError> {
         let len = conv.sz.local_len();
+        let mut steps = Vec::with_capacity(conv.axes.len());
         let (mut from, mut to) = (first, second);
         for &(extent, stride) in conv.axes {
             // Sizes::with_local bounds every count by u32; the radius is below the largest extent.
@@ -629,10 +735,10 @@ impl StepBuilder<'_> {
             let grid = self.grid(kernel, ceil_div(len, WORKGROUP_SIZE as u64))?;
             let window = (2 * u64::from(cp.radius) + 1).min(extent);
             let elems = (len * window, len);
-            self.steps.push(Step::Fixed(Fixed { kernel, pipeline: p.pipeline.clone(), bind_group, grid, elems }));
+            steps.push(Fixed { kernel, pipeline: p.pipeline.clone(), bind_group, grid, elems });
             std::mem::swap(&mut from, &mut to);
         }
-        Ok(())
+        Ok(steps)
     }
 }
 
@@ -810,9 +916,14 @@ impl Plan {
             let make = |kernel: Kernel, resources: &[wgpu::BindingResource<'_>]| {
                 bind_group(device, kernel, &self.backend.pipeline(kernel).layout, resources)
             };
-            let mut groups = Vec::with_capacity(9);
+            // One bind group per kernel: the per-sample kernels, dispatched once per sample, take
+            // their sample's block by the dynamic offset of each dispatch.
+            let mut groups: Vec<(Kernel, wgpu::BindGroup)> = Vec::with_capacity(9);
             for step in &self.steps {
-                let Step::Caller(kernel, _) = step else { continue };
+                let Step::Caller(kernel, _, _) = step else { continue };
+                if groups.iter().any(|(k, _)| k == kernel) {
+                    continue;
+                }
                 let bg = match kernel {
                     Kernel::Prepare => make(
                         *kernel,
@@ -856,6 +967,11 @@ impl Plan {
                     ),
                     Kernel::LocalProducts | Kernel::LocalTerms | Kernel::LocalGrad => {
                         let Some(ls) = &self.local else { continue };
+                        let sample = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &ls.samples,
+                            offset: 0,
+                            size: NonZeroU64::new(SampleParams::default().to_bytes().len() as u64),
+                        });
                         match kernel {
                             Kernel::LocalProducts => make(
                                 *kernel,
@@ -866,6 +982,7 @@ impl Plan {
                                     mask.clone(),
                                     whole(&self.sums),
                                     whole(ls.edge()),
+                                    sample.clone(),
                                 ],
                             ),
                             Kernel::LocalTerms => make(
@@ -879,6 +996,7 @@ impl Plan {
                                     whole(&ls.table),
                                     whole(&ls.planes),
                                     whole(&ls.other),
+                                    sample.clone(),
                                 ],
                             ),
                             _ => make(
@@ -893,6 +1011,7 @@ impl Plan {
                                     whole(&self.stats),
                                     grad.clone(),
                                     whole(&self.status),
+                                    sample.clone(),
                                 ],
                             ),
                         }
@@ -900,7 +1019,7 @@ impl Plan {
                     // Reduce levels and convolutions are Step::Fixed.
                     Kernel::Reduce | Kernel::LocalConv => continue,
                 };
-                groups.push(bg);
+                groups.push((*kernel, bg));
             }
             groups
         });
@@ -915,18 +1034,17 @@ impl Plan {
         encoder.clear_buffer(&self.status, 0, None);
         let mut pass =
             encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("msloss"), timestamp_writes: None });
-        let mut caller_groups = groups.iter();
         for step in &self.steps {
-            let (pipeline, group, grid) = match step {
-                Step::Caller(kernel, grid) => {
-                    // One group per caller step, built above in the same order.
-                    let Some(g) = caller_groups.next() else { break };
-                    (&self.backend.pipeline(*kernel).pipeline, g, *grid)
+            let (pipeline, group, grid, offset) = match step {
+                Step::Caller(kernel, grid, offset) => {
+                    // Every caller kernel's group was built above.
+                    let Some((_, g)) = groups.iter().find(|(k, _)| k == kernel) else { continue };
+                    (&self.backend.pipeline(*kernel).pipeline, g, *grid, *offset)
                 }
-                Step::Fixed(f) => (&f.pipeline, &f.bind_group, f.grid),
+                Step::Fixed(f) => (&f.pipeline, &f.bind_group, f.grid, None),
             };
             pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, group, &[]);
+            pass.set_bind_group(0, group, offset.as_slice());
             pass.dispatch_workgroups(grid.0, grid.1, 1);
         }
         Ok(())
@@ -944,12 +1062,15 @@ impl Plan {
         let logits = self.io.kind == ScoresKind::Logits;
         let mask = if self.io.mask { px } else { 0 };
         let bnc = b * n * c;
+        // The per-sample kernels: one sample's pixels, and its N·(C+1) class sums.
+        let sample_mask = if self.io.mask { s } else { 0 };
+        let sample_rows = n * (c + 1);
         self.steps
             .iter()
             .map(|step| {
                 let (read, written) = match step {
                     Step::Fixed(fx) => fx.elems,
-                    Step::Caller(kernel, _) => match kernel {
+                    Step::Caller(kernel, _, _) => match kernel {
                         Kernel::Prepare => (n * px + c * px + mask, if logits { n * px } else { 0 }),
                         Kernel::ClassSums => (n * px + c * px + mask, rows * tiles),
                         Kernel::Centroids => (rows + 1, bnc + b * n + 1),
@@ -959,14 +1080,16 @@ impl Plan {
                         ),
                         Kernel::Jacobian => (2 * n * px, n * px),
                         Kernel::Finalize => (3, 4),
-                        Kernel::LocalProducts => (n * px + c * px + mask + rows, n * (c + 1) * px),
-                        Kernel::LocalTerms => (2 * n * px + (n + 1) * c * px + mask + rows, (n * (c + 2)) * px),
-                        Kernel::LocalGrad => (n * px + c * px + mask + n * (c + 1) * px + rows + 1, n * px),
+                        Kernel::LocalProducts => (n * s + c * s + sample_mask + sample_rows, n * (c + 1) * s),
+                        Kernel::LocalTerms => {
+                            (2 * n * s + (n + 1) * c * s + sample_mask + sample_rows, (n * (c + 2)) * s)
+                        }
+                        Kernel::LocalGrad => (n * s + c * s + sample_mask + n * (c + 1) * s + sample_rows + 1, n * s),
                         Kernel::Reduce | Kernel::LocalConv => (0, 0),
                     },
                 };
                 let name = match step {
-                    Step::Caller(k, _) => k.name(),
+                    Step::Caller(k, _, _) => k.name(),
                     Step::Fixed(fx) => fx.kernel.name(),
                 };
                 Traffic { kernel: name, read: read * f, written: written * f }
@@ -979,9 +1102,54 @@ impl Plan {
         self.steps
             .iter()
             .map(|s| match s {
-                Step::Caller(k, g) => (k.name(), g.0, g.1),
+                Step::Caller(k, g, _) => (k.name(), g.0, g.1),
                 Step::Fixed(f) => (f.kernel.name(), f.grid.0, f.grid.1),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The local fidelity's scratch is two buffers of one sample's `N·(C+1)` planes, whatever
+    /// `B` (issue 27; it was `2·B·N·(C+1)` planes): counted by `Sizes`, and, where there is an
+    /// adapter, as the plan's buffers. The per-sample blocks and energies grow with `B`, but by
+    /// a block (at most 256 bytes) and a float a sample.
+    #[test]
+    fn local_scratch_is_one_samples() {
+        let (n, c, h, w) = (3usize, 2usize, 9usize, 7usize);
+        let planes = (n * (c + 1) * h * w) as u64;
+        for b in [1, 3, 7] {
+            let shape = Shape::new_2d(b, n, c, h, w).unwrap();
+            assert_eq!(Sizes::with_local(shape, true).unwrap().local_len(), planes, "B = {b}");
+        }
+        let backend = match WgpuBackend::new() {
+            Ok(backend) => backend,
+            Err(e) if std::env::var("MSLOSS_SKIP_GPU").as_deref() == Ok("1") => {
+                eprintln!("MSLOSS_SKIP_GPU=1: skipping the plan's buffers ({e})");
+                return;
+            }
+            Err(e) => panic!("no usable GPU adapter: {e} (set MSLOSS_SKIP_GPU=1 to skip)"),
+        };
+        let params = Params::default().with_fidelity(Fidelity::Local { sigma: 1.5 });
+        let stride = sample_stride(&backend.inner.limits);
+        for b in [1, 3, 7] {
+            let shape = Shape::new_2d(b, n, c, h, w).unwrap();
+            let plan = backend.plan(shape, &params, Io::TRAIN).unwrap();
+            let ls = plan.local.as_ref().unwrap();
+            assert_eq!(ls.planes.size() + ls.other.size(), 2 * planes * 4, "B = {b}");
+            assert_eq!(ls.samples.size(), b as u64 * stride, "B = {b}");
+            assert_eq!(ls.energies.size(), b as u64 * 4, "B = {b}");
+            // Each sample's kernels run once, in order: products, then terms, then the gradient.
+            let per_sample: Vec<&str> = plan
+                .dispatches()
+                .into_iter()
+                .map(|(k, _, _)| k)
+                .filter(|k| ["local_products", "local_terms", "local_grad"].contains(k))
+                .collect();
+            assert_eq!(per_sample, ["local_products", "local_terms", "local_grad"].repeat(b), "B = {b}");
+        }
     }
 }

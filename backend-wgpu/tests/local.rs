@@ -2,8 +2,8 @@
 //! gradcheck cases cover the maths): a convolution window at [`MAX_WINDOW`] taps, the most one
 //! invocation sums, against the reference; a line longer than lavapipe's 65,535 loop
 //! iterations, correct with a small σ and refused with a typed error (not silently cut short)
-//! with a σ whose window would pass the bound; a plan switched between the fidelities; and an
-//! image far from zero.
+//! with a σ whose window would pass the bound; a plan switched between the fidelities; an
+//! image far from zero; and a batch whose samples share one sample's scratch in turn.
 
 mod common;
 
@@ -88,5 +88,42 @@ fn an_offset_image_does_not_cancel() {
             }
             assert!(checks::agrees_with_reference(&mut gpu, &case, &data, "offset image").is_some());
         }
+    }
+}
+
+/// Three samples run one after another over one sample's scratch (issue 27): against the
+/// reference, and each sample's gradient is bit for bit that of the sample evaluated alone (the
+/// sum reduction: nothing else couples the samples), its energy the samples' sum to f32's
+/// rounding. One, two and three convolved axes (each ends the products in another buffer).
+#[test]
+fn samples_reuse_one_samples_scratch() {
+    let Some(b) = backend() else { return };
+    let p = local(1.2).with_length(LengthKind::Charbonnier);
+    for sh in [shape(3, 3, 2, 1, 1, 40), shape(3, 3, 2, 1, 9, 7), shape(3, 2, 1, 4, 5, 6)] {
+        let case = Case::new(sh, true, true, p, 27);
+        on_gpu(&[case], "B = 3, local");
+        let data = case.data::<f32>();
+        let input = Input::new(sh, Scores::Logits(&data.logits), &data.image, Some(&data.mask)).unwrap();
+        let mut grad = vec![0.0f32; sh.scores_len()];
+        let batch = b.energy_and_grad(&input, &p, &mut grad, &mut Backend::<f32>::workspace(b)).unwrap();
+        let one = sh.with_batch(1).unwrap();
+        let (ns, cs, s) = (one.scores_len(), one.image_len(), one.spatial());
+        let mut sum = 0.0f64;
+        for i in 0..sh.batch() {
+            let input = Input::new(
+                one,
+                Scores::Logits(&data.logits[i * ns..(i + 1) * ns]),
+                &data.image[i * cs..(i + 1) * cs],
+                Some(&data.mask[i * s..(i + 1) * s]),
+            )
+            .unwrap();
+            let mut g = vec![0.0f32; ns];
+            let e = b.energy_and_grad(&input, &p, &mut g, &mut Backend::<f32>::workspace(b)).unwrap();
+            sum += f64::from(e.fidelity);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&grad[i * ns..(i + 1) * ns]), bits(&g), "{sh}: sample {i}'s gradient");
+        }
+        let rel = (f64::from(batch.fidelity) - sum).abs() / sum.abs().max(f64::MIN_POSITIVE);
+        assert!(rel < 1e-6, "{sh}: fidelity {} against the samples' {sum}", batch.fidelity);
     }
 }

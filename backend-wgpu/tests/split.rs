@@ -43,8 +43,11 @@ fn host_path_splits_large_batches() {
     }
 }
 
-/// The local fidelity's scratch (`2·N·(C+1)` planes a sample, 256 KiB each here) counts too:
-/// one sample per dispatch sequence, where the global fidelity takes two.
+/// The local fidelity's scratch is one sample's (two buffers of `N·(C+1)` planes, 256 KiB each
+/// here), whatever `B`: it splits a batch as the global fidelity does (two samples per dispatch
+/// sequence, where the scores reach the limit), and the device-resident path takes two samples
+/// (a batch-wide scratch would be 512 KiB). A sample whose own scratch passes the limit is
+/// refused by name.
 #[test]
 fn host_path_splits_local_fidelity_batches() {
     if backend().is_none() {
@@ -60,8 +63,11 @@ fn host_path_splits_local_fidelity_batches() {
             .with_fidelity(msloss_core::Fidelity::Local { sigma: 1.5 });
         let case = Case::new(shape, logits, true, p, 43);
         assert!(checks::agrees_with_reference(&mut gpu, &case, &case.data(), "split, local").is_some());
-        // Two samples' scratch is past the limit: the device-resident path refuses them.
-        let e = b.plan(Shape::new_2d(2, 2, 1, 128, 128).unwrap(), &p, Io::TRAIN).unwrap_err();
+        let two = Case::new(Shape::new_2d(2, 2, 1, 128, 128).unwrap(), logits, true, p, 44);
+        assert!(checks::agrees_with_reference(&mut gpu, &two, &two.data(), "two samples, local").is_some());
+        b.plan(two.shape, &p, Io::TRAIN).unwrap();
+        // Two channels: one sample's scratch is 384 KiB.
+        let e = b.plan(Shape::new_2d(1, 2, 2, 128, 128).unwrap(), &p, Io::TRAIN).unwrap_err();
         assert!(matches!(e, WgpuError::BufferTooLarge { what: "the local fidelity's scratch", .. }), "{e}");
     }
 }

@@ -1,8 +1,9 @@
 // local_grad: adds the local fidelity's gradient w·scale·∂F/∂y to what loss_grad wrote (the
-// length's), one invocation per (b, n, s), before the softmax backward:
+// length's) for sample b = sample_params.index, one invocation per (n, s), before the softmax
+// backward:
 //   ∂F/∂y = m·(S(s)·‖x'‖² − ⟨x', K*U⟩ + K*W)
-// with K*W in plane bn·(C+1) and K*U_k in the C planes after it (the second convolutions of
-// local_terms' output). A zero weight adds nothing; a non-finite value sets its status bit.
+// with K*W in plane n·(C+1) of the sample's scratch and K*U_k in the C planes after it (the
+// second convolutions of local_terms' output). A zero weight adds nothing; a non-finite value sets its status bit.
 // Loops: N·C (the centre) and C.
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -14,6 +15,7 @@
 @group(0) @binding(6) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(7) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(8) var<storage, read_write> status: array<atomic<u32>>;
+@group(0) @binding(9) var<uniform> sample_params: SampleParams;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -21,19 +23,21 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    // i = n·S + s within the sample; bi = b·N·S + i in the batch's [B, N, S] tensors.
     let i = linear_group(wid, nwg) * WG + lid;
     let sp = dims.spatial;
-    if i >= dims.batch * dims.classes * sp || dims.weight == 0.0 {
+    let len = dims.classes * sp;
+    if i >= len || dims.weight == 0.0 {
         return;
     }
     let s = i % sp;
-    let bn = i / sp;
-    let b = bn / dims.classes;
+    let b = sample_params.index;
+    let bi = b * len + i;
     var m = 1.0;
     if (dims.flags & FLAG_MASK) != 0u {
         m = mask[b * sp + s];
     }
-    let first = bn * (dims.channels + 1u) * sp + s;
+    let first = (i / sp) * (dims.channels + 1u) * sp + s;
     var xx = 0.0;
     var xu = 0.0;
     for (var k = 0u; k < dims.channels; k++) {
@@ -42,8 +46,8 @@ fn main(
         xu += x * planes[first + (1u + k) * sp];
     }
     let g = m * (coverage(s) * xx - xu + planes[first]);
-    let v = grad[i] + dims.weight * stats[dims.batch * dims.classes] * g;
-    grad[i] = v;
+    let v = grad[bi] + dims.weight * stats[dims.batch * dims.classes] * g;
+    grad[bi] = v;
     if !is_finite_f32(v) {
         atomicOr(&status[0], STATUS_GRADIENT_NONFINITE);
     }

@@ -1,7 +1,8 @@
-// local_terms: the local fidelity's per-pixel terms, one invocation per (b, n, s), after the
-// convolutions left a = K*(m·y) in plane bn·(C+1) and b'_k = K*(m·y·x'_k) in the C planes after
-// it. With f' = (b' − x̄·ε_c)/(a + ε_c) (the local mean less x̄) and κ = 2·ε_c/(a + ε_c):
-//   energy[i] = m·y·‖x'‖²·S(s) + ‖f'‖²·a − 2·⟨f', b'⟩   (summed over i, the raw fidelity F)
+// local_terms: the local fidelity's per-pixel terms of sample b = sample_params.index, one
+// invocation per (n, s), after the convolutions left a = K*(m·y) in plane n·(C+1) of the
+// sample's scratch and b'_k = K*(m·y·x'_k) in the C planes after it. With f' = (b' − x̄·ε_c)/(a + ε_c) (the local mean less x̄) and κ = 2·ε_c/(a + ε_c):
+//   energy[i] = m·y·‖x'‖²·S(s) + ‖f'‖²·a − 2·⟨f', b'⟩   (i = n·S + s; summed per sample,
+//                                                     then over samples: the raw fidelity F)
 //   plane 0   ← W = ‖f'‖² + κ·⟨f' + x̄, f'⟩,   plane 1 + k ← U_k = 2·f'_k + κ·(f'_k + x̄_k)
 // in place, for the second convolutions of the gradient. S(s) = Σ_t K(s, t) is the product of
 // the coverage lines the host put at the start of `taps` (D, then H, then W values).
@@ -15,6 +16,7 @@
 @group(0) @binding(5) var<storage, read_write> taps: array<f32>;
 @group(0) @binding(6) var<storage, read_write> planes: array<f32>;
 @group(0) @binding(7) var<storage, read_write> energy: array<f32>;
+@group(0) @binding(8) var<uniform> sample_params: SampleParams;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -22,20 +24,22 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    // i = n·S + s within the sample; bi = b·N·S + i in the batch's [B, N, S] tensors.
     let i = linear_group(wid, nwg) * WG + lid;
     let sp = dims.spatial;
-    if i >= dims.batch * dims.classes * sp {
+    let len = dims.classes * sp;
+    if i >= len {
         return;
     }
     let s = i % sp;
-    let bn = i / sp;
-    let b = bn / dims.classes;
+    let b = sample_params.index;
+    let bi = b * len + i;
     var m = 1.0;
     if (dims.flags & FLAG_MASK) != 0u {
         m = mask[b * sp + s];
     }
     let eps = dims.eps;
-    let first = bn * (dims.channels + 1u) * sp + s;
+    let first = (i / sp) * (dims.channels + 1u) * sp + s;
     let a = planes[first];
     let den = a + eps;
     let kappa = 2.0 * eps / den;
@@ -56,5 +60,5 @@ fn main(
         planes[at] = 2.0 * f + kappa * (f + centre);
     }
     planes[first] = ff + kappa * wv;
-    energy[i] = m * y[i] * xx * coverage(s) + (ff * a - 2.0 * fb);
+    energy[i] = m * y[bi] * xx * coverage(s) + (ff * a - 2.0 * fb);
 }

@@ -3,7 +3,7 @@
 //! The WGSL compute shaders of msloss's GPU backend (`msloss-wgpu`), one file per entry point
 //! under `shader/`, with the shared code (`shader/common.wgsl`: constants, the [`Dims`] uniform
 //! block, helpers) prepended to each, and the local fidelity's shared functions
-//! (`shader/local_centre.wgsl`, `shader/local_coverage.wgsl`) to the kernels that use them. Every kernel is described by a [`Kernel`]: its source,
+//! (`shader/local_sample.wgsl`, `shader/local_centre.wgsl`, `shader/local_coverage.wgsl`) to the kernels that use them. Every kernel is described by a [`Kernel`]: its source,
 //! entry point, workgroup size and binding table, which the backend turns into bind group
 //! layouts. The crate's tests parse every shader with naga, validate it, and check the
 //! workgroup sizes, the bindings and the uniform structs' layouts against this file, so the
@@ -21,12 +21,15 @@
 //! 7. [`Kernel::Finalize`] — weights, reduction, the energy record and its status word.
 //!
 //! With the local fidelity ([`flags::LOCAL`]), `LossGrad` leaves the fidelity out, and after its
-//! reduction (before the `Jacobian`) the local fidelity is added by separable convolutions
-//! over `2·B·N·(C+1)` planes of `S` values of scratch (two buffers of `B·N·(C+1)` planes):
-//! [`Kernel::LocalProducts`] (`m·y`, `m·y·x'`, the image centred on a class-weighted mean
-//! `x̄`), [`Kernel::LocalConv`] once per axis of extent > 1, [`Kernel::LocalTerms`] (the local
-//! means, the per-pixel energy, reduced by [`Kernel::Reduce`] into the fidelity total, and the
-//! maps `U`, `W` of the gradient), [`Kernel::LocalConv`] again and [`Kernel::LocalGrad`].
+//! reduction (before the `Jacobian`) the local fidelity is added by separable convolutions,
+//! one sample after another over one sample's scratch, `2·N·(C+1)` planes of `S` values (two
+//! buffers of `N·(C+1)` planes): for each sample, [`Kernel::LocalProducts`] (`m·y`, `m·y·x'`,
+//! the image centred on a class-weighted mean `x̄`), [`Kernel::LocalConv`] once per axis of
+//! extent > 1, [`Kernel::LocalTerms`] (the local means, the per-pixel energy, reduced by
+//! [`Kernel::Reduce`] into the sample's share, and the maps `U`, `W` of the gradient),
+//! [`Kernel::LocalConv`] again and [`Kernel::LocalGrad`]; then the samples' shares are reduced
+//! into the fidelity total. The per-sample kernels read their sample from a [`SampleParams`]
+//! block bound with a dynamic offset ([`Binding::UniformDynamic`]).
 //!
 //! No loop in any invocation grows with the image size (a pixel is visited by a bounded number
 //! of invocations, sums are multi-level trees; a convolution's window is at most
@@ -34,7 +37,7 @@
 //! Mesa's lavapipe, and every sum is taken in a fixed order.
 #![no_std]
 
-use Binding::{StorageReadWrite as Rw, Uniform as U};
+use Binding::{StorageReadWrite as Rw, Uniform as U, UniformDynamic as Ud};
 
 /// Invocations per workgroup of every kernel except [`Kernel::Finalize`] (which runs one).
 pub const WORKGROUP_SIZE: u32 = 256;
@@ -229,6 +232,26 @@ impl ConvParams {
     }
 }
 
+/// The per-sample block of the local fidelity's per-pixel kernels (`struct SampleParams` in
+/// `local_sample.wgsl`), one per sample in a uniform buffer, each at a multiple of the device's
+/// `min_uniform_buffer_offset_alignment`, chosen per dispatch by a dynamic offset.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SampleParams {
+    /// The sample `b` the dispatch works on.
+    pub index: u32,
+}
+
+/// Member names of [`SampleParams`] in order (the WGSL struct adds three padding words).
+pub const SAMPLE_PARAMS_MEMBERS: [&str; 1] = ["index"];
+
+impl SampleParams {
+    /// The block as uniform-buffer bytes (padded to 16).
+    pub fn to_bytes(&self) -> [u8; 16] {
+        words_to_bytes([self.index, 0, 0, 0])
+    }
+}
+
 /// Member names of [`ReduceParams`] in order (the WGSL struct adds three padding words).
 pub const REDUCE_PARAMS_MEMBERS: [&str; 5] = ["rows", "len_in", "len_out", "src_offset", "dst_offset"];
 
@@ -252,6 +275,9 @@ fn words_to_bytes<const W: usize, const B: usize>(words: [u32; W]) -> [u8; B] {
 pub enum Binding {
     /// `var<uniform>`.
     Uniform,
+    /// `var<uniform>` bound with a dynamic offset, given with each dispatch (the local
+    /// fidelity's [`SampleParams`]).
+    UniformDynamic,
     /// `var<storage, read>` (no current kernel: see [`Kernel::bindings`]).
     StorageRead,
     /// `var<storage, read_write>`.
@@ -276,6 +302,7 @@ pub const JACOBIAN: &str = concat!(include_str!("../shader/common.wgsl"), includ
 /// [`Kernel::LocalProducts`]'s source.
 pub const LOCAL_PRODUCTS: &str = concat!(
     include_str!("../shader/common.wgsl"),
+    include_str!("../shader/local_sample.wgsl"),
     include_str!("../shader/local_centre.wgsl"),
     include_str!("../shader/local_products.wgsl")
 );
@@ -284,6 +311,7 @@ pub const LOCAL_CONV: &str = concat!(include_str!("../shader/common.wgsl"), incl
 /// [`Kernel::LocalTerms`]'s source.
 pub const LOCAL_TERMS: &str = concat!(
     include_str!("../shader/common.wgsl"),
+    include_str!("../shader/local_sample.wgsl"),
     include_str!("../shader/local_centre.wgsl"),
     include_str!("../shader/local_coverage.wgsl"),
     include_str!("../shader/local_terms.wgsl")
@@ -291,6 +319,7 @@ pub const LOCAL_TERMS: &str = concat!(
 /// [`Kernel::LocalGrad`]'s source.
 pub const LOCAL_GRAD: &str = concat!(
     include_str!("../shader/common.wgsl"),
+    include_str!("../shader/local_sample.wgsl"),
     include_str!("../shader/local_centre.wgsl"),
     include_str!("../shader/local_coverage.wgsl"),
     include_str!("../shader/local_grad.wgsl")
@@ -315,13 +344,13 @@ pub enum Kernel {
     Jacobian,
     /// The energy record.
     Finalize,
-    /// The local fidelity's maps `m·y` and `m·y·x'`.
+    /// The local fidelity's maps `m·y` and `m·y·x'` (one sample per dispatch).
     LocalProducts,
     /// One axis of the local fidelity's Gaussian.
     LocalConv,
-    /// The local fidelity's per-pixel energy and gradient maps.
+    /// The local fidelity's per-pixel energy and gradient maps (one sample per dispatch).
     LocalTerms,
-    /// The local fidelity's gradient, added.
+    /// The local fidelity's gradient, added (one sample per dispatch).
     LocalGrad,
 }
 
@@ -342,7 +371,7 @@ impl Kernel {
     ];
 
     /// The most bindings of any kernel.
-    pub const MAX_BINDINGS: usize = 9;
+    pub const MAX_BINDINGS: usize = 10;
 
     /// A label for pipelines and errors (the file name without `.wgsl`).
     pub const fn name(self) -> &'static str {
@@ -414,14 +443,14 @@ impl Kernel {
             Kernel::Jacobian => &[U, Rw, Rw, Rw],
             // dims, totals, status, energy
             Kernel::Finalize => &[U, Rw, Rw, Rw],
-            // dims, y, image, mask, sums, planes
-            Kernel::LocalProducts => &[U, Rw, Rw, Rw, Rw, Rw],
+            // dims, y, image, mask, sums, planes, sample
+            Kernel::LocalProducts => &[U, Rw, Rw, Rw, Rw, Rw, Ud],
             // params, taps, src, dst
             Kernel::LocalConv => &[U, Rw, Rw, Rw],
-            // dims, y, image, mask, sums, taps, planes, energy
-            Kernel::LocalTerms => &[U, Rw, Rw, Rw, Rw, Rw, Rw, Rw],
-            // dims, image, mask, sums, taps, planes, stats, grad, status
-            Kernel::LocalGrad => &[U, Rw, Rw, Rw, Rw, Rw, Rw, Rw, Rw],
+            // dims, y, image, mask, sums, taps, planes, energy, sample
+            Kernel::LocalTerms => &[U, Rw, Rw, Rw, Rw, Rw, Rw, Rw, Ud],
+            // dims, image, mask, sums, taps, planes, stats, grad, status, sample
+            Kernel::LocalGrad => &[U, Rw, Rw, Rw, Rw, Rw, Rw, Rw, Rw, Ud],
         }
     }
 
@@ -432,7 +461,7 @@ impl Kernel {
         let mut i = 0;
         let mut n = 0;
         while i < b.len() {
-            if !matches!(b[i], Binding::Uniform) {
+            if !matches!(b[i], Binding::Uniform | Binding::UniformDynamic) {
                 n += 1;
             }
             i += 1;

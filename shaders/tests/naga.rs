@@ -3,6 +3,7 @@
 
 use msloss_shaders::{
     Binding, CONV_PARAMS_MEMBERS, ConvParams, DIMS_MEMBERS, Dims, Kernel, REDUCE_PARAMS_MEMBERS, ReduceParams,
+    SAMPLE_PARAMS_MEMBERS, SampleParams,
 };
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use naga::{AddressSpace, ShaderStage, StorageAccess, TypeInner};
@@ -57,7 +58,13 @@ fn bindings_match() {
             })
             .collect();
         found.sort_by_key(|(b, _)| *b);
-        let expected: Vec<(u32, Binding)> = kernel.bindings().iter().enumerate().map(|(i, b)| (i as u32, *b)).collect();
+        // A dynamic offset is the layout's business: in WGSL the binding is a plain uniform.
+        let expected: Vec<(u32, Binding)> = kernel
+            .bindings()
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i as u32, if *b == Binding::UniformDynamic { Binding::Uniform } else { *b }))
+            .collect();
         assert_eq!(found, expected, "{}: bindings differ from Kernel::bindings", kernel.name());
         assert!(kernel.bindings().len() <= Kernel::MAX_BINDINGS);
     }
@@ -114,6 +121,28 @@ fn conv_params_layout_matches() {
     assert_eq!(size as usize, ConvParams::default().to_bytes().len());
     for (i, name) in CONV_PARAMS_MEMBERS.iter().enumerate() {
         assert_eq!(members[i], (name.to_string(), 4 * i as u32));
+    }
+}
+
+/// The per-sample block of the three per-sample kernels, and where they bind it.
+#[test]
+fn sample_params_layout_matches() {
+    for kernel in [Kernel::LocalProducts, Kernel::LocalTerms, Kernel::LocalGrad] {
+        let (module, _) = parse(kernel);
+        let (members, size) = struct_layout(&module, "SampleParams");
+        assert_eq!(size as usize, SampleParams::default().to_bytes().len(), "{}", kernel.name());
+        for (i, name) in SAMPLE_PARAMS_MEMBERS.iter().enumerate() {
+            assert_eq!(members[i], (name.to_string(), 4 * i as u32), "{}", kernel.name());
+        }
+        assert_eq!(kernel.bindings().last(), Some(&Binding::UniformDynamic), "{}", kernel.name());
+    }
+    let bytes = SampleParams { index: 7 }.to_bytes();
+    assert_eq!(u32::from_ne_bytes(bytes[0..4].try_into().unwrap()), 7);
+    // No other kernel takes a dynamic offset.
+    for kernel in Kernel::ALL {
+        let dynamic = kernel.bindings().iter().filter(|b| **b == Binding::UniformDynamic).count();
+        let per_sample = matches!(kernel, Kernel::LocalProducts | Kernel::LocalTerms | Kernel::LocalGrad);
+        assert_eq!(dynamic, usize::from(per_sample), "{}", kernel.name());
     }
 }
 
