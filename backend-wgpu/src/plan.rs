@@ -1037,8 +1037,11 @@ impl Plan {
         for step in &self.steps {
             let (pipeline, group, grid, offset) = match step {
                 Step::Caller(kernel, grid, offset) => {
-                    // Every caller kernel's group was built above.
-                    let Some((_, g)) = groups.iter().find(|(k, _)| k == kernel) else { continue };
+                    // Every caller kernel's group was built above; a missing one is this crate's bug.
+                    let Some((_, g)) = groups.iter().find(|(k, _)| k == kernel) else {
+                        let message = format!("no bind group for {kernel:?}");
+                        return Err(WgpuError::Internal { context: "encoding the plan", message });
+                    };
                     (&self.backend.pipeline(*kernel).pipeline, g, *grid, *offset)
                 }
                 Step::Fixed(f) => (&f.pipeline, &f.bind_group, f.grid, None),
