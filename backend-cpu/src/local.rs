@@ -110,10 +110,7 @@ pub(crate) fn add<T: CpuFloat>(
         g.par_chunks_mut(sp).zip(classes.par_iter_mut()).enumerate().for_each(|(n, (g, out))| {
             let mut buf = crate::take(slots);
             let yn = &y[n * sp..(n + 1) * sp];
-            let f = local.arch.dispatch(
-                #[inline(always)]
-                || sample.class(yn, g, &mut buf),
-            );
+            let f = local.arch.dispatch(Class { sample: &sample, yn, g, buf: &mut buf });
             *out = (f, true);
         });
         total += classes.iter().map(|(f, _)| f).sum::<f64>();
@@ -141,6 +138,25 @@ pub(crate) fn add<T: CpuFloat>(
         finite &= classes.iter().all(|(_, ok)| *ok);
     }
     (total, finite)
+}
+
+/// One class's fidelity as a [`pulp::WithSimd`] operation: monomorphised for each instruction
+/// set, so that its loops and [`msloss_core::Gaussian::convolve`]'s are compiled for that set's
+/// vectors (a closure passed to `dispatch` stayed a separate function, compiled for the baseline).
+struct Class<'a, 'b, T> {
+    sample: &'a Sample<'b, T>,
+    yn: &'a [f64],
+    g: &'a mut [f64],
+    buf: &'a mut Vec<f64>,
+}
+
+impl<T: CpuFloat> pulp::WithSimd for Class<'_, '_, T> {
+    type Output = f64;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> f64 {
+        self.sample.class(self.yn, self.g, self.buf)
+    }
 }
 
 /// Pixels per task of the per-pixel sweeps.

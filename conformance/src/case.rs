@@ -191,6 +191,11 @@ pub fn determinism_cases() -> Vec<Case> {
     }
     let params = Params::default().with_lambda(0.05).with_length(LengthKind::Charbonnier);
     cases.push(Case::new(shape(2, 3, 2, 1, 100, 90), true, true, params.with_reduction(Reduction::Mean), 10));
+    // The local fidelity, on rows longer than any vector and with remainders (its convolutions and
+    // sweeps are compiled per instruction set too).
+    let local = |sigma| Params::default().with_lambda(0.05).with_fidelity(Fidelity::Local { sigma });
+    cases.push(Case::new(shape(2, 3, 2, 2, 19, 37), true, true, local(2.5), 11));
+    cases.push(Case::new(shape(1, 2, 3, 1, 40, 53), false, false, local(6.0).with_length(LengthKind::Charbonnier), 12));
     cases
 }
 

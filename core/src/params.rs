@@ -130,9 +130,9 @@ impl Gaussian {
     /// at least `plane.len()` values and twice the largest extent. Each output is
     /// `Σ_d k(|d|)·v(i + d)`, added tap by tap from `d = −r` up (a fixed order, whatever calls
     /// it): along W line by line, along H and D whole rows (or slices) at a time, so every inner
-    /// loop runs over contiguous memory. Inlined, so that a caller compiled for wider vectors gets
-    /// them.
-    #[inline]
+    /// loop runs over contiguous memory. Always inlined, so that a caller compiled for wider
+    /// vectors (the CPU backend's SIMD dispatch) gets them.
+    #[inline(always)]
     pub fn convolve(&self, plane: &mut [f64], dims: [usize; 3], scratch: &mut [f64]) {
         let [d, h, w] = dims;
         let r = self.radius() as isize;
