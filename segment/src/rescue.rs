@@ -111,6 +111,12 @@ pub fn propose(
             sums[l * c + ch] += f64::from(smoothed.channel(ch)[s]);
         }
     }
+    let tiny_limit = (TINY_FRACTION * n as f64).max(1.0);
+    let is_tiny = |l: usize| (counts[l] as f64) < tiny_limit;
+    // With two phases and none tiny, no move is left: a merge needs two phases besides the split one.
+    if k < 3 && !(0..k).any(is_tiny) {
+        return None;
+    }
     let mut start: Vec<f64> = soft.iter().map(|&v| f64::from(v)).collect();
     for l in 0..k {
         if counts[l] > 0 {
@@ -132,8 +138,6 @@ pub fn propose(
         }
         seen[l] += 1;
     }
-    let tiny_limit = (TINY_FRACTION * n as f64).max(1.0);
-    let is_tiny = |l: usize| (counts[l] as f64) < tiny_limit;
     let mut best: Option<(usize, Vec<f64>, Vec<f64>, f64)> = None;
     for l in (0..k).filter(|&l| !is_tiny(l)) {
         if let Some((a, b, gain)) = split(&members[l], c, seed) {
