@@ -31,6 +31,20 @@ pub(crate) enum FidelityArg {
     Local,
 }
 
+impl FidelityArg {
+    /// The fidelity `--fidelity` and `--sigma` ask for: σ goes with the local fidelity only (clap
+    /// already requires it there; a missing one is left as NaN for `Params::validate` to name).
+    pub(crate) fn with_sigma(self, sigma: Option<f64>) -> Result<Fidelity, msloss::Error> {
+        match (self, sigma) {
+            (FidelityArg::Local, sigma) => Ok(Fidelity::Local { sigma: sigma.unwrap_or(f64::NAN) }),
+            (FidelityArg::Global, None) => Ok(Fidelity::Global),
+            (FidelityArg::Global, Some(value)) => {
+                Err(msloss::Error::BadParam { name: "sigma", expected: "given only with --fidelity local", value })
+            }
+        }
+    }
+}
+
 /// Loss parameters (defaults: those of `msloss_core::Params::default()`).
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ParamArgs {
@@ -77,18 +91,7 @@ impl ParamArgs {
                 ReductionArg::Sum => Reduction::Sum,
                 ReductionArg::Mean => Reduction::Mean,
             },
-            fidelity: match (self.fidelity, self.sigma) {
-                (FidelityArg::Local, Some(sigma)) => Fidelity::Local { sigma },
-                (FidelityArg::Local, None) => Fidelity::Local { sigma: f64::NAN },
-                (FidelityArg::Global, None) => Fidelity::Global,
-                (FidelityArg::Global, Some(value)) => {
-                    return Err(msloss::Error::BadParam {
-                        name: "sigma",
-                        expected: "given only with --fidelity local",
-                        value,
-                    });
-                }
-            },
+            fidelity: self.fidelity.with_sigma(self.sigma)?,
         };
         p.validate()?;
         Ok(p)

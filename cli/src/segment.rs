@@ -233,13 +233,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         tol: args.tol,
         learning_rate: args.lr,
         seed: args.seed,
-        fidelity: match (args.fidelity, args.sigma) {
-            (FidelityArg::Local, Some(sigma)) => msloss::Fidelity::Local { sigma },
-            (FidelityArg::Global, None) => msloss::Fidelity::Global,
-            (FidelityArg::Local, None) | (FidelityArg::Global, Some(_)) => {
-                anyhow::bail!("--sigma goes with --fidelity local, and --fidelity local needs --sigma")
-            }
-        },
+        fidelity: args.fidelity.with_sigma(args.sigma)?,
         ..SegmentConfig::default()
     };
     cfg.validate(vol.pixels())?;

@@ -150,7 +150,7 @@ fn the_local_fidelitys_sigma_is_checked() {
 fn segment_takes_the_local_fidelity_with_its_sigma() {
     for (args, needle) in [
         (&["--fidelity", "local"][..], "--sigma"),
-        (&["--sigma", "4"][..], "--sigma goes with --fidelity local"),
+        (&["--sigma", "4"][..], "sigma must be given only with --fidelity local"),
         (&["--fidelity", "local", "--sigma", "-1"][..], "sigma"),
         (&["--fidelity", "local", "--sigma", "1e9"][..], "at most the largest extent of the image"),
     ] {
