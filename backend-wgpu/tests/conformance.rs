@@ -29,8 +29,8 @@ fn on_gpu(cases: &[Case], what: &str) {
     }
 }
 
-/// 1024² with five classes: 512 tiles per class row, 2560 loss workgroups (so the loss sums
-/// take two reduce levels after the in-register and workgroup trees); a kernel that looped over
+/// 1024² with five classes: 512 tiles per class row, 4096 loss workgroups (so the loss sums
+/// take two reduce levels after the workgroup trees); a kernel that looped over
 /// the pixels of a (b, n) in one invocation would run a million iterations and be cut off by
 /// lavapipe at 65,535.
 #[test]
