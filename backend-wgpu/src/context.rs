@@ -8,12 +8,17 @@ use msloss_shaders::{Binding, Kernel, WORKGROUP_SIZE};
 
 use crate::WgpuError;
 
-/// The largest `N` (classes) the kernels accept: the softmax and its backward loop over the
-/// classes (`3·N` iterations), far below lavapipe's 65,535-iteration budget.
-pub const MAX_CLASSES: usize = 4096;
-/// The largest `C` (image channels) the kernels accept: `loss_grad` loops over the channels for
-/// each of its 8 elements per invocation (about `8·(C + 40)` iterations).
-pub const MAX_CHANNELS: usize = 2048;
+/// The largest `N` (classes) the kernels accept: one invocation of `loss_grad` owns a pixel and
+/// recomputes the softmax of up to 13 pixels (itself and the neighbours its length term reads,
+/// `2·N` iterations each), then loops twice over the classes (about `90·N + 2·N·C` iterations
+/// in all), below lavapipe's 65,535-iteration budget.
+pub const MAX_CLASSES: usize = 512;
+/// The largest `C` (image channels) the kernels accept (with [`MAX_CLASS_ROWS`], which bounds it
+/// with `N`): `class_sums` loops over the channels of each of its 8 pixels per invocation.
+pub const MAX_CHANNELS: usize = 1023;
+/// The largest `N·(C+1)` the kernels accept: one invocation of `class_sums` sums every class
+/// row `(n, k)` of its pixels, a workgroup tree each (about `17·N·(C+1) + 33·N` iterations).
+pub const MAX_CLASS_ROWS: usize = 2048;
 
 /// One cached compute pipeline with its bind group layout.
 #[derive(Debug, Clone)]

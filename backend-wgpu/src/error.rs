@@ -62,7 +62,7 @@ pub enum WgpuError {
          lavapipe stops a shader after 65,535 loop iterations)"
     )]
     ExtentTooLarge {
-        /// `"N"` (classes) or `"C"` (channels).
+        /// What is too large: `N` (classes), `C` (channels), `N·(C+1)`, or a local fidelity's window.
         dim: &'static str,
         /// The extent that came.
         got: usize,

@@ -17,6 +17,17 @@
 //!   move from step to step. Nothing crosses to the host: a trainer keeps its activations on
 //!   the GPU.
 //!
+//! ## The kernels
+//! Two passes over the data and small reductions ([`msloss_shaders`] lists them): `class_sums`
+//! checks the inputs and sums each class's mass and moments per tile of pixels, `centroids`
+//! turns the reduced sums into centroids, and `loss_grad` owns one pixel and all its classes:
+//! its energy terms and its gradient, `∂E/∂z` for logits with the softmax backward fused in,
+//! written once. No probability is stored: for logits, each kernel recomputes a pixel's softmax
+//! (and its neighbours', for the length term) from the logits. Beyond the caller's tensors and
+//! gradient a [`Plan`] holds O(B·N·C) sums and the reductions' partials, a few floats per
+//! thousand pixels ([`Plan::scratch_bytes`]); its traffic, `(3N + 2C)·4` bytes a pixel and the
+//! reductions', is counted by [`Plan::traffic`].
+//!
 //! ## Guarantees
 //! - Every feature of the core definition: `N` classes, `C` channels, 2D and 3D, masks, the
 //!   three length kinds, both reductions, logits and probabilities, centroids, the global and
@@ -25,9 +36,9 @@
 //!   over one sample's scratch, `2·N·(C+1)` planes whatever `B` (plus a uniform block and a
 //!   float per sample); a window `min(2⌈3σ⌉ + 1, extent)` longer than [`MAX_WINDOW`] along an
 //!   axis is refused ([`WgpuError::ExtentTooLarge`]), since one invocation loops over it.
-//! - Deterministic: every sum is a fixed-order tree (eight elements per invocation, a workgroup
-//!   tree, then as many levels of tree over workgroup partials as the size needs); no float
-//!   atomics. Two runs give the same bits.
+//! - Deterministic: every sum is a fixed-order tree (eight pixels or elements per invocation, or
+//!   a pixel's classes in order, a workgroup tree, then as many levels of tree over workgroup
+//!   partials as the size needs); no float atomics. Two runs give the same bits.
 //! - Accuracy: `f32` throughout, pairwise sums; energies agree with the `f64` reference to
 //!   about `2e-7` relative and gradients to `1e-6` of their largest magnitude at 1024² (the tests
 //!   hold both to `1e-5`). The valid-pixel count of the mean reduction is summed in `f32` too:
@@ -36,8 +47,9 @@
 //!   `max_compute_workgroups_per_dimension`; on the host path a batch whose buffers exceed
 //!   `max_storage_buffer_binding_size` is split by sample (totals added in `f64`, the mean's
 //!   `1/V` applied on the host); what cannot be split (one sample beyond the limit, the
-//!   device-resident path, indices beyond `u32`) is refused with an error naming the limit. `N` and `C` are at most [`MAX_CLASSES`] and [`MAX_CHANNELS`] (each invocation loops
-//!   over them; no loop grows with the image, which keeps lavapipe's 65,535-iteration budget).
+//!   device-resident path, indices beyond `u32`) is refused with an error naming the limit. `N` and `C` are at most [`MAX_CLASSES`] and [`MAX_CHANNELS`], and
+//!   `N·(C+1)` at most [`MAX_CLASS_ROWS`] (an invocation owns a pixel and loops over its classes
+//!   and channels; no loop grows with the image, which keeps lavapipe's 65,535-iteration budget).
 //! - Errors, not panics: no adapter, missing limits, wgpu validation and out-of-memory errors
 //!   (caught with error scopes), a lost device, a caller's range of the wrong size, usage or
 //!   alignment, past its buffer's end, or written over another range, buffers that do not match
@@ -93,7 +105,7 @@ mod host;
 mod plan;
 
 pub use buffers::{BufferRange, DeviceBuffers, ENERGY_BYTES, Io, ScoresKind};
-pub use context::{MAX_CHANNELS, MAX_CLASSES, WgpuBackend, check_limits};
+pub use context::{MAX_CHANNELS, MAX_CLASS_ROWS, MAX_CLASSES, WgpuBackend, check_limits};
 pub use error::WgpuError;
 pub use host::WgpuWorkspace;
 pub use msloss_shaders::{Kernel, MAX_WINDOW};

@@ -11,7 +11,7 @@ use msloss_shaders::{
 use wgpu::util::DeviceExt;
 
 use crate::buffers::{self, BufferRange, DeviceBuffers, ENERGY_BYTES, Io, Needs, ScoresKind};
-use crate::context::{MAX_CHANNELS, MAX_CLASSES, scoped};
+use crate::context::{MAX_CHANNELS, MAX_CLASS_ROWS, MAX_CLASSES, scoped};
 use crate::{WgpuBackend, WgpuError};
 
 /// Decodes the energy record the device wrote (copy it to a mappable buffer and map it). A
@@ -145,12 +145,19 @@ impl Sizes {
         if shape.channels() > MAX_CHANNELS {
             return Err(WgpuError::ExtentTooLarge { dim: "C (channels)", got: shape.channels(), max: MAX_CHANNELS });
         }
+        let class_rows_per_pixel = shape.classes() * (shape.channels() + 1);
+        if class_rows_per_pixel > MAX_CLASS_ROWS {
+            let dim = "N·(C+1) (a pixel's class rows)";
+            return Err(WgpuError::ExtentTooLarge { dim, got: class_rows_per_pixel, max: MAX_CLASS_ROWS });
+        }
         let (b, n, c, s) =
             (shape.batch() as u64, shape.classes() as u64, shape.channels() as u64, shape.spatial() as u64);
         let tiles = ceil_div(s, TILE as u64);
         let class_rows = b * n * (c + 1);
         let rows = class_rows + b;
-        let sizes = Sizes { b, n, c, s, tiles, rows, class_rows, loss_groups: ceil_div(b * n * s, TILE as u64) };
+        // loss_grad: one pixel per invocation.
+        let loss_groups = ceil_div(b * s, WORKGROUP_SIZE as u64);
+        let sizes = Sizes { b, n, c, s, tiles, rows, class_rows, loss_groups };
         for (what, count) in [
             ("the scores (B·N·D·H·W)", b * n * s),
             ("the image (B·C·D·H·W)", b * c * s),
@@ -275,8 +282,7 @@ impl WgpuBackend {
         }
         let md = u64::from(limits.max_compute_workgroups_per_dimension);
         for (kernel, groups) in [
-            (Kernel::Prepare, ceil_div(sz.b * sz.s, WORKGROUP_SIZE as u64)),
-            (Kernel::ClassSums, sz.rows * sz.tiles),
+            (Kernel::ClassSums, sz.b * sz.tiles),
             (Kernel::LossGrad, sz.loss_groups),
             (Kernel::LocalConv, if local { ceil_div(sz.local_len(), WORKGROUP_SIZE as u64) } else { 0 }),
         ] {
@@ -362,7 +368,8 @@ enum Step {
 }
 
 /// Everything one evaluation on the device needs beyond the caller's buffers: scratch (the
-/// softmax, the class-sum partials, O(B·N·C) sums and centroids; with the local fidelity two
+/// class-sum partials, O(B·N·C) sums and centroids, the energy partials; no probability
+/// buffer: the kernels recompute the softmax from the logits; with the local fidelity two
 /// buffers of one sample's `N·(C+1)` planes, reused sample after sample, its taps and `B`
 /// per-sample blocks and energies), the uniform block, and the reduction levels' and
 /// convolutions' bind groups. Built once by [`WgpuBackend::plan`] for a shape, an [`Io`]
@@ -383,7 +390,6 @@ pub struct Plan {
     sz: Sizes,
     dims_buffer: wgpu::Buffer,
     status: wgpu::Buffer,
-    y_scratch: Option<wgpu::Buffer>,
     partials: wgpu::Buffer,
     sums: wgpu::Buffer,
     totals: wgpu::Buffer,
@@ -392,6 +398,8 @@ pub struct Plan {
     loss_partials: wgpu::Buffer,
     local: Option<LocalScratch>,
     steps: Vec<Step>,
+    /// The bytes of the buffers the plan made ([`Plan::scratch_bytes`]).
+    scratch_bytes: u64,
 }
 
 /// The local fidelity's scratch: two buffers of one sample's `N·(C+1)` planes between which the
@@ -445,10 +453,12 @@ impl WgpuBackend {
         self.check_health()?;
         let lay = self.layout(shape, table.is_some())?;
         let sz = lay.sz;
-        let logits = io.kind == ScoresKind::Logits;
         let device = &self.inner.device;
         scoped(device, "building a plan", || -> Result<Plan, WgpuError> {
+            // The bytes of every buffer the plan makes, for Plan::scratch_bytes.
+            let made = std::cell::Cell::new(0u64);
             let storage = |label: &str, elems: u64, extra: wgpu::BufferUsages| {
+                made.set(made.get() + elems.max(1) * 4);
                 device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(label),
                     size: elems.max(1) * 4,
@@ -457,7 +467,6 @@ impl WgpuBackend {
                 })
             };
             let none = wgpu::BufferUsages::empty();
-            let y_scratch = logits.then(|| storage("msloss y", sz.b * sz.n * sz.s, none));
             let partials = storage("msloss class partials", sz.rows * sz.tiles, none);
             let sums = storage("msloss class sums", sz.rows, none);
             let totals = storage("msloss totals", 3, none);
@@ -510,22 +519,16 @@ impl WgpuBackend {
             });
 
             let mut b = StepBuilder { backend: self, steps: Vec::new(), ping: &ping, pong: &pong };
-            let pixel_groups = ceil_div(sz.b * sz.s, WORKGROUP_SIZE as u64);
-            // 1. checks and softmax
-            b.caller(Kernel::Prepare, pixel_groups)?;
-            // 2–3. class sums, reduced to one value per row; then the valid-pixel count.
-            b.caller(Kernel::ClassSums, sz.rows * sz.tiles)?;
+            // 1–2. checks and class sums, reduced to one value per row; then the valid-pixel count.
+            b.caller(Kernel::ClassSums, sz.b * sz.tiles)?;
             b.chain(&partials, 0, sz.rows, &lay.class_levels, &sums, 0)?;
             b.chain(&sums, sz.class_rows, 1, &lay.count_levels, &totals, 0)?;
-            // 4. centroids, ε-corrections, scale
+            // 3. centroids, ε-corrections, scale
             b.caller(Kernel::Centroids, ceil_div(sz.b * sz.n * sz.c, WORKGROUP_SIZE as u64))?;
-            // 5. energy terms and gradient, then their sums
-            b.caller(Kernel::LossGrad, sz.loss_groups)?;
-            b.chain(&loss_partials, 0, 2, &lay.loss_levels, &totals, 1)?;
-            // 5b. the local fidelity, one sample after another over one sample's scratch:
+            // 3b. the local fidelity, one sample after another over one sample's scratch:
             // products, convolutions, per-pixel terms and their sum into the sample's share, then
-            // the gradient's convolutions and its addition to the length's gradient; at the end
-            // the shares' sum into the fidelity total (over loss_grad's zero).
+            // the gradient's convolutions and its ∂F/∂y, written for loss_grad to add before the
+            // softmax backward.
             if let (Some(ls), Some((t, radius)), Some(lv)) = (&local, &table, &lay.local_levels) {
                 let elem_groups = ceil_div(sz.n * sz.s, WORKGROUP_SIZE as u64);
                 let taps_offset = (t.len() - radius - 1) as u64;
@@ -553,15 +556,19 @@ impl WgpuBackend {
                         b.caller_at(Kernel::LocalGrad, elem_groups, offset)?;
                     }
                 }
+            }
+            // 4. energy terms and the gradient (∂E/∂z for logits), then their sums
+            b.caller(Kernel::LossGrad, sz.loss_groups)?;
+            b.chain(&loss_partials, 0, 2, &lay.loss_levels, &totals, 1)?;
+            // 4b. the local fidelity's shares, summed into the fidelity total over loss_grad's zero.
+            if let Some(ls) = &local {
                 b.chain(&ls.energies, 0, 1, &lay.count_levels, &totals, 1)?;
             }
-            // 6. softmax backward
-            if logits && io.grad {
-                b.caller(Kernel::Jacobian, pixel_groups)?;
-            }
-            // 7. the energy record
+            // 5. the energy record
             b.caller(Kernel::Finalize, 1)?;
             let steps = b.steps;
+            let tables = local.as_ref().map_or(0, |ls| ls.table.size() + ls.samples.size());
+            let scratch_bytes = made.get() + dims_buffer.size() + tables;
             Ok(Plan {
                 backend: self.clone(),
                 shape,
@@ -571,7 +578,6 @@ impl WgpuBackend {
                 sz,
                 dims_buffer,
                 status: status_buf,
-                y_scratch,
                 partials,
                 sums,
                 totals,
@@ -580,6 +586,7 @@ impl WgpuBackend {
                 loss_partials,
                 local,
                 steps,
+                scratch_bytes,
             })
         })?
     }
@@ -876,8 +883,8 @@ impl Plan {
 
     /// Records one evaluation on `buffers` into `encoder`: a clear of the status word and one
     /// compute pass of every dispatch. Reads and writes only device memory; nothing is
-    /// submitted. The bind groups of the caller's ranges are built here, each call (six of them,
-    /// nine with the local fidelity; cheap), so the ranges may move between calls.
+    /// submitted. The bind groups of the caller's ranges are built here, each call (four of them,
+    /// seven with the local fidelity; cheap), so the ranges may move between calls.
     ///
     /// # Errors
     /// [`WgpuError::PlanMismatch`] when `buffers` has a mask or gradient the plan was not built
@@ -900,10 +907,6 @@ impl Plan {
                 Some(m) => range(m, n.mask),
                 None => whole(&inner.dummy_read),
             };
-            let (y_read, y_write) = match &self.y_scratch {
-                Some(y) => (whole(y), whole(y)),
-                None => (scores.clone(), whole(&inner.dummy_write)),
-            };
             let grad = match &buffers.grad {
                 Some(g) => range(g, n.scores),
                 None => whole(&inner.dummy_write),
@@ -925,20 +928,16 @@ impl Plan {
                     continue;
                 }
                 let bg = match kernel {
-                    Kernel::Prepare => make(
+                    Kernel::ClassSums => make(
                         *kernel,
                         &[
                             dims.clone(),
                             scores.clone(),
                             image.clone(),
                             mask.clone(),
-                            y_write.clone(),
+                            whole(&self.partials),
                             whole(&self.status),
                         ],
-                    ),
-                    Kernel::ClassSums => make(
-                        *kernel,
-                        &[dims.clone(), y_read.clone(), image.clone(), mask.clone(), whole(&self.partials)],
                     ),
                     Kernel::Centroids => make(
                         *kernel,
@@ -948,7 +947,7 @@ impl Plan {
                         *kernel,
                         &[
                             dims.clone(),
-                            y_read.clone(),
+                            scores.clone(),
                             image.clone(),
                             mask.clone(),
                             centroids.clone(),
@@ -958,9 +957,6 @@ impl Plan {
                             whole(&self.status),
                         ],
                     ),
-                    Kernel::Jacobian => {
-                        make(*kernel, &[dims.clone(), y_read.clone(), grad.clone(), whole(&self.status)])
-                    }
                     Kernel::Finalize => make(
                         *kernel,
                         &[dims.clone(), whole(&self.totals), whole(&self.status), range(&buffers.energy, ENERGY_BYTES)],
@@ -977,7 +973,7 @@ impl Plan {
                                 *kernel,
                                 &[
                                     dims.clone(),
-                                    y_read.clone(),
+                                    scores.clone(),
                                     image.clone(),
                                     mask.clone(),
                                     whole(&self.sums),
@@ -989,7 +985,7 @@ impl Plan {
                                 *kernel,
                                 &[
                                     dims.clone(),
-                                    y_read.clone(),
+                                    scores.clone(),
                                     image.clone(),
                                     mask.clone(),
                                     whole(&self.sums),
@@ -1055,14 +1051,16 @@ impl Plan {
 
     /// The global-memory bytes each dispatch of one evaluation reads and writes, in dispatch
     /// order, counted from the plan: every distinct element of every tensor a kernel touches,
-    /// once (repeated loads of one element within a kernel are assumed to hit a cache), the
+    /// once (repeated loads of one element within a kernel are assumed to hit a cache: a
+    /// pixel's logits, read again for its softmax, and its neighbours' in `loss_grad`), the
     /// uniform block and the status word left out. The model behind the issue's "bytes per
     /// pixel" figures: compare the total with [`Traffic::floor`].
     pub fn traffic(&self) -> Vec<Traffic> {
         let Sizes { b, n, c, s, rows, tiles, loss_groups, .. } = self.sz;
         let f = 4u64;
         let px = b * s;
-        let logits = self.io.kind == ScoresKind::Logits;
+        // The local fidelity's ∂F/∂y, which loss_grad reads back from the gradient buffer.
+        let local_grad = if self.local.is_some() && self.io.grad { n * px } else { 0 };
         let mask = if self.io.mask { px } else { 0 };
         let bnc = b * n * c;
         // The per-sample kernels: one sample's pixels, and its N·(C+1) class sums.
@@ -1074,20 +1072,18 @@ impl Plan {
                 let (read, written) = match step {
                     Step::Fixed(fx) => fx.elems,
                     Step::Caller(kernel, _, _) => match kernel {
-                        Kernel::Prepare => (n * px + c * px + mask, if logits { n * px } else { 0 }),
                         Kernel::ClassSums => (n * px + c * px + mask, rows * tiles),
                         Kernel::Centroids => (rows + 1, bnc + b * n + 1),
                         Kernel::LossGrad => (
-                            n * px + c * px + mask + bnc + b * n + 1,
+                            n * px + c * px + mask + bnc + b * n + 1 + local_grad,
                             if self.io.grad { n * px } else { 0 } + 2 * loss_groups,
                         ),
-                        Kernel::Jacobian => (2 * n * px, n * px),
                         Kernel::Finalize => (3, 4),
                         Kernel::LocalProducts => (n * s + c * s + sample_mask + sample_rows, n * (c + 1) * s),
                         Kernel::LocalTerms => {
                             (2 * n * s + (n + 1) * c * s + sample_mask + sample_rows, (n * (c + 2)) * s)
                         }
-                        Kernel::LocalGrad => (n * s + c * s + sample_mask + n * (c + 1) * s + sample_rows + 1, n * s),
+                        Kernel::LocalGrad => (c * s + sample_mask + n * (c + 1) * s + sample_rows + 1, n * s),
                         Kernel::Reduce | Kernel::LocalConv => (0, 0),
                     },
                 };
@@ -1098,6 +1094,15 @@ impl Plan {
                 Traffic { kernel: name, read: read * f, written: written * f }
             })
             .collect()
+    }
+
+    /// The bytes of the device buffers the plan owns: its scratch (class-sum and energy partials,
+    /// the reduction levels' ping and pong, O(B·N·C) sums, centroids and statistics, the status
+    /// word; the local fidelity's planes, taps and per-sample blocks) and the uniform block; the
+    /// reduction levels' small parameter blocks left out. No probability buffer: for logits the
+    /// kernels recompute the softmax from the logits.
+    pub fn scratch_bytes(&self) -> u64 {
+        self.scratch_bytes
     }
 
     /// The dispatches of one evaluation, as `(kernel name, workgroups x, workgroups y)`.

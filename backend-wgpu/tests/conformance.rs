@@ -29,8 +29,8 @@ fn on_gpu(cases: &[Case], what: &str) {
     }
 }
 
-/// 1024² with five classes: 512 tiles per class row, 2560 loss workgroups (so the loss sums
-/// take two reduce levels after the in-register and workgroup trees); a kernel that looped over
+/// 1024² with five classes: 512 tiles per class row, 4096 loss workgroups (so the loss sums
+/// take two reduce levels after the workgroup trees); a kernel that looped over
 /// the pixels of a (b, n) in one invocation would run a million iterations and be cut off by
 /// lavapipe at 65,535.
 #[test]
@@ -61,25 +61,55 @@ fn large_plans_are_multi_level() {
     let plan = b.plan(shape, &Params::default(), msloss_wgpu::Io::TRAIN).unwrap();
     let d = plan.dispatches();
     let reduces = d.iter().filter(|(k, _, _)| *k == "reduce").count();
-    // class sums: 512 → 1; count: 1 → 1; loss: 2560 → 2 → 1.
+    // class sums: 512 → 1; count: 1 → 1; loss: 4096 → 2 → 1.
     assert_eq!(reduces, 4, "{d:?}");
     let class = d.iter().find(|(k, _, _)| *k == "class_sums").unwrap();
-    // 5·(1+1) + 1 rows × 512 tiles.
-    assert_eq!(u64::from(class.1) * u64::from(class.2), 11 * 512, "{d:?}");
+    // One workgroup per tile of a sample (each sums all 5·(1+1) + 1 rows): 512 tiles.
+    assert_eq!(u64::from(class.1) * u64::from(class.2), 512, "{d:?}");
     let loss = d.iter().find(|(k, _, _)| *k == "loss_grad").unwrap();
-    assert_eq!(u64::from(loss.1) * u64::from(loss.2), 2560, "{d:?}");
+    // One pixel per invocation: 1024² / 256.
+    assert_eq!(u64::from(loss.1) * u64::from(loss.2), 4096, "{d:?}");
 }
 
 /// The largest class and channel counts the kernels accept: the per-invocation loops over N and
-/// C run to completion (lavapipe cuts a shader off after 65,535 loop iterations).
+/// C run to completion (lavapipe cuts a shader off after 65,535 loop iterations). The 3D cases
+/// give loss_grad's centre pixel all 13 softmax normalisers (Charbonnier reads the diagonal
+/// neighbours), and `N·(C+1)` at its limit with the most classes gives class_sums its most rows.
 #[test]
 fn extents_at_the_limits() {
+    use msloss_wgpu::{MAX_CHANNELS, MAX_CLASS_ROWS, MAX_CLASSES};
     let p = params(LengthKind::Charbonnier, Reduction::Sum);
+    let c_at_rows = MAX_CLASS_ROWS / MAX_CLASSES - 1;
     on_gpu(
         &[
-            Case::new(shape(1, msloss_wgpu::MAX_CLASSES, 1, 1, 2, 2), true, false, p, 14),
-            Case::new(shape(1, 2, msloss_wgpu::MAX_CHANNELS, 1, 3, 3), true, false, p, 14),
+            Case::new(shape(1, MAX_CLASSES, 1, 1, 2, 2), true, false, p, 14),
+            Case::new(shape(1, 2, MAX_CHANNELS, 1, 3, 3), true, false, p, 14),
+            Case::new(shape(1, MAX_CLASSES, 1, 3, 3, 3), true, false, p, 14),
+            Case::new(shape(1, MAX_CLASSES, c_at_rows, 3, 3, 3), true, true, p, 14),
+            Case::new(
+                shape(1, MAX_CLASSES, c_at_rows, 3, 3, 3),
+                false,
+                true,
+                params(LengthKind::L1, Reduction::Mean),
+                14,
+            ),
         ],
         "extents at the limits",
     );
+}
+
+/// Past the limits: a typed error, before anything is built.
+#[test]
+fn extents_past_the_limits() {
+    use msloss_wgpu::{MAX_CHANNELS, MAX_CLASS_ROWS, MAX_CLASSES, WgpuError};
+    let Some(b) = backend() else { return };
+    let p = Params::default();
+    for (s, dim) in [
+        (shape(1, MAX_CLASSES + 1, 1, 1, 2, 2), "N (classes)"),
+        (shape(1, 2, MAX_CHANNELS + 1, 1, 2, 2), "C (channels)"),
+        (shape(1, MAX_CLASSES, MAX_CLASS_ROWS / MAX_CLASSES, 1, 2, 2), "N·(C+1) (a pixel's class rows)"),
+    ] {
+        let e = b.plan(s, &p, msloss_wgpu::Io::TRAIN).unwrap_err();
+        assert!(matches!(e, WgpuError::ExtentTooLarge { dim: d, .. } if d == dim), "{s}: {e}");
+    }
 }

@@ -1,15 +1,21 @@
 //! The bytes each dispatch reads and writes, from the plan ([`Plan::traffic`]), against the
-//! floor of the memory model, `(3N + 2C)·4` bytes per pixel. Today's kernels keep a
-//! `B·N·S` softmax buffer and a separate Jacobian pass: `8N + 3C` floats per pixel, plus the
-//! small reductions. The test pins that count (so a kernel change that moves it must update it)
-//! and prints the table BENCHMARKS.md quotes (`cargo test -p msloss-wgpu --test traffic --
+//! floor of the memory model, `(3N + 2C)·4` bytes per pixel, and the plan's own device
+//! memory ([`Plan::scratch_bytes`]). No probability buffer: `class_sums` reads the scores and
+//! the image once (checks, softmax, class sums), `loss_grad` reads them once more and writes the
+//! gradient once (the softmax backward fused in): `3N + 2C` floats per pixel, plus the small
+//! reductions. The test pins that count (so a kernel change that moves it must update it) and
+//! prints the table BENCHMARKS.md quotes (`cargo test -p msloss-wgpu --test traffic --
 //! --nocapture`).
 
 mod common;
 
 use common::backend;
-use msloss_core::{Params, Shape};
+use msloss_core::{Fidelity, Params, Shape};
 use msloss_wgpu::{Io, ScoresKind, Traffic};
+
+/// Bytes a pixel of every dispatch together at 2,21,3,512,512, logits with the gradient: the
+/// floor's 276 and the partials' and reductions' 0.40 (1.0014× the floor).
+const TRAIN_BYTES_PER_PIXEL_AT_S4: f64 = 276.4;
 
 #[test]
 fn bytes_per_dispatch_at_s4() {
@@ -18,28 +24,29 @@ fn bytes_per_dispatch_at_s4() {
     let (n, c) = (shape.classes() as u64, shape.channels() as u64);
     let px = (shape.batch() * shape.spatial()) as u64;
     for (io, per_pixel) in [
-        // Logits with the gradient: prepare 2N + C, class_sums N + C, loss_grad 2N + C, jacobian 3N.
-        (Io::TRAIN, 8 * n + 3 * c),
-        // Probabilities, no gradient: prepare N + C, class_sums N + C, loss_grad N + C.
-        (Io { kind: ScoresKind::Probs, mask: false, grad: false }, 3 * n + 3 * c),
+        // Logits with the gradient: class_sums N + C, loss_grad 2N + C.
+        (Io::TRAIN, 3 * n + 2 * c),
+        // Probabilities, no gradient: class_sums N + C, loss_grad N + C.
+        (Io { kind: ScoresKind::Probs, mask: false, grad: false }, 2 * n + 2 * c),
     ] {
         let plan = b.plan(shape, &Params::default(), io).unwrap();
         let t = plan.traffic();
-        let big: u64 = t
-            .iter()
-            .filter(|d| ["prepare", "class_sums", "loss_grad", "jacobian"].contains(&d.kernel))
-            .map(|d| d.read + d.written)
-            .sum();
+        let kernels: Vec<&str> = t.iter().map(|d| d.kernel).collect();
+        assert!(!kernels.iter().any(|k| ["prepare", "jacobian"].contains(k)), "{kernels:?}");
+        let big: u64 =
+            t.iter().filter(|d| ["class_sums", "loss_grad"].contains(&d.kernel)).map(|d| d.read + d.written).sum();
         let total: u64 = t.iter().map(|d| d.read + d.written).sum();
-        // The per-pixel part of the four big kernels, exactly; the rest (partials, reductions,
+        // The per-pixel part of the two big kernels, exactly; the rest (partials, reductions,
         // centroids) is small against it.
-        let small = total - 4 * per_pixel * px;
         assert!(big >= 4 * per_pixel * px && big - 4 * per_pixel * px < total / 100, "{io:?}: {t:?}");
+        let small = total - 4 * per_pixel * px;
         assert!(small < total / 100, "{io:?}: the reductions move {small} of {total} bytes");
         let per_px = total as f64 / px as f64;
         if io.grad {
             let floor = Traffic::floor(shape, false) as f64 / px as f64;
-            eprintln!("{shape} {io:?}: {per_px:.2} bytes per pixel, {:.2}× the floor {floor:.1}", per_px / floor);
+            assert_eq!(floor, 276.0);
+            assert!(per_px <= TRAIN_BYTES_PER_PIXEL_AT_S4, "{per_px} bytes per pixel");
+            eprintln!("{shape} {io:?}: {per_px:.2} bytes per pixel, {:.3}× the floor {floor:.1}", per_px / floor);
         } else {
             eprintln!("{shape} {io:?}: {per_px:.2} bytes per pixel");
         }
@@ -47,4 +54,61 @@ fn bytes_per_dispatch_at_s4() {
             eprintln!("  {:<11} read {:>12} written {:>12}", d.kernel, d.read, d.written);
         }
     }
+}
+
+/// The plan allocates no buffer of `B·N·S` elements, for logits or probabilities: beyond the
+/// caller's tensors (and the gradient the caller gives) it holds O(B·N·C) sums and the first
+/// reduction level's partials, `B·(N·(C+1) + 1)` floats a tile of 2048 pixels and 2 floats a
+/// workgroup of 256 pixels, with the reduction's ping and pong as large again at most.
+#[test]
+fn no_probability_buffer() {
+    let Some(b) = backend() else { return };
+    for shape in [
+        Shape::new_2d(2, 21, 3, 512, 512).unwrap(),
+        Shape::new_2d(1, 2, 1, 64, 64).unwrap(),
+        Shape::new(3, 5, 2, 16, 32, 32).unwrap(),
+    ] {
+        let (bb, n, c, s) =
+            (shape.batch() as u64, shape.classes() as u64, shape.channels() as u64, shape.spatial() as u64);
+        let tiles = s.div_ceil(2048);
+        let rows = bb * (n * (c + 1) + 1);
+        let loss_groups = (bb * s).div_ceil(256);
+        // partials, sums, centroids, stats, loss partials, ping + pong, totals, status, and the
+        // 64-byte uniform block.
+        let bound = 4
+            * (rows * tiles
+                + rows
+                + bb * n * c
+                + bb * n
+                + 1
+                + 2 * loss_groups
+                + 2 * (rows * tiles).max(2 * loss_groups)
+                + 4)
+            + 64;
+        let mut sizes = Vec::new();
+        for kind in [ScoresKind::Logits, ScoresKind::Probs] {
+            for grad in [true, false] {
+                let io = Io { kind, mask: true, grad };
+                let plan = b.plan(shape, &Params::default(), io).unwrap();
+                let bytes = plan.scratch_bytes();
+                assert!(bytes <= bound, "{shape} {io:?}: {bytes} bytes, more than {bound}");
+                // A B·N·S buffer alone would be 4·B·N·S bytes.
+                assert!(bytes < 4 * bb * n * s / 8, "{shape} {io:?}: {bytes} bytes");
+                sizes.push(bytes);
+            }
+        }
+        // Logits need nothing that probabilities do not.
+        assert!(sizes.windows(2).all(|w| w[0] == w[1]), "{shape}: {sizes:?}");
+        eprintln!(
+            "{shape}: the plan's own buffers {} bytes, {:.3} bytes a pixel",
+            sizes[0],
+            sizes[0] as f64 / (bb * s) as f64
+        );
+    }
+    // The local fidelity keeps its two buffers of one sample's N·(C+1) planes, whatever B.
+    let shape = Shape::new_2d(4, 3, 1, 32, 32).unwrap();
+    let p = Params::default().with_fidelity(Fidelity::Local { sigma: 1.0 });
+    let global = b.plan(shape, &Params::default(), Io::TRAIN).unwrap().scratch_bytes();
+    let local = b.plan(shape, &p, Io::TRAIN).unwrap().scratch_bytes();
+    assert!(local >= global + 2 * 3 * 2 * 32 * 32 * 4, "{local} vs {global}");
 }

@@ -1,42 +1,38 @@
-// class_sums: the first level of the centroid reduction. Row r of the output is one sum over
-// the pixels of a sample:
-//   r < B·N·(C+1):  (b, n, k) with k = 0 giving A_bn = Σ_s m·y and k >= 1 the moment
-//                   Σ_s m·y·x_{k-1};
-//   r >= B·N·(C+1): the valid-pixel count Σ_s m of sample r − B·N·(C+1).
-// Workgroup (r, t) sums the TILE pixels of tile t into partials[r·tiles + t]: PER_INVOCATION
-// loads per invocation (strided by WG) added pairwise, then a fixed-order tree. No loop depends
-// on the image size.
+// class_sums: the input checks and the first level of the centroid reduction, reading the
+// scores themselves (for logits, each pixel's softmax is recomputed here: no probability buffer).
+// Workgroup g = b·tiles + t owns the TILE pixels of tile t of sample b, PER_INVOCATION pixels
+// per invocation (strided by WG). Each invocation checks its pixels (finite scores and image,
+// probabilities >= 0, image and probabilities within msloss-core's limits for f32, mask in
+// {0, 1}) into the status word and computes their softmax normalisers once; then, row by row,
+//   row (b, n, k), k = 0:   A_bn = Σ_s m·y,   k >= 1: the moment Σ_s m·y·x_{k-1},
+//   row B·N·(C+1) + b:      the valid-pixel count Σ_s m,
+// the tile's sum (its pixels' values added pairwise, then a fixed-order tree) goes into
+// partials[row·tiles + t]. Loops: PER_INVOCATION·(3·N + C) + N·(PER_INVOCATION + (C+1)·(PER_INVOCATION
+// + log2(WG))), bounded by the plan's class-row limit; none depends on the image size.
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(2) var<storage, read_write> image: array<f32>;
 @group(0) @binding(3) var<storage, read_write> mask: array<f32>;
 @group(0) @binding(4) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(5) var<storage, read_write> status: array<atomic<u32>>;
 
 var<workgroup> shared_sum: array<f32, WG>;
 
-fn mask_at(b: u32, s: u32) -> f32 {
-    if (dims.flags & FLAG_MASK) != 0u {
-        return mask[b * dims.spatial + s];
+// The workgroup's sum of v by a fixed-order tree, valid in invocation 0; every invocation calls
+// it (it holds barriers), and shared_sum is free again when it returns.
+fn tile_sum(lid: u32, v: f32) -> f32 {
+    shared_sum[lid] = v;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        if lid < stride {
+            shared_sum[lid] += shared_sum[lid + stride];
+        }
+        workgroupBarrier();
     }
-    return 1.0;
-}
-
-fn row_value(r: u32, s: u32) -> f32 {
-    let per_sample = dims.classes * (dims.channels + 1u);
-    let class_rows = dims.batch * per_sample;
-    if r >= class_rows {
-        return mask_at(r - class_rows, s);
-    }
-    let b = r / per_sample;
-    let rem = r % per_sample;
-    let n = rem / (dims.channels + 1u);
-    let k = rem % (dims.channels + 1u);
-    var v = mask_at(b, s) * y[(b * dims.classes + n) * dims.spatial + s];
-    if k > 0u {
-        v *= image[(b * dims.channels + k - 1u) * dims.spatial + s];
-    }
-    return v;
+    let total = shared_sum[0];
+    workgroupBarrier();
+    return total;
 }
 
 @compute @workgroup_size(WG)
@@ -46,26 +42,85 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let g = linear_group(wid, nwg);
-    let r = g / dims.tiles;
+    let b = g / dims.tiles;
     let t = g % dims.tiles;
-    let live = r < dims.rows;
-    var v: array<f32, PER_INVOCATION>;
+    let live = b < dims.batch;
+    let sp = dims.spatial;
+    let n_cls = dims.classes;
+    let logits = (dims.flags & FLAG_LOGITS) != 0u;
+    // msloss_core::image_limit and probability_limit, for f32.
+    let image_limit = sqrt(F32_MAX / (64.0 * f32(max(dims.channels, 1u))));
+    let probability_limit = sqrt(F32_MAX / 192.0);
+    // Per pixel of the invocation: inside the sample, its mask value, its softmax normaliser.
+    var inside: array<bool, PER_INVOCATION>;
+    var m: array<f32, PER_INVOCATION>;
+    var norm: array<vec2<f32>, PER_INVOCATION>;
+    var bad = 0u;
     for (var j = 0u; j < PER_INVOCATION; j++) {
         let s = t * TILE + j * WG + lid;
-        v[j] = 0.0;
-        if live && s < dims.spatial {
-            v[j] = row_value(r, s);
+        inside[j] = live && s < sp;
+        m[j] = 0.0;
+        norm[j] = vec2<f32>(0.0, 1.0);
+        if inside[j] {
+            m[j] = 1.0;
+            if (dims.flags & FLAG_MASK) != 0u {
+                m[j] = mask[b * sp + s];
+                if m[j] != 0.0 && m[j] != 1.0 {
+                    bad |= STATUS_BAD_MASK;
+                }
+            }
+            for (var k = 0u; k < dims.channels; k++) {
+                let x = image[(b * dims.channels + k) * sp + s];
+                if !is_finite_f32(x) {
+                    bad |= STATUS_IMAGE_NONFINITE;
+                } else if abs(x) > image_limit {
+                    bad |= STATUS_IMAGE_RANGE;
+                }
+            }
+            let base = b * n_cls * sp + s;
+            for (var n = 0u; n < n_cls; n++) {
+                let v = scores[base + n * sp];
+                if !is_finite_f32(v) {
+                    bad |= STATUS_SCORES_NONFINITE;
+                } else if !logits && v < 0.0 {
+                    bad |= STATUS_NEGATIVE_PROBABILITY;
+                } else if !logits && v > probability_limit {
+                    bad |= STATUS_PROBABILITY_RANGE;
+                }
+            }
+            norm[j] = softmax_norm(b, s);
         }
     }
-    shared_sum[lid] = pairwise8(v);
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        if lid < stride {
-            shared_sum[lid] += shared_sum[lid + stride];
-        }
-        workgroupBarrier();
+    if bad != 0u {
+        atomicOr(&status[0], bad);
     }
+    for (var n = 0u; n < n_cls; n++) {
+        // m·y of class n at the invocation's pixels.
+        var my: array<f32, PER_INVOCATION>;
+        for (var j = 0u; j < PER_INVOCATION; j++) {
+            my[j] = 0.0;
+            if inside[j] {
+                let s = t * TILE + j * WG + lid;
+                my[j] = m[j] * prob((b * n_cls + n) * sp + s, norm[j]);
+            }
+        }
+        for (var k = 0u; k <= dims.channels; k++) {
+            var v: array<f32, PER_INVOCATION>;
+            for (var j = 0u; j < PER_INVOCATION; j++) {
+                v[j] = my[j];
+                if k > 0u && inside[j] {
+                    let s = t * TILE + j * WG + lid;
+                    v[j] *= image[(b * dims.channels + k - 1u) * sp + s];
+                }
+            }
+            let total = tile_sum(lid, pairwise8(v));
+            if live && lid == 0u {
+                partials[((b * n_cls + n) * (dims.channels + 1u) + k) * dims.tiles + t] = total;
+            }
+        }
+    }
+    let total = tile_sum(lid, pairwise8(m));
     if live && lid == 0u {
-        partials[r * dims.tiles + t] = shared_sum[0];
+        partials[(dims.batch * n_cls * (dims.channels + 1u) + b) * dims.tiles + t] = total;
     }
 }

@@ -3,13 +3,14 @@
 // msloss-shaders/src/lib.rs; the crate's tests parse this file with naga and compare.
 //
 // Layout conventions (row-major, contiguous, f32):
-//   scores, y, grad  [B, N, S]      image  [B, C, S]      mask  [B, S]      S = D·H·W
+//   scores, grad     [B, N, S]      (no probability buffer: see softmax.wgsl)      image  [B, C, S]      mask  [B, S]      S = D·H·W
 //   centroids        [B, N, C]
 // Every kernel runs with a folded 2D dispatch grid: the linear workgroup index is
 // wid.y · nwg.x + wid.x, and work past the end is masked off (never an early return before a
-// barrier). Each invocation's loops are bounded by N, C, log2(WG) or, in local_conv, the
-// Gaussian's window (at most MAX_WINDOW taps): no loop grows with the image size (Mesa's
-// lavapipe silently stops a shader after 65,535 loop iterations).
+// barrier). Each invocation's loops are bounded by N, N·(C+1), log2(WG) or, in local_conv,
+// the Gaussian's window (at most MAX_WINDOW taps): no loop grows with the image size, and the
+// backend's limits on N and N·(C+1) keep the rest in budget (Mesa's lavapipe silently stops a
+// shader after 65,535 loop iterations).
 // Every storage binding is read_write, inputs included: the caller may keep several tensors in
 // one buffer (a framework's allocator packs them in pages), and wgpu accepts a buffer bound
 // read_write several times in one dispatch but not bound read-only and read_write.
@@ -58,7 +59,7 @@ struct Dims {
     rows: u32,
     flags: u32,
     length_kind: u32,
-    // Workgroups of loss_grad: ceil(B·N·S / TILE).
+    // Workgroups of loss_grad: ceil(B·S / WG), one pixel per invocation.
     loss_groups: u32,
     lambda: f32,
     weight: f32,

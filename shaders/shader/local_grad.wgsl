@@ -1,9 +1,10 @@
-// local_grad: adds the local fidelity's gradient w·scale·∂F/∂y to what loss_grad wrote (the
-// length's) for sample b = sample_params.index, one invocation per (n, s), before the softmax
-// backward:
+// local_grad: the local fidelity's gradient w·scale·∂F/∂y of sample b = sample_params.index,
+// one invocation per (n, s), written into the gradient buffer before loss_grad, which adds the
+// length's gradient and applies the softmax backward (for logits) in one pass:
 //   ∂F/∂y = m·(S(s)·‖x'‖² − ⟨x', K*U⟩ + K*W)
 // with K*W in plane n·(C+1) of the sample's scratch and K*U_k in the C planes after it (the
-// second convolutions of local_terms' output). A zero weight adds nothing; a non-finite value sets its status bit.
+// second convolutions of local_terms' output). A zero weight writes 0 (the term is off, not
+// 0·inf); a non-finite value sets its status bit.
 // Loops: N·C (the centre) and C.
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -27,7 +28,7 @@ fn main(
     let i = linear_group(wid, nwg) * WG + lid;
     let sp = dims.spatial;
     let len = dims.classes * sp;
-    if i >= len || dims.weight == 0.0 {
+    if i >= len {
         return;
     }
     let s = i % sp;
@@ -46,7 +47,7 @@ fn main(
         xu += x * planes[first + (1u + k) * sp];
     }
     let g = m * (coverage(s) * xx - xu + planes[first]);
-    let v = grad[bi] + dims.weight * stats[dims.batch * dims.classes] * g;
+    let v = select(dims.weight * stats[dims.batch * dims.classes] * g, 0.0, dims.weight == 0.0);
     grad[bi] = v;
     if !is_finite_f32(v) {
         atomicOr(&status[0], STATUS_GRADIENT_NONFINITE);

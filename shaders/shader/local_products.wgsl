@@ -3,10 +3,10 @@
 // n·(C+1) + 1 + k gets m·y·x'_k, with the image
 // centred on x̄_bk (local_centre): the window sums of these stay small, so f32 does not
 // cancel. The convolutions (local_conv) then turn them into a = K*(m·y) and b' = K*(m·y·x').
-// Loops: N·C (the centre) and C.
+// Loops: N·C (the centre), 2·N (the softmax of logits) and C.
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(2) var<storage, read_write> image: array<f32>;
 @group(0) @binding(3) var<storage, read_write> mask: array<f32>;
 @group(0) @binding(4) var<storage, read_write> sums: array<f32>;
@@ -19,7 +19,8 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    // i = n·S + s within the sample; bi = b·N·S + i in the batch's [B, N, S] tensors.
+    // i = n·S + s within the sample; bi = b·N·S + i in the batch's [B, N, S] tensors. For logits
+    // y is recomputed from the pixel's logits (no probability buffer).
     let i = linear_group(wid, nwg) * WG + lid;
     let sp = dims.spatial;
     let len = dims.classes * sp;
@@ -33,7 +34,7 @@ fn main(
     if (dims.flags & FLAG_MASK) != 0u {
         m = mask[b * sp + s];
     }
-    let a = m * y[bi];
+    let a = m * prob(bi, softmax_norm(b, s));
     let first = (i / sp) * (dims.channels + 1u) * sp + s;
     planes[first] = a;
     for (var k = 0u; k < dims.channels; k++) {

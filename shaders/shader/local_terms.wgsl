@@ -6,10 +6,10 @@
 //   plane 0   ← W = ‖f'‖² + κ·⟨f' + x̄, f'⟩,   plane 1 + k ← U_k = 2·f'_k + κ·(f'_k + x̄_k)
 // in place, for the second convolutions of the gradient. S(s) = Σ_t K(s, t) is the product of
 // the coverage lines the host put at the start of `taps` (D, then H, then W values).
-// Loops: N·C (the centre) and C.
+// Loops: N·C (the centre), 2·N (the softmax of logits) and C.
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(2) var<storage, read_write> image: array<f32>;
 @group(0) @binding(3) var<storage, read_write> mask: array<f32>;
 @group(0) @binding(4) var<storage, read_write> sums: array<f32>;
@@ -24,7 +24,8 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    // i = n·S + s within the sample; bi = b·N·S + i in the batch's [B, N, S] tensors.
+    // i = n·S + s within the sample; bi = b·N·S + i in the batch's [B, N, S] tensors. For logits
+    // y is recomputed from the pixel's logits (no probability buffer).
     let i = linear_group(wid, nwg) * WG + lid;
     let sp = dims.spatial;
     let len = dims.classes * sp;
@@ -60,5 +61,5 @@ fn main(
         planes[at] = 2.0 * f + kappa * (f + centre);
     }
     planes[first] = ff + kappa * wv;
-    energy[i] = m * y[bi] * xx * coverage(s) + (ff * a - 2.0 * fb);
+    energy[i] = m * prob(bi, softmax_norm(b, s)) * xx * coverage(s) + (ff * a - 2.0 * fb);
 }

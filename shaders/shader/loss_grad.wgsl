@@ -1,15 +1,21 @@
-// loss_grad: PER_INVOCATION score elements (b, n, s) per invocation, strided by WG within a
-// workgroup's TILE. Computes for each
+// loss_grad: one invocation per pixel (b, s), looping over its N classes; with the softmax's
+// backward fused in, so that the gradient is written once. For logits the probabilities are
+// recomputed from the logits (the pixel's and its neighbours' normalisers once each). Per class n:
 //   the fidelity term   m·y·‖x_s − c_bn‖² (0 under FLAG_LOCAL: the local_* kernels add it)
 //   the length term     over the forward differences that start at s
-//   ∂E/∂y_bns           w·m·(‖x − c‖² − corr·⟨c, x − c⟩) plus the length (sub)gradient, times
-//                       the reduction's scale,
-// writes the gradient (when FLAG_GRAD is set; a non-finite value sets its bit in the status word) and sums the two energy terms of the workgroup by
-// a fixed-order tree into partials[g] (fidelity) and partials[loss_groups + g] (length).
-// Loops: PER_INVOCATION × (C plus a constant number over the three axes).
+//   g_n = ∂E/∂y_bns     w·m·(‖x − c‖² − corr·⟨c, x − c⟩) plus the length (sub)gradient, times
+//                       the reduction's scale, plus (under FLAG_LOCAL) the local fidelity's
+//                       part, which local_grad left in the gradient buffer.
+// When FLAG_GRAD is set it writes ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m) for logits, g_n for
+// probabilities (a first pass over the classes sums Σ_m y_m·g_m, a second recomputes g_n and
+// writes; a non-finite value sets its bit in the status word). The pixel's two energy terms
+// are summed over the workgroup by a fixed-order tree into partials[g] (fidelity) and
+// partials[loss_groups + g] (length).
+// Loops: 2·N for each of at most 13 normalisers, and twice N·(C + SLOTS + 12); the plan
+// bounds N and N·(C+1) so that this stays within lavapipe's budget.
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(2) var<storage, read_write> image: array<f32>;
 @group(0) @binding(3) var<storage, read_write> mask: array<f32>;
 @group(0) @binding(4) var<storage, read_write> centroids: array<f32>;
@@ -21,6 +27,21 @@
 var<workgroup> shared_fid: array<f32, WG>;
 var<workgroup> shared_len: array<f32, WG>;
 
+// The pixels whose probabilities one pixel's terms read, by slot: 0 the pixel s, 1 + a its
+// forward neighbour s + e_a along axis a (0: D, 1: H, 2: W), 4 + a its backward one s − e_a,
+// 7 + 3·a + c (c ≠ a) the pixel s − e_a + e_c, which Charbonnier's r at s − e_a reads.
+const SLOTS: u32 = 16u;
+
+// The invocation's pixel: sample, flat index, and per slot its flat index, whether it exists,
+// whether it is valid (exists, mask 1) and its softmax normaliser; the class's y per slot.
+var<private> px_b: u32;
+var<private> px_s: u32;
+var<private> at: array<u32, SLOTS>;
+var<private> present: array<bool, SLOTS>;
+var<private> valid: array<bool, SLOTS>;
+var<private> norm: array<vec2<f32>, SLOTS>;
+var<private> ys: array<f32, SLOTS>;
+
 fn mask_at(b: u32, s: u32) -> f32 {
     if (dims.flags & FLAG_MASK) != 0u {
         return mask[b * dims.spatial + s];
@@ -28,32 +49,55 @@ fn mask_at(b: u32, s: u32) -> f32 {
     return 1.0;
 }
 
-// Extents, strides and coordinates along the axes (0: D, 1: H, 2: W); coordinates are
-// computed once per invocation and stepped, not re-derived by division per neighbour.
-fn extents() -> vec3<u32> {
-    return vec3<u32>(dims.depth, dims.height, dims.width);
+// Marks slot `slot` as pixel t (which exists) and computes its normaliser.
+fn use_slot(slot: u32, t: u32) {
+    at[slot] = t;
+    present[slot] = true;
+    valid[slot] = mask_at(px_b, t) == 1.0;
+    norm[slot] = softmax_norm(px_b, t);
 }
 
-fn strides() -> vec3<u32> {
-    return vec3<u32>(dims.height * dims.width, dims.width, 1u);
+// The slots of pixel p = b·S + s. Loops: SLOTS, 3, 9, and 2·N per normaliser.
+fn set_pixel(p: u32) {
+    let sp = dims.spatial;
+    px_b = p / sp;
+    px_s = p % sp;
+    let ext = vec3<u32>(dims.depth, dims.height, dims.width);
+    let st = vec3<u32>(dims.height * dims.width, dims.width, 1u);
+    let q = vec3<u32>(px_s / (dims.height * dims.width), (px_s / dims.width) % dims.height, px_s % dims.width);
+    for (var i = 0u; i < SLOTS; i++) {
+        present[i] = false;
+        valid[i] = false;
+        at[i] = 0u;
+        norm[i] = vec2<f32>(0.0, 1.0);
+    }
+    use_slot(0u, px_s);
+    for (var a = 0u; a < 3u; a++) {
+        if q[a] + 1u < ext[a] {
+            use_slot(1u + a, px_s + st[a]);
+        }
+        if q[a] > 0u {
+            use_slot(4u + a, px_s - st[a]);
+        }
+    }
+    if dims.length_kind == LENGTH_CHARBONNIER {
+        for (var i = 0u; i < 9u; i++) {
+            let a = i / 3u;
+            let c = i % 3u;
+            if c != a && q[a] > 0u && q[c] + 1u < ext[c] {
+                use_slot(7u + i, px_s - st[a] + st[c]);
+            }
+        }
+    }
 }
 
-fn coords_of(s: u32) -> vec3<u32> {
-    return vec3<u32>(s / (dims.height * dims.width), (s / dims.width) % dims.height, s % dims.width);
-}
-
-// The forward difference y(s + e_a) − y(s) of the class map starting at `base` (pixel s at
-// coordinates q), as (d, 1), or (0, 0) where the pair is missing (edge) or invalid (either
-// pixel masked out).
-fn forward_diff(b: u32, base: u32, s: u32, q: vec3<u32>, a: u32) -> vec2<f32> {
-    if q[a] + 1u >= extents()[a] {
+// The difference y(slot t) − y(slot p) of the current class as (d, 1), or (0, 0) where the pair
+// is missing (edge) or invalid (either pixel masked out).
+fn diff(p: u32, t: u32) -> vec2<f32> {
+    if !valid[p] || !valid[t] {
         return vec2<f32>(0.0, 0.0);
     }
-    let t = s + strides()[a];
-    if mask_at(b, s) != 1.0 || mask_at(b, t) != 1.0 {
-        return vec2<f32>(0.0, 0.0);
-    }
-    return vec2<f32>(y[base + t] - y[base + s], 1.0);
+    return vec2<f32>(ys[t] - ys[p], 1.0);
 }
 
 // d(length of one difference)/dd for L1 (sign, 0 at 0) and L2 (2d).
@@ -64,27 +108,20 @@ fn pair_slope(d: f32) -> f32 {
     return 2.0 * d;
 }
 
-// Charbonnier's r(p) = sqrt(Σ_a d_a(p)² + δ²).
-fn charbonnier_r(b: u32, base: u32, p: u32, q: vec3<u32>) -> f32 {
-    var sq = 0.0;
-    for (var a = 0u; a < 3u; a++) {
-        let d = forward_diff(b, base, p, q, a).x;
-        sq += d * d;
-    }
-    return sqrt(sq + dims.delta * dims.delta);
-}
-
-// One score element i = (b·N + n)·S + s: writes its gradient (when FLAG_GRAD is set) and
-// returns its (fidelity, length) energy terms.
-fn element(i: u32) -> vec2<f32> {
+// Class n of the current pixel: (g_n before the reduction's scale, fidelity term, length term, y_n).
+fn class_terms(n: u32) -> vec4<f32> {
     let sp = dims.spatial;
-    let s = i % sp;
-    let bn = i / sp;
-    let b = bn / dims.classes;
-    let base = bn * sp;
+    let b = px_b;
+    let s = px_s;
+    let bn = b * dims.classes + n;
+    for (var i = 0u; i < SLOTS; i++) {
+        ys[i] = 0.0;
+        if present[i] {
+            ys[i] = prob(bn * sp + at[i], norm[i]);
+        }
+    }
     let ms = mask_at(b, s);
-    let q = coords_of(s);
-    let ys = y[i];
+    let y = ys[0];
     // For logits, the softmax backward ignores a term common to every class of a pixel, so the
     // gradient uses ‖x − c_n‖² − ‖x − c_b0‖² = ⟨c_b0 − c_n, 2x − c_n − c_b0⟩, computed without
     // the cancellation that loses f32 digits when the centroids nearly coincide.
@@ -103,7 +140,7 @@ fn element(i: u32) -> vec2<f32> {
     }
     // The local fidelity is added by the local_* kernels: none of it here.
     let global = (dims.flags & FLAG_LOCAL) == 0u;
-    let fid = select(0.0, ms * ys * dist2, global);
+    let fid = select(0.0, ms * y * dist2, global);
     var len = 0.0;
     var gd = dist2;
     if (dims.flags & FLAG_LOGITS) != 0u {
@@ -116,7 +153,7 @@ fn element(i: u32) -> vec2<f32> {
         var sq = 0.0;
         var dsum = 0.0;
         for (var a = 0u; a < 3u; a++) {
-            let d = forward_diff(b, base, s, q, a).x;
+            let d = diff(0u, 1u + a).x;
             sq += d * d;
             dsum += d;
         }
@@ -125,19 +162,23 @@ fn element(i: u32) -> vec2<f32> {
         len = sq / (r + dims.delta);
         own = dsum / r;
         for (var a = 0u; a < 3u; a++) {
-            if q[a] > 0u {
-                let p = s - strides()[a];
-                var qp = q;
-                qp[a] -= 1u;
-                let dp = forward_diff(b, base, p, qp, a);
-                if dp.y != 0.0 {
-                    back += dp.x / charbonnier_r(b, base, p, qp);
+            let dp = diff(4u + a, 0u);
+            if dp.y != 0.0 {
+                // Charbonnier's r at s − e_a: its forward differences along the three axes.
+                var sqp = 0.0;
+                for (var c = 0u; c < 3u; c++) {
+                    var dc = dp.x;
+                    if c != a {
+                        dc = diff(4u + a, 7u + 3u * a + c).x;
+                    }
+                    sqp += dc * dc;
                 }
+                back += dp.x / sqrt(sqp + dims.delta * dims.delta);
             }
         }
     } else {
         for (var a = 0u; a < 3u; a++) {
-            let d = forward_diff(b, base, s, q, a);
+            let d = diff(0u, 1u + a);
             if d.y != 0.0 {
                 if dims.length_kind == LENGTH_L1 {
                     len += abs(d.x);
@@ -146,25 +187,14 @@ fn element(i: u32) -> vec2<f32> {
                 }
                 own += pair_slope(d.x);
             }
-            if q[a] > 0u {
-                var qp = q;
-                qp[a] -= 1u;
-                let dp = forward_diff(b, base, s - strides()[a], qp, a);
-                if dp.y != 0.0 {
-                    back += pair_slope(dp.x);
-                }
+            let dp = diff(4u + a, 0u);
+            if dp.y != 0.0 {
+                back += pair_slope(dp.x);
             }
         }
     }
     g += dims.lambda * (back - own);
-    if (dims.flags & FLAG_GRAD) != 0u {
-        let v = g * stats[dims.batch * dims.classes];
-        grad[i] = v;
-        if !is_finite_f32(v) {
-            atomicOr(&status[0], STATUS_GRADIENT_NONFINITE);
-        }
-    }
-    return vec2<f32>(fid, len);
+    return vec4<f32>(g, fid, len, y);
 }
 
 @compute @workgroup_size(WG)
@@ -174,21 +204,54 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let g_index = linear_group(wid, nwg);
-    let n_elems = dims.batch * dims.classes * dims.spatial;
-    var fid: array<f32, PER_INVOCATION>;
-    var len: array<f32, PER_INVOCATION>;
-    for (var j = 0u; j < PER_INVOCATION; j++) {
-        let i = g_index * TILE + j * WG + lid;
-        fid[j] = 0.0;
-        len[j] = 0.0;
-        if g_index < dims.loss_groups && i < n_elems {
-            let e = element(i);
-            fid[j] = e.x;
-            len[j] = e.y;
+    let p = g_index * WG + lid;
+    var fid = 0.0;
+    var len = 0.0;
+    if g_index < dims.loss_groups && p < dims.batch * dims.spatial {
+        set_pixel(p);
+        let grad_on = (dims.flags & FLAG_GRAD) != 0u;
+        let local = (dims.flags & FLAG_LOCAL) != 0u;
+        let logits = (dims.flags & FLAG_LOGITS) != 0u;
+        let scale = stats[dims.batch * dims.classes];
+        let base = px_b * dims.classes * dims.spatial + px_s;
+        // First pass: the energy terms and Σ_n y_n·g_n.
+        var yg = 0.0;
+        for (var n = 0u; n < dims.classes; n++) {
+            let t = class_terms(n);
+            fid += t.y;
+            len += t.z;
+            if grad_on {
+                var v = t.x * scale;
+                if local {
+                    v += grad[base + n * dims.spatial];
+                }
+                yg += t.w * v;
+            }
+        }
+        // Second pass: ∂E/∂z (logits) or ∂E/∂y (probabilities), written once.
+        if grad_on {
+            var finite = true;
+            for (var n = 0u; n < dims.classes; n++) {
+                let t = class_terms(n);
+                let i = base + n * dims.spatial;
+                var v = t.x * scale;
+                if local {
+                    v += grad[i];
+                }
+                finite = finite && is_finite_f32(v);
+                if logits {
+                    v = t.w * (v - yg);
+                }
+                grad[i] = v;
+                finite = finite && is_finite_f32(v);
+            }
+            if !finite {
+                atomicOr(&status[0], STATUS_GRADIENT_NONFINITE);
+            }
         }
     }
-    shared_fid[lid] = pairwise8(fid);
-    shared_len[lid] = pairwise8(len);
+    shared_fid[lid] = fid;
+    shared_len[lid] = len;
     workgroupBarrier();
     for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
         if lid < stride {

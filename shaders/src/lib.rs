@@ -3,7 +3,8 @@
 //! The WGSL compute shaders of msloss's GPU backend (`msloss-wgpu`), one file per entry point
 //! under `shader/`, with the shared code (`shader/common.wgsl`: constants, the [`Dims`] uniform
 //! block, helpers) prepended to each, and the local fidelity's shared functions
-//! (`shader/local_sample.wgsl`, `shader/local_centre.wgsl`, `shader/local_coverage.wgsl`) to the kernels that use them. Every kernel is described by a [`Kernel`]: its source,
+//! (`shader/local_sample.wgsl`, `shader/local_centre.wgsl`, `shader/local_coverage.wgsl`) and the
+//! softmax's (`shader/softmax.wgsl`) to the kernels that use them. Every kernel is described by a [`Kernel`]: its source,
 //! entry point, workgroup size and binding table, which the backend turns into bind group
 //! layouts. The crate's tests parse every shader with naga, validate it, and check the
 //! workgroup sizes, the bindings and the uniform structs' layouts against this file, so the
@@ -11,30 +12,35 @@
 //!
 //! ## The pipeline
 //! For one evaluation (`S = D·H·W`, `WG` = [`WORKGROUP_SIZE`], `TILE` = [`TILE`]):
-//! 1. [`Kernel::Prepare`] — per pixel: input checks into a status word; softmax of logits.
-//! 2. [`Kernel::ClassSums`] — per (row, tile): `Σ m·y`, `Σ m·y·x_k` and `Σ m` over a tile.
-//! 3. [`Kernel::Reduce`] — repeated: row sums over tiles of partials until one value per row.
-//! 4. [`Kernel::Centroids`] — per (b, n, k): centroids, the ε-correction, the reduction scale.
-//! 5. [`Kernel::LossGrad`] — eight score elements per invocation: energy terms (tree-summed per workgroup) and
-//!    `∂E/∂y`; then [`Kernel::Reduce`] again over the energy partials.
-//! 6. [`Kernel::Jacobian`] — for logits, the softmax backward in place.
-//! 7. [`Kernel::Finalize`] — weights, reduction, the energy record and its status word.
+//! 1. [`Kernel::ClassSums`] — per (sample, tile), eight pixels per invocation: input checks into a
+//!    status word, and the tile's `Σ m·y`, `Σ m·y·x_k` and `Σ m` of every class row.
+//! 2. [`Kernel::Reduce`] — repeated: row sums over tiles of partials until one value per row.
+//! 3. [`Kernel::Centroids`] — per (b, n, k): centroids, the ε-correction, the reduction scale.
+//! 4. [`Kernel::LossGrad`] — one pixel and all its classes per invocation: energy terms
+//!    (tree-summed per workgroup) and the gradient, `∂E/∂z` for logits (the softmax backward
+//!    fused in) or `∂E/∂y`, written once; then [`Kernel::Reduce`] again over the energy partials.
+//! 5. [`Kernel::Finalize`] — weights, reduction, the energy record and its status word.
 //!
-//! With the local fidelity ([`flags::LOCAL`]), `LossGrad` leaves the fidelity out, and after its
-//! reduction (before the `Jacobian`) the local fidelity is added by separable convolutions,
+//! No probability is stored: for logits, the kernels that need `y` recompute a pixel's softmax
+//! from the logits (`shader/softmax.wgsl`), once per pixel and invocation.
+//!
+//! With the local fidelity ([`flags::LOCAL`]), `LossGrad` leaves the fidelity out, and before it
+//! (after the centroids) the local fidelity is added by separable convolutions,
 //! one sample after another over one sample's scratch, `2·N·(C+1)` planes of `S` values (two
 //! buffers of `N·(C+1)` planes): for each sample, [`Kernel::LocalProducts`] (`m·y`, `m·y·x'`,
 //! the image centred on a class-weighted mean `x̄`), [`Kernel::LocalConv`] once per axis of
 //! extent > 1, [`Kernel::LocalTerms`] (the local means, the per-pixel energy, reduced by
 //! [`Kernel::Reduce`] into the sample's share, and the maps `U`, `W` of the gradient),
-//! [`Kernel::LocalConv`] again and [`Kernel::LocalGrad`]; then the samples' shares are reduced
-//! into the fidelity total. The per-sample kernels read their sample from a [`SampleParams`]
+//! [`Kernel::LocalConv`] again and [`Kernel::LocalGrad`], which writes its gradient `∂F/∂y` for
+//! `LossGrad` to add to the length's before the softmax backward; the samples' shares are reduced
+//! into the fidelity total after `LossGrad`'s own sums. The per-sample kernels read their sample from a [`SampleParams`]
 //! block bound with a dynamic offset ([`Binding::UniformDynamic`]).
 //!
 //! No loop in any invocation grows with the image size (a pixel is visited by a bounded number
 //! of invocations, sums are multi-level trees; a convolution's window is at most
-//! [`MAX_WINDOW`] taps), which keeps every invocation far below the 65,535-iteration budget of
-//! Mesa's lavapipe, and every sum is taken in a fixed order.
+//! [`MAX_WINDOW`] taps); the loops over a pixel's classes and channels are bounded by the
+//! backend's limits on `N` and `N·(C+1)`, which keeps every invocation below the
+//! 65,535-iteration budget of Mesa's lavapipe, and every sum is taken in a fixed order.
 #![no_std]
 
 use Binding::{StorageReadWrite as Rw, Uniform as U, UniformDynamic as Ud};
@@ -42,11 +48,11 @@ use Binding::{StorageReadWrite as Rw, Uniform as U, UniformDynamic as Ud};
 /// Invocations per workgroup of every kernel except [`Kernel::Finalize`] (which runs one).
 pub const WORKGROUP_SIZE: u32 = 256;
 
-/// Elements one invocation of [`Kernel::ClassSums`] and [`Kernel::Reduce`] sums (strided by
+/// Pixels (elements) one invocation of [`Kernel::ClassSums`] ([`Kernel::Reduce`]) sums (strided by
 /// the workgroup size, added as a fixed pairwise tree) before the workgroup's tree.
 pub const PER_INVOCATION: u32 = 8;
 
-/// Elements one workgroup sums in [`Kernel::ClassSums`] and [`Kernel::Reduce`].
+/// Pixels (elements) one workgroup sums in [`Kernel::ClassSums`] ([`Kernel::Reduce`]).
 pub const TILE: u32 = PER_INVOCATION * WORKGROUP_SIZE;
 
 /// Bits of [`Dims::flags`].
@@ -98,7 +104,7 @@ pub mod status {
     /// A probability beyond `msloss_core::probability_limit::<f32>()`.
     pub const PROBABILITY_RANGE: u32 = 128;
     /// A gradient value came out non-finite (set where [`Kernel::LossGrad`](super::Kernel) and
-    /// [`Kernel::Jacobian`](super::Kernel) write it).
+    /// [`Kernel::LocalGrad`](super::Kernel) write it).
     pub const GRADIENT_NONFINITE: u32 = 256;
 }
 
@@ -129,7 +135,7 @@ pub struct Dims {
     pub flags: u32,
     /// One of [`length_kind`].
     pub length_kind: u32,
-    /// Workgroups of [`Kernel::LossGrad`]: `ceil(B·N·S / TILE)`.
+    /// Workgroups of [`Kernel::LossGrad`]: `ceil(B·S / WG)`, one pixel per invocation.
     pub loss_groups: u32,
     /// λ.
     pub lambda: f32,
@@ -287,23 +293,28 @@ pub enum Binding {
 /// The shared code prepended to every kernel.
 pub const COMMON: &str = include_str!("../shader/common.wgsl");
 
-/// [`Kernel::Prepare`]'s source.
-pub const PREPARE: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/prepare.wgsl"));
 /// [`Kernel::ClassSums`]'s source.
-pub const CLASS_SUMS: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/class_sums.wgsl"));
+pub const CLASS_SUMS: &str = concat!(
+    include_str!("../shader/common.wgsl"),
+    include_str!("../shader/softmax.wgsl"),
+    include_str!("../shader/class_sums.wgsl")
+);
 /// [`Kernel::Reduce`]'s source.
 pub const REDUCE: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/reduce.wgsl"));
 /// [`Kernel::Centroids`]'s source.
 pub const CENTROIDS: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/centroids.wgsl"));
 /// [`Kernel::LossGrad`]'s source.
-pub const LOSS_GRAD: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/loss_grad.wgsl"));
-/// [`Kernel::Jacobian`]'s source.
-pub const JACOBIAN: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/jacobian.wgsl"));
+pub const LOSS_GRAD: &str = concat!(
+    include_str!("../shader/common.wgsl"),
+    include_str!("../shader/softmax.wgsl"),
+    include_str!("../shader/loss_grad.wgsl")
+);
 /// [`Kernel::LocalProducts`]'s source.
 pub const LOCAL_PRODUCTS: &str = concat!(
     include_str!("../shader/common.wgsl"),
     include_str!("../shader/local_sample.wgsl"),
     include_str!("../shader/local_centre.wgsl"),
+    include_str!("../shader/softmax.wgsl"),
     include_str!("../shader/local_products.wgsl")
 );
 /// [`Kernel::LocalConv`]'s source.
@@ -314,6 +325,7 @@ pub const LOCAL_TERMS: &str = concat!(
     include_str!("../shader/local_sample.wgsl"),
     include_str!("../shader/local_centre.wgsl"),
     include_str!("../shader/local_coverage.wgsl"),
+    include_str!("../shader/softmax.wgsl"),
     include_str!("../shader/local_terms.wgsl")
 );
 /// [`Kernel::LocalGrad`]'s source.
@@ -330,18 +342,14 @@ pub const FINALIZE: &str = concat!(include_str!("../shader/common.wgsl"), includ
 /// Every compute kernel of the backend. Pipelines are created once per kernel and cached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    /// Input checks and softmax.
-    Prepare,
-    /// First level of the class sums.
+    /// Input checks and the first level of the class sums.
     ClassSums,
     /// One level of a row-sum reduction.
     Reduce,
     /// Centroids, ε-corrections, reduction scale.
     Centroids,
-    /// Energy terms and `∂E/∂y`.
+    /// Energy terms and the gradient (`∂E/∂z` for logits, the softmax backward fused in).
     LossGrad,
-    /// Softmax backward.
-    Jacobian,
     /// The energy record.
     Finalize,
     /// The local fidelity's maps `m·y` and `m·y·x'` (one sample per dispatch).
@@ -350,19 +358,17 @@ pub enum Kernel {
     LocalConv,
     /// The local fidelity's per-pixel energy and gradient maps (one sample per dispatch).
     LocalTerms,
-    /// The local fidelity's gradient, added (one sample per dispatch).
+    /// The local fidelity's gradient `∂F/∂y`, for [`Kernel::LossGrad`] to add (one sample per dispatch).
     LocalGrad,
 }
 
 impl Kernel {
     /// All kernels, in pipeline order.
-    pub const ALL: [Kernel; 11] = [
-        Kernel::Prepare,
+    pub const ALL: [Kernel; 9] = [
         Kernel::ClassSums,
         Kernel::Reduce,
         Kernel::Centroids,
         Kernel::LossGrad,
-        Kernel::Jacobian,
         Kernel::Finalize,
         Kernel::LocalProducts,
         Kernel::LocalConv,
@@ -376,12 +382,10 @@ impl Kernel {
     /// A label for pipelines and errors (the file name without `.wgsl`).
     pub const fn name(self) -> &'static str {
         match self {
-            Kernel::Prepare => "prepare",
             Kernel::ClassSums => "class_sums",
             Kernel::Reduce => "reduce",
             Kernel::Centroids => "centroids",
             Kernel::LossGrad => "loss_grad",
-            Kernel::Jacobian => "jacobian",
             Kernel::Finalize => "finalize",
             Kernel::LocalProducts => "local_products",
             Kernel::LocalConv => "local_conv",
@@ -393,12 +397,10 @@ impl Kernel {
     /// The full WGSL source (shared code included).
     pub const fn source(self) -> &'static str {
         match self {
-            Kernel::Prepare => PREPARE,
             Kernel::ClassSums => CLASS_SUMS,
             Kernel::Reduce => REDUCE,
             Kernel::Centroids => CENTROIDS,
             Kernel::LossGrad => LOSS_GRAD,
-            Kernel::Jacobian => JACOBIAN,
             Kernel::Finalize => FINALIZE,
             Kernel::LocalProducts => LOCAL_PRODUCTS,
             Kernel::LocalConv => LOCAL_CONV,
@@ -429,25 +431,21 @@ impl Kernel {
     /// what they only read, and the backend refuses overlapping caller ranges.
     pub const fn bindings(self) -> &'static [Binding] {
         match self {
-            // dims, scores, image, mask, y, status
-            Kernel::Prepare => &[U, Rw, Rw, Rw, Rw, Rw],
-            // dims, y, image, mask, partials
-            Kernel::ClassSums => &[U, Rw, Rw, Rw, Rw],
+            // dims, scores, image, mask, partials, status
+            Kernel::ClassSums => &[U, Rw, Rw, Rw, Rw, Rw],
             // params, src, dst
             Kernel::Reduce => &[U, Rw, Rw],
             // dims, sums, totals, centroids, stats
             Kernel::Centroids => &[U, Rw, Rw, Rw, Rw],
-            // dims, y, image, mask, centroids, stats, grad, partials, status
+            // dims, scores, image, mask, centroids, stats, grad, partials, status
             Kernel::LossGrad => &[U, Rw, Rw, Rw, Rw, Rw, Rw, Rw, Rw],
-            // dims, y, grad, status
-            Kernel::Jacobian => &[U, Rw, Rw, Rw],
             // dims, totals, status, energy
             Kernel::Finalize => &[U, Rw, Rw, Rw],
-            // dims, y, image, mask, sums, planes, sample
+            // dims, scores, image, mask, sums, planes, sample
             Kernel::LocalProducts => &[U, Rw, Rw, Rw, Rw, Rw, Ud],
             // params, taps, src, dst
             Kernel::LocalConv => &[U, Rw, Rw, Rw],
-            // dims, y, image, mask, sums, taps, planes, energy, sample
+            // dims, scores, image, mask, sums, taps, planes, energy, sample
             Kernel::LocalTerms => &[U, Rw, Rw, Rw, Rw, Rw, Rw, Rw, Ud],
             // dims, image, mask, sums, taps, planes, stats, grad, status, sample
             Kernel::LocalGrad => &[U, Rw, Rw, Rw, Rw, Rw, Rw, Rw, Rw, Ud],
