@@ -61,21 +61,24 @@ def torch_local(z, x, sigma, lam=1e-3, eps=1e-8):
         v = torch.nn.functional.conv2d(torch.nn.functional.conv2d(v, kh, padding=(r, 0)), kw, padding=(0, r))
         return v.reshape(b, m, h, w)
 
-    y = torch.softmax(z, 1)
-    n_cls, c = z.shape[1], x.shape[1]
+    return local_formula(torch.softmax(z, 1), x, conv, lam, eps)
+
+
+def local_formula(y, x, conv, lam, eps):
+    """The local fidelity plus λ·L1 length of probabilities `y` [B, N, H, W] and image `x` [B, C, H, W], with `conv`
+    the separable window: written once for PyTorch tensors and JAX arrays alike."""
     a = conv(y)
-    e = conv(y * (x * x).sum(1, keepdim=True))
-    fid = e.sum()
-    for k_ in range(c):
+    fid = conv(y * (x * x).sum(1)[:, None]).sum()
+    for k_ in range(x.shape[1]):
         b = conv(y * x[:, k_:k_ + 1])
         f = b / (a + eps)
         fid = fid + (f * f * a - 2 * f * b).sum()
-    tv = (y[:, :, 1:] - y[:, :, :-1]).abs().sum() + (y[:, :, :, 1:] - y[:, :, :, :-1]).abs().sum()
+    tv = abs(y[:, :, 1:] - y[:, :, :-1]).sum() + abs(y[:, :, :, 1:] - y[:, :, :, :-1]).sum()
     return fid + lam * tv
 
 
 def jax_local(z, x, sigma, conv="lax.conv", lam=1e-3, eps=1e-8):
-    """`torch_local` in JAX, term for term: the same kernel (built in the logits' dtype), ε, sums and products;
+    """`torch_local` in JAX: the same kernel (built in the logits' dtype), and `local_formula`;
     `conv` picks how the separable convolutions are written ("lax.conv" or "shifts", see the module's docstring)."""
     import jax
     import jax.numpy as jnp
@@ -100,17 +103,7 @@ def jax_local(z, x, sigma, conv="lax.conv", lam=1e-3, eps=1e-8):
         return sum(k[i] * p[:, :, :, i:i + w] for i in range(2 * r + 1))
 
     conv = {"lax.conv": conv_lax, "shifts": conv_shifts}[conv]
-    y = jax.nn.softmax(z, axis=1)
-    c = x.shape[1]
-    a = conv(y)
-    e = conv(y * (x * x).sum(1, keepdims=True))
-    fid = e.sum()
-    for k_ in range(c):
-        b = conv(y * x[:, k_:k_ + 1])
-        f = b / (a + eps)
-        fid = fid + (f * f * a - 2 * f * b).sum()
-    tv = jnp.abs(y[:, :, 1:] - y[:, :, :-1]).sum() + jnp.abs(y[:, :, :, 1:] - y[:, :, :, :-1]).sum()
-    return fid + lam * tv
+    return local_formula(jax.nn.softmax(z, axis=1), x, conv, lam, eps)
 
 
 def jax_value_and_grad(sigma, conv):

@@ -252,8 +252,9 @@ pub fn segment<B: Backend<f32>>(
     };
     let inside = start_pixels(&smoothed, k);
     let first = start(&smoothed, inside.as_deref(), k, cfg.starts, cfg.seed);
-    let raw_variance = within_variance(raw.as_ref().unwrap_or(vol), &first.centroids);
-    let contrast = start_contrast(raw.as_ref().unwrap_or(vol), &smoothed, inside.as_deref(), &first.centroids);
+    let original = raw.as_ref().unwrap_or(vol);
+    let raw_variance = within_variance(original, &first.centroids);
+    let contrast = start_contrast(original, &smoothed, inside.as_deref(), &first.centroids);
     let lambda = cfg.lambda * raw_variance * (1.0 + CONTRAST_WEIGHT / contrast.max(MIN_CONTRAST).powi(2));
     let params =
         Params { lambda, length: cfg.length, reduction: Reduction::Mean, fidelity: cfg.fidelity, ..Params::default() };
@@ -372,19 +373,20 @@ fn start_contrast(vol: &Volume, smoothed: &Volume, inside: Option<&[bool]>, cen:
     let k = cen.len() / c.max(1);
     // Per class: the pixel count, then the channels' sums and sums of squares.
     let stride = 1 + 2 * c;
-    // An evenly strided sample of at most about `MAX_SAMPLES` pixels, as k-means uses.
+    // An evenly strided sample of at most about `MAX_SAMPLES` pixels, as k-means uses, summed in
+    // fixed blocks added in order, so that the result does not depend on the threads.
+    const BLOCK: usize = 1 << 12;
     let step = n.div_ceil(MAX_SAMPLES).max(1);
-    let totals = (0..n.div_ceil(step))
+    let samples = n.div_ceil(step);
+    let partials: Vec<Vec<f64>> = (0..samples.div_ceil(BLOCK))
         .into_par_iter()
-        .map(|i| i * step)
-        .with_min_len(1 << 12)
-        .fold(
-            || vec![0.0f64; k * stride],
-            |mut acc, s| {
+        .map(|blk| {
+            let mut acc = vec![0.0f64; k * stride];
+            for s in (blk * BLOCK..((blk + 1) * BLOCK).min(samples)).map(|i| i * step) {
                 if inside.is_some_and(|inside| !inside[s]) {
-                    return acc;
+                    continue;
                 }
-                let j = nearest_centroid(smoothed, s, cen);
+                let j = nearest_px(smoothed.data(), n, s, cen, c).0;
                 let row = &mut acc[j * stride..(j + 1) * stride];
                 row[0] += 1.0;
                 for ch in 0..c {
@@ -392,16 +394,14 @@ fn start_contrast(vol: &Volume, smoothed: &Volume, inside: Option<&[bool]>, cen:
                     row[1 + ch] += x;
                     row[1 + c + ch] += x * x;
                 }
-                acc
-            },
-        )
-        .reduce(
-            || vec![0.0f64; k * stride],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+            }
+            acc
+        })
+        .collect();
+    let mut totals = vec![0.0f64; k * stride];
+    for part in &partials {
+        totals.iter_mut().zip(part).for_each(|(t, v)| *t += v);
+    }
     let classes: Vec<&[f64]> = totals.chunks_exact(stride).filter(|row| row[0] > 0.0).collect();
     let means: Vec<Vec<f64>> = classes.iter().map(|row| row[1..=c].iter().map(|&v| v / row[0]).collect()).collect();
     let spread: f64 = classes
@@ -416,19 +416,6 @@ fn start_contrast(vol: &Volume, smoothed: &Volume, inside: Option<&[bool]>, cen:
         .flat_map(|(i, a)| means[..i].iter().map(move |b| dist2(a, b)))
         .fold(f64::INFINITY, f64::min);
     if spread <= 0.0 { f64::INFINITY } else { (c as f64 * closest / spread).sqrt() }
-}
-
-/// The index of the centroid of `cen` (`[K, C]`) nearest pixel `s` of `vol`.
-fn nearest_centroid(vol: &Volume, s: usize, cen: &[f64]) -> usize {
-    let c = vol.channels();
-    let mut best = (f64::INFINITY, 0);
-    for (j, row) in cen.chunks_exact(c.max(1)).enumerate() {
-        let d: f64 = row.iter().enumerate().map(|(ch, &m)| (f64::from(vol.channel(ch)[s]) - m).powi(2)).sum();
-        if d < best.0 {
-            best = (d, j);
-        }
-    }
-    best.1
 }
 
 /// The arg-max phase of each pixel of the logits `[K, N]` (the first on ties).
@@ -560,7 +547,8 @@ fn init_logits(smoothed: &Volume, cen: &[f64], sigma2: f64, logits: &mut [f32]) 
     let img = smoothed.data();
     let dist =
         |s: usize, j: usize| -> f64 { (0..c).map(|ch| (f64::from(img[ch * n + s]) - cen[j * c + ch]).powi(2)).sum() };
-    let dmin: Vec<f64> = (0..n).into_par_iter().with_min_len(1 << 12).map(|s| nearest_px(img, n, s, cen, c)).collect();
+    let dmin: Vec<f64> =
+        (0..n).into_par_iter().with_min_len(1 << 12).map(|s| nearest_px(img, n, s, cen, c).1).collect();
     for (j, col) in logits.chunks_mut(n).enumerate() {
         col.par_iter_mut().zip(dmin.par_iter()).enumerate().with_min_len(1 << 12).for_each(|(s, (z, &dm))| {
             *z = (-(dist(s, j) - dm) / (2.0 * sigma2)).max(-INIT_CLAMP) as f32;
@@ -568,12 +556,15 @@ fn init_logits(smoothed: &Volume, cen: &[f64], sigma2: f64, logits: &mut [f32]) 
     }
 }
 
-/// The squared distance of pixel `s` of the `[C, N]` image `img` to its nearest centroid in `cen`.
-fn nearest_px(img: &[f32], n: usize, s: usize, cen: &[f64], c: usize) -> f64 {
-    let mut best = f64::INFINITY;
-    for row in cen.chunks_exact(c.max(1)) {
+/// The centroid of `cen` (`[K, C]`) nearest pixel `s` of the `[C, N]` image `img` (the first on
+/// ties), and the squared distance to it.
+fn nearest_px(img: &[f32], n: usize, s: usize, cen: &[f64], c: usize) -> (usize, f64) {
+    let mut best = (0, f64::INFINITY);
+    for (j, row) in cen.chunks_exact(c.max(1)).enumerate() {
         let d: f64 = row.iter().enumerate().map(|(ch, &m)| (f64::from(img[ch * n + s]) - m).powi(2)).sum();
-        best = best.min(d);
+        if d < best.1 {
+            best = (j, d);
+        }
     }
     best
 }

@@ -24,31 +24,21 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    // i = n·S + s within the sample; bi = b·N·S + i in the batch's [B, N, S] tensors.
     let i = linear_group(wid, nwg) * WG + lid;
-    let sp = dims.spatial;
-    let len = dims.classes * sp;
-    if i >= len {
+    if i >= dims.classes * dims.spatial {
         return;
     }
-    let s = i % sp;
-    let b = sample_params.index;
-    let bi = b * len + i;
-    var m = 1.0;
-    if (dims.flags & FLAG_MASK) != 0u {
-        m = mask[b * sp + s];
-    }
-    let first = (i / sp) * (dims.channels + 1u) * sp + s;
+    let e = local_element(i);
     var xx = 0.0;
     var xu = 0.0;
     for (var k = 0u; k < dims.channels; k++) {
-        let x = image[(b * dims.channels + k) * sp + s] - local_centre(b, k);
+        let x = centred(e, k);
         xx += x * x;
-        xu += x * planes[first + (1u + k) * sp];
+        xu += x * planes[e.first + (1u + k) * dims.spatial];
     }
-    let g = m * (coverage(s) * xx - xu + planes[first]);
+    let g = e.m * (coverage(e.s) * xx - xu + planes[e.first]);
     let v = select(dims.weight * stats[dims.batch * dims.classes] * g, 0.0, dims.weight == 0.0);
-    grad[bi] = v;
+    grad[e.bi] = v;
     if !is_finite_f32(v) {
         atomicOr(&status[0], STATUS_GRADIENT_NONFINITE);
     }

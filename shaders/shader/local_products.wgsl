@@ -19,26 +19,15 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    // i = n·S + s within the sample; bi = b·N·S + i in the batch's [B, N, S] tensors. For logits
-    // y is recomputed from the pixel's logits (no probability buffer).
+    // For logits y is recomputed from the pixel's logits (no probability buffer).
     let i = linear_group(wid, nwg) * WG + lid;
-    let sp = dims.spatial;
-    let len = dims.classes * sp;
-    if i >= len {
+    if i >= dims.classes * dims.spatial {
         return;
     }
-    let s = i % sp;
-    let b = sample_params.index;
-    let bi = b * len + i;
-    var m = 1.0;
-    if (dims.flags & FLAG_MASK) != 0u {
-        m = mask[b * sp + s];
-    }
-    let a = m * prob(bi, softmax_norm(b, s));
-    let first = (i / sp) * (dims.channels + 1u) * sp + s;
-    planes[first] = a;
+    let e = local_element(i);
+    let a = e.m * prob(e.bi, softmax_norm(e.b, e.s));
+    planes[e.first] = a;
     for (var k = 0u; k < dims.channels; k++) {
-        let x = image[(b * dims.channels + k) * sp + s] - local_centre(b, k);
-        planes[first + (1u + k) * sp] = a * x;
+        planes[e.first + (1u + k) * dims.spatial] = a * centred(e, k);
     }
 }

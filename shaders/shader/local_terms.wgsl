@@ -24,24 +24,14 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    // i = n·S + s within the sample; bi = b·N·S + i in the batch's [B, N, S] tensors. For logits
-    // y is recomputed from the pixel's logits (no probability buffer).
+    // For logits y is recomputed from the pixel's logits (no probability buffer).
     let i = linear_group(wid, nwg) * WG + lid;
-    let sp = dims.spatial;
-    let len = dims.classes * sp;
-    if i >= len {
+    if i >= dims.classes * dims.spatial {
         return;
     }
-    let s = i % sp;
-    let b = sample_params.index;
-    let bi = b * len + i;
-    var m = 1.0;
-    if (dims.flags & FLAG_MASK) != 0u {
-        m = mask[b * sp + s];
-    }
+    let e = local_element(i);
     let eps = dims.eps;
-    let first = (i / sp) * (dims.channels + 1u) * sp + s;
-    let a = planes[first];
+    let a = planes[e.first];
     let den = a + eps;
     let kappa = 2.0 * eps / den;
     var xx = 0.0;
@@ -49,10 +39,10 @@ fn main(
     var fb = 0.0;
     var wv = 0.0;
     for (var k = 0u; k < dims.channels; k++) {
-        let centre = local_centre(b, k);
-        let x = image[(b * dims.channels + k) * sp + s] - centre;
+        let centre = local_centre(e.b, k);
+        let x = centred(e, k);
         xx += x * x;
-        let at = first + (1u + k) * sp;
+        let at = e.first + (1u + k) * dims.spatial;
         let bv = planes[at];
         let f = (bv - centre * eps) / den;
         ff += f * f;
@@ -60,6 +50,6 @@ fn main(
         wv += (f + centre) * f;
         planes[at] = 2.0 * f + kappa * (f + centre);
     }
-    planes[first] = ff + kappa * wv;
-    energy[i] = m * prob(bi, softmax_norm(b, s)) * xx * coverage(s) + (ff * a - 2.0 * fb);
+    planes[e.first] = ff + kappa * wv;
+    energy[i] = e.m * prob(e.bi, softmax_norm(e.b, e.s)) * xx * coverage(e.s) + (ff * a - 2.0 * fb);
 }
