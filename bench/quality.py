@@ -268,6 +268,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=1,
                     help="on the 2-phase 512² images, time msloss and chan_vese this many times, alternated, and "
                          "check the median of the per-run ratios")
+    ap.add_argument("--msloss-arg", action="append", default=[], metavar="ARG",
+                    help="pass ARG to every msloss run too (repeatable; e.g. --msloss-arg=--tol --msloss-arg=3e-4)")
     a = ap.parse_args()
     print(f"numpy {np.__version__}, scipy {scipy.__version__}, scikit-image {skimage.__version__}; {a.bin}",
           flush=True)
@@ -279,7 +281,7 @@ def main():
             continue
         img, truth, k = gen()
         rows = {}
-        args = ARGS.get(name, [])
+        args = [*ARGS.get(name, []), *a.msloss_arg]
         labels, secs, summary = run_msloss(a.bin, img, k, args)
         rows["msloss"] = (score(labels, truth, k), secs)
         work = summary["seconds"]["total"]

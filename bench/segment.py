@@ -8,7 +8,7 @@ scored against the known truth.
 import argparse, json, os, statistics, subprocess, tempfile
 
 
-def run(binary, size, depth, noise, k, grey, seed):
+def run(binary, size, depth, noise, k, grey, seed, extra=()):
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "s.json")
         args = [binary, "segment", "--size", str(size), "--noise", str(noise), "--phases", str(k), "--seed",
@@ -17,6 +17,7 @@ def run(binary, size, depth, noise, k, grey, seed):
             args += ["--depth", str(depth)]
         if grey:
             args.append("--grey")
+        args += extra
         subprocess.run(args, check=True, capture_output=True)
         with open(out) as f:
             return json.load(f)
@@ -25,6 +26,8 @@ def run(binary, size, depth, noise, k, grey, seed):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release/msloss")
+    ap.add_argument("--msloss-arg", action="append", default=[], metavar="ARG",
+                    help="pass ARG to every msloss run too (repeatable; e.g. --msloss-arg=--tol --msloss-arg=3e-4)")
     a = ap.parse_args()
     print("| image | K | kind | mean IoU (mean of 3) | worst mean IoU | worst adapted Rand error | steps | seconds |")
     print("|---|---|---|---|---|---|---|---|")
@@ -32,7 +35,7 @@ def main():
         for noise in (0.1, 0.2):
             for k in (2, 3, 4, 5):
                 for grey in (True, False):
-                    rs = [run(a.bin, size, depth, noise, k, grey, s) for s in (0, 1, 2)]
+                    rs = [run(a.bin, size, depth, noise, k, grey, s, a.msloss_arg) for s in (0, 1, 2)]
                     iou = [r["quality"]["mean_iou"] for r in rs]
                     are = [r["quality"]["adapted_rand_error"] for r in rs]
                     steps = statistics.median(r["iterations"] for r in rs)

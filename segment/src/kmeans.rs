@@ -86,32 +86,43 @@ fn one_start(pts: &[f64], c: usize, k: usize, rng: &mut SplitMix64) -> (Vec<f64>
     lloyd(pts, c, cen)
 }
 
+/// Points per block of the sums over points: each block is summed alone and the blocks are
+/// added in order, so that results do not depend on the threads.
+const BLOCK: usize = 1 << 12;
+
 /// Lloyd iterations from the centroids `cen` (`[K, C]`) on the points `pts`; returns the
 /// centroids and the within-cluster sum of squares.
 pub(crate) fn lloyd(pts: &[f64], c: usize, mut cen: Vec<f64>) -> (Vec<f64>, f64) {
-    let k = cen.len() / c.max(1);
-    let mut sums = vec![0.0; k * c];
-    let mut counts = vec![0usize; k];
+    let c = c.max(1);
+    let k = cen.len() / c;
+    // Per cluster its count and channel sums, then the squared distances' sum.
+    let width = k * (1 + c) + 1;
     let mut inertia = f64::INFINITY;
     for _ in 0..LLOYD_ITERS {
-        sums.iter_mut().for_each(|v| *v = 0.0);
-        counts.iter_mut().for_each(|v| *v = 0);
-        let mut total = 0.0;
-        for p in pts.chunks_exact(c) {
-            let (j, d) = nearest(p, &cen, c);
-            total += d;
-            counts[j] += 1;
-            for ch in 0..c {
-                sums[j * c + ch] += p[ch];
-            }
-        }
-        for j in 0..k {
-            if counts[j] > 0 {
-                for ch in 0..c {
-                    cen[j * c + ch] = sums[j * c + ch] / counts[j] as f64;
+        let parts: Vec<Vec<f64>> = pts
+            .par_chunks(BLOCK * c)
+            .map(|blk| {
+                let mut acc = vec![0.0; width];
+                for p in blk.chunks_exact(c) {
+                    let (j, d) = nearest(p, &cen, c);
+                    acc[width - 1] += d;
+                    let row = &mut acc[j * (1 + c)..(j + 1) * (1 + c)];
+                    row[0] += 1.0;
+                    row[1..].iter_mut().zip(p).for_each(|(s, &v)| *s += v);
                 }
+                acc
+            })
+            .collect();
+        let mut totals = vec![0.0; width];
+        for part in &parts {
+            totals.iter_mut().zip(part).for_each(|(t, v)| *t += v);
+        }
+        for (row, cj) in totals.chunks_exact(1 + c).zip(cen.chunks_exact_mut(c)) {
+            if row[0] > 0.0 {
+                cj.iter_mut().zip(&row[1..]).for_each(|(m, &s)| *m = s / row[0]);
             }
         }
+        let total = totals[width - 1];
         let done = total >= inertia * (1.0 - 1e-9);
         inertia = total;
         if done {
@@ -153,45 +164,55 @@ pub fn within_variance(vol: &Volume, centroids: &[f64]) -> f64 {
     let c = vol.channels();
     let pts = sample(vol);
     let s = pts.len() / c;
-    pts.chunks_exact(c).map(|p| nearest(p, centroids, c).1).sum::<f64>() / s.max(1) as f64
+    let parts: Vec<f64> = pts
+        .par_chunks(BLOCK * c.max(1))
+        .map(|blk| blk.chunks_exact(c).map(|p| nearest(p, centroids, c).1).sum::<f64>())
+        .collect();
+    parts.iter().sum::<f64>() / s.max(1) as f64
 }
 
 /// `vol` averaged over a 3-pixel box along every axis of extent > 1 (edges clamped): a cheap
 /// denoised copy, whose intensity histogram separates phases that noise makes overlap.
+///
+/// One pass, row by row: the rows of the box (3 or 9, a clamped edge repeating its row) are
+/// summed, then the sum is averaged along the row.
 pub fn box_smooth(vol: &Volume) -> Volume {
     let [d, h, w] = vol.dims();
-    let mut data = vol.data().to_vec();
-    let mut tmp = vec![0.0f32; data.len()];
-    for (extent, stride) in [(d, h * w), (h, w), (w, 1)] {
-        if extent < 2 {
-            continue;
-        }
-        along_axis(&data, &mut tmp, extent, stride, |lo, mid, hi| (lo + mid + hi) / 3.0);
-        std::mem::swap(&mut data, &mut tmp);
-    }
-    // Same extents and finite values as `vol`, so this cannot fail; fall back to `vol` regardless.
-    Volume::new(vol.channels(), d, h, w, data).unwrap_or_else(|_| vol.clone())
-}
-
-/// `out[s] = f(x[s − e], x[s], x[s + e])` for the unit step `e` along one axis (`extent` values
-/// `stride` apart; the neighbours clamped at the ends), over every line of `x` along that axis.
-/// `x.len()` is a multiple of `extent · stride` (channels and outer axes are whole blocks).
-pub(crate) fn along_axis<T: Copy + Send + Sync>(
-    x: &[T],
-    out: &mut [T],
-    extent: usize,
-    stride: usize,
-    f: impl Fn(T, T, T) -> T + Sync,
-) {
-    let block = extent * stride;
-    out.par_chunks_mut(block).zip(x.par_chunks(block)).for_each(|(o, b)| {
-        for i in 0..extent {
-            let lo = i.saturating_sub(1) * stride;
-            let hi = (i + 1).min(extent - 1) * stride;
-            let mid = i * stride;
-            for j in 0..stride {
-                o[mid + j] = f(b[lo + j], b[mid + j], b[hi + j]);
+    let src = vol.data();
+    // The box's offsets and divisor along an axis: the clamped neighbours, or the index alone.
+    let taps = |i: usize, extent: usize| -> ([usize; 3], usize) {
+        if extent < 2 { ([i; 3], 1) } else { ([i.saturating_sub(1), i, (i + 1).min(extent - 1)], 3) }
+    };
+    let mut data = vec![0.0f32; src.len()];
+    // Rows `(channel, z, y)` in blocks, each block with its own row of sums.
+    const ROWS: usize = 16;
+    data.par_chunks_mut(w * ROWS).enumerate().for_each(|(blk, out)| {
+        let mut sum = vec![0.0f32; w];
+        for (i, o) in out.chunks_exact_mut(w).enumerate() {
+            let r = blk * ROWS + i;
+            let (plane, y) = (r / h, r % h);
+            let (ch, z) = (plane / d, plane % d);
+            let (zs, dz) = taps(z, d);
+            let (ys, dy) = taps(y, h);
+            sum.fill(0.0);
+            for &zz in &zs[..dz] {
+                for &yy in &ys[..dy] {
+                    let row = &src[((ch * d + zz) * h + yy) * w..][..w];
+                    sum.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+                }
+            }
+            let scale = 1.0 / (dz * dy) as f32;
+            if w < 2 {
+                o.iter_mut().zip(&sum).for_each(|(o, &a)| *o = a * scale);
+                continue;
+            }
+            let scale = scale / 3.0;
+            for (x, o) in o.iter_mut().enumerate() {
+                let (lo, hi) = (x.saturating_sub(1), (x + 1).min(w - 1));
+                *o = (sum[lo] + sum[x] + sum[hi]) * scale;
             }
         }
     });
+    // Same extents and finite values as `vol`, so this cannot fail; fall back to `vol` regardless.
+    Volume::new(vol.channels(), d, h, w, data).unwrap_or_else(|_| vol.clone())
 }

@@ -38,11 +38,13 @@ pub mod synth;
 pub mod volume;
 
 /// `len` zeros, or [`SegmentError::BadImage`] naming `what` when they do not fit in memory.
-pub(crate) fn zeros<T: Clone + Default>(len: usize, what: &str) -> Result<Vec<T>, SegmentError> {
+/// They are written by all threads, which share the cost of the first touch of the pages.
+pub(crate) fn zeros<T: Clone + Default + Send + Sync>(len: usize, what: &str) -> Result<Vec<T>, SegmentError> {
+    use rayon::prelude::*;
     let mut v = Vec::new();
     v.try_reserve_exact(len)
         .map_err(|_| SegmentError::BadImage(format!("{what} ({len} values) do not fit in memory")))?;
-    v.resize(len, T::default());
+    v.par_extend(rayon::iter::repeat_n(T::default(), len).with_min_len(1 << 16));
     Ok(v)
 }
 

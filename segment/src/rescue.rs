@@ -66,7 +66,8 @@ fn split(pts: &[f64], c: usize, seed: u64) -> Option<(Vec<f64>, Vec<f64>, f64)> 
     if s < 2 {
         return None;
     }
-    let halves = if c == 1 { multi_otsu(pts, 2, OTSU_BINS)? } else { kmeans_points(pts, c, 2, 2, seed).centroids };
+    let halves =
+        if c == 1 { multi_otsu(pts, None, 2, OTSU_BINS)? } else { kmeans_points(pts, c, 2, 2, seed).centroids };
     let (a, b) = halves.split_at(c);
     let mut mean = vec![0.0; c];
     for p in pts.chunks_exact(c) {

@@ -260,13 +260,15 @@ pub fn segment<B: Backend<f32>>(
         Params { lambda, length: cfg.length, reduction: Reduction::Mean, fidelity: cfg.fidelity, ..Params::default() };
     let shape = Shape::new(1, k, c, d, h, w).map_err(|e| SegmentError::BadImage(e.to_string()))?;
 
-    // The optimiser's planes of K·N values (the kept logits, a try's logits, the gradient and
-    // Adam's two moments), allocated up front or refused.
-    let mut planes = [(); 5].map(|()| Vec::new());
+    // The optimiser's planes of K·N values (the kept logits, the gradient and Adam's two
+    // moments), allocated up front or refused; a rescue try's logits when one is made.
+    const PLANES: &str = "the optimiser's logits, gradient and moments";
+    let mut planes = [(); 4].map(|()| Vec::new());
     for plane in &mut planes {
-        *plane = crate::zeros(k * n, "the optimiser's logits, gradient and moments")?;
+        *plane = crate::zeros(k * n, PLANES)?;
     }
-    let [mut best_logits, mut logits, grad, m, v] = planes;
+    let [mut best_logits, grad, m, v] = planes;
+    let mut logits = Vec::new();
     let mut work = Work { ws: backend.workspace(), grad, m, v };
     let init_seconds = t0.elapsed().as_secs_f64();
 
@@ -279,11 +281,14 @@ pub fn segment<B: Backend<f32>>(
     // The rescue compares phase means with the start's image: the global fidelity's only.
     let tries = if cfg.fidelity == Fidelity::Global { cfg.rescues } else { 0 };
     for _ in 0..tries {
-        let current = argmax(&best_logits, n, k);
+        let current = argmax(&best_logits, n, &(0..=u8::MAX).take(k).collect::<Vec<u8>>());
         let Some((centroids, kind)) = propose(&smoothed, inside.as_deref(), &current, &best.centroids, k, cfg.seed)
         else {
             break;
         };
+        if logits.is_empty() {
+            logits = crate::zeros(k * n, PLANES)?;
+        }
         let trial = ctx.run(&centroids, &mut logits, &mut work, &mut history, &mut on_progress)?;
         let kept = trial.energy.total < best.energy.total;
         rescues.push(Rescue { kind, energy_before: best.energy.total, energy_after: trial.energy.total, kept });
@@ -307,7 +312,7 @@ pub fn segment<B: Backend<f32>>(
     for (r, &j) in order.iter().enumerate() {
         rank[j] = r as u8;
     }
-    let labels: Vec<u8> = argmax(&logits, n, k).into_iter().map(|j| rank[usize::from(j)]).collect();
+    let labels = argmax(&logits, n, &rank);
     let mut pixels_per_phase = vec![0usize; k];
     for &l in &labels {
         pixels_per_phase[usize::from(l)] += 1;
@@ -418,22 +423,25 @@ fn start_contrast(vol: &Volume, smoothed: &Volume, inside: Option<&[bool]>, cen:
     if spread <= 0.0 { f64::INFINITY } else { (c as f64 * closest / spread).sqrt() }
 }
 
-/// The arg-max phase of each pixel of the logits `[K, N]` (the first on ties).
-fn argmax(logits: &[f32], n: usize, k: usize) -> Vec<u8> {
-    (0..n)
-        .into_par_iter()
-        .with_min_len(1 << 14)
-        .map(|s| {
+/// The arg-max phase of each pixel of the logits `[K, N]` (the first on ties), renamed by
+/// `rank` (`rank[j]` the label of phase `j`).
+fn argmax(logits: &[f32], n: usize, rank: &[u8]) -> Vec<u8> {
+    let mut labels = vec![0u8; n];
+    const CHUNK: usize = 1 << 14;
+    labels.par_chunks_mut(CHUNK).enumerate().for_each(|(i, out)| {
+        for (t, o) in out.iter_mut().enumerate() {
+            let s = i * CHUNK + t;
             let mut best = (f32::NEG_INFINITY, 0);
-            for j in 0..k {
+            for (j, &r) in rank.iter().enumerate() {
                 let z = logits[j * n + s];
                 if z > best.0 {
-                    best = (z, j);
+                    best = (z, r);
                 }
             }
-            best.1 as u8
-        })
-        .collect()
+            *o = best.1;
+        }
+    });
+    labels
 }
 
 /// The buffers every descent reuses.
@@ -479,8 +487,8 @@ impl<B: Backend<f32>> Descent<'_, B> {
         let (k, c, n) = (self.cfg.phases, self.vol.channels(), self.vol.pixels());
         let sigma2 = within_variance(self.smoothed, cen).max(MIN_VARIANCE);
         init_logits(self.smoothed, cen, sigma2, logits);
-        work.m.iter_mut().for_each(|x| *x = 0.0);
-        work.v.iter_mut().for_each(|x| *x = 0.0);
+        work.m.par_iter_mut().with_min_len(1 << 16).for_each(|x| *x = 0.0);
+        work.v.par_iter_mut().with_min_len(1 << 16).for_each(|x| *x = 0.0);
         let mut centroids = vec![0.0f32; k * c];
         // Adam sees ∂E/∂z scaled to a per-pixel, per-variance quantity so that ADAM_EPS is negligible.
         let gscale = (n as f64 / sigma2) as f32;
@@ -544,16 +552,29 @@ impl<B: Backend<f32>> Descent<'_, B> {
 /// each pixel of `smoothed`, `−‖x̄ − c_n‖² / (2σ̄²)`, less its maximum, clamped at `−INIT_CLAMP`.
 fn init_logits(smoothed: &Volume, cen: &[f64], sigma2: f64, logits: &mut [f32]) {
     let (n, c) = (smoothed.pixels(), smoothed.channels());
+    let k = cen.len() / c.max(1);
     let img = smoothed.data();
-    let dist =
-        |s: usize, j: usize| -> f64 { (0..c).map(|ch| (f64::from(img[ch * n + s]) - cen[j * c + ch]).powi(2)).sum() };
-    let dmin: Vec<f64> =
-        (0..n).into_par_iter().with_min_len(1 << 12).map(|s| nearest_px(img, n, s, cen, c).1).collect();
-    for (j, col) in logits.chunks_mut(n).enumerate() {
-        col.par_iter_mut().zip(dmin.par_iter()).enumerate().with_min_len(1 << 12).for_each(|(s, (z, &dm))| {
-            *z = (-(dist(s, j) - dm) / (2.0 * sigma2)).max(-INIT_CLAMP) as f32;
-        });
+    // Pixels in chunks, each with its piece of every phase's column.
+    const CHUNK: usize = 1 << 12;
+    let mut groups: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(CHUNK)).map(|_| Vec::with_capacity(k)).collect();
+    for col in logits.chunks_mut(n) {
+        for (group, piece) in groups.iter_mut().zip(col.chunks_mut(CHUNK)) {
+            group.push(piece);
+        }
     }
+    groups.into_par_iter().enumerate().for_each(|(i, mut cols)| {
+        let mut dist = vec![0.0f64; k];
+        for t in 0..cols.first().map_or(0, |col| col.len()) {
+            let s = i * CHUNK + t;
+            for (j, d) in dist.iter_mut().enumerate() {
+                *d = (0..c).map(|ch| (f64::from(img[ch * n + s]) - cen[j * c + ch]).powi(2)).sum();
+            }
+            let dmin = dist.iter().copied().fold(f64::INFINITY, f64::min);
+            for (col, &d) in cols.iter_mut().zip(&dist) {
+                col[t] = (-(d - dmin) / (2.0 * sigma2)).max(-INIT_CLAMP) as f32;
+            }
+        }
+    });
 }
 
 /// The centroid of `cen` (`[K, C]`) nearest pixel `s` of the `[C, N]` image `img` (the first on

@@ -44,45 +44,53 @@ pub struct Start {
     pub interior_fraction: f64,
 }
 
-/// Squared gradient of `vol` at pixel `x` of the row starting at pixel `row` (of depth index `z`
-/// and row index `y`): central differences (one-sided at the edges) along every axis of extent
+/// The squared gradient of `vol` along row `r` (the row's index over depth and height) into
+/// `out` (`W` values): central differences (one-sided at the edges) along every axis of extent
 /// > 1, summed over axes and channels.
-fn squared_gradient(vol: &Volume, row: usize, z: usize, y: usize, x: usize) -> f64 {
+fn row_gradient(vol: &Volume, r: usize, out: &mut [f32]) {
     let [d, h, w] = vol.dims();
-    let s = row + x;
-    let mut g = 0.0;
+    let (z, y) = (r / h, r % h);
+    let taps = |i: usize, extent: usize| (i.saturating_sub(1), (i + 1).min(extent - 1));
+    out.fill(0.0);
     for ch in 0..vol.channels() {
         let v = vol.channel(ch);
-        for (i, extent, stride) in [(z, d, h * w), (y, h, w), (x, w, 1)] {
-            if extent < 2 {
-                continue;
+        let row = |zz: usize, yy: usize| &v[(zz * h + yy) * w..][..w];
+        {
+            let mut add = |a: &[f32], b: &[f32]| {
+                out.iter_mut().zip(a).zip(b).for_each(|((o, &a), &b)| *o += (b - a) * (b - a));
+            };
+            if d > 1 {
+                let (a, b) = taps(z, d);
+                add(row(a, y), row(b, y));
             }
-            let lo = if i > 0 { s - stride } else { s };
-            let hi = if i + 1 < extent { s + stride } else { s };
-            let diff = v[hi] - v[lo];
-            g += f64::from(diff) * f64::from(diff);
+            if h > 1 {
+                let (a, b) = taps(y, h);
+                add(row(z, a), row(z, b));
+            }
+        }
+        if w > 1 {
+            let own = row(z, y);
+            for (x, o) in out.iter_mut().enumerate() {
+                let (lo, hi) = taps(x, w);
+                let diff = own[hi] - own[lo];
+                *o += diff * diff;
+            }
         }
     }
-    g
 }
 
 /// Which pixels are interior (not on a boundary) on the denoised copy `smoothed`: the squared
 /// gradient at most [`EDGE_FACTOR`] times its median over an evenly strided sample.
 pub fn interior(smoothed: &Volume) -> Vec<bool> {
-    let [_, h, w] = smoothed.dims();
+    let w = smoothed.dims()[2];
     let n = smoothed.pixels();
-    let at = |s: usize| squared_gradient(smoothed, s - s % w, s / (h * w), (s / w) % h, s % w);
-    let mut sorted: Vec<f64> = (0..n).step_by(n.div_ceil(MAX_SAMPLES).max(1)).map(at).collect();
+    let mut grad = vec![0.0f32; n];
+    grad.par_chunks_mut(w).enumerate().with_min_len(16).for_each(|(r, out)| row_gradient(smoothed, r, out));
+    let mut sorted: Vec<f32> = grad.iter().step_by(n.div_ceil(MAX_SAMPLES).max(1)).copied().collect();
     let mid = sorted.len() / 2;
-    let median = if sorted.is_empty() { 0.0 } else { *sorted.select_nth_unstable_by(mid, f64::total_cmp).1 };
-    let mut inside = vec![false; n];
-    inside.par_chunks_mut(w.max(1)).enumerate().with_min_len(16).for_each(|(r, out)| {
-        let (z, y) = (r / h, r % h);
-        for (x, o) in out.iter_mut().enumerate() {
-            *o = squared_gradient(smoothed, r * w, z, y, x) <= EDGE_FACTOR * median;
-        }
-    });
-    inside
+    let median = if sorted.is_empty() { 0.0 } else { *sorted.select_nth_unstable_by(mid, f32::total_cmp).1 };
+    let limit = EDGE_FACTOR as f32 * median;
+    grad.par_iter().with_min_len(1 << 14).map(|&g| g <= limit).collect()
 }
 
 /// Whether the image has at least `k` distinct pixel values (vectors, for several channels).
@@ -106,29 +114,64 @@ pub fn has_distinct(vol: &Volume, k: usize) -> bool {
     seen.len() >= k
 }
 
-/// The `k` classes of multi-level Otsu on the values `xs`: the class means, ascending, or `None`
-/// when fewer than `k` histogram bins are occupied.
+/// The `k` classes of multi-level Otsu on the values `xs` (those where `keep` is true, when
+/// given): the class means, ascending, or `None` when fewer than `k` histogram bins are
+/// occupied.
 ///
 /// The values are binned into `bins` equal bins over their range; the `k − 1` thresholds (bin
 /// boundaries) maximising `Σ_class S²/W` (`S` the class's sum, `W` its count: the
 /// between-class variance up to a constant) are found exactly by dynamic programming over the
 /// bins, `O(k·bins²)`, every class non-empty. The means are those of the values themselves.
-pub fn multi_otsu(xs: &[f64], k: usize, bins: usize) -> Option<Vec<f64>> {
+pub fn multi_otsu<T: Copy + Into<f64> + Sync>(
+    xs: &[T],
+    keep: Option<&[bool]>,
+    k: usize,
+    bins: usize,
+) -> Option<Vec<f64>> {
     if k == 0 || bins == 0 {
         return None;
     }
-    let (lo, hi) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    // Blocks of values, each binned alone and added in order, so that the sums do not depend on
+    // the threads.
+    const BLOCK: usize = 1 << 14;
+    let kept = |blk: usize| {
+        let from = blk * BLOCK;
+        move |&(i, _): &(usize, &T)| keep.is_none_or(|keep| keep.get(from + i).copied().unwrap_or(false))
+    };
+    let (lo, hi) = xs
+        .par_chunks(BLOCK)
+        .enumerate()
+        .map(|(blk, part)| {
+            part.iter().enumerate().filter(kept(blk)).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (_, &x)| {
+                let x = x.into();
+                (a.min(x), b.max(x))
+            })
+        })
+        .reduce(|| (f64::INFINITY, f64::NEG_INFINITY), |a, b| (a.0.min(b.0), a.1.max(b.1)));
     if !(lo.is_finite() && hi.is_finite()) {
         return None;
     }
     let scale = if hi > lo { bins as f64 / (hi - lo) } else { 0.0 };
-    let mut count = vec![0.0f64; bins];
-    let mut sum = vec![0.0f64; bins];
-    for &x in xs {
-        let b = (((x - lo) * scale) as usize).min(bins - 1);
-        count[b] += 1.0;
-        sum[b] += x;
+    // Per block, each bin's count then each bin's sum.
+    let parts: Vec<Vec<f64>> = xs
+        .par_chunks(BLOCK)
+        .enumerate()
+        .map(|(blk, part)| {
+            let mut hist = vec![0.0f64; 2 * bins];
+            for (_, &x) in part.iter().enumerate().filter(kept(blk)) {
+                let x: f64 = x.into();
+                let b = (((x - lo) * scale) as usize).min(bins - 1);
+                hist[b] += 1.0;
+                hist[bins + b] += x;
+            }
+            hist
+        })
+        .collect();
+    let mut hist = vec![0.0f64; 2 * bins];
+    for part in &parts {
+        hist.iter_mut().zip(part).for_each(|(h, v)| *h += v);
     }
+    let (count, sum) = hist.split_at(bins);
     if count.iter().filter(|&&w| w > 0.0).count() < k {
         return None;
     }
@@ -232,13 +275,10 @@ pub fn start(smoothed: &Volume, inside: Option<&[bool]>, k: usize, starts: usize
     let fraction = if use_interior { kept as f64 / n.max(1) as f64 } else { 1.0 };
     if c == 1 {
         let x = smoothed.channel(0);
-        let pick = |all: bool| -> Vec<f64> {
-            (0..n).filter(|&s| all || chosen(s)).map(|s| f64::from(x[s])).collect::<Vec<f64>>()
-        };
-        if let Some(means) = multi_otsu(&pick(false), k, OTSU_BINS) {
+        if let Some(means) = multi_otsu(x, use_interior.then_some(inside), k, OTSU_BINS) {
             return Start { centroids: refine(smoothed, means), method: "otsu", interior_fraction: fraction };
         }
-        if use_interior && let Some(means) = multi_otsu(&pick(true), k, OTSU_BINS) {
+        if use_interior && let Some(means) = multi_otsu(x, None, k, OTSU_BINS) {
             return Start { centroids: means, method: "otsu", interior_fraction: 1.0 };
         }
     }
@@ -274,10 +314,11 @@ mod tests {
                 0.3 + jitter
             });
         }
-        let m = multi_otsu(&xs, 3, 256).unwrap();
+        let m = multi_otsu(&xs, None, 3, 256).unwrap();
         assert!((m[0] - 0.003).abs() < 2e-3 && (m[1] - 0.203).abs() < 2e-3 && (m[2] - 0.303).abs() < 2e-3, "{m:?}");
-        assert!(multi_otsu(&[0.0, 0.0, 1.0], 3, 16).is_none());
-        assert_eq!(multi_otsu(&[0.0, 1.0], 2, 16).unwrap(), vec![0.0, 1.0]);
+        assert!(multi_otsu(&[0.0, 0.0, 1.0], None, 3, 16).is_none());
+        assert_eq!(multi_otsu(&[0.0f32, 5.0, 1.0], Some(&[true, false, true]), 2, 16).unwrap(), vec![0.0, 1.0]);
+        assert_eq!(multi_otsu(&[0.0, 1.0], None, 2, 16).unwrap(), vec![0.0, 1.0]);
     }
 
     #[test]
