@@ -5,8 +5,10 @@
 //!
 //! `burn-wgpu-step/{ce,ce+msloss,ce+peer}`: one training step of the `semi_supervised` example's
 //! U-Net (forward, loss, backward, Adam) on its batch `[12, 1, 32, 32]`, 3 classes: CE alone,
-//! then CE + β·MS with msloss and with the peer; the loss's share of a step is
-//! `(t(ce+msloss) − t(ce)) / t(ce+msloss)`.
+//! then CE + β·MS with msloss and with the peer. `burn-wgpu-step/{msloss,peer}-call`: the loss
+//! alone at that shape and with those settings (forward and backward from the step's logits, no
+//! model). The loss's share of a step is `t(msloss-call) / t(ce+msloss)`; the difference of the
+//! steps, `t(ce+msloss) − t(ce)`, says the same but is lost in the steps' noise on lavapipe.
 //!
 //! `MSLOSS_BENCH_SHAPES` (`B,N,C,H,W;...`) replaces the default shapes, which are small enough
 //! for Mesa's lavapipe; on a GPU, `2,21,3,512,512` is the reference shape. On a machine
@@ -126,6 +128,31 @@ fn bench_step(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("burn-wgpu-step");
     group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(5));
+    // The loss alone, from logits of the step's shape.
+    let logits = Tensor::<4>::random([batch, classes, side, side], Distribution::Normal(0.0, 1.0), &device);
+    for which in ["msloss-call", "peer-call"] {
+        group.bench_function(BenchmarkId::new(which, format!("{batch}x{classes}x1x{side}x{side}")), |bch| {
+            bch.iter_custom(|iters| {
+                sync(&device);
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let z = logits.clone().require_grad();
+                    let e = if which == "msloss-call" {
+                        match loss.forward(z.clone(), image.clone(), None) {
+                            Ok(e) => e,
+                            Err(err) => panic!("msloss: {err}"),
+                        }
+                    } else {
+                        peer::peer_loss(z.clone(), image.clone(), None, &params)
+                    };
+                    let grads = (e * beta).backward();
+                    let _g = z.grad(&grads);
+                }
+                sync(&device);
+                start.elapsed()
+            });
+        });
+    }
     for which in ["ce", "ce+msloss", "ce+peer"] {
         group.bench_function(BenchmarkId::new(which, format!("{batch}x{classes}x1x{side}x{side}")), |bch| {
             bch.iter_custom(|iters| {
