@@ -7,11 +7,11 @@
 //                       the reduction's scale, plus (under FLAG_LOCAL) the local fidelity's
 //                       part, which local_grad left in the gradient buffer.
 // When FLAG_GRAD is set it writes ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m) for logits, g_n for
-// probabilities (a first pass over the classes sums Σ_m y_m·g_m, a second recomputes g_n and
-// writes; a non-finite value sets its bit in the status word). The pixel's two energy terms
+// probabilities (a first pass over the classes writes g_n and sums Σ_m y_m·g_m, a second turns
+// g_n into ∂E/∂z_n with the pixel's own y_n; a non-finite value sets its bit in the status word). The pixel's two energy terms
 // are summed over the workgroup by a fixed-order tree into partials[g] (fidelity) and
 // partials[loss_groups + g] (length).
-// Loops: 2·N for each of at most 13 normalisers, and twice N·(C + SLOTS + 12); the plan
+// Loops: 2·N for each of at most 13 normalisers, N·(C + SLOTS + 12) and N; the plan
 // bounds N and N·(C+1) so that this stays within lavapipe's budget.
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -214,40 +214,37 @@ fn main(
         let logits = (dims.flags & FLAG_LOGITS) != 0u;
         let scale = stats[dims.batch * dims.classes];
         let base = px_b * dims.classes * dims.spatial + px_s;
-        // First pass: the energy terms and Σ_n y_n·g_n.
+        // First pass: the energy terms and Σ_n y_n·g_n. Each g_n (scaled, with the local part) is
+        // left in the gradient buffer: final for probabilities, read back by the second pass for
+        // logits, which so recomputes only the pixel's own y_n, not its neighbours'.
         var yg = 0.0;
+        var finite = true;
         for (var n = 0u; n < dims.classes; n++) {
             let t = class_terms(n);
             fid += t.y;
             len += t.z;
             if grad_on {
-                var v = t.x * scale;
-                if local {
-                    v += grad[base + n * dims.spatial];
-                }
-                yg += t.w * v;
-            }
-        }
-        // Second pass: ∂E/∂z (logits) or ∂E/∂y (probabilities), written once.
-        if grad_on {
-            var finite = true;
-            for (var n = 0u; n < dims.classes; n++) {
-                let t = class_terms(n);
                 let i = base + n * dims.spatial;
                 var v = t.x * scale;
                 if local {
                     v += grad[i];
                 }
-                finite = finite && is_finite_f32(v);
-                if logits {
-                    v = t.w * (v - yg);
-                }
+                yg += t.w * v;
                 grad[i] = v;
                 finite = finite && is_finite_f32(v);
             }
-            if !finite {
-                atomicOr(&status[0], STATUS_GRADIENT_NONFINITE);
+        }
+        // Second pass (logits): ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m), written over g_n.
+        if grad_on && logits {
+            for (var n = 0u; n < dims.classes; n++) {
+                let i = base + n * dims.spatial;
+                let v = prob(i, norm[0]) * (grad[i] - yg);
+                grad[i] = v;
+                finite = finite && is_finite_f32(v);
             }
+        }
+        if !finite {
+            atomicOr(&status[0], STATUS_GRADIENT_NONFINITE);
         }
     }
     shared_fid[lid] = fid;
