@@ -646,22 +646,11 @@ impl StepBuilder<'_> {
         dst: &wgpu::Buffer,
         dst_offset: u64,
     ) -> Result<(), WgpuError> {
-        let steps = self.chain_steps(src, src_offset, rows, lv, dst, dst_offset)?;
-        self.steps.extend(steps.into_iter().map(Step::Fixed));
+        for i in 0..lv.len() {
+            let level = self.chain_level(src, src_offset, rows, lv, i, dst, dst_offset)?;
+            self.steps.push(Step::Fixed(level));
+        }
         Ok(())
-    }
-
-    /// The levels of [`StepBuilder::chain`], not yet added.
-    fn chain_steps(
-        &self,
-        src: &wgpu::Buffer,
-        src_offset: u64,
-        rows: u64,
-        lv: &[(u64, u64)],
-        dst: &wgpu::Buffer,
-        dst_offset: u64,
-    ) -> Result<Vec<Fixed>, WgpuError> {
-        (0..lv.len()).map(|i| self.chain_level(src, src_offset, rows, lv, i, dst, dst_offset)).collect()
     }
 
     /// Level `i` of [`StepBuilder::chain`]: level 0 reads `src` at `src_offset`, the last

@@ -86,9 +86,32 @@ fn one_start(pts: &[f64], c: usize, k: usize, rng: &mut SplitMix64) -> (Vec<f64>
     lloyd(pts, c, cen)
 }
 
-/// Points per block of the sums over points: each block is summed alone and the blocks are
-/// added in order, so that results do not depend on the threads.
-const BLOCK: usize = 1 << 12;
+/// Points per block of the sums over points (see [`block_sums`]).
+pub(crate) const BLOCK: usize = 1 << 12;
+
+/// `width` sums over the items `0..len`: `add(items, acc)` adds a block of at most `block` items
+/// into its own zeros, the blocks run in parallel and are added in order, so that the sums do
+/// not depend on the threads.
+pub(crate) fn block_sums(
+    len: usize,
+    block: usize,
+    width: usize,
+    add: impl Fn(std::ops::Range<usize>, &mut [f64]) + Sync,
+) -> Vec<f64> {
+    let parts: Vec<Vec<f64>> = (0..len.div_ceil(block))
+        .into_par_iter()
+        .map(|i| {
+            let mut acc = vec![0.0; width];
+            add(i * block..((i + 1) * block).min(len), &mut acc);
+            acc
+        })
+        .collect();
+    let mut totals = vec![0.0; width];
+    for part in &parts {
+        totals.iter_mut().zip(part).for_each(|(t, v)| *t += v);
+    }
+    totals
+}
 
 /// Lloyd iterations from the centroids `cen` (`[K, C]`) on the points `pts`; returns the
 /// centroids and the within-cluster sum of squares.
@@ -99,24 +122,15 @@ pub(crate) fn lloyd(pts: &[f64], c: usize, mut cen: Vec<f64>) -> (Vec<f64>, f64)
     let width = k * (1 + c) + 1;
     let mut inertia = f64::INFINITY;
     for _ in 0..LLOYD_ITERS {
-        let parts: Vec<Vec<f64>> = pts
-            .par_chunks(BLOCK * c)
-            .map(|blk| {
-                let mut acc = vec![0.0; width];
-                for p in blk.chunks_exact(c) {
-                    let (j, d) = nearest(p, &cen, c);
-                    acc[width - 1] += d;
-                    let row = &mut acc[j * (1 + c)..(j + 1) * (1 + c)];
-                    row[0] += 1.0;
-                    row[1..].iter_mut().zip(p).for_each(|(s, &v)| *s += v);
-                }
-                acc
-            })
-            .collect();
-        let mut totals = vec![0.0; width];
-        for part in &parts {
-            totals.iter_mut().zip(part).for_each(|(t, v)| *t += v);
-        }
+        let totals = block_sums(pts.len() / c, BLOCK, width, |items, acc| {
+            for p in pts[items.start * c..items.end * c].chunks_exact(c) {
+                let (j, d) = nearest(p, &cen, c);
+                acc[width - 1] += d;
+                let row = &mut acc[j * (1 + c)..(j + 1) * (1 + c)];
+                row[0] += 1.0;
+                row[1..].iter_mut().zip(p).for_each(|(s, &v)| *s += v);
+            }
+        });
         for (row, cj) in totals.chunks_exact(1 + c).zip(cen.chunks_exact_mut(c)) {
             if row[0] > 0.0 {
                 cj.iter_mut().zip(&row[1..]).for_each(|(m, &s)| *m = s / row[0]);
@@ -164,11 +178,10 @@ pub fn within_variance(vol: &Volume, centroids: &[f64]) -> f64 {
     let c = vol.channels();
     let pts = sample(vol);
     let s = pts.len() / c;
-    let parts: Vec<f64> = pts
-        .par_chunks(BLOCK * c.max(1))
-        .map(|blk| blk.chunks_exact(c).map(|p| nearest(p, centroids, c).1).sum::<f64>())
-        .collect();
-    parts.iter().sum::<f64>() / s.max(1) as f64
+    let total = block_sums(s, BLOCK, 1, |items, acc| {
+        acc[0] = pts[items.start * c..items.end * c].chunks_exact(c).map(|p| nearest(p, centroids, c).1).sum::<f64>();
+    });
+    total[0] / s.max(1) as f64
 }
 
 /// `vol` averaged over a 3-pixel box along every axis of extent > 1 (edges clamped): a cheap

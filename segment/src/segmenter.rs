@@ -5,7 +5,7 @@ use std::time::Instant;
 use msloss_core::{Backend, Energy, Fidelity, Gaussian, Input, LengthKind, Outputs, Params, Reduction, Scores, Shape};
 use rayon::prelude::*;
 
-use crate::kmeans::{MAX_SAMPLES, box_smooth, dist2, within_variance};
+use crate::kmeans::{BLOCK, MAX_SAMPLES, block_sums, box_smooth, dist2, within_variance};
 use crate::rescue::{Rescue, propose};
 use crate::start::{has_distinct, start, start_pixels};
 use crate::{SegmentError, Volume};
@@ -378,35 +378,23 @@ fn start_contrast(vol: &Volume, smoothed: &Volume, inside: Option<&[bool]>, cen:
     let k = cen.len() / c.max(1);
     // Per class: the pixel count, then the channels' sums and sums of squares.
     let stride = 1 + 2 * c;
-    // An evenly strided sample of at most about `MAX_SAMPLES` pixels, as k-means uses, summed in
-    // fixed blocks added in order, so that the result does not depend on the threads.
-    const BLOCK: usize = 1 << 12;
+    // An evenly strided sample of at most about `MAX_SAMPLES` pixels, as k-means uses.
     let step = n.div_ceil(MAX_SAMPLES).max(1);
-    let samples = n.div_ceil(step);
-    let partials: Vec<Vec<f64>> = (0..samples.div_ceil(BLOCK))
-        .into_par_iter()
-        .map(|blk| {
-            let mut acc = vec![0.0f64; k * stride];
-            for s in (blk * BLOCK..((blk + 1) * BLOCK).min(samples)).map(|i| i * step) {
-                if inside.is_some_and(|inside| !inside[s]) {
-                    continue;
-                }
-                let j = nearest_px(smoothed.data(), n, s, cen, c).0;
-                let row = &mut acc[j * stride..(j + 1) * stride];
-                row[0] += 1.0;
-                for ch in 0..c {
-                    let x = f64::from(vol.channel(ch)[s]);
-                    row[1 + ch] += x;
-                    row[1 + c + ch] += x * x;
-                }
+    let totals = block_sums(n.div_ceil(step), BLOCK, k * stride, |items, acc| {
+        for s in items.map(|i| i * step) {
+            if inside.is_some_and(|inside| !inside[s]) {
+                continue;
             }
-            acc
-        })
-        .collect();
-    let mut totals = vec![0.0f64; k * stride];
-    for part in &partials {
-        totals.iter_mut().zip(part).for_each(|(t, v)| *t += v);
-    }
+            let j = nearest_px(smoothed.data(), n, s, cen, c).0;
+            let row = &mut acc[j * stride..(j + 1) * stride];
+            row[0] += 1.0;
+            for ch in 0..c {
+                let x = f64::from(vol.channel(ch)[s]);
+                row[1 + ch] += x;
+                row[1 + c + ch] += x * x;
+            }
+        }
+    });
     let classes: Vec<&[f64]> = totals.chunks_exact(stride).filter(|row| row[0] > 0.0).collect();
     let means: Vec<Vec<f64>> = classes.iter().map(|row| row[1..=c].iter().map(|&v| v / row[0]).collect()).collect();
     let spread: f64 = classes

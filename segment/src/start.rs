@@ -22,7 +22,7 @@
 use crate::Volume;
 use rayon::prelude::*;
 
-use crate::kmeans::{MAX_SAMPLES, dist2, kmeans_points, lloyd, sample};
+use crate::kmeans::{MAX_SAMPLES, block_sums, dist2, kmeans_points, lloyd, sample};
 
 /// Histogram bins of the multi-level Otsu start.
 pub const OTSU_BINS: usize = 512;
@@ -131,46 +131,29 @@ pub fn multi_otsu<T: Copy + Into<f64> + Sync>(
     if k == 0 || bins == 0 {
         return None;
     }
-    // Blocks of values, each binned alone and added in order, so that the sums do not depend on
-    // the threads.
+    // Values per block of the histogram's sums (see `block_sums`).
     const BLOCK: usize = 1 << 14;
-    let kept = |blk: usize| {
-        let from = blk * BLOCK;
-        move |&(i, _): &(usize, &T)| keep.is_none_or(|keep| keep.get(from + i).copied().unwrap_or(false))
-    };
-    let (lo, hi) = xs
-        .par_chunks(BLOCK)
-        .enumerate()
-        .map(|(blk, part)| {
-            part.iter().enumerate().filter(kept(blk)).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (_, &x)| {
-                let x = x.into();
-                (a.min(x), b.max(x))
-            })
-        })
+    let kept = |i: &usize| keep.is_none_or(|keep| keep.get(*i).copied().unwrap_or(false));
+    let (lo, hi) = (0..xs.len())
+        .into_par_iter()
+        .with_min_len(BLOCK)
+        .filter(kept)
+        .map(|i| xs[i].into())
+        .fold(|| (f64::INFINITY, f64::NEG_INFINITY), |(a, b), x: f64| (a.min(x), b.max(x)))
         .reduce(|| (f64::INFINITY, f64::NEG_INFINITY), |a, b| (a.0.min(b.0), a.1.max(b.1)));
     if !(lo.is_finite() && hi.is_finite()) {
         return None;
     }
     let scale = if hi > lo { bins as f64 / (hi - lo) } else { 0.0 };
-    // Per block, each bin's count then each bin's sum.
-    let parts: Vec<Vec<f64>> = xs
-        .par_chunks(BLOCK)
-        .enumerate()
-        .map(|(blk, part)| {
-            let mut hist = vec![0.0f64; 2 * bins];
-            for (_, &x) in part.iter().enumerate().filter(kept(blk)) {
-                let x: f64 = x.into();
-                let b = (((x - lo) * scale) as usize).min(bins - 1);
-                hist[b] += 1.0;
-                hist[bins + b] += x;
-            }
-            hist
-        })
-        .collect();
-    let mut hist = vec![0.0f64; 2 * bins];
-    for part in &parts {
-        hist.iter_mut().zip(part).for_each(|(h, v)| *h += v);
-    }
+    // Each bin's count, then each bin's sum.
+    let hist = block_sums(xs.len(), BLOCK, 2 * bins, |items, hist| {
+        for i in items.filter(kept) {
+            let x: f64 = xs[i].into();
+            let b = (((x - lo) * scale) as usize).min(bins - 1);
+            hist[b] += 1.0;
+            hist[bins + b] += x;
+        }
+    });
     let (count, sum) = hist.split_at(bins);
     if count.iter().filter(|&&w| w > 0.0).count() < k {
         return None;

@@ -127,39 +127,28 @@ pub fn generate(spec: &SynthSpec) -> Result<Synthetic, SegmentError> {
 /// # Errors
 /// [`SegmentError::BadImage`] for `size < 8` or a size that does not fit in memory.
 pub fn small_close_phases(size: usize, seed: u64) -> Result<Synthetic, SegmentError> {
-    const LEVELS: [f64; 4] = [0.0, 0.2, 0.3, 1.0];
-    const SIGMA: f64 = 0.04;
-    if size < 8 {
-        return Err(SegmentError::BadImage(format!("issue 27's image needs a size of at least 8, got {size}")));
-    }
-    let n = size
-        .checked_mul(size)
-        .ok_or_else(|| SegmentError::BadImage(format!("a {size}×{size} image does not fit in memory")))?;
-    let mut truth: Vec<u8> = crate::zeros(n, "the synthetic image's labels")?;
-    let mut data: Vec<f32> = crate::zeros(n, "the synthetic image")?;
-    let sz = size as f64;
-    let inside = |y: f64, x: f64, cy: f64, cx: f64, r: f64| (y - cy).powi(2) + (x - cx).powi(2) <= r * r;
-    let mut rng = SplitMix64::new(seed);
-    for (s, (t, v)) in truth.iter_mut().zip(data.iter_mut()).enumerate() {
-        let (y, x) = ((s / size) as f64, (s % size) as f64);
-        let grid = (0..6).any(|i| {
-            (0..4).any(|j| {
-                let (cy, cx) = ((f64::from(i) + 0.5) * sz / 6.0, sz / 2.0 + (f64::from(j) + 0.5) * sz / 8.0);
-                inside(y, x, cy, cx, 0.045 * sz)
-            })
-        });
-        *t = if inside(y, x, sz / 2.0, sz / 4.0, 0.113 * sz) {
-            2
-        } else if grid {
-            3
-        } else if x < sz / 2.0 {
-            1
-        } else {
-            0
-        };
-        *v = (LEVELS[usize::from(*t)] + SIGMA * rng.normal()) as f32;
-    }
-    Ok(Synthetic { volume: Volume::new(1, 1, size, size, data)?, truth })
+    grey_phases("issue 27's image", size, 8, &[0.0, 0.2, 0.3, 1.0], 0.04, seed, |truth| {
+        let sz = size as f64;
+        let inside = |y: f64, x: f64, cy: f64, cx: f64, r: f64| (y - cy).powi(2) + (x - cx).powi(2) <= r * r;
+        for (s, t) in truth.iter_mut().enumerate() {
+            let (y, x) = ((s / size) as f64, (s % size) as f64);
+            let grid = (0..6).any(|i| {
+                (0..4).any(|j| {
+                    let (cy, cx) = ((f64::from(i) + 0.5) * sz / 6.0, sz / 2.0 + (f64::from(j) + 0.5) * sz / 8.0);
+                    inside(y, x, cy, cx, 0.045 * sz)
+                })
+            });
+            *t = if inside(y, x, sz / 2.0, sz / 4.0, 0.113 * sz) {
+                2
+            } else if grid {
+                3
+            } else if x < sz / 2.0 {
+                1
+            } else {
+                0
+            };
+        }
+    })
 }
 
 /// Thin structures: two grey phases, lines 1, 2, 3 and 4 pixels wide at level 0.7 (phase 1) on a
@@ -171,30 +160,45 @@ pub fn small_close_phases(size: usize, seed: u64) -> Result<Synthetic, SegmentEr
 /// # Errors
 /// [`SegmentError::BadImage`] for `size < 32` or a size that does not fit in memory.
 pub fn thin_lines(size: usize, seed: u64) -> Result<Synthetic, SegmentError> {
-    const LEVELS: [f64; 2] = [0.3, 0.7];
-    const SIGMA: f64 = 0.1;
-    if size < 32 {
-        return Err(SegmentError::BadImage(format!("the thin-lines image needs a size of at least 32, got {size}")));
+    grey_phases("the thin-lines image", size, 32, &[0.3, 0.7], 0.1, seed, |truth| {
+        let along = 8..size - 8;
+        for (i, width) in (1..=4).enumerate() {
+            let at = size / 8 + i * size / 4;
+            for y in at..at + width {
+                truth[y * size + along.start..y * size + along.end].fill(1);
+            }
+            for y in along.clone() {
+                let x = at + size / 16;
+                truth[y * size + x..y * size + x + width].fill(1);
+            }
+        }
+    })
+}
+
+/// A `size × size` grey image (`size >= min`, else an error naming `what`) of the phases that
+/// `draw` writes into the zeroed truth, each pixel at its phase's level in `levels` plus Gaussian
+/// noise σ `sigma`, drawn pixel by pixel from `seed`.
+fn grey_phases(
+    what: &str,
+    size: usize,
+    min: usize,
+    levels: &[f64],
+    sigma: f64,
+    seed: u64,
+    draw: impl FnOnce(&mut [u8]),
+) -> Result<Synthetic, SegmentError> {
+    if size < min {
+        return Err(SegmentError::BadImage(format!("{what} needs a size of at least {min}, got {size}")));
     }
     let n = size
         .checked_mul(size)
         .ok_or_else(|| SegmentError::BadImage(format!("a {size}×{size} image does not fit in memory")))?;
     let mut truth: Vec<u8> = crate::zeros(n, "the synthetic image's labels")?;
     let mut data: Vec<f32> = crate::zeros(n, "the synthetic image")?;
-    let along = 8..size - 8;
-    for (i, width) in (1..=4).enumerate() {
-        let at = size / 8 + i * size / 4;
-        for y in at..at + width {
-            truth[y * size + along.start..y * size + along.end].fill(1);
-        }
-        for y in along.clone() {
-            let x = at + size / 16;
-            truth[y * size + x..y * size + x + width].fill(1);
-        }
-    }
+    draw(&mut truth);
     let mut rng = SplitMix64::new(seed);
     for (v, &t) in data.iter_mut().zip(&truth) {
-        *v = (LEVELS[usize::from(t)] + SIGMA * rng.normal()) as f32;
+        *v = (levels[usize::from(t)] + sigma * rng.normal()) as f32;
     }
     Ok(Synthetic { volume: Volume::new(1, 1, size, size, data)?, truth })
 }

@@ -1,8 +1,8 @@
 // local_products: the local fidelity's first maps of sample b = sample_params.index, one
 // invocation per (n, s). Plane n·(C+1) of `planes` (one sample's scratch) gets a = m·y, plane
-// n·(C+1) + 1 + k gets m·y·x'_k, with the image
-// centred on x̄_bk (local_centre): the window sums of these stay small, so f32 does not
-// cancel. The convolutions (local_conv) then turn them into a = K*(m·y) and b' = K*(m·y·x').
+// n·(C+1) + 1 + k gets m·y·x'_k, with the image centred on x̄_bk (local_centre): the window sums
+// of these stay small, so f32 does not cancel. The convolutions (local_conv) then turn them into
+// a = K*(m·y) and b' = K*(m·y·x').
 // Loops: N·C (the centre), 2·N (the softmax of logits) and C.
 
 @group(0) @binding(0) var<uniform> dims: Dims;

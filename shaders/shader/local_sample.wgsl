@@ -11,11 +11,10 @@ struct SampleParams {
     pad2: u32,
 }
 
-// One element (n, s) of this dispatch's sample b: i = n·S + s within the sample, bi = b·N·S + i
-// in the batch's [B, N, S] tensors, the pixel's mask value m, and `first`, pixel s in class n's
-// first scratch plane (the sample's scratch holds N·(C+1) planes).
+// Element i = n·S + s of this dispatch's sample b: bi = b·N·S + i in the batch's [B, N, S]
+// tensors, the pixel's mask value m, and `first`, pixel s in class n's first scratch plane (the
+// sample's scratch holds N·(C+1) planes).
 struct LocalElement {
-    i: u32,
     s: u32,
     b: u32,
     bi: u32,
@@ -31,7 +30,7 @@ fn local_element(i: u32) -> LocalElement {
     if (dims.flags & FLAG_MASK) != 0u {
         m = mask[b * sp + s];
     }
-    return LocalElement(i, s, b, b * dims.classes * sp + i, m, (i / sp) * (dims.channels + 1u) * sp + s);
+    return LocalElement(s, b, b * dims.classes * sp + i, m, (i / sp) * (dims.channels + 1u) * sp + s);
 }
 
 // Channel k of element e's pixel, centred on the sample's x̄_bk (local_centre).

@@ -1,6 +1,7 @@
 // local_terms: the local fidelity's per-pixel terms of sample b = sample_params.index, one
 // invocation per (n, s), after the convolutions left a = K*(m·y) in plane n·(C+1) of the
-// sample's scratch and b'_k = K*(m·y·x'_k) in the C planes after it. With f' = (b' − x̄·ε_c)/(a + ε_c) (the local mean less x̄) and κ = 2·ε_c/(a + ε_c):
+// sample's scratch and b'_k = K*(m·y·x'_k) in the C planes after it. With
+// f' = (b' − x̄·ε_c)/(a + ε_c) (the local mean less x̄) and κ = 2·ε_c/(a + ε_c):
 //   energy[i] = m·y·‖x'‖²·S(s) + ‖f'‖²·a − 2·⟨f', b'⟩   (i = n·S + s; summed per sample,
 //                                                     then over samples: the raw fidelity F)
 //   plane 0   ← W = ‖f'‖² + κ·⟨f' + x̄, f'⟩,   plane 1 + k ← U_k = 2·f'_k + κ·(f'_k + x̄_k)

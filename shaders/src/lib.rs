@@ -4,11 +4,11 @@
 //! under `shader/`, with the shared code (`shader/common.wgsl`: constants, the [`Dims`] uniform
 //! block, helpers) prepended to each, and the local fidelity's shared functions
 //! (`shader/local_sample.wgsl`, `shader/local_centre.wgsl`, `shader/local_coverage.wgsl`) and the
-//! softmax's (`shader/softmax.wgsl`) to the kernels that use them. Every kernel is described by a [`Kernel`]: its source,
-//! entry point, workgroup size and binding table, which the backend turns into bind group
-//! layouts. The crate's tests parse every shader with naga, validate it, and check the
-//! workgroup sizes, the bindings and the uniform structs' layouts against this file, so the
-//! Rust side and the WGSL cannot drift apart.
+//! softmax's (`shader/softmax.wgsl`) to the kernels that use them. Every kernel is described by a
+//! [`Kernel`]: its source, entry point, workgroup size and binding table, which the backend turns
+//! into bind group layouts. The crate's tests parse every shader with naga, validate it, and
+//! check the workgroup sizes, the bindings and the uniform structs' layouts against this file, so
+//! the Rust side and the WGSL cannot drift apart.
 //!
 //! ## The pipeline
 //! For one evaluation (`S = D·H·W`, `WG` = [`WORKGROUP_SIZE`], `TILE` = [`TILE`]):
@@ -33,8 +33,8 @@
 //! [`Kernel::Reduce`] into the sample's share, and the maps `U`, `W` of the gradient),
 //! [`Kernel::LocalConv`] again and [`Kernel::LocalGrad`], which writes its gradient `∂F/∂y` for
 //! `LossGrad` to add to the length's before the softmax backward; the samples' shares are reduced
-//! into the fidelity total after `LossGrad`'s own sums. The per-sample kernels read their sample from a [`SampleParams`]
-//! block bound with a dynamic offset ([`Binding::UniformDynamic`]).
+//! into the fidelity total after `LossGrad`'s own sums. The per-sample kernels read their sample
+//! from a [`SampleParams`] block bound with a dynamic offset ([`Binding::UniformDynamic`]).
 //!
 //! No loop in any invocation grows with the image size (a pixel is visited by a bounded number
 //! of invocations, sums are multi-level trees; a convolution's window is at most

@@ -49,14 +49,59 @@ fn name(s: Shape) -> String {
     format!("{}x{}x{}x{}x{}", s.batch(), s.classes(), s.channels(), s.height(), s.width())
 }
 
-fn bench(c: &mut Criterion) {
-    let device = match msloss_burn::gpu::default_device() {
-        Ok(d) => d.autodiff(),
+/// Burn's wgpu device with autodiff, or `None` (the benches are skipped, saying why).
+fn device() -> Option<Device> {
+    match msloss_burn::gpu::default_device() {
+        Ok(d) => Some(d.autodiff()),
         Err(e) => {
             eprintln!("burn-wgpu benches skipped: {e}");
-            return;
+            None
+        }
+    }
+}
+
+/// The time of `iters` runs of `f`, from a synced `device` until the work they queued is done.
+fn timed(device: &Device, iters: u64, mut f: impl FnMut()) -> Duration {
+    let sync = || {
+        if let Err(e) = device.sync() {
+            eprintln!("sync: {e}");
         }
     };
+    sync();
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    sync();
+    start.elapsed()
+}
+
+/// The loss of logits `z` on image `x`: msloss's op, or the burn-ops peer.
+fn energy(msloss: bool, loss: &MsLoss, params: &Params, z: Tensor<4>, x: Tensor<4>) -> Tensor<1> {
+    if msloss {
+        match loss.forward(z, x, None) {
+            Ok(e) => e,
+            Err(err) => panic!("msloss: {err}"),
+        }
+    } else {
+        peer::peer_loss(z, x, None, params)
+    }
+}
+
+/// One loss call: the forward from `z` and the backward of the energy (times `weight`, where
+/// given), the gradient wrt `z` kept on the device to the end of the call.
+fn call(msloss: bool, loss: &MsLoss, params: &Params, z: &Tensor<4>, x: &Tensor<4>, weight: Option<f64>) {
+    let zt = z.clone().require_grad();
+    let e = energy(msloss, loss, params, zt.clone(), x.clone());
+    let grads = match weight {
+        Some(w) => (e * w).backward(),
+        None => e.backward(),
+    };
+    let _g = zt.grad(&grads);
+}
+
+fn bench(c: &mut Criterion) {
+    let Some(device) = device() else { return };
     let params = Params::default().with_lambda(0.05);
     let mut group = c.benchmark_group("burn-wgpu");
     group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
@@ -69,32 +114,10 @@ fn bench(c: &mut Criterion) {
         let z = t(&data.logits, n);
         let x = t(&data.image, ch);
         let loss = MsLoss::new(params);
-        let sync = || {
-            if let Err(e) = device.sync() {
-                eprintln!("sync: {e}");
-            }
-        };
         for which in ["msloss", "peer"] {
             group.bench_function(BenchmarkId::new(which, name(shape)), |bch| {
                 bch.iter_custom(|iters| {
-                    sync();
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        let zt = z.clone().require_grad();
-                        let e = if which == "msloss" {
-                            match loss.forward(zt.clone(), x.clone(), None) {
-                                Ok(e) => e,
-                                Err(err) => panic!("msloss: {err}"),
-                            }
-                        } else {
-                            peer::peer_loss(zt.clone(), x.clone(), None, &params)
-                        };
-                        let grads = e.backward();
-                        // The gradient stays on the device; keep it alive to the end of the call.
-                        let _g = zt.grad(&grads);
-                    }
-                    sync();
-                    start.elapsed()
+                    timed(&device, iters, || call(which == "msloss", &loss, &params, &z, &x, None))
                 });
             });
         }
@@ -104,13 +127,7 @@ fn bench(c: &mut Criterion) {
 
 /// One training step of the example's model per iteration, with CE alone or CE + β·MS.
 fn bench_step(c: &mut Criterion) {
-    let device = match msloss_burn::gpu::default_device() {
-        Ok(d) => d.autodiff(),
-        Err(e) => {
-            eprintln!("burn-wgpu benches skipped: {e}");
-            return;
-        }
-    };
+    let Some(device) = device() else { return };
     // The example's settings: batch 12 of 32x32 grey images, 3 classes, β = 20, λ = 1e-4, L1, mean.
     let (batch, classes, side, beta) = (12, 3, 32, 20.0);
     let params = Params::default().with_lambda(1e-4).with_length(LengthKind::L1).with_reduction(Reduction::Mean);
@@ -121,61 +138,36 @@ fn bench_step(c: &mut Criterion) {
         Tensor::cat((0..classes).map(|k| labels.clone().equal_elem(k as i64).float()).collect::<Vec<_>>(), 1);
     let weight = Tensor::<4>::ones([batch, 1, side, side], (&device, DType::F32));
     let loss = MsLoss::new(params);
-    let sync = |device: &Device| {
-        if let Err(e) = device.sync() {
-            eprintln!("sync: {e}");
-        }
-    };
     let mut group = c.benchmark_group("burn-wgpu-step");
     group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(5));
+    let id = |which: &str| BenchmarkId::new(which, format!("{batch}x{classes}x1x{side}x{side}"));
     // The loss alone, from logits of the step's shape.
     let logits = Tensor::<4>::random([batch, classes, side, side], Distribution::Normal(0.0, 1.0), &device);
     for which in ["msloss-call", "peer-call"] {
-        group.bench_function(BenchmarkId::new(which, format!("{batch}x{classes}x1x{side}x{side}")), |bch| {
+        group.bench_function(id(which), |bch| {
+            let msloss = which == "msloss-call";
             bch.iter_custom(|iters| {
-                sync(&device);
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let z = logits.clone().require_grad();
-                    let e = if which == "msloss-call" {
-                        match loss.forward(z.clone(), image.clone(), None) {
-                            Ok(e) => e,
-                            Err(err) => panic!("msloss: {err}"),
-                        }
-                    } else {
-                        peer::peer_loss(z.clone(), image.clone(), None, &params)
-                    };
-                    let grads = (e * beta).backward();
-                    let _g = z.grad(&grads);
-                }
-                sync(&device);
-                start.elapsed()
+                timed(&device, iters, || call(msloss, &loss, &params, &logits, &image, Some(beta)))
             });
         });
     }
     for which in ["ce", "ce+msloss", "ce+peer"] {
-        group.bench_function(BenchmarkId::new(which, format!("{batch}x{classes}x1x{side}x{side}")), |bch| {
+        group.bench_function(id(which), |bch| {
             bch.iter_custom(|iters| {
-                let mut model = unet::UNet::new(12, classes, &device);
+                // Taken by each step and put back as the optimiser returns it.
+                let mut model = Some(unet::UNet::new(12, classes, &device));
                 let mut optim = AdamConfig::new().init();
-                sync(&device);
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let logits = model.forward(image.clone());
+                timed(&device, iters, || {
+                    let Some(m) = model.take() else { return };
+                    let logits = m.forward(image.clone());
                     let ce = msloss_burn::masked_cross_entropy(logits.clone(), one_hot.clone(), weight.clone());
                     let total = match which {
                         "ce" => ce,
-                        "ce+msloss" => match loss.forward(logits, image.clone(), None) {
-                            Ok(e) => ce + e * beta,
-                            Err(err) => panic!("msloss: {err}"),
-                        },
-                        _ => ce + peer::peer_loss(logits, image.clone(), None, &params) * beta,
+                        _ => ce + energy(which == "ce+msloss", &loss, &params, logits, image.clone()) * beta,
                     };
-                    let grads = GradientsParams::from_grads(total.backward(), &model);
-                    model = optim.step(1e-3, model, grads);
-                }
-                sync(&device);
-                start.elapsed()
+                    let grads = GradientsParams::from_grads(total.backward(), &m);
+                    model = Some(optim.step(1e-3, m, grads));
+                })
             });
         });
     }
