@@ -10,14 +10,8 @@ use msloss_core::{Energy, Error, Input, Outputs, Params, Real};
 
 use crate::{CpuBackend, CpuWorkspace};
 
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for f32 {}
-    impl Sealed for f64 {}
-}
-
 /// `f32` or `f64`: the types [`CpuBackend`] computes in (sealed).
-pub trait CpuFloat: Real + sealed::Sealed {
+pub trait CpuFloat: Real + crate::simd::Wide {
     /// Relative rounding error per operation.
     #[doc(hidden)]
     const EPS: Self;

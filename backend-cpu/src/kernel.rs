@@ -22,6 +22,8 @@ use msloss_core::{LengthKind, probability};
 
 use crate::float::CpuFloat;
 use crate::plan::{L, Plan};
+use crate::simd::{lanes, load, store, values};
+use pulp::Simd;
 
 type V<T> = [T; L];
 
@@ -164,9 +166,9 @@ fn ch_mut<T>(line: &mut [T], nc: usize) -> &mut [V<T>] {
 
 /// Adds a group's lane sums to the `f64` lanes.
 #[inline(always)]
-fn widen<T: CpuFloat>(wide: &mut [f64; L], part: &V<T>) {
-    for l in 0..L {
-        wide[l] += part[l].to_f64_lossless();
+fn widen<T: CpuFloat>(wide: &mut [f64], part: &[T]) {
+    for (w, v) in wide.iter_mut().zip(part) {
+        *w += v.to_f64_lossless();
     }
 }
 
@@ -477,24 +479,12 @@ impl<'a, T> GradOut<'a, T> {
     }
 }
 
-/// Stores `v` as pixels `ci·L…` of the gradient row that starts at `start` (`w` pixels long;
-/// the last chunk may be cut).
-#[inline(always)]
-fn store<T: Copy>(grad: &GradOut<'_, T>, start: usize, w: usize, ci: usize, v: &V<T>) {
-    let n = L.min(w - ci * L);
-    // SAFETY: a chunk of a row of this block's own sample and rows (see `GradOut::row`).
-    let out = unsafe { grad.row(start + ci * L, n) };
-    match <&mut V<T>>::try_from(&mut *out) {
-        Ok(out) => *out = *v,
-        Err(_) => out.iter_mut().zip(v).for_each(|(o, &v)| *o = v),
-    }
-}
-
 /// Pass 2 over `rows` of sample `b`: returns `(F, Len)` (the sums before weights and
 /// reduction) and writes the gradient where `grad` is given. `consts` holds the sample's
 /// centre `c̄` (`C` values), then its [`class_consts`] tables, one per class.
 #[inline(always)]
-pub(crate) fn pass2<T: CpuFloat>(
+pub(crate) fn pass2<T: CpuFloat, S: Simd>(
+    s: S,
     p: &Problem<'_, T>,
     scratch: &mut Scratch<T>,
     consts: &[T],
@@ -521,12 +511,12 @@ pub(crate) fn pass2<T: CpuFloat>(
             for q in first..rows.end {
                 let (full, sums) = (q >= start, &mut sums);
                 match (p.length, plan.depth > 1) {
-                    (LengthKind::L1, false) => ctx.run::<L1, false, $grad>(q, full, sums),
-                    (LengthKind::L1, true) => ctx.run::<L1, true, $grad>(q, full, sums),
-                    (LengthKind::L2, false) => ctx.run::<L2, false, $grad>(q, full, sums),
-                    (LengthKind::L2, true) => ctx.run::<L2, true, $grad>(q, full, sums),
-                    (LengthKind::Charbonnier, false) => ctx.run::<CHARBONNIER, false, $grad>(q, full, sums),
-                    (LengthKind::Charbonnier, true) => ctx.run::<CHARBONNIER, true, $grad>(q, full, sums),
+                    (LengthKind::L1, false) => ctx.run::<S, L1, false, $grad>(s, q, full, sums),
+                    (LengthKind::L1, true) => ctx.run::<S, L1, true, $grad>(s, q, full, sums),
+                    (LengthKind::L2, false) => ctx.run::<S, L2, false, $grad>(s, q, full, sums),
+                    (LengthKind::L2, true) => ctx.run::<S, L2, true, $grad>(s, q, full, sums),
+                    (LengthKind::Charbonnier, false) => ctx.run::<S, CHARBONNIER, false, $grad>(s, q, full, sums),
+                    (LengthKind::Charbonnier, true) => ctx.run::<S, CHARBONNIER, true, $grad>(s, q, full, sums),
                 }
             }
         };
@@ -589,17 +579,12 @@ fn sign0<T: CpuFloat>(d: T) -> T {
     }
 }
 
-/// One class's chunk and its neighbours: probabilities and masks of the chunk, of its east
-/// neighbours (shifted by one pixel), and of the rows south (H) and deep (D).
+/// One class's register of pixels and its neighbours, as values: probabilities `y` and masks
+/// `m` of the pixels, of their east neighbours, of the rows south (H) and deep (D), and of their
+/// west neighbours, in that order.
 struct Around<T> {
-    y0: V<T>,
-    ye: V<T>,
-    ys: V<T>,
-    yd: V<T>,
-    m0: V<T>,
-    me: V<T>,
-    ms: V<T>,
-    md: V<T>,
+    y: [V<T>; 5],
+    m: [V<T>; 5],
 }
 
 /// Where L1 signs of logits' softmax are checked: row `q` of sample `b`, and the tolerance.
@@ -611,34 +596,45 @@ struct Doubt<'a, T> {
 }
 
 impl<T: CpuFloat> Doubt<'_, T> {
-    /// Class `n`'s east, south and (in a volume) deep fluxes of chunk `ci`, with exact signs
-    /// where in doubt.
+    /// Class `n`'s east, south, (in a volume) deep and west fluxes of the `lanes` pixels from
+    /// `px`, with exact signs where in doubt.
     #[inline(never)]
     #[cold]
-    fn fix(&self, a: &Around<T>, n: usize, ci: usize, [mut fe, mut fs, mut fd]: [V<T>; 3], volume: bool) -> [V<T>; 3] {
+    fn fix(&self, a: &Around<T>, n: usize, (px, lanes): (usize, usize), f: &mut [V<T>; 4], volume: bool) {
         let (w, h) = (self.p.plan.width, self.p.plan.height);
-        self.exact_signs(a, n, ci, &mut fe, 1, (&a.me, &a.ye));
-        self.exact_signs(a, n, ci, &mut fs, w, (&a.ms, &a.ys));
-        if volume {
-            self.exact_signs(a, n, ci, &mut fd, h * w, (&a.md, &a.yd));
+        let [fe, fs, fd, fw] = f;
+        for (flux, step, i) in [(fe, 1, 1), (fs, w, 2), (fd, h * w, 3), (fw, usize::MAX, 4)] {
+            if i != 3 || volume {
+                self.exact_signs(a, n, (px, lanes), flux, step, i);
+            }
         }
-        [fe, fs, fd]
     }
 
-    /// Replaces in `flux` each L1 flux of chunk `ci` whose pair (pixel, pixel + `step`), with
-    /// the other pixel's mask and probability `(mv, yv)`, is valid and whose difference is within
-    /// `T`'s rounding of zero, by the sign of the reference's own difference in `f64`, computed
-    /// from the logits as it does.
-    fn exact_signs(&self, a: &Around<T>, n: usize, ci: usize, flux: &mut V<T>, step: usize, (mv, yv): (&V<T>, &V<T>)) {
+    /// Replaces in `flux` each L1 flux whose pair (pixel, pixel + `step`, where `usize::MAX` is
+    /// −1: the west pair), with the other pixel's mask and probability `(mv, yv)`, is valid and
+    /// whose difference is within `T`'s rounding of zero, by the sign of the reference's own
+    /// difference in `f64`, computed from the logits as it does.
+    fn exact_signs(
+        &self,
+        a: &Around<T>,
+        n: usize,
+        (px, lanes): (usize, usize),
+        flux: &mut V<T>,
+        step: usize,
+        i: usize,
+    ) {
+        let (y0, m0, yv, mv) = (&a.y[0], &a.m[0], &a.y[i], &a.m[i]);
         let plan = &self.p.plan;
         let (base, sp) = (plan.row_start(self.b, plan.classes, 0, 0), plan.rows * plan.width);
         let z = |i: usize| self.p.scores.get(i).map_or(0.0, |v| v.to_f64_lossless());
         let prob = |s: usize| probability(|m| z(base + m * sp + s), plan.classes, n);
-        for l in 0..L {
-            let d = yv[l] - a.y0[l];
-            if a.m0[l] * mv[l] == T::one() && d.abs() < self.tol * (a.y0[l] + yv[l]) {
-                let s = self.q * plan.width + ci * L + l;
-                flux[l] = sign0(T::from_f64_lossy(prob(s + step) - prob(s)));
+        for l in 0..lanes {
+            let d = yv[l] - y0[l];
+            if m0[l] * mv[l] == T::one() && d.abs() < self.tol * (y0[l] + yv[l]) {
+                // The pair's forward difference: from its first pixel to its second.
+                let s = self.q * plan.width + px + l;
+                let (first, second) = if step == usize::MAX { (s - 1, s) } else { (s, s + step) };
+                flux[l] = sign0(T::from_f64_lossy(prob(second) - prob(first)));
             }
         }
     }
@@ -655,9 +651,9 @@ struct Row<'s, 'w, T> {
     ring: &'s mut [T],
     wk: &'s mut Work<'w, T>,
     keys: &'s mut [usize],
-    /// Each class's gradient of the chunk, before the softmax's Jacobian (logits).
+    /// Each class's gradient of the register's pixels, before the softmax's Jacobian (logits).
     gbuf: &'s mut [V<T>],
-    /// Each class's east flux of the last pixel of the chunk before.
+    /// Each class's east flux of the last pixel before the register (Charbonnier).
     carry: &'s mut [T],
     cache: Option<&'s Cache<'s, T>>,
     consts: &'s [T],
@@ -665,27 +661,66 @@ struct Row<'s, 'w, T> {
     grad: Option<&'s GradOut<'s, T>>,
 }
 
-/// `[v_{-1}, v_0, …, v_{L−2}]` with `v_{-1} = before`: a chunk's values one pixel west.
+/// Pass 2 of one block as pulp's operation: [`pass2`] in the registers of the instruction set
+/// that `Arch::dispatch` picks.
+pub(crate) struct Pass2<'a, T> {
+    pub(crate) p: &'a Problem<'a, T>,
+    pub(crate) scratch: &'a mut Scratch<T>,
+    pub(crate) consts: &'a [T],
+    pub(crate) b: usize,
+    pub(crate) rows: core::ops::Range<usize>,
+    pub(crate) grad: Option<&'a GradOut<'a, T>>,
+}
+
+impl<T: CpuFloat> pulp::WithSimd for Pass2<'_, T> {
+    type Output = (f64, f64);
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) -> (f64, f64) {
+        pass2(s, self.p, self.scratch, self.consts, self.b, self.rows, self.grad)
+    }
+}
+
+/// Stores register `v` as the pixels from `px` of the gradient row that starts at `start`
+/// (`w` pixels long; the last register may be cut).
 #[inline(always)]
-fn shift_in<T: Copy>(before: T, v: &V<T>) -> V<T> {
-    let mut out = [before; L];
-    out[1..].copy_from_slice(&v[..L - 1]);
+fn store_grad<T: CpuFloat, S: Simd>(s: S, grad: &GradOut<'_, T>, (start, w): (usize, usize), px: usize, v: T::R<S>) {
+    let n = lanes::<T, S>(s).min(w - px);
+    // SAFETY: pixels of a row of this block's own sample and rows (see `GradOut::row`).
+    let out = unsafe { grad.row(start + px, n) };
+    if n == lanes::<T, S>(s) {
+        store(s, out, v);
+    } else {
+        out.copy_from_slice(&values::<T, S>(&v)[..n]);
+    }
+}
+
+/// The lanes of `v` in a chunk's array (the rest zero).
+#[inline(always)]
+fn to_array<T: CpuFloat, S: Simd>(v: &T::R<S>) -> V<T> {
+    let mut out = [T::zero(); L];
+    let lanes = values::<T, S>(v);
+    out[..lanes.len()].copy_from_slice(lanes);
     out
 }
 
 impl<T: CpuFloat> Row<'_, '_, T> {
-    /// Pass 2 on row `q`, chunk by chunk with every class inside a chunk: the fluxes of each
-    /// class's pairs (j, j + 1), (j, south) and (j, deep), the length's and (`full`) the
+    /// Pass 2 on row `q`, a register of pixels at a time with every class inside: the fluxes
+    /// of each class's pairs (j, j + 1), (j, south) and (j, deep), the length's and (`full`) the
     /// fidelity's terms added to `sums`, and (`GRAD`, `full`) the row's gradient. With `GRAD` and
-    /// not `full` (a row before the block), only the fluxes the next rows gather. Every lane
-    /// loop is straight-line code (the length kind `KIND` and whether it is a volume, `D`, are
-    /// constants), so it vectorises.
+    /// not `full` (a row before the block), only the fluxes the next rows gather. A register
+    /// holds `W` of a chunk's `L` lanes (`L/W` registers a chunk), and its sums go to those lanes.
     #[inline(always)]
-    fn run<const KIND: u8, const D: bool, const GRAD: bool>(&mut self, q: usize, full: bool, sums: &mut [[f64; L]; 2]) {
+    fn run<S: Simd, const KIND: u8, const D: bool, const GRAD: bool>(
+        &mut self,
+        s: S,
+        q: usize,
+        full: bool,
+        sums: &mut [[f64; L]; 2],
+    ) {
         let p = self.p;
         let plan = &p.plan;
-        let (n_cls, c, w, h, len, nc) =
-            (plan.classes, plan.channels, plan.width, plan.height, plan.line, plan.chunks());
+        let (n_cls, c, w, h, len) = (plan.classes, plan.channels, plan.width, plan.height, plan.line);
         let (b, cache) = (self.b, self.cache);
         let cur = slot(p, self.ring, self.keys, cache, b, q);
         // Neighbours along H (same slice) and D; absent ones read the line of zeros, mask included.
@@ -696,11 +731,10 @@ impl<T: CpuFloat> Row<'_, '_, T> {
         }
         let (ring, x) = (&*self.ring, &*self.wk.x);
         let zero = plan.ring * (n_cls + 1);
-        // Where a line starts in the ring, and its chunk `ci` shifted by `shift` pixels.
+        let lanes = lanes::<T, S>(s);
+        // Where a line starts in the ring, and its register at pixel `px` shifted by `shift − 1`.
         let class_line = |sl: Option<usize>, n: usize| sl.map_or(zero, |k| k * (n_cls + 1) + n) * len;
-        let at = |start: usize, ci: usize, shift: usize| -> V<T> {
-            ring[start + OFF - 1 + shift + ci * L..][..L].try_into().unwrap_or([T::zero(); L])
-        };
+        let at = |start: usize, px: usize, shift: usize| load::<T, S>(s, &ring[start + OFF - 1 + shift + px..]);
         let (m0_line, ms_line) = (mask_line(p, Some(cur)) * len, mask_line(p, south) * len);
         let md_line = mask_line(p, deep) * len;
         let tw = consts_len(c);
@@ -712,140 +746,125 @@ impl<T: CpuFloat> Row<'_, '_, T> {
         let logits_out = GRAD && full && p.logits;
         // The second term of the fidelity: `⟨β, u⟩` (logits) or `⟨c, u⟩` (probabilities).
         let t2_at = if p.logits { 3 + c } else { 3 + 2 * c };
-        let (two, delta, delta2) = (T::one() + T::one(), p.delta, p.delta * p.delta);
-        let (weight, lambda, scale) = (p.weight, p.lambda, p.scale);
+        let k = |v: T| T::vsplat(s, v);
+        let (zr, one, two) = (k(T::zero()), k(T::one()), k(T::one() + T::one()));
+        let (delta, delta2, tol) = (k(p.delta), k(p.delta * p.delta), k(doubt.tol));
+        let (weight, lambda, scale) = (k(p.weight), k(p.lambda), k(p.scale));
+        let (add, sub, mul) = (|a, b| T::vadd(s, a, b), |a, b| T::vsub(s, a, b), |a, b| T::vmul(s, a, b));
+        let sign = |d| sub(T::vselect(s, T::vgt(s, d, zr), one, zr), T::vselect(s, T::vlt(s, d, zr), one, zr));
+        // The west pair's flux is the east flux of the pixel before: recomputed where that is
+        // cheap (L1, L2), else shifted in through memory.
+        let west = GRAD && KIND != CHARBONNIER;
         self.carry[..n_cls].fill(T::zero());
         let [fid, len_sum] = sums;
-        for ci in 0..nc {
-            let (m0, me, ms) = (at(m0_line, ci, 1), at(m0_line, ci, 2), at(ms_line, ci, 1));
-            let md = if D { at(md_line, ci, 1) } else { [T::zero(); L] };
+        for px in (0..w).step_by(lanes) {
+            let (m0, me, ms) = (at(m0_line, px, 1), at(m0_line, px, 2), at(ms_line, px, 1));
+            let md = if D { at(md_line, px, 1) } else { zr };
+            let mw = if west { at(m0_line, px, 0) } else { zr };
             // The validity of each pair: a missing or masked pair gives 0.
-            let (mut ve, mut vs, mut vd) = ([T::zero(); L], [T::zero(); L], [T::zero(); L]);
-            for l in 0..L {
-                ve[l] = m0[l] * me[l];
-                vs[l] = m0[l] * ms[l];
-                vd[l] = m0[l] * md[l];
-            }
-            let (mut part_len, mut part_fid, mut gsum) = ([T::zero(); L], [T::zero(); L], [T::zero(); L]);
+            let (ve, vs, vd, vw) = (mul(m0, me), mul(m0, ms), mul(m0, md), mul(mw, m0));
+            let (mut part_len, mut part_fid, mut gsum) = (zr, zr, zr);
             for n in 0..n_cls {
                 let own = class_line(Some(cur), n);
-                let (y0, ye, ys) = (at(own, ci, 1), at(own, ci, 2), at(class_line(south, n), ci, 1));
-                let yd = if D { at(class_line(deep, n), ci, 1) } else { [T::zero(); L] };
-                let (mut de, mut ds, mut dd) = ([T::zero(); L], [T::zero(); L], [T::zero(); L]);
-                for l in 0..L {
-                    de[l] = (ye[l] - y0[l]) * ve[l];
-                    ds[l] = (ys[l] - y0[l]) * vs[l];
-                    if D {
-                        dd[l] = (yd[l] - y0[l]) * vd[l];
+                let (y0, ye, ys) = (at(own, px, 1), at(own, px, 2), at(class_line(south, n), px, 1));
+                let yd = if D { at(class_line(deep, n), px, 1) } else { zr };
+                let yw = if west { at(own, px, 0) } else { zr };
+                let (de, ds) = (mul(sub(ye, y0), ve), mul(sub(ys, y0), vs));
+                let dd = if D { mul(sub(yd, y0), vd) } else { zr };
+                let dw = if west { mul(sub(y0, yw), vw) } else { zr };
+                let (mut e, mut sf, mut df, mut fw, term) = match KIND {
+                    L1 => {
+                        let abs = |d| T::vabs(s, d);
+                        (sign(de), sign(ds), sign(dd), sign(dw), add(add(abs(de), abs(ds)), abs(dd)))
                     }
-                }
-                let (mut e, mut s, mut d) = ([T::zero(); L], [T::zero(); L], [T::zero(); L]);
-                for l in 0..L {
-                    let (flux, term) = match KIND {
-                        L1 => ((sign0(de[l]), sign0(ds[l]), sign0(dd[l])), (de[l].abs() + ds[l].abs()) + dd[l].abs()),
-                        L2 => {
-                            ((two * de[l], two * ds[l], two * dd[l]), (de[l] * de[l] + ds[l] * ds[l]) + dd[l] * dd[l])
-                        }
-                        _ => {
-                            let sq = (de[l] * de[l] + ds[l] * ds[l]) + dd[l] * dd[l];
-                            let r = (sq + delta2).sqrt();
-                            ((de[l] / r, ds[l] / r, dd[l] / r), sq / (r + delta))
-                        }
-                    };
-                    (e[l], s[l], d[l]) = flux;
-                    part_len[l] += term;
-                }
-                let (mut fw, mut fho, mut fdo) = ([T::zero(); L], [T::zero(); L], [T::zero(); L]);
+                    L2 => {
+                        let sq = add(add(mul(de, de), mul(ds, ds)), mul(dd, dd));
+                        (mul(two, de), mul(two, ds), mul(two, dd), mul(two, dw), sq)
+                    }
+                    _ => {
+                        let sq = add(add(mul(de, de), mul(ds, ds)), mul(dd, dd));
+                        let r = T::vsqrt(s, add(sq, delta2));
+                        let div = |a| T::vdiv(s, a, r);
+                        (div(de), div(ds), div(dd), zr, T::vdiv(s, sq, add(r, delta)))
+                    }
+                };
+                part_len = add(part_len, term);
+                let (mut fho, mut fdo) = (zr, zr);
                 if GRAD {
                     if check_doubt {
                         // A pair is doubtful where |d| is within tol·(y_a + y_b) of zero (d is 0 for a
                         // pair that is not there, whose validity is 0: `<` leaves it out).
-                        let mut any = false;
-                        for l in 0..L {
-                            let near = |d: T, yb: T, v: T| d.abs() < doubt.tol * (y0[l] + yb) * v;
-                            any |= near(de[l], ye[l], ve[l]) | near(ds[l], ys[l], vs[l]);
-                            if D {
-                                any |= near(dd[l], yd[l], vd[l]);
-                            }
+                        let near = |d, yb, v| T::vlt(s, T::vabs(s, d), mul(mul(tol, add(y0, yb)), v));
+                        let mut any = T::vor(s, near(de, ye, ve), near(ds, ys, vs));
+                        if D {
+                            any = T::vor(s, any, near(dd, yd, vd));
                         }
-                        if any {
-                            let a = Around { y0, ye, ys, yd, m0, me, ms, md };
-                            [e, s, d] = doubt.fix(&a, n, ci, [e, s, d], D);
+                        if T::vany(s, T::vor(s, any, near(dw, yw, vw))) {
+                            let arr = |v: T::R<S>| to_array::<T, S>(&v);
+                            let a = Around { y: [y0, ye, ys, yd, yw].map(arr), m: [m0, me, ms, md, mw].map(arr) };
+                            let mut f = [e, sf, df, fw].map(arr);
+                            doubt.fix(&a, n, (px, lanes), &mut f, D);
+                            [e, sf, df, fw] = f.map(|v| load::<T, S>(s, &v));
                         }
                     }
-                    // The west pair's flux is the east flux of the pixel before; the north and the
-                    // back pairs' are the south and deep fluxes of the rows before, replaced here.
-                    fw = shift_in(self.carry[n], &e);
-                    self.carry[n] = e[L - 1];
-                    let fh = &mut ch_mut(line_mut(self.wk.fh, len, n), nc)[ci];
-                    (fho, *fh) = (*fh, s);
+                    if !west {
+                        let mut shifted = [self.carry[n]; L + 1];
+                        store(s, &mut shifted[1..], e);
+                        (fw, self.carry[n]) = (load::<T, S>(s, &shifted), shifted[lanes]);
+                    }
+                    // The north and the back pairs' fluxes are the south and deep fluxes of the
+                    // rows before, replaced here.
+                    let fh = &mut line_mut(self.wk.fh, len, n)[OFF + px..];
+                    fho = load::<T, S>(s, fh);
+                    store(s, fh, sf);
                     if D {
-                        fdo = ch(line(self.wk.fd, len, fd_old + n), 0, nc)[ci];
-                        ch_mut(line_mut(self.wk.fd, len, fd_new + n), nc)[ci] = d;
+                        fdo = load::<T, S>(s, &line(self.wk.fd, len, fd_old + n)[OFF + px..]);
+                        store(s, &mut line_mut(self.wk.fd, len, fd_new + n)[OFF + px..], df);
                     }
                 }
                 if !full {
                     continue;
                 }
                 // The fidelity: `‖u − δ‖²` and the second term (see `class_consts`).
-                let k = &self.consts[c + n * tw..c + (n + 1) * tw];
-                let (mut d2, mut t2) = ([T::zero(); L], [T::zero(); L]);
+                let kn = &self.consts[c + n * tw..c + (n + 1) * tw];
+                let (mut d2, mut t2) = (zr, zr);
                 for kk in 0..c {
-                    let u = &ch(line(x, len, kk), 0, nc)[ci];
-                    let (dk, tk) = (k[3 + kk], k[t2_at + kk]);
-                    for l in 0..L {
-                        let du = u[l] - dk;
-                        d2[l] += du * du;
-                        t2[l] += tk * u[l];
-                    }
+                    let u = load::<T, S>(s, &line(x, len, kk)[OFF + px..]);
+                    let du = sub(u, k(kn[3 + kk]));
+                    d2 = add(d2, mul(du, du));
+                    t2 = add(t2, mul(k(kn[t2_at + kk]), u));
                 }
-                for l in 0..L {
-                    part_fid[l] += m0[l] * y0[l] * d2[l];
-                }
+                part_fid = add(part_fid, mul(mul(m0, y0), d2));
                 if !GRAD {
                     continue;
                 }
                 // The gradient: the fidelity's, and the length's fluxes gathered.
-                let (cd, kappa, ak) = (k[0], k[1], k[2]);
-                let mut gl = [T::zero(); L];
-                for l in 0..L {
-                    gl[l] = (fw[l] - e[l]) + (fho[l] - s[l]);
-                    if D {
-                        gl[l] += fdo[l] - d[l];
-                    }
+                let (cd, kappa, ak) = (k(kn[0]), k(kn[1]), k(kn[2]));
+                let mut gl = add(sub(fw, e), sub(fho, sf));
+                if D {
+                    gl = add(gl, sub(fdo, df));
                 }
-                let mut g = [T::zero(); L];
+                let wm = mul(weight, m0);
                 if p.logits {
-                    for l in 0..L {
-                        g[l] = weight * m0[l] * (ak + t2[l]) + lambda * gl[l];
-                    }
-                } else {
-                    for l in 0..L {
-                        g[l] = scale * (weight * m0[l] * (d2[l] - kappa * (t2[l] - cd)) + lambda * gl[l]);
-                    }
-                }
-                if p.logits {
-                    self.gbuf[n] = g;
-                    for l in 0..L {
-                        gsum[l] += y0[l] * g[l];
-                    }
+                    let g = add(mul(wm, add(ak, t2)), mul(lambda, gl));
+                    store(s, &mut self.gbuf[n], g);
+                    gsum = add(gsum, mul(y0, g));
                 } else if let Some(grad) = self.grad {
-                    store(grad, plan.row_start(b, n_cls, n, q), w, ci, &g);
+                    let g = mul(scale, add(mul(wm, sub(d2, mul(kappa, sub(t2, cd)))), mul(lambda, gl)));
+                    store_grad(s, grad, (plan.row_start(b, n_cls, n, q), w), px, g);
                 }
             }
             if full {
-                widen(len_sum, &part_len);
-                widen(fid, &part_fid);
+                let lane = px % L;
+                widen(&mut len_sum[lane..lane + lanes], values::<T, S>(&part_len));
+                widen(&mut fid[lane..lane + lanes], values::<T, S>(&part_fid));
             }
             if let Some(grad) = self.grad.filter(|_| logits_out) {
                 // ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m).
                 for n in 0..n_cls {
-                    let (y0, g) = (at(class_line(Some(cur), n), ci, 1), &self.gbuf[n]);
-                    let mut o = [T::zero(); L];
-                    for l in 0..L {
-                        o[l] = scale * (y0[l] * (g[l] - gsum[l]));
-                    }
-                    store(grad, plan.row_start(b, n_cls, n, q), w, ci, &o);
+                    let (y0, g) = (at(class_line(Some(cur), n), px, 1), load::<T, S>(s, &self.gbuf[n]));
+                    let o = mul(scale, mul(y0, sub(g, gsum)));
+                    store_grad(s, grad, (plan.row_start(b, n_cls, n, q), w), px, o);
                 }
             }
         }

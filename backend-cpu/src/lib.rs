@@ -80,6 +80,7 @@ mod float;
 mod kernel;
 mod local;
 mod plan;
+mod simd;
 
 pub use float::CpuFloat;
 use kernel::{GradOut, Problem, Scratch};
@@ -408,10 +409,7 @@ pub(crate) fn evaluate<T: CpuFloat>(
             sums2.par_chunks_mut(3).enumerate().for_each(|(k, part)| {
                 let mut s = take(scratch);
                 let rows = plan.block_rows(k);
-                let (f, l) = arch.dispatch(
-                    #[inline(always)]
-                    || kernel::pass2(p, &mut s, consts, b, rows, grad),
-                );
+                let (f, l) = arch.dispatch(kernel::Pass2 { p, scratch: &mut s, consts, b, rows, grad });
                 let finite = grad.is_none_or(|g| kernel::block_finite(&plan, g, b, plan.block_rows(k)));
                 part.copy_from_slice(&[f, l, if finite { 0.0 } else { 1.0 }]);
             });
