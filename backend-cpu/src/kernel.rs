@@ -60,7 +60,7 @@ pub(crate) struct Scratch<T> {
     keys: Vec<usize>,
     wide: Vec<[f64; L]>,
     gbuf: Vec<V<T>>,
-    carry: Vec<T>,
+    carry: Vec<V<T>>,
 }
 
 impl<T> Default for Scratch<T> {
@@ -95,7 +95,7 @@ impl<T: CpuFloat> Scratch<T> {
         }
         if self.carry.len() < plan.classes {
             self.gbuf.resize(plan.classes, [T::zero(); L]);
-            self.carry.resize(plan.classes, T::zero());
+            self.carry.resize(plan.classes, [T::zero(); L]);
         }
     }
 }
@@ -653,8 +653,8 @@ struct Row<'s, 'w, T> {
     keys: &'s mut [usize],
     /// Each class's gradient of the register's pixels, before the softmax's Jacobian (logits).
     gbuf: &'s mut [V<T>],
-    /// Each class's east flux of the last pixel before the register (Charbonnier).
-    carry: &'s mut [T],
+    /// Each class's east fluxes of the register before (Charbonnier).
+    carry: &'s mut [V<T>],
     cache: Option<&'s Cache<'s, T>>,
     consts: &'s [T],
     b: usize,
@@ -755,7 +755,9 @@ impl<T: CpuFloat> Row<'_, '_, T> {
         // The west pair's flux is the east flux of the pixel before: recomputed where that is
         // cheap (L1, L2), else shifted in through memory.
         let west = GRAD && KIND != CHARBONNIER;
-        self.carry[..n_cls].fill(T::zero());
+        let first_lane =
+            T::vlt(s, load::<T, S>(s, &core::array::from_fn::<T, L, _>(|i| T::from_f64_lossy(i as f64))), k(T::one()));
+        self.carry[..n_cls].fill([T::zero(); L]);
         let [fid, len_sum] = sums;
         for px in (0..w).step_by(lanes) {
             let (m0, me, ms) = (at(m0_line, px, 1), at(m0_line, px, 2), at(ms_line, px, 1));
@@ -808,9 +810,10 @@ impl<T: CpuFloat> Row<'_, '_, T> {
                         }
                     }
                     if !west {
-                        let mut shifted = [self.carry[n]; L + 1];
-                        store(s, &mut shifted[1..], e);
-                        (fw, self.carry[n]) = (load::<T, S>(s, &shifted), shifted[lanes]);
+                        // Each lane takes the lane before: the first from the register before.
+                        let (before, now) = (T::vshift(s, load::<T, S>(s, &self.carry[n])), T::vshift(s, e));
+                        fw = T::vselect(s, first_lane, before, now);
+                        store(s, &mut self.carry[n], e);
                     }
                     // The north and the back pairs' fluxes are the south and deep fluxes of the
                     // rows before, replaced here.

@@ -19,6 +19,8 @@ pub trait Wide: Copy + bytemuck::Pod + PartialOrd {
     fn vdiv<S: Simd>(s: S, a: Self::R<S>, b: Self::R<S>) -> Self::R<S>;
     fn vsqrt<S: Simd>(s: S, a: Self::R<S>) -> Self::R<S>;
     fn vabs<S: Simd>(s: S, a: Self::R<S>) -> Self::R<S>;
+    /// Lane `l` of `a` moved to lane `l + 1`, the last to lane 0.
+    fn vshift<S: Simd>(s: S, a: Self::R<S>) -> Self::R<S>;
     fn vlt<S: Simd>(s: S, a: Self::R<S>, b: Self::R<S>) -> Self::M<S>;
     fn vgt<S: Simd>(s: S, a: Self::R<S>, b: Self::R<S>) -> Self::M<S>;
     fn vor<S: Simd>(s: S, a: Self::M<S>, b: Self::M<S>) -> Self::M<S>;
@@ -28,7 +30,7 @@ pub trait Wide: Copy + bytemuck::Pod + PartialOrd {
 
 /// [`Wide`] for `$t` through pulp's methods of its registers `$r` and masks `$m`.
 macro_rules! wide {
-    ($t:ty, $r:ident, $m:ident, $lanes:ident, $splat:ident, $sqrt:ident, $abs:ident, $or:ident, $first:ident,
+    ($t:ty, $r:ident, $m:ident, $lanes:ident, $splat:ident, $sqrt:ident, $abs:ident, $rot:ident, $or:ident, $first:ident,
      $select:ident, [$($bin:ident $bm:ident),*], [$($cmp:ident $cm:ident),*]) => {
         impl Wide for $t {
             type R<S: Simd> = S::$r;
@@ -42,6 +44,8 @@ macro_rules! wide {
             #[inline(always)]
             fn vabs<S: Simd>(s: S, a: S::$r) -> S::$r { s.$abs(a) }
             #[inline(always)]
+            fn vshift<S: Simd>(s: S, a: S::$r) -> S::$r { s.$rot(a, 1) }
+            #[inline(always)]
             fn vor<S: Simd>(s: S, a: S::$m, b: S::$m) -> S::$m { s.$or(a, b) }
             #[inline(always)]
             fn vany<S: Simd>(s: S, m: S::$m) -> bool { s.$first(m) < S::$lanes }
@@ -51,9 +55,9 @@ macro_rules! wide {
     };
 }
 
-wide!(f32, f32s, m32s, F32_LANES, splat_f32s, sqrt_f32s, abs_f32s, or_m32s, first_true_m32s, select_f32s,
+wide!(f32, f32s, m32s, F32_LANES, splat_f32s, sqrt_f32s, abs_f32s, rotate_right_f32s, or_m32s, first_true_m32s, select_f32s,
     [vadd add_f32s, vsub sub_f32s, vmul mul_f32s, vdiv div_f32s], [vlt less_than_f32s, vgt greater_than_f32s]);
-wide!(f64, f64s, m64s, F64_LANES, splat_f64s, sqrt_f64s, abs_f64s, or_m64s, first_true_m64s, select_f64s,
+wide!(f64, f64s, m64s, F64_LANES, splat_f64s, sqrt_f64s, abs_f64s, rotate_right_f64s, or_m64s, first_true_m64s, select_f64s,
     [vadd add_f64s, vsub sub_f64s, vmul mul_f64s, vdiv div_f64s], [vlt less_than_f64s, vgt greater_than_f64s]);
 
 /// Lanes of a register of `T` under `S`.
