@@ -14,7 +14,7 @@
 //! the sample in hand's `2·N + 2` planes, and `C + 2` planes and two lines per thread, reused
 //! across calls.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use msloss_core::{Gaussian, Input};
 use rayon::prelude::*;
@@ -57,6 +57,11 @@ pub(crate) fn add<T: CpuFloat>(
     let threads = rayon::current_num_threads();
     if scratch.slots.len() < threads {
         scratch.slots.resize_with(threads, Mutex::default);
+    }
+    // Every thread's planes sized now: which slots a call's classes take depends on timing.
+    let need = (c + 2) * sp + 2 * dims.into_iter().max().unwrap_or(1);
+    for buf in scratch.slots.iter_mut().map(|m| m.get_mut().unwrap_or_else(PoisonError::into_inner)) {
+        buf.resize(need.max(buf.len()), 0.0);
     }
     let lines: usize = dims.iter().sum();
     scratch.shared.resize((2 * n_cls + 2) * sp + c + lines, 0.0);
@@ -178,7 +183,7 @@ impl<T: CpuFloat> Sample<'_, T> {
     #[inline(always)]
     fn class(&self, yn: &[f64], g: &mut [f64], buf: &mut Vec<f64>) -> f64 {
         let (c, sp, dims) = (self.centre.len(), yn.len(), self.dims);
-        buf.resize((c + 2) * sp + 2 * dims.into_iter().max().unwrap_or(1), 0.0);
+        buf.truncate((c + 2) * sp + 2 * dims.into_iter().max().unwrap_or(1));
         let (planes, line) = buf.split_at_mut((c + 1) * sp);
         let (a, bk) = planes.split_at_mut(sp);
         let mask = |s: usize| self.mask.map_or(1.0, |m| m[s].to_f64_lossless());
