@@ -1,20 +1,16 @@
-//! The two passes over one block of rows, written once over chunks of [`L`] lanes.
+//! The two passes over one block of rows. Pass 1 is written over chunks of [`L`] lanes (each
+//! `for l in 0..L` loop is the scalar form of the maths, one pixel per lane, vectorised in each
+//! ISA copy); pass 2 over the ISA's registers (`crate::simd`), a register of pixels at a time
+//! with every class inside (see [`Row::run`]), so fluxes, fidelity terms and gradient stay in
+//! registers. Sums are kept per lane of a chunk, in `T` for at most [`GROUP`] chunks (pass 1) or
+//! the classes of one register (pass 2), then in `f64`, and the lanes are added in lane order at
+//! the end of a block: the order of every sum is fixed by the shape alone.
 //!
-//! Every loop `for l in 0..L` is the scalar form of the maths, one pixel per lane; the ISA
-//! copies (see `Isa`) compile it to vector instructions. Sums are kept per lane, in `T` for at
-//! most [`GROUP`] chunks of a row (pass 1) or the classes of one chunk (pass 2) and then in
-//! `f64`, and the lanes are added in lane order at the end of a block, so the order of every sum
-//! is fixed by the shape alone.
-//!
-//! Pass 1 goes class by class along a row; pass 2 goes chunk by chunk, every class inside a
-//! chunk (see [`Row::run`]), so a chunk's fluxes, fidelity terms and gradient stay in registers.
-//!
-//! A row lives in padded lines (see [`Plan::line`]): a chunk of zeros on each side, so that the
-//! neighbours of a row's first and last pixels read zeros, and so do their masks, which removes
-//! those pairs. Each pass fills the lines of the rows it needs: pass 2 reads its own rows'
-//! probabilities back from the gradient buffer, where pass 1 left them (logits with a gradient),
-//! and computes any other row from the input (the softmax of the logits, or the probabilities
-//! copied), so no block reads what another block writes.
+//! A row lives in padded lines (see [`Plan::line`]): zeros on each side, so that the neighbours
+//! of a row's first and last pixels read zeros, and so do their masks, which removes those
+//! pairs. Pass 2 reads its own rows' probabilities back from the gradient buffer, where pass 1
+//! left them (logits with a gradient), and computes any other row from the input, so no block
+//! reads what another block writes.
 
 #![allow(clippy::needless_range_loop, reason = "lane loops index several arrays by lane: the scalar form of the maths")]
 
@@ -53,7 +49,7 @@ pub(crate) struct Problem<'a, T> {
 /// One thread's scratch: the ring of rows (read by pass 2), the lines the passes write, the
 /// rows the ring holds, pass 1's `f64` lane sums, and pass 2's chunk of each class's gradient
 /// and west flux (see [`Row`]).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Scratch<T> {
     ring: Vec<T>,
     work: Vec<T>,
@@ -61,19 +57,6 @@ pub(crate) struct Scratch<T> {
     wide: Vec<[f64; L]>,
     gbuf: Vec<V<T>>,
     carry: Vec<V<T>>,
-}
-
-impl<T> Default for Scratch<T> {
-    fn default() -> Self {
-        Self {
-            ring: Vec::new(),
-            work: Vec::new(),
-            keys: Vec::new(),
-            wide: Vec::new(),
-            gbuf: Vec::new(),
-            carry: Vec::new(),
-        }
-    }
 }
 
 impl<T: CpuFloat> Scratch<T> {
@@ -152,11 +135,10 @@ fn line_mut<T>(lines: &mut [T], len: usize, i: usize) -> &mut [T] {
     &mut lines[i * len..(i + 1) * len]
 }
 
-/// The `nc` chunks of a line's row, shifted by `shift` pixels (−1, 0 or 1).
+/// The `nc` chunks of a line's row.
 #[inline(always)]
-fn ch<T>(line: &[T], shift: isize, nc: usize) -> &[V<T>] {
-    let start = OFF.wrapping_add_signed(shift);
-    line[start..start + nc * L].as_chunks::<L>().0
+fn ch<T>(line: &[T], nc: usize) -> &[V<T>] {
+    line[OFF..OFF + nc * L].as_chunks::<L>().0
 }
 
 #[inline(always)]
@@ -267,8 +249,7 @@ fn fill_row<T: CpuFloat>(
         let lines = &mut lines[..n_cls * len];
         for ci in 0..nc {
             let at = |n: usize| n * len + OFF + ci * L;
-            let chunk =
-                |lines: &[T], n: usize| -> V<T> { lines[at(n)..at(n) + L].try_into().unwrap_or([T::zero(); L]) };
+            let chunk = |lines: &[T], n: usize| -> V<T> { lines[at(n)..][..L].as_chunks::<L>().0[0] };
             let mut mx = chunk(lines, 0);
             for n in 1..n_cls {
                 let z = chunk(lines, n);
@@ -285,16 +266,10 @@ fn fill_row<T: CpuFloat>(
                 }
                 lines[at(n)..at(n) + L].copy_from_slice(&e);
             }
-            let mut inv = [T::zero(); L];
-            for l in 0..L {
-                inv[l] = T::one() / sum[l];
-            }
+            let inv = sum.map(|v| T::one() / v);
             for n in 0..n_cls {
-                let mut y = chunk(lines, n);
-                for l in 0..L {
-                    y[l] *= inv[l];
-                }
-                lines[at(n)..at(n) + L].copy_from_slice(&y);
+                let e = chunk(lines, n);
+                lines[at(n)..at(n) + L].copy_from_slice(&core::array::from_fn::<T, L, _>(|l| e[l] * inv[l]));
             }
         }
     }
@@ -329,6 +304,25 @@ fn reset<T: CpuFloat>(p: &Plan, ring: &mut [T], work: &mut [T]) {
     work[..work_lines(p) * p.line].fill(T::zero());
 }
 
+/// Asks the CPU to bring row `q` of sample `b` of the `planes` planes at `src` (scores or the
+/// gradient: `N`; the image: `C`) into its second-level cache, to be read soon (a hint: nothing
+/// is read, any address will do; nothing on targets without a prefetch instruction).
+#[inline(always)]
+fn prefetch_row<T>(plan: &Plan, src: *const T, planes: usize, b: usize, q: usize) {
+    for n in (0..planes).filter(|_| q < plan.rows) {
+        let row = src.wrapping_add(plan.row_start(b, planes, n, q));
+        for i in (0..plan.width).step_by(64 / size_of::<T>()) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch reads nothing and never faults, whatever the address.
+            unsafe {
+                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(row.wrapping_add(i).cast())
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = row.wrapping_add(i);
+        }
+    }
+}
+
 /// The ring line of the mask of the row in `slot`: its own, ones without a mask, zeros for a row
 /// that is not there.
 fn mask_line<T>(p: &Problem<'_, T>, slot: Option<usize>) -> usize {
@@ -361,6 +355,8 @@ pub(crate) fn pass1<T: CpuFloat>(
     wide.fill([0.0; L]);
     let mut bad = false;
     for q in rows {
+        prefetch_row(plan, p.scores.as_ptr(), n_cls, b, q + 1);
+        prefetch_row(plan, p.image.as_ptr(), c, b, q + 1);
         bad |= fill_row(p, ring, 0, b, q, None, true);
         bad |= fill_image(p, wk.x, b, q, &[]);
         if let Some(grad) = cache {
@@ -370,9 +366,9 @@ pub(crate) fn pass1<T: CpuFloat>(
                 out.copy_from_slice(&line(ring, len, n)[OFF..OFF + plan.width]);
             }
         }
-        let m = ch(line(ring, len, mask_line(p, Some(0))), 0, nc);
+        let m = ch(line(ring, len, mask_line(p, Some(0))), nc);
         for n in 0..n_cls {
-            let y = ch(line(ring, len, n), 0, nc);
+            let y = ch(line(ring, len, n), nc);
             let wy = ch_mut(wk.tmp, nc);
             let sums = &mut wide[n * (1 + c)..(n + 1) * (1 + c)];
             for ((wg, yg), mg) in wy.chunks_mut(GROUP).zip(y.chunks(GROUP)).zip(m.chunks(GROUP)) {
@@ -385,9 +381,9 @@ pub(crate) fn pass1<T: CpuFloat>(
                 }
                 widen(&mut sums[0], &part);
             }
-            let wy = ch(wk.tmp, 0, nc);
+            let wy = ch(wk.tmp, nc);
             for (k, sum) in sums[1..].iter_mut().enumerate() {
-                let x = ch(line(wk.x, len, k), 0, nc);
+                let x = ch(line(wk.x, len, k), nc);
                 for (wg, xg) in wy.chunks(GROUP).zip(x.chunks(GROUP)) {
                     let mut part = [T::zero(); L];
                     for (w, x) in wg.iter().zip(xg) {
@@ -722,6 +718,10 @@ impl<T: CpuFloat> Row<'_, '_, T> {
         let plan = &p.plan;
         let (n_cls, c, w, h, len) = (plan.classes, plan.channels, plan.width, plan.height, plan.line);
         let (b, cache) = (self.b, self.cache);
+        // The rows the next row fills: its image, and the probabilities of the row south of it.
+        prefetch_row(plan, p.image.as_ptr(), c, b, q + 1);
+        let south_src = cache.filter(|c| (c.rows.0..c.rows.1).contains(&(q + 2)));
+        prefetch_row(plan, south_src.map_or(p.scores.as_ptr(), |c| c.grad.ptr.cast_const()), n_cls, b, q + 2);
         let cur = slot(p, self.ring, self.keys, cache, b, q);
         // Neighbours along H (same slice) and D; absent ones read the line of zeros, mask included.
         let south = if q % h + 1 < h { Some(slot(p, self.ring, self.keys, cache, b, q + 1)) } else { None };
@@ -753,7 +753,7 @@ impl<T: CpuFloat> Row<'_, '_, T> {
         let (add, sub, mul) = (|a, b| T::vadd(s, a, b), |a, b| T::vsub(s, a, b), |a, b| T::vmul(s, a, b));
         let sign = |d| sub(T::vselect(s, T::vgt(s, d, zr), one, zr), T::vselect(s, T::vlt(s, d, zr), one, zr));
         // The west pair's flux is the east flux of the pixel before: recomputed where that is
-        // cheap (L1, L2), else shifted in through memory.
+        // cheap (L1, L2), else shifted across lanes (Charbonnier).
         let west = GRAD && KIND != CHARBONNIER;
         let first_lane =
             T::vlt(s, load::<T, S>(s, &core::array::from_fn::<T, L, _>(|i| T::from_f64_lossy(i as f64))), k(T::one()));

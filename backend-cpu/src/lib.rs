@@ -15,15 +15,13 @@
 //! 2. row by row, in a small ring of rows (a row and its neighbours along H, or along D in a
 //!    volume), the probabilities read back from the gradient buffer (or computed: rows of other
 //!    blocks, probabilities input, energy alone), then the fidelity, the length and the gradient
-//!    of each row, a few sweeps per class, with the fluxes of the length term in gather form
-//!    (below); each row's gradient overwrites its probabilities after they are read.
+//!    of each row, every class of a register of pixels at a time, with the length's fluxes in
+//!    gather form (below); each row's gradient overwrites its probabilities after they are read.
 //!
-//! No block reads what another block writes. The kernels (`kernel.rs`) are written once over
-//! chunks of 16 lanes and compiled for each [`Isa`] (through [pulp](https://docs.rs/pulp)'s safe
-//! dispatch). Every operation rounds the
-//! same way in each of them (no multiply-add is fused) and every sum runs in the same lanes and
-//! order, fixed by the shape, so the results are bitwise identical whatever the ISA, the thread
-//! count or the run.
+//! No block reads what another block writes. The kernels (`kernel.rs`) are compiled for each
+//! [`Isa`] through [pulp](https://docs.rs/pulp)'s safe dispatch. Every operation rounds the same
+//! way in each (no multiply-add is fused) and every sum runs in the same lanes and order, fixed
+//! by the shape, so results are bitwise identical whatever the ISA, the thread count or the run.
 //!
 //! ## The length term in gather form
 //! The reference scatters each pair's derivative to both of its pixels. Here each pixel `s`
