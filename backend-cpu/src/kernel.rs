@@ -502,25 +502,16 @@ pub(crate) fn pass2<T: CpuFloat, S: Simd>(
     // With a gradient, the fluxes of the rows before the block come first: its first rows'
     // gradients gather them.
     let first = if grad.is_some() { start.saturating_sub(back) } else { start };
-    macro_rules! rows {
-        ($grad:literal) => {
-            for q in first..rows.end {
-                let (full, sums) = (q >= start, &mut sums);
-                match (p.length, plan.depth > 1) {
-                    (LengthKind::L1, false) => ctx.run::<S, L1, false, $grad>(s, q, full, sums),
-                    (LengthKind::L1, true) => ctx.run::<S, L1, true, $grad>(s, q, full, sums),
-                    (LengthKind::L2, false) => ctx.run::<S, L2, false, $grad>(s, q, full, sums),
-                    (LengthKind::L2, true) => ctx.run::<S, L2, true, $grad>(s, q, full, sums),
-                    (LengthKind::Charbonnier, false) => ctx.run::<S, CHARBONNIER, false, $grad>(s, q, full, sums),
-                    (LengthKind::Charbonnier, true) => ctx.run::<S, CHARBONNIER, true, $grad>(s, q, full, sums),
-                }
-            }
-        };
-    }
-    if grad.is_some() {
-        rows!(true)
-    } else {
-        rows!(false)
+    for q in first..rows.end {
+        let (full, sums) = (q >= start, &mut sums);
+        match (p.length, plan.depth > 1) {
+            (LengthKind::L1, false) => ctx.run::<S, L1, false>(s, q, full, sums),
+            (LengthKind::L1, true) => ctx.run::<S, L1, true>(s, q, full, sums),
+            (LengthKind::L2, false) => ctx.run::<S, L2, false>(s, q, full, sums),
+            (LengthKind::L2, true) => ctx.run::<S, L2, true>(s, q, full, sums),
+            (LengthKind::Charbonnier, false) => ctx.run::<S, CHARBONNIER, false>(s, q, full, sums),
+            (LengthKind::Charbonnier, true) => ctx.run::<S, CHARBONNIER, true>(s, q, full, sums),
+        }
     }
     (lanes_total(&sums[0]), lanes_total(&sums[1]))
 }
@@ -703,18 +694,12 @@ fn to_array<T: CpuFloat, S: Simd>(v: &T::R<S>) -> V<T> {
 impl<T: CpuFloat> Row<'_, '_, T> {
     /// Pass 2 on row `q`, a register of pixels at a time with every class inside: the fluxes
     /// of each class's pairs (j, j + 1), (j, south) and (j, deep), the length's and (`full`) the
-    /// fidelity's terms added to `sums`, and (`GRAD`, `full`) the row's gradient. With `GRAD` and
+    /// fidelity's terms added to `sums`, and (a gradient, `full`) the row's gradient. With a gradient and
     /// not `full` (a row before the block), only the fluxes the next rows gather. A register
     /// holds `W` of a chunk's `L` lanes (`L/W` registers a chunk), and its sums go to those lanes.
     #[inline(always)]
-    fn run<S: Simd, const KIND: u8, const D: bool, const GRAD: bool>(
-        &mut self,
-        s: S,
-        q: usize,
-        full: bool,
-        sums: &mut [[f64; L]; 2],
-    ) {
-        let p = self.p;
+    fn run<S: Simd, const KIND: u8, const D: bool>(&mut self, s: S, q: usize, full: bool, sums: &mut [[f64; L]; 2]) {
+        let (p, grad_on) = (self.p, self.grad.is_some());
         let plan = &p.plan;
         let (n_cls, c, w, h, len) = (plan.classes, plan.channels, plan.width, plan.height, plan.line);
         let (b, cache) = (self.b, self.cache);
@@ -739,11 +724,11 @@ impl<T: CpuFloat> Row<'_, '_, T> {
         let md_line = mask_line(p, deep) * len;
         let tw = consts_len(c);
         let doubt = Doubt { p, b, q, tol: T::EPS * T::from_f64_lossy((n_cls + 8) as f64) };
-        let check_doubt = GRAD && p.logits && p.length == LengthKind::L1;
+        let check_doubt = grad_on && p.logits && p.length == LengthKind::L1;
         // The D fluxes in a ring of H + 1 rows: this row's, and those of the row a slice before.
         let d_slot = |r: usize| (r % (h + 1)) * n_cls;
         let (fd_new, fd_old) = (d_slot(q), if q >= h { d_slot(q - h) } else { d_slot(q + 1) });
-        let logits_out = GRAD && full && p.logits;
+        let logits_out = grad_on && full && p.logits;
         // The second term of the fidelity: `⟨β, u⟩` (logits) or `⟨c, u⟩` (probabilities).
         let t2_at = if p.logits { 3 + c } else { 3 + 2 * c };
         let k = |v: T| T::vsplat(s, v);
@@ -754,7 +739,7 @@ impl<T: CpuFloat> Row<'_, '_, T> {
         let sign = |d| sub(T::vselect(s, T::vgt(s, d, zr), one, zr), T::vselect(s, T::vlt(s, d, zr), one, zr));
         // The west pair's flux is the east flux of the pixel before: recomputed where that is
         // cheap (L1, L2), else shifted across lanes (Charbonnier).
-        let west = GRAD && KIND != CHARBONNIER;
+        let west = grad_on && KIND != CHARBONNIER;
         let first_lane =
             T::vlt(s, load::<T, S>(s, &core::array::from_fn::<T, L, _>(|i| T::from_f64_lossy(i as f64))), k(T::one()));
         self.carry[..n_cls].fill([T::zero(); L]);
@@ -792,7 +777,7 @@ impl<T: CpuFloat> Row<'_, '_, T> {
                 };
                 part_len = add(part_len, term);
                 let (mut fho, mut fdo) = (zr, zr);
-                if GRAD {
+                if grad_on {
                     if check_doubt {
                         // A pair is doubtful where |d| is within tol·(y_a + y_b) of zero (d is 0 for a
                         // pair that is not there, whose validity is 0: `<` leaves it out).
@@ -838,7 +823,7 @@ impl<T: CpuFloat> Row<'_, '_, T> {
                     t2 = add(t2, mul(k(kn[t2_at + kk]), u));
                 }
                 part_fid = add(part_fid, mul(mul(m0, y0), d2));
-                if !GRAD {
+                if !grad_on {
                     continue;
                 }
                 // The gradient: the fidelity's, and the length's fluxes gathered.

@@ -58,10 +58,11 @@ pub(crate) fn add<T: CpuFloat>(
     if scratch.slots.len() < threads {
         scratch.slots.resize_with(threads, Mutex::default);
     }
-    // Every thread's planes sized now: which slots a call's classes take depends on timing.
+    // Every thread's planes sized now (shrinking keeps the capacity): which slots a call's
+    // classes take depends on timing.
     let need = (c + 2) * sp + 2 * dims.into_iter().max().unwrap_or(1);
     for buf in scratch.slots.iter_mut().map(|m| m.get_mut().unwrap_or_else(PoisonError::into_inner)) {
-        buf.resize(need.max(buf.len()), 0.0);
+        buf.resize(need, 0.0);
     }
     let lines: usize = dims.iter().sum();
     scratch.shared.resize((2 * n_cls + 2) * sp + c + lines, 0.0);
@@ -115,7 +116,7 @@ pub(crate) fn add<T: CpuFloat>(
         g.par_chunks_mut(sp).zip(classes.par_iter_mut()).enumerate().for_each(|(n, (g, out))| {
             let mut buf = crate::take(slots);
             let yn = &y[n * sp..(n + 1) * sp];
-            let f = local.arch.dispatch(Class { sample: &sample, yn, g, buf: &mut buf });
+            let f = local.arch.dispatch(Class { sample: &sample, yn, g, buf: &mut buf[..] });
             *out = (f, true);
         });
         total += classes.iter().map(|(f, _)| f).sum::<f64>();
@@ -152,7 +153,7 @@ struct Class<'a, 'b, T> {
     sample: &'a Sample<'b, T>,
     yn: &'a [f64],
     g: &'a mut [f64],
-    buf: &'a mut Vec<f64>,
+    buf: &'a mut [f64],
 }
 
 impl<T: CpuFloat> pulp::WithSimd for Class<'_, '_, T> {
@@ -181,9 +182,8 @@ struct Sample<'a, T> {
 impl<T: CpuFloat> Sample<'_, T> {
     /// Class map `yn`'s `F`, and its `∂F/∂y` (before `w·scale`) into `g`.
     #[inline(always)]
-    fn class(&self, yn: &[f64], g: &mut [f64], buf: &mut Vec<f64>) -> f64 {
+    fn class(&self, yn: &[f64], g: &mut [f64], buf: &mut [f64]) -> f64 {
         let (c, sp, dims) = (self.centre.len(), yn.len(), self.dims);
-        buf.truncate((c + 2) * sp + 2 * dims.into_iter().max().unwrap_or(1));
         let (planes, line) = buf.split_at_mut((c + 1) * sp);
         let (a, bk) = planes.split_at_mut(sp);
         let mask = |s: usize| self.mask.map_or(1.0, |m| m[s].to_f64_lossless());
