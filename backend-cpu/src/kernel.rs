@@ -476,7 +476,7 @@ impl<'a, T> GradOut<'a, T> {
 }
 
 /// Pass 2 over `rows` of sample `b`: returns `(F, Len)` (the sums before weights and
-/// reduction) and writes the gradient where `grad` is given. `consts` holds the sample's
+/// reduction) and whether every gradient value written (where `grad` is given) is finite. `consts` holds the sample's
 /// centre `c̄` (`C` values), then its [`class_consts`] tables, one per class.
 #[inline(always)]
 pub(crate) fn pass2<T: CpuFloat, S: Simd>(
@@ -487,7 +487,7 @@ pub(crate) fn pass2<T: CpuFloat, S: Simd>(
     b: usize,
     rows: core::ops::Range<usize>,
     grad: Option<&GradOut<'_, T>>,
-) -> (f64, f64) {
+) -> (f64, f64, bool) {
     let plan = &p.plan;
     let Scratch { ring, work, keys, gbuf, carry, .. } = scratch;
     reset(plan, ring, work);
@@ -502,38 +502,19 @@ pub(crate) fn pass2<T: CpuFloat, S: Simd>(
     // With a gradient, the fluxes of the rows before the block come first: its first rows'
     // gradients gather them.
     let first = if grad.is_some() { start.saturating_sub(back) } else { start };
+    let mut finite = true;
     for q in first..rows.end {
         let (full, sums) = (q >= start, &mut sums);
-        match (p.length, plan.depth > 1) {
+        finite &= match (p.length, plan.depth > 1) {
             (LengthKind::L1, false) => ctx.run::<S, L1, false>(s, q, full, sums),
             (LengthKind::L1, true) => ctx.run::<S, L1, true>(s, q, full, sums),
             (LengthKind::L2, false) => ctx.run::<S, L2, false>(s, q, full, sums),
             (LengthKind::L2, true) => ctx.run::<S, L2, true>(s, q, full, sums),
             (LengthKind::Charbonnier, false) => ctx.run::<S, CHARBONNIER, false>(s, q, full, sums),
             (LengthKind::Charbonnier, true) => ctx.run::<S, CHARBONNIER, true>(s, q, full, sums),
-        }
+        };
     }
-    (lanes_total(&sums[0]), lanes_total(&sums[1]))
-}
-
-/// Whether every gradient value in `rows` of sample `b` is finite: pass 2's writes, read back
-/// by the block that wrote them while they are still in cache. A function of its own, called
-/// outside the ISA dispatch: inside it, its code changed how the row loop compiled.
-#[inline(never)]
-pub(crate) fn block_finite<T: CpuFloat>(
-    plan: &Plan,
-    grad: &GradOut<'_, T>,
-    b: usize,
-    rows: core::ops::Range<usize>,
-) -> bool {
-    rows.into_iter().all(|q| {
-        (0..plan.classes).all(|n| {
-            // SAFETY: a row of the calling block's own sample and rows (see `GradOut::row`), which
-            // pass 2 has finished writing.
-            let row = unsafe { grad.row(plan.row_start(b, plan.classes, n, q), plan.width) };
-            all_zero(row, |v| v * T::zero())
-        })
-    })
+    (lanes_total(&sums[0]), lanes_total(&sums[1]), finite)
 }
 
 /// The ring slot of row `q`, filled if it holds another row.
@@ -660,10 +641,10 @@ pub(crate) struct Pass2<'a, T> {
 }
 
 impl<T: CpuFloat> pulp::WithSimd for Pass2<'_, T> {
-    type Output = (f64, f64);
+    type Output = (f64, f64, bool);
 
     #[inline(always)]
-    fn with_simd<S: Simd>(self, s: S) -> (f64, f64) {
+    fn with_simd<S: Simd>(self, s: S) -> (f64, f64, bool) {
         pass2(s, self.p, self.scratch, self.consts, self.b, self.rows, self.grad)
     }
 }
@@ -694,11 +675,18 @@ fn to_array<T: CpuFloat, S: Simd>(v: &T::R<S>) -> V<T> {
 impl<T: CpuFloat> Row<'_, '_, T> {
     /// Pass 2 on row `q`, a register of pixels at a time with every class inside: the fluxes
     /// of each class's pairs (j, j + 1), (j, south) and (j, deep), the length's and (`full`) the
-    /// fidelity's terms added to `sums`, and (a gradient, `full`) the row's gradient. With a gradient and
-    /// not `full` (a row before the block), only the fluxes the next rows gather. A register
-    /// holds `W` of a chunk's `L` lanes (`L/W` registers a chunk), and its sums go to those lanes.
+    /// fidelity's terms added to `sums`, and (a gradient, `full`) the row's gradient; returns
+    /// whether its values are all finite. With a gradient and not `full` (a row before the
+    /// block), only the fluxes the next rows gather. A register holds `W` of a chunk's `L` lanes
+    /// (`L/W` registers a chunk), and its sums go to those lanes.
     #[inline(always)]
-    fn run<S: Simd, const KIND: u8, const D: bool>(&mut self, s: S, q: usize, full: bool, sums: &mut [[f64; L]; 2]) {
+    fn run<S: Simd, const KIND: u8, const D: bool>(
+        &mut self,
+        s: S,
+        q: usize,
+        full: bool,
+        sums: &mut [[f64; L]; 2],
+    ) -> bool {
         let (p, grad_on) = (self.p, self.grad.is_some());
         let plan = &p.plan;
         let (n_cls, c, w, h, len) = (plan.classes, plan.channels, plan.width, plan.height, plan.line);
@@ -743,6 +731,8 @@ impl<T: CpuFloat> Row<'_, '_, T> {
         let first_lane =
             T::vlt(s, load::<T, S>(s, &core::array::from_fn::<T, L, _>(|i| T::from_f64_lossy(i as f64))), k(T::one()));
         self.carry[..n_cls].fill([T::zero(); L]);
+        // `Σ g·0` over the gradient written: 0, or NaN where a value is not finite.
+        let mut nonfinite = zr;
         let [fid, len_sum] = sums;
         for px in (0..w).step_by(lanes) {
             let (m0, me, ms) = (at(m0_line, px, 1), at(m0_line, px, 2), at(ms_line, px, 1));
@@ -840,6 +830,7 @@ impl<T: CpuFloat> Row<'_, '_, T> {
                 } else if let Some(grad) = self.grad {
                     let g = mul(scale, add(mul(wm, sub(d2, mul(kappa, sub(t2, cd)))), mul(lambda, gl)));
                     store_grad(s, grad, (plan.row_start(b, n_cls, n, q), w), px, g);
+                    nonfinite = add(nonfinite, mul(g, zr));
                 }
             }
             if full {
@@ -853,8 +844,10 @@ impl<T: CpuFloat> Row<'_, '_, T> {
                     let (y0, g) = (at(class_line(Some(cur), n), px, 1), load::<T, S>(s, &self.gbuf[n]));
                     let o = mul(scale, mul(y0, sub(g, gsum)));
                     store_grad(s, grad, (plan.row_start(b, n_cls, n, q), w), px, o);
+                    nonfinite = add(nonfinite, mul(o, zr));
                 }
             }
         }
+        values::<T, S>(&nonfinite).iter().all(|&v| v == T::zero())
     }
 }

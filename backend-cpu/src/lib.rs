@@ -42,8 +42,8 @@
 //! The reference's typed errors: parameters and output lengths first, then the input values
 //! (checked inside pass 1; on a bad value the core's own check names the first offending
 //! element), an empty mask under the mean reduction, and [`Error::NonFiniteResult`] when the
-//! energy or a gradient value overflows `T` (each block reads back the gradient rows it wrote,
-//! while they are still in cache). On an error the gradient buffer holds no meaningful values.
+//! energy or a gradient value overflows `T` (pass 2 checks each gradient value as it writes it).
+//! On an error the gradient buffer holds no meaningful values.
 //!
 //! ## Memory
 //! A [`CpuWorkspace`] holds per-thread scratch (the ring of rows: two rows of every class in
@@ -407,8 +407,7 @@ pub(crate) fn evaluate<T: CpuFloat>(
             sums2.par_chunks_mut(3).enumerate().for_each(|(k, part)| {
                 let mut s = take(scratch);
                 let rows = plan.block_rows(k);
-                let (f, l) = arch.dispatch(kernel::Pass2 { p, scratch: &mut s, consts, b, rows, grad });
-                let finite = grad.is_none_or(|g| kernel::block_finite(&plan, g, b, plan.block_rows(k)));
+                let (f, l, finite) = arch.dispatch(kernel::Pass2 { p, scratch: &mut s, consts, b, rows, grad });
                 part.copy_from_slice(&[f, l, if finite { 0.0 } else { 1.0 }]);
             });
         });
