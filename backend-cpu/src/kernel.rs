@@ -205,6 +205,13 @@ pub(crate) struct Cache<'a, T> {
     pub(crate) rows: (usize, usize),
 }
 
+impl<T> Cache<'_, T> {
+    /// Whether it holds row `q`.
+    fn holds(&self, q: usize) -> bool {
+        (self.rows.0..self.rows.1).contains(&q)
+    }
+}
+
 /// Fills ring slot `slot` with row `q` of sample `b`: each class's probabilities (read back from
 /// `cache` where it holds the row, else the softmax of the logits, or the probabilities copied)
 /// and the mask. With `check`, returns whether an input value is invalid.
@@ -226,7 +233,7 @@ fn fill_row<T: CpuFloat>(
         line_mut(lines, len, n_cls)[OFF..OFF + w].copy_from_slice(src);
         bad |= check && !all_zero(src, mask_ok);
     }
-    if let Some(cache) = cache.filter(|c| (c.rows.0..c.rows.1).contains(&q)) {
+    if let Some(cache) = cache.filter(|c| c.holds(q)) {
         for n in 0..n_cls {
             // SAFETY: the block's own row, read before the block writes its gradient there.
             let src = unsafe { cache.grad.row(p.plan.row_start(cache.b, n_cls, n, q), w) };
@@ -569,28 +576,16 @@ impl<T: CpuFloat> Doubt<'_, T> {
     #[inline(never)]
     #[cold]
     fn fix(&self, a: &Around<T>, n: usize, (px, lanes): (usize, usize), f: &mut [V<T>; 4], volume: bool) {
-        let (w, h) = (self.p.plan.width, self.p.plan.height);
-        let [fe, fs, fd, fw] = f;
-        for (flux, step, i) in [(fe, 1, 1), (fs, w, 2), (fd, h * w, 3), (fw, usize::MAX, 4)] {
-            if i != 3 || volume {
-                self.exact_signs(a, n, (px, lanes), flux, step, i);
-            }
+        for (i, flux) in f.iter_mut().enumerate().filter(|&(i, _)| i != 2 || volume) {
+            self.exact_signs(a, n, (px, lanes), flux, i + 1);
         }
     }
 
-    /// Replaces in `flux` each L1 flux whose pair (pixel, pixel + `step`, where `usize::MAX` is
-    /// −1: the west pair), with the other pixel's mask and probability `(mv, yv)`, is valid and
-    /// whose difference is within `T`'s rounding of zero, by the sign of the reference's own
-    /// difference in `f64`, computed from the logits as it does.
-    fn exact_signs(
-        &self,
-        a: &Around<T>,
-        n: usize,
-        (px, lanes): (usize, usize),
-        flux: &mut V<T>,
-        step: usize,
-        i: usize,
-    ) {
+    /// Replaces in `flux` each L1 flux whose pair with neighbour `i` of [`Around`] (east, south,
+    /// deep or west), of mask and probability `(m[i], y[i])`, is valid and whose difference is
+    /// within `T`'s rounding of zero, by the sign of the reference's own difference in `f64`,
+    /// computed from the logits as it does.
+    fn exact_signs(&self, a: &Around<T>, n: usize, (px, lanes): (usize, usize), flux: &mut V<T>, i: usize) {
         let (y0, m0, yv, mv) = (&a.y[0], &a.m[0], &a.y[i], &a.m[i]);
         let plan = &self.p.plan;
         let (base, sp) = (plan.row_start(self.b, plan.classes, 0, 0), plan.rows * plan.width);
@@ -601,7 +596,12 @@ impl<T: CpuFloat> Doubt<'_, T> {
             if m0[l] * mv[l] == T::one() && d.abs() < self.tol * (y0[l] + yv[l]) {
                 // The pair's forward difference: from its first pixel to its second.
                 let s = self.q * plan.width + px + l;
-                let (first, second) = if step == usize::MAX { (s - 1, s) } else { (s, s + step) };
+                let (first, second) = match i {
+                    1 => (s, s + 1),
+                    2 => (s, s + plan.width),
+                    3 => (s, s + plan.height * plan.width),
+                    _ => (s - 1, s),
+                };
                 flux[l] = sign0(T::from_f64_lossy(prob(second) - prob(first)));
             }
         }
@@ -693,7 +693,7 @@ impl<T: CpuFloat> Row<'_, '_, T> {
         let (b, cache) = (self.b, self.cache);
         // The rows the next row fills: its image, and the probabilities of the row south of it.
         prefetch_row(plan, p.image.as_ptr(), c, b, q + 1);
-        let south_src = cache.filter(|c| (c.rows.0..c.rows.1).contains(&(q + 2)));
+        let south_src = cache.filter(|c| c.holds(q + 2));
         prefetch_row(plan, south_src.map_or(p.scores.as_ptr(), |c| c.grad.ptr.cast_const()), n_cls, b, q + 2);
         let cur = slot(p, self.ring, self.keys, cache, b, q);
         // Neighbours along H (same slice) and D; absent ones read the line of zeros, mask included.

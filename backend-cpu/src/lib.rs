@@ -301,6 +301,19 @@ impl<T: CpuFloat> Backend<T> for CpuBackend {
     }
 }
 
+/// Makes one scratch slot per thread of the current pool and readies each with `fit`, before a
+/// parallel region: which slot a job takes there depends on timing, so a slot grown inside could
+/// allocate in any later call.
+pub(crate) fn fit_slots<S: Default>(slots: &mut Vec<Mutex<S>>, fit: impl Fn(&mut S)) {
+    let threads = rayon::current_num_threads();
+    if slots.len() < threads {
+        slots.resize_with(threads, Mutex::default);
+    }
+    for s in slots.iter_mut() {
+        fit(s.get_mut().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
 /// A free scratch slot: the calling thread's own, else any free one.
 pub(crate) fn take<S>(slots: &[Mutex<S>]) -> MutexGuard<'_, S> {
     let first = rayon::current_thread_index().unwrap_or(0);
@@ -369,13 +382,7 @@ pub(crate) fn evaluate<T: CpuFloat>(
     let grad = out.grad.as_deref_mut().map(GradOut::new);
     let (arch, eps) = (cpu.arch, params.centroid_eps);
     cpu.run(|| {
-        let threads = rayon::current_num_threads();
-        if scratch.len() < threads {
-            scratch.resize_with(threads, Mutex::default);
-        }
-        for s in scratch.iter_mut() {
-            s.get_mut().unwrap_or_else(PoisonError::into_inner).fit(&plan);
-        }
+        fit_slots(scratch, |s| s.fit(&plan));
         let (scratch, p, grad) = (&scratch[..], &p, grad.as_ref());
         let samples = part1.par_chunks_mut(blocks * p1).zip(part2.par_chunks_mut(blocks * 3));
         samples.zip(consts.par_chunks_mut(per_sample)).enumerate().for_each(|(b, ((sums1, sums2), consts))| {

@@ -14,7 +14,7 @@
 //! the sample in hand's `2·N + 2` planes, and `C + 2` planes and two lines per thread, reused
 //! across calls.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use msloss_core::{Gaussian, Input};
 use rayon::prelude::*;
@@ -54,16 +54,9 @@ pub(crate) fn add<T: CpuFloat>(
 ) -> (f64, bool) {
     let shape = input.shape();
     let (n_cls, c, sp, dims) = (shape.classes(), shape.channels(), shape.spatial(), shape.spatial_dims());
-    let threads = rayon::current_num_threads();
-    if scratch.slots.len() < threads {
-        scratch.slots.resize_with(threads, Mutex::default);
-    }
-    // Every thread's planes sized now (shrinking keeps the capacity): which slots a call's
-    // classes take depends on timing.
+    // Each thread's planes: exactly this shape's (shrinking keeps the capacity).
     let need = (c + 2) * sp + 2 * dims.into_iter().max().unwrap_or(1);
-    for buf in scratch.slots.iter_mut().map(|m| m.get_mut().unwrap_or_else(PoisonError::into_inner)) {
-        buf.resize(need, 0.0);
-    }
+    crate::fit_slots(&mut scratch.slots, |buf| buf.resize(need, 0.0));
     let lines: usize = dims.iter().sum();
     scratch.shared.resize((2 * n_cls + 2) * sp + c + lines, 0.0);
     scratch.classes.resize(n_cls, (0.0, true));
