@@ -90,9 +90,9 @@ fn ring_lines(p: &Plan) -> usize {
 }
 
 /// Lines of each part of [`Work`], in its order.
-fn work_parts(p: &Plan) -> [usize; 4] {
+fn work_parts(p: &Plan) -> [usize; 3] {
     let d_ring = if p.depth > 1 { (p.height + 1) * p.classes } else { 0 };
-    [p.channels, p.classes, d_ring, 1]
+    [p.channels, p.classes, d_ring]
 }
 
 /// The work lines in all.
@@ -108,8 +108,6 @@ struct Work<'a, T> {
     fh: &'a mut [T],
     /// The D fluxes of the last `H + 1` rows (`(H + 1)·N` lines, in 3D).
     fd: &'a mut [T],
-    /// `m·y` of one class (pass 1).
-    tmp: &'a mut [T],
 }
 
 impl<'a, T> Work<'a, T> {
@@ -120,7 +118,7 @@ impl<'a, T> Work<'a, T> {
             head
         });
         let mut next = || part.next().unwrap_or_default();
-        Self { x: next(), fh: next(), fd: next(), tmp: next() }
+        Self { x: next(), fh: next(), fd: next() }
     }
 }
 
@@ -141,11 +139,6 @@ fn ch<T>(line: &[T], nc: usize) -> &[V<T>] {
     line[OFF..OFF + nc * L].as_chunks::<L>().0
 }
 
-#[inline(always)]
-fn ch_mut<T>(line: &mut [T], nc: usize) -> &mut [V<T>] {
-    line[OFF..OFF + nc * L].as_chunks_mut::<L>().0
-}
-
 /// Adds a group's lane sums to the `f64` lanes.
 #[inline(always)]
 fn widen<T: CpuFloat>(wide: &mut [f64], part: &[T]) {
@@ -157,6 +150,28 @@ fn widen<T: CpuFloat>(wide: &mut [f64], part: &[T]) {
 /// The lanes' total, in lane order.
 fn lanes_total(wide: &[f64; L]) -> f64 {
     wide.iter().fold(0.0, |a, &b| a + b)
+}
+
+/// Adds `Σ m·y·x` over the chunks to `sums`, for each line `x` of `xs`, each lane summing
+/// [`GROUP`] chunks at a time in `T`: `K` sums in one sweep, in registers, each added in the
+/// order a sweep of its own would add it.
+#[inline(always)]
+fn weighted_sums<T: CpuFloat, const K: usize>(y: &[V<T>], m: &[V<T>], xs: [&[V<T>]; K], sums: &mut [[f64; L]]) {
+    let (m, xs) = (&m[..y.len()], xs.map(|x| &x[..y.len()]));
+    for g in (0..y.len()).step_by(GROUP) {
+        let mut part = [[T::zero(); L]; K];
+        for j in g..(g + GROUP).min(y.len()) {
+            for l in 0..L {
+                let w = m[j][l] * y[j][l];
+                for k in 0..K {
+                    part[k][l] += w * xs[k][j][l];
+                }
+            }
+        }
+        for (sum, part) in sums.iter_mut().zip(&part) {
+            widen(sum, part);
+        }
+    }
 }
 
 /// Whether `term(v) == 0` for every `v` of `src`, where `term` is `>= 0` or NaN: the terms are
@@ -374,31 +389,18 @@ pub(crate) fn pass1<T: CpuFloat>(
             }
         }
         let m = ch(line(ring, len, mask_line(p, Some(0))), nc);
+        // Σ m·y is Σ m·y·1 (a product by one is exact): the line of ones leads the channels.
+        let ones = ch(line(ring, len, ring_lines(plan) - 1), nc);
         for n in 0..n_cls {
             let y = ch(line(ring, len, n), nc);
-            let wy = ch_mut(wk.tmp, nc);
             let sums = &mut wide[n * (1 + c)..(n + 1) * (1 + c)];
-            for ((wg, yg), mg) in wy.chunks_mut(GROUP).zip(y.chunks(GROUP)).zip(m.chunks(GROUP)) {
-                let mut part = [T::zero(); L];
-                for ((w, y), m) in wg.iter_mut().zip(yg).zip(mg) {
-                    for l in 0..L {
-                        w[l] = m[l] * y[l];
-                        part[l] += w[l];
-                    }
-                }
-                widen(&mut sums[0], &part);
-            }
-            let wy = ch(wk.tmp, nc);
-            for (k, sum) in sums[1..].iter_mut().enumerate() {
-                let x = ch(line(wk.x, len, k), nc);
-                for (wg, xg) in wy.chunks(GROUP).zip(x.chunks(GROUP)) {
-                    let mut part = [T::zero(); L];
-                    for (w, x) in wg.iter().zip(xg) {
-                        for l in 0..L {
-                            part[l] += w[l] * x[l];
-                        }
-                    }
-                    widen(sum, &part);
+            for (at, sums) in (0..).step_by(4).zip(sums.chunks_mut(4)) {
+                let x = |k: usize| if at + k == 0 { ones } else { ch(line(wk.x, len, at + k - 1), nc) };
+                match sums.len() {
+                    1 => weighted_sums::<T, 1>(y, m, core::array::from_fn(x), sums),
+                    2 => weighted_sums::<T, 2>(y, m, core::array::from_fn(x), sums),
+                    3 => weighted_sums::<T, 3>(y, m, core::array::from_fn(x), sums),
+                    _ => weighted_sums::<T, 4>(y, m, core::array::from_fn(x), sums),
                 }
             }
         }
