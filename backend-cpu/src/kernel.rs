@@ -14,7 +14,7 @@
 
 #![allow(clippy::needless_range_loop, reason = "lane loops index several arrays by lane: the scalar form of the maths")]
 
-use msloss_core::{LengthKind, probability};
+use msloss_core::{LengthKind, Softmax};
 
 use crate::float::CpuFloat;
 use crate::plan::{L, Plan};
@@ -57,6 +57,7 @@ pub(crate) struct Scratch<T> {
     wide: Vec<[f64; L]>,
     gbuf: Vec<V<T>>,
     carry: Vec<V<T>>,
+    seen: Seen,
 }
 
 impl<T: CpuFloat> Scratch<T> {
@@ -76,6 +77,7 @@ impl<T: CpuFloat> Scratch<T> {
         if self.wide.len() < sums {
             self.wide.resize(sums, [0.0; L]);
         }
+        self.seen.slots.resize(SEEN, EMPTY);
         if self.carry.len() < plan.classes {
             self.gbuf.resize(plan.classes, [T::zero(); L]);
             self.carry.resize(plan.classes, [T::zero(); L]);
@@ -498,13 +500,16 @@ pub(crate) fn pass2<T: CpuFloat, S: Simd>(
     grad: Option<&GradOut<'_, T>>,
 ) -> (f64, f64, bool) {
     let plan = &p.plan;
-    let Scratch { ring, work, keys, gbuf, carry, .. } = scratch;
+    let Scratch { ring, work, keys, gbuf, carry, seen, .. } = scratch;
     reset(plan, ring, work);
     let mut wk = Work::carve(work, plan);
     keys.fill(usize::MAX);
+    if core::mem::take(&mut seen.used) {
+        seen.slots.fill(EMPTY);
+    }
     // With logits and a gradient, pass 1 left the block's probabilities in the gradient buffer.
     let cache = grad.filter(|_| plan.cache).map(|grad| Cache { grad, b, rows: (rows.start, rows.end) });
-    let mut ctx = Row { p, ring, wk: &mut wk, keys, gbuf, carry, cache: cache.as_ref(), consts, b, grad };
+    let mut ctx = Row { p, ring, wk: &mut wk, keys, gbuf, carry, seen, cache: cache.as_ref(), consts, b, grad };
     let start = rows.start;
     let back = if plan.depth > 1 { plan.height } else { 1 };
     let mut sums = [[0.0; L]; 2];
@@ -564,47 +569,64 @@ struct Around<T> {
     m: [V<T>; 5],
 }
 
-/// Where L1 signs of logits' softmax are checked: row `q` of sample `b`, and the tolerance.
+/// The pixels [`Doubt`] met in a block, each in the slot its index hashes to: its index, the
+/// reference's softmax there, and the class last asked for with its probability.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    slots: Vec<(usize, Softmax, usize, f64)>,
+    used: bool,
+}
+const SEEN: usize = 2048;
+const EMPTY: (usize, Softmax, usize, f64) = (usize::MAX, Softmax::EMPTY, 0, 0.0);
+
+/// Where L1 signs of logits' softmax are checked: row `q` of sample `b`, the tolerance, and the
+/// pixels met (a doubtful pixel is usually doubtful for every class and several pairs).
 struct Doubt<'a, T> {
     p: &'a Problem<'a, T>,
     b: usize,
     q: usize,
     tol: T,
+    seen: &'a mut Seen,
 }
 
 impl<T: CpuFloat> Doubt<'_, T> {
-    /// Class `n`'s east, south, (in a volume) deep and west fluxes of the `lanes` pixels from
-    /// `px`, with exact signs where in doubt.
+    /// Class `n`'s east, south, (in a volume) deep and west fluxes `f` of the `lanes` pixels from
+    /// `px`, each replaced where its pair with that neighbour of [`Around`] is valid and its
+    /// difference within `T`'s rounding of zero by the sign of the reference's own difference in
+    /// `f64`, computed from the logits as it does.
     #[inline(never)]
     #[cold]
-    fn fix(&self, a: &Around<T>, n: usize, (px, lanes): (usize, usize), f: &mut [V<T>; 4], volume: bool) {
-        for (i, flux) in f.iter_mut().enumerate().filter(|&(i, _)| i != 2 || volume) {
-            self.exact_signs(a, n, (px, lanes), flux, i + 1);
-        }
-    }
-
-    /// Replaces in `flux` each L1 flux whose pair with neighbour `i` of [`Around`] (east, south,
-    /// deep or west), of mask and probability `(m[i], y[i])`, is valid and whose difference is
-    /// within `T`'s rounding of zero, by the sign of the reference's own difference in `f64`,
-    /// computed from the logits as it does.
-    fn exact_signs(&self, a: &Around<T>, n: usize, (px, lanes): (usize, usize), flux: &mut V<T>, i: usize) {
-        let (y0, m0, yv, mv) = (&a.y[0], &a.m[0], &a.y[i], &a.m[i]);
-        let plan = &self.p.plan;
-        let (base, sp) = (plan.row_start(self.b, plan.classes, 0, 0), plan.rows * plan.width);
-        let z = |i: usize| self.p.scores.get(i).map_or(0.0, |v| v.to_f64_lossless());
-        let prob = |s: usize| probability(|m| z(base + m * sp + s), plan.classes, n);
-        for l in 0..lanes {
-            let d = yv[l] - y0[l];
-            if m0[l] * mv[l] == T::one() && d.abs() < self.tol * (y0[l] + yv[l]) {
-                // The pair's forward difference: from its first pixel to its second.
-                let s = self.q * plan.width + px + l;
-                let (first, second) = match i {
-                    1 => (s, s + 1),
-                    2 => (s, s + plan.width),
-                    3 => (s, s + plan.height * plan.width),
-                    _ => (s - 1, s),
-                };
-                flux[l] = sign0(T::from_f64_lossy(prob(second) - prob(first)));
+    fn fix(&mut self, a: &Around<T>, n: usize, (px, lanes): (usize, usize), f: &mut [V<T>; 4], volume: bool) {
+        let Self { p, b, q, tol, seen } = self;
+        let plan = &p.plan;
+        let (base, sp) = (plan.row_start(*b, plan.classes, 0, 0), plan.rows * plan.width);
+        let z = |i: usize| p.scores.get(i).map_or(0.0, |v| v.to_f64_lossless());
+        let mut prob = |s: usize| {
+            let slot = &mut seen.slots[((s as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % SEEN];
+            if slot.0 != s {
+                seen.used = true;
+                *slot = (s, Softmax::new(|m| z(base + m * sp + s), plan.classes), usize::MAX, 0.0);
+            }
+            if slot.2 != n {
+                (slot.2, slot.3) = (n, slot.1.probability(z(base + n * sp + s)));
+            }
+            slot.3
+        };
+        for (i, flux) in f.iter_mut().enumerate().filter(|&(i, _)| i != 2 || volume).map(|(i, f)| (i + 1, f)) {
+            let (y0, m0, yv, mv) = (&a.y[0], &a.m[0], &a.y[i], &a.m[i]);
+            for l in 0..lanes {
+                let d = yv[l] - y0[l];
+                if m0[l] * mv[l] == T::one() && d.abs() < *tol * (y0[l] + yv[l]) {
+                    // The pair's forward difference: from its first pixel to its second.
+                    let s = *q * plan.width + px + l;
+                    let (first, second) = match i {
+                        1 => (s, s + 1),
+                        2 => (s, s + plan.width),
+                        3 => (s, s + plan.height * plan.width),
+                        _ => (s - 1, s),
+                    };
+                    flux[l] = sign0(T::from_f64_lossy(prob(second) - prob(first)));
+                }
             }
         }
     }
@@ -625,6 +647,7 @@ struct Row<'s, 'w, T> {
     gbuf: &'s mut [V<T>],
     /// Each class's east fluxes of the register before (Charbonnier).
     carry: &'s mut [V<T>],
+    seen: &'s mut Seen,
     cache: Option<&'s Cache<'s, T>>,
     consts: &'s [T],
     b: usize,
@@ -713,7 +736,7 @@ impl<T: CpuFloat> Row<'_, '_, T> {
         let (m0_line, ms_line) = (mask_line(p, Some(cur)) * len, mask_line(p, south) * len);
         let md_line = mask_line(p, deep) * len;
         let tw = consts_len(c);
-        let doubt = Doubt { p, b, q, tol: T::EPS * T::from_f64_lossy((n_cls + 8) as f64) };
+        let mut doubt = Doubt { p, b, q, tol: T::EPS * T::from_f64_lossy((n_cls + 8) as f64), seen: &mut *self.seen };
         let check_doubt = grad_on && p.logits && p.length == LengthKind::L1;
         // The D fluxes in a ring of H + 1 rows: this row's, and those of the row a slice before.
         let d_slot = |r: usize| (r % (h + 1)) * n_cls;

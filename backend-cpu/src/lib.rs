@@ -31,12 +31,11 @@
 //! A row keeps `φ_H` of the row before and, in a volume, `φ_D` of the slice before.
 //!
 //! ## Accuracy
-//! `f32` results stay within about `1e-6` of the `f64` reference because sums run in lanes of
-//! `T` over at most 16 chunks and then in `f64`; the logit gradient leaves out the part of the
-//! fidelity gradient common to all classes, which the softmax Jacobian would cancel; and the
-//! sign of an L1 difference of softmax outputs within `T`'s rounding of zero is computed again
-//! from the logits exactly as the reference computes it ([`msloss_core::probability`]), since
-//! the subgradient jumps there (rare).
+//! `f32` results stay within about `1e-6` of the `f64` reference: sums run in lanes of `T` over
+//! at most 16 chunks and then in `f64`; the logit gradient leaves out the fidelity gradient's
+//! part common to all classes, which the softmax Jacobian would cancel; and where the L1
+//! subgradient jumps, at a difference of softmax outputs within `T`'s rounding of zero, its sign
+//! is the reference's ([`msloss_core::Softmax`], kept per pixel across classes and pairs).
 //!
 //! ## Errors
 //! The reference's typed errors: parameters and output lengths first, then the input values

@@ -2,7 +2,7 @@
 
 use msloss::gradcheck::{self, Mode, Options};
 use msloss::rng::RandomInputs;
-use msloss::{Input, Scores, Shape};
+use msloss::{Input, Shape};
 
 use crate::backends::{AnyBackend, BackendArgs};
 use crate::params::{DtypeArg, InputArg, ParamArgs, parse_shape};
@@ -69,10 +69,8 @@ fn check<T: msloss::cpu::CpuFloat>(args: &Args, backend: &AnyBackend) -> anyhow:
         sys::bytes(&[(shape.scores_len(), 3 * elem + 32), (shape.image_len(), elem + 8), (shape.mask_len(), elem + 8)]);
     sys::ensure_memory(need, "this shape")?;
     let data = RandomInputs::<T>::new(shape, args.seed);
-    let scores = match args.input {
-        InputArg::Logits => Scores::Logits(&data.logits[..]),
-        InputArg::Probs => Scores::Probs(&data.probs[..]),
-    };
+    let mut confident = Vec::new();
+    let scores = args.input.scores(&data, shape, &mut confident);
     let input = Input::new(shape, scores, &data.image, args.mask.then_some(&data.mask[..]))?;
     let options = Options { full_limit: args.full_limit, seed: args.seed, ..Options::default() };
     let report = gradcheck::check(backend, &input, &params, &options)?;

@@ -114,6 +114,28 @@ pub(crate) enum InputArg {
     Logits,
     /// Probabilities.
     Probs,
+    /// Logits like a confident network's (`RandomInputs::confident_logits`, gap 12, noise 1e-3):
+    /// L1's signs in doubt on most pairs.
+    Confident,
+}
+
+impl InputArg {
+    /// The seeded scores this input names; `confident` keeps the confident logits.
+    pub(crate) fn scores<'a, T: msloss::Real>(
+        self,
+        data: &'a msloss::rng::RandomInputs<T>,
+        shape: msloss::Shape,
+        confident: &'a mut Vec<T>,
+    ) -> msloss::Scores<'a, T> {
+        match self {
+            InputArg::Logits => msloss::Scores::Logits(&data.logits[..]),
+            InputArg::Probs => msloss::Scores::Probs(&data.probs[..]),
+            InputArg::Confident => {
+                *confident = data.confident_logits(shape, 12.0, 1e-3);
+                msloss::Scores::Logits(&confident[..])
+            }
+        }
+    }
 }
 
 /// Parses `B,N,C,H,W[,D]` into a shape.

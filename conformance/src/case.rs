@@ -280,6 +280,17 @@ pub fn tied_logits<T: Real>() -> (Shape, RandomInputs<T>) {
     (s, data)
 }
 
+/// A confident network's logits ([`RandomInputs::confident_logits`], gap 3, noise 1e-6):
+/// softmax outputs within `f32`'s rounding of each other on most pairs, over several blocks of
+/// rows. (At a gap of 12, `1 − y` keeps few of `f32`'s digits, and so does the gradient.)
+/// Shape `[1, 3, 1, 1, 96, 80]`.
+pub fn confident_logits<T: Real>() -> (Shape, RandomInputs<T>) {
+    let s = shape(1, 3, 1, 1, 96, 80);
+    let mut data = RandomInputs::<T>::new(s, 79);
+    data.logits = data.confident_logits(s, 3.0, 1e-6);
+    (s, data)
+}
+
 /// Ties class 0 at exactly 1/2 between the two pixels of each pair (indices in sample 0 of the
 /// shape `s`): the logits `(0, 0, −200, −200, …)` at the first and `(0, −200, 0, −200, …)` at
 /// the second (`e^−200` is zero in `f32` and negligible next to 2 in `f64`). Only class 0 ties:

@@ -153,16 +153,18 @@ fn ties<T: Real, S: Subject<T> + ?Sized>(
     n
 }
 
-/// Tied logits ([`case::tied_logits`]) with every length kind (L1 only where the subject
-/// has [`Supports::reference_l1_signs`](crate::Supports::reference_l1_signs): some of these ties are between different logits).
+/// Tied logits ([`case::tied_logits`]) with every length kind, and a confident network's
+/// ([`case::confident_logits`]) with L1, where the subject has
+/// [`Supports::reference_l1_signs`](crate::Supports::reference_l1_signs) (some of these ties are
+/// between different logits; else L2 and Charbonnier only).
 pub fn tied_logits<T: Real, S: Subject<T> + ?Sized>(subject: &mut S) -> usize {
     let (s, data) = case::tied_logits::<T>();
-    let lengths: &[LengthKind] = if subject.supports().reference_l1_signs {
-        &LengthKind::ALL
-    } else {
-        &[LengthKind::L2, LengthKind::Charbonnier]
-    };
-    ties(subject, s, &data, lengths, "tied logits")
+    if !subject.supports().reference_l1_signs {
+        return ties(subject, s, &data, &[LengthKind::L2, LengthKind::Charbonnier], "tied logits");
+    }
+    let (sc, confident) = case::confident_logits::<T>();
+    ties(subject, s, &data, &LengthKind::ALL, "tied logits")
+        + ties(subject, sc, &confident, &[LengthKind::L1], "confident")
 }
 
 /// Ties at the ends of rows only ([`case::tied_row_ends`]), L1.

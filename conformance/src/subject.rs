@@ -114,7 +114,7 @@ pub struct Supports {
     pub typed_errors: bool,
     /// The reference's L1 subgradient where a difference of softmax outputs is zero in exact
     /// arithmetic but need not be after rounding (different logits whose softmax outputs are
-    /// equal): the sign taken as the reference takes it ([`msloss_core::probability`]), not
+    /// equal): the sign taken as the reference takes it ([`msloss_core::Softmax`]), not
     /// from the subject's own rounding. Without it, [`checks::tied_logits`](crate::checks::tied_logits)
     /// leaves out its L1 cases (ties of equal logits, which any arithmetic keeps exact, are
     /// still checked).

@@ -88,5 +88,5 @@ pub use error::Error;
 pub use input::{Input, Scores, image_limit, probability_limit};
 pub use params::{Fidelity, Gaussian, LengthKind, Params, Reduction};
 pub use real::Real;
-pub use reference::{Reference, ReferenceWorkspace, probability};
+pub use reference::{Reference, ReferenceWorkspace, Softmax};
 pub use shape::Shape;

@@ -228,30 +228,41 @@ impl Local<'_> {
     }
 }
 
-/// Softmax over the class axis of `[N, S]` data, in place, pixel by pixel as [`probability`].
+/// Softmax over the class axis of `[N, S]` data, in place, pixel by pixel as [`Softmax`].
 pub(crate) fn softmax_in_place(y: &mut [f64], n_cls: usize, sp: usize) {
     for s in 0..sp {
-        let (max, sum) = softmax_stats(|m| y[m * sp + s], n_cls);
+        let stats = Softmax::new(|m| y[m * sp + s], n_cls);
         for n in 0..n_cls {
-            y[n * sp + s] = Float::exp(y[n * sp + s] - max) / sum;
+            y[n * sp + s] = stats.probability(y[n * sp + s]);
         }
     }
 }
 
-/// The reference's softmax output of class `n` at one pixel whose logits of classes `0..n_cls`
-/// are `z(m)`: the maximum subtracted, `e^(z_n − max) / Σ_m e^(z_m − max)` in `f64`, summed in
-/// class order. Fast backends that compute the softmax otherwise call it where a result's
-/// sign depends on the last bits (an L1 difference within their rounding of zero).
-pub fn probability(z: impl Fn(usize) -> f64, n_cls: usize, n: usize) -> f64 {
-    let (max, sum) = softmax_stats(&z, n_cls);
-    Float::exp(z(n) - max) / sum
+/// The reference's softmax at one pixel: the maximum of its logits and `Σ_m e^(z_m − max)`,
+/// summed in class order, in `f64`. Fast backends that compute the softmax otherwise use it
+/// where a result's sign depends on the last bits (an L1 difference within their rounding of
+/// zero), keeping a pixel's `Softmax` for every class.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Softmax {
+    max: f64,
+    sum: f64,
 }
 
-/// The maximum of `z(0..n_cls)` and `Σ_m e^(z_m − max)`, in class order.
-fn softmax_stats(z: impl Fn(usize) -> f64, n_cls: usize) -> (f64, f64) {
-    let max = (0..n_cls).map(&z).fold(f64::NEG_INFINITY, f64::max);
-    let sum = (0..n_cls).map(|m| Float::exp(z(m) - max)).sum();
-    (max, sum)
+impl Softmax {
+    /// A placeholder for a pixel not yet seen.
+    pub const EMPTY: Self = Self { max: f64::NEG_INFINITY, sum: 0.0 };
+
+    /// The statistics of the pixel whose logits of classes `0..n_cls` are `z(m)`.
+    pub fn new(z: impl Fn(usize) -> f64, n_cls: usize) -> Self {
+        let max = (0..n_cls).map(&z).fold(f64::NEG_INFINITY, f64::max);
+        let sum = (0..n_cls).map(|m| Float::exp(z(m) - max)).sum();
+        Self { max, sum }
+    }
+
+    /// The probability of the class whose logit is `zn`: `e^(z_n − max) / Σ`.
+    pub fn probability(&self, zn: f64) -> f64 {
+        Float::exp(zn - self.max) / self.sum
+    }
 }
 
 /// `Len` of one class map `yn` (`[D, H, W]` flattened), and `λ·∂Len/∂y` added into `g`.

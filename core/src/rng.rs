@@ -85,4 +85,19 @@ impl<T: Real> RandomInputs<T> {
         let mask = (0..shape.mask_len()).map(|_| if rng.uniform() < 0.8 { T::one() } else { T::zero() }).collect();
         Self { logits, probs, image, mask }
     }
+
+    /// Logits like a confident network's: each pixel's class from a map of squares 32 pixels
+    /// wide (a slice's classes in turn), logit `gap` for it and 0 for the others, plus the
+    /// seeded logits times `noise` (0: neighbours inside a square tie exactly). With a small
+    /// `noise`, L1's signs are in doubt on most pairs, where a fast backend must recompute the
+    /// reference's softmax.
+    pub fn confident_logits(&self, shape: Shape, gap: f64, noise: f64) -> Vec<T> {
+        let ([_, h, w], sp, n_cls) = (shape.spatial_dims(), shape.spatial(), shape.classes());
+        let label = |s: usize| ((s / w % h / 32) * w.div_ceil(32) + s % w / 32 + s / (h * w)) % n_cls;
+        let at = |i: usize| (i / sp % n_cls == label(i % sp), self.logits[i].to_f64_lossless());
+        (0..self.logits.len())
+            .map(at)
+            .map(|(own, z)| T::from_f64_lossy(if own { gap } else { 0.0 } + noise * z))
+            .collect()
+    }
 }
