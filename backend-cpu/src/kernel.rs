@@ -569,8 +569,8 @@ struct Around<T> {
     m: [V<T>; 5],
 }
 
-/// The pixels [`Doubt`] met in a block, each in the slot its index hashes to: its index, the
-/// reference's softmax there, and the class last asked for with its probability.
+/// The pixels [`Doubt`] met in a block, pixel `s` in slot `s % SEEN` (two rows fit up to width
+/// `SEEN / 2`): index, the reference's softmax, the class last asked for and its probability.
 #[derive(Debug, Default)]
 pub(crate) struct Seen {
     slots: Vec<(usize, Softmax, usize, f64)>,
@@ -580,7 +580,7 @@ const SEEN: usize = 2048;
 const EMPTY: (usize, Softmax, usize, f64) = (usize::MAX, Softmax::EMPTY, 0, 0.0);
 
 /// Where L1 signs of logits' softmax are checked: row `q` of sample `b`, the tolerance, and the
-/// pixels met (a doubtful pixel is usually doubtful for every class and several pairs).
+/// pixels met (one doubtful for a class and pair is often doubtful for others).
 struct Doubt<'a, T> {
     p: &'a Problem<'a, T>,
     b: usize,
@@ -602,7 +602,7 @@ impl<T: CpuFloat> Doubt<'_, T> {
         let (base, sp) = (plan.row_start(*b, plan.classes, 0, 0), plan.rows * plan.width);
         let z = |i: usize| p.scores.get(i).map_or(0.0, |v| v.to_f64_lossless());
         let mut prob = |s: usize| {
-            let slot = &mut seen.slots[((s as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % SEEN];
+            let slot = &mut seen.slots[s % SEEN];
             if slot.0 != s {
                 seen.used = true;
                 *slot = (s, Softmax::new(|m| z(base + m * sp + s), plan.classes), usize::MAX, 0.0);
