@@ -4,6 +4,7 @@ probabilities, 2 threads; median of per-call medians over rounds. With --old, a 
 alternately with the first (one configuration, then the other, round after round) and the ratio printed.
 
     python3 bench/cpu.py [--new target/release/msloss] [--old path/to/other/msloss] [--rounds 5]
+                         [--inputs logits,probs] [--dtypes f32,f64]
 """
 import argparse, json, statistics, subprocess
 
@@ -24,12 +25,15 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--inputs", default="logits,probs",
+                    help="comma-separated `msloss bench --input` values (confident: a confident network's logits)")
+    ap.add_argument("--dtypes", default="f32,f64")
     a = ap.parse_args()
     print(f"| shape | dtype | input | new ms | floor GB/s |" + (" old ms | new/old |" if a.old else ""))
     print("|---|---|---|---|---|" + ("---|---|" if a.old else ""))
     for name, shape in SHAPES.items():
-        for dtype in ("f32", "f64"):
-            for inp in ("logits", "probs"):
+        for dtype in a.dtypes.split(","):
+            for inp in a.inputs.split(","):
                 new, old = [], []
                 for _ in range(a.rounds):
                     d = bench(a.new, shape, dtype, inp, a.threads, a.iters)
