@@ -68,6 +68,12 @@ fn check<T: msloss::cpu::CpuFloat>(args: &Args, backend: &AnyBackend) -> anyhow:
     let need =
         sys::bytes(&[(shape.scores_len(), 3 * elem + 32), (shape.image_len(), elem + 8), (shape.mask_len(), elem + 8)]);
     sys::ensure_memory(need, "this shape")?;
+    if args.input == InputArg::Confident {
+        anyhow::bail!(
+            "--input confident is for `msloss bench` (it times the L1 sign recomputation); its gradients, about 1e-6 \
+             of the energy's scale, are below what central differences resolve: use --input logits or probs"
+        );
+    }
     let data = RandomInputs::<T>::new(shape, args.seed);
     let mut confident = Vec::new();
     let scores = args.input.scores(&data, shape, &mut confident);

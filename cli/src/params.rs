@@ -115,7 +115,7 @@ pub(crate) enum InputArg {
     /// Probabilities.
     Probs,
     /// Logits like a confident network's (`RandomInputs::confident_logits`, gap 12, noise 1e-3):
-    /// L1's signs in doubt on most pairs.
+    /// L1's signs in doubt on most pairs (`msloss bench` only).
     Confident,
 }
 
