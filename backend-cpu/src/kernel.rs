@@ -486,9 +486,9 @@ impl<'a, T> GradOut<'a, T> {
     }
 }
 
-/// Pass 2 over `rows` of sample `b`: returns `(F, Len)` (the sums before weights and
-/// reduction) and whether every gradient value written (where `grad` is given) is finite. `consts` holds the sample's
-/// centre `c̄` (`C` values), then its [`class_consts`] tables, one per class.
+/// Pass 2 over `rows` of sample `b`: returns `(F, Len)` (sums before weights and reduction) and
+/// whether every gradient value it wrote (where `grad` is given) is finite. `consts` holds the
+/// sample's centre `c̄` (`C` values), then its [`class_consts`] tables, one per class.
 #[inline(always)]
 pub(crate) fn pass2<T: CpuFloat, S: Simd>(
     s: S,
@@ -598,7 +598,7 @@ impl<T: CpuFloat> Doubt<'_, T> {
     #[cold]
     fn fix(&mut self, a: &Around<T>, n: usize, (px, lanes): (usize, usize), f: &mut [V<T>; 4], volume: bool) {
         let Self { p, b, q, tol, seen } = self;
-        let plan = &p.plan;
+        let (plan, y0, m0) = (&p.plan, &a.y[0], &a.m[0]);
         let (base, sp) = (plan.row_start(*b, plan.classes, 0, 0), plan.rows * plan.width);
         let z = |i: usize| p.scores.get(i).map_or(0.0, |v| v.to_f64_lossless());
         let mut prob = |s: usize| {
@@ -612,8 +612,8 @@ impl<T: CpuFloat> Doubt<'_, T> {
             }
             slot.3
         };
-        for (i, flux) in f.iter_mut().enumerate().filter(|&(i, _)| i != 2 || volume).map(|(i, f)| (i + 1, f)) {
-            let (y0, m0, yv, mv) = (&a.y[0], &a.m[0], &a.y[i], &a.m[i]);
+        for (flux, i) in f.iter_mut().zip(1..).filter(|&(_, i)| i != 3 || volume) {
+            let (yv, mv) = (&a.y[i], &a.m[i]);
             for l in 0..lanes {
                 let d = yv[l] - y0[l];
                 if m0[l] * mv[l] == T::one() && d.abs() < *tol * (y0[l] + yv[l]) {

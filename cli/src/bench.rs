@@ -8,7 +8,6 @@
 
 use std::time::Instant;
 
-use msloss::rng::RandomInputs;
 use msloss::{Backend, Input, Shape};
 
 use crate::backends::{AnyBackend, BackendArgs};
@@ -107,15 +106,10 @@ fn time<T: msloss::cpu::CpuFloat>(args: &Args, backend: &AnyBackend) -> anyhow::
     let shape = args.shape;
     let elem = size_of::<T>();
     // Seeded logits, probabilities, image and mask, and the gradient.
-    let need = sys::bytes(&[
-        (shape.scores_len(), (3 + usize::from(args.input == InputArg::Confident)) * elem),
-        (shape.image_len(), elem),
-        (shape.mask_len(), elem),
-    ]);
+    let need = sys::bytes(&[(shape.scores_len(), 3 * elem), (shape.image_len(), elem), (shape.mask_len(), elem)]);
     sys::ensure_memory(need, "this shape")?;
-    let data = RandomInputs::<T>::new(shape, 1);
-    let mut confident = Vec::new();
-    let scores = args.input.scores(&data, shape, &mut confident);
+    let data = args.input.data::<T>(shape, 1);
+    let scores = args.input.scores(&data);
     let input = Input::new(shape, scores, &data.image, args.mask.then_some(&data.mask[..]))?;
     let mut ws = Backend::<T>::workspace(backend);
     let mut grad = vec![T::zero(); shape.scores_len()];

@@ -1,7 +1,6 @@
 //! `msloss gradcheck`: central differences in f64 against a backend's analytic gradient.
 
 use msloss::gradcheck::{self, Mode, Options};
-use msloss::rng::RandomInputs;
 use msloss::{Input, Shape};
 
 use crate::backends::{AnyBackend, BackendArgs};
@@ -74,9 +73,8 @@ fn check<T: msloss::cpu::CpuFloat>(args: &Args, backend: &AnyBackend) -> anyhow:
              of the energy's scale, are below what central differences resolve: use --input logits or probs"
         );
     }
-    let data = RandomInputs::<T>::new(shape, args.seed);
-    let mut confident = Vec::new();
-    let scores = args.input.scores(&data, shape, &mut confident);
+    let data = args.input.data::<T>(shape, args.seed);
+    let scores = args.input.scores(&data);
     let input = Input::new(shape, scores, &data.image, args.mask.then_some(&data.mask[..]))?;
     let options = Options { full_limit: args.full_limit, seed: args.seed, ..Options::default() };
     let report = gradcheck::check(backend, &input, &params, &options)?;

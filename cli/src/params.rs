@@ -114,26 +114,24 @@ pub(crate) enum InputArg {
     Logits,
     /// Probabilities.
     Probs,
-    /// Logits like a confident network's (`RandomInputs::confident_logits`, gap 12, noise 1e-3):
+    /// Logits like a confident network's (`RandomInputs::confident`, gap 12, noise 1e-3):
     /// L1's signs in doubt on most pairs (`msloss bench` only).
     Confident,
 }
 
 impl InputArg {
-    /// The seeded scores this input names; `confident` keeps the confident logits.
-    pub(crate) fn scores<'a, T: msloss::Real>(
-        self,
-        data: &'a msloss::rng::RandomInputs<T>,
-        shape: msloss::Shape,
-        confident: &'a mut Vec<T>,
-    ) -> msloss::Scores<'a, T> {
+    /// The seeded inputs for this input: a confident network's logits in place of the seeded
+    /// ones where asked.
+    pub(crate) fn data<T: msloss::Real>(self, shape: msloss::Shape, seed: u64) -> msloss::rng::RandomInputs<T> {
+        let data = msloss::rng::RandomInputs::new(shape, seed);
+        if self == InputArg::Confident { data.confident(shape, 12.0, 1e-3) } else { data }
+    }
+
+    /// The scores of `data` this input names.
+    pub(crate) fn scores<T>(self, data: &msloss::rng::RandomInputs<T>) -> msloss::Scores<'_, T> {
         match self {
-            InputArg::Logits => msloss::Scores::Logits(&data.logits[..]),
+            InputArg::Logits | InputArg::Confident => msloss::Scores::Logits(&data.logits[..]),
             InputArg::Probs => msloss::Scores::Probs(&data.probs[..]),
-            InputArg::Confident => {
-                *confident = data.confident_logits(shape, 12.0, 1e-3);
-                msloss::Scores::Logits(&confident[..])
-            }
         }
     }
 }

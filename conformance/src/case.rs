@@ -280,15 +280,13 @@ pub fn tied_logits<T: Real>() -> (Shape, RandomInputs<T>) {
     (s, data)
 }
 
-/// A confident network's logits ([`RandomInputs::confident_logits`], gap 3, noise 1e-6):
+/// A confident network's logits ([`RandomInputs::confident`], gap 3, noise 1e-6):
 /// softmax outputs within `f32`'s rounding of each other on most pairs, over several blocks of
 /// rows. (At a gap of 12, `1 − y` keeps few of `f32`'s digits, and so does the gradient.)
 /// Shape `[1, 3, 1, 1, 96, 80]`.
 pub fn confident_logits<T: Real>() -> (Shape, RandomInputs<T>) {
     let s = shape(1, 3, 1, 1, 96, 80);
-    let mut data = RandomInputs::<T>::new(s, 79);
-    data.logits = data.confident_logits(s, 3.0, 1e-6);
-    (s, data)
+    (s, RandomInputs::<T>::new(s, 79).confident(s, 3.0, 1e-6))
 }
 
 /// Ties class 0 at exactly 1/2 between the two pixels of each pair (indices in sample 0 of the

@@ -86,18 +86,18 @@ impl<T: Real> RandomInputs<T> {
         Self { logits, probs, image, mask }
     }
 
-    /// Logits like a confident network's: each pixel's class from a map of squares 32 pixels
-    /// wide (a slice's classes in turn), logit `gap` for it and 0 for the others, plus the
-    /// seeded logits times `noise` (0: neighbours inside a square tie exactly). With a small
-    /// `noise`, L1's signs are in doubt on most pairs, where a fast backend must recompute the
-    /// reference's softmax.
-    pub fn confident_logits(&self, shape: Shape, gap: f64, noise: f64) -> Vec<T> {
+    /// These inputs with logits like a confident network's in place of the seeded ones: each
+    /// pixel's class from a map of squares 32 pixels wide (a slice's classes in turn), logit `gap`
+    /// for it and 0 for the others, plus the seeded logit times `noise` (0: neighbours inside a
+    /// square tie exactly). With a small `noise`, L1's signs are in doubt on most pairs, where a
+    /// fast backend must recompute the reference's softmax.
+    pub fn confident(mut self, shape: Shape, gap: f64, noise: f64) -> Self {
         let ([_, h, w], sp, n_cls) = (shape.spatial_dims(), shape.spatial(), shape.classes());
         let label = |s: usize| ((s / w % h / 32) * w.div_ceil(32) + s % w / 32 + s / (h * w)) % n_cls;
-        let at = |i: usize| (i / sp % n_cls == label(i % sp), self.logits[i].to_f64_lossless());
-        (0..self.logits.len())
-            .map(at)
-            .map(|(own, z)| T::from_f64_lossy(if own { gap } else { 0.0 } + noise * z))
-            .collect()
+        for (i, z) in self.logits.iter_mut().enumerate() {
+            let own = if i / sp % n_cls == label(i % sp) { gap } else { 0.0 };
+            *z = T::from_f64_lossy(own + noise * z.to_f64_lossless());
+        }
+        self
     }
 }
