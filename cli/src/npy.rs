@@ -92,12 +92,12 @@ pub(crate) fn open(path: &Path, what: &'static str) -> Result<Header, NpyError> 
 /// # Errors
 /// [`NpyError`] for unreadable data and other dtypes.
 pub(crate) fn read_float(h: Header) -> Result<FloatData, NpyError> {
-    let Header { what, path, inner: NpyHeader { npy, descr, .. } } = h;
+    let Header { what, path, inner } = h;
     let read_err = |source| NpyError::Read { what, path: path.clone(), source };
-    let data = match descr.get(1..).unwrap_or("") {
-        "f4" => FloatData::F32(npy.into_vec::<f32>().map_err(read_err)?),
-        "f8" => FloatData::F64(npy.into_vec::<f64>().map_err(read_err)?),
-        _ => return Err(NpyError::Dtype { what, path, got: descr, expected: "float32 or float64" }),
+    let data = match inner.descr.get(1..).unwrap_or("") {
+        "f4" => FloatData::F32(inner.into_vec::<f32>().map_err(read_err)?),
+        "f8" => FloatData::F64(inner.into_vec::<f64>().map_err(read_err)?),
+        _ => return Err(NpyError::Dtype { what, path, got: inner.descr, expected: "float32 or float64" }),
     };
     Ok(data)
 }

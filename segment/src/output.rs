@@ -121,6 +121,64 @@ pub struct NpyHeader {
     pub dims: Vec<usize>,
 }
 
+/// Plain numbers whose `.npy` data is read and written in one piece rather than value by value
+/// through npyz's per-element reader and writer (a 512² `f32` image: about 1.2 ms that way).
+pub trait NpyPlain: npyz::Deserialize + npyz::AutoSerialize + Copy {
+    /// The dtype's kind and size as in a descriptor, without the byte order (`f4`).
+    const KIND: &'static str;
+    /// The value of its little-endian bytes (`bytes` is exactly its size).
+    fn from_le(bytes: &[u8]) -> Self;
+    /// Appends its little-endian bytes.
+    fn put_le(self, out: &mut Vec<u8>);
+}
+
+macro_rules! npy_plain {
+    ($($t:ty: $kind:literal),*) => {$(
+        impl NpyPlain for $t {
+            const KIND: &'static str = $kind;
+            fn from_le(bytes: &[u8]) -> Self {
+                let mut b = [0u8; size_of::<$t>()];
+                b.copy_from_slice(bytes);
+                <$t>::from_le_bytes(b)
+            }
+            fn put_le(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+npy_plain!(u8: "u1", f32: "f4", f64: "f8");
+
+impl NpyHeader {
+    /// Every value, as `T`, whose dtype the file must have (either byte order: npyz reports a
+    /// mismatch). Little-endian (or byte-sized) data is read in blocks and converted in place
+    /// of npyz's value-by-value reader; other data goes through npyz.
+    ///
+    /// # Errors
+    /// An I/O error when the data cannot be read, is short, or does not fit in memory.
+    pub fn into_vec<T: NpyPlain>(self) -> std::io::Result<Vec<T>> {
+        use std::io::Read;
+        let little = matches!(self.descr.as_bytes().first(), Some(b'<' | b'|'));
+        if !(little && self.descr.get(1..) == Some(T::KIND)) {
+            return self.npy.into_vec();
+        }
+        // The header's shape was checked against the file's length by `open_npy`.
+        let len: usize = self.dims.iter().product();
+        let mut out = Vec::new();
+        out.try_reserve_exact(len).map_err(|_| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
+        let mut reader = self.npy.into_inner();
+        const BLOCK: usize = 1 << 16;
+        let mut block = vec![0u8; len.min(BLOCK) * size_of::<T>()];
+        while out.len() < len {
+            // Only the last block is shorter.
+            block.truncate((len - out.len()).min(BLOCK) * size_of::<T>());
+            reader.read_exact(&mut block)?;
+            out.extend(block.chunks_exact(size_of::<T>()).map(T::from_le));
+        }
+        Ok(out)
+    }
+}
+
 /// Opens an `.npy` file and checks its header before any data is read: C order (or one
 /// dimension), and a file long enough for the data the header declares, so that a corrupt or
 /// hostile header cannot make a reader allocate more than the file holds.
@@ -453,18 +511,21 @@ pub fn labels_npy(labels: &[u8], dims: [usize; 3], path: &Path) -> Result<Vec<u8
     npy_bytes(&shape, labels, path)
 }
 
-/// An `.npy` file of `data` with `shape`, in memory (written to `path` by the caller).
-fn npy_bytes<T: npyz::AutoSerialize + Copy>(shape: &[u64], data: &[T], path: &Path) -> Result<Vec<u8>, SegmentError> {
+/// An `.npy` file of `data` with `shape`, in memory (written to `path` by the caller): npyz's
+/// header, then the values' little-endian bytes in one piece.
+fn npy_bytes<T: NpyPlain>(shape: &[u64], data: &[T], path: &Path) -> Result<Vec<u8>, SegmentError> {
     use npyz::WriterBuilder;
     let mut buf = Vec::new();
-    let mut writer = npyz::WriteOptions::new()
+    npyz::WriteOptions::<T>::new()
         .default_dtype()
         .shape(shape)
         .writer(&mut buf)
-        .begin_nd()
+        .write_header_only()
         .map_err(|e| SegmentError::write(path, e))?;
-    writer.extend(data.iter().copied()).map_err(|e| SegmentError::write(path, e))?;
-    writer.finish().map_err(|e| SegmentError::write(path, e))?;
+    buf.reserve(size_of_val(data));
+    for &v in data {
+        v.put_le(&mut buf);
+    }
     Ok(buf)
 }
 

@@ -202,7 +202,8 @@ fn load_float_tiff(path: &Path) -> Result<Option<Volume>, SegmentError> {
 
 fn load_npy(path: &Path) -> Result<Volume, SegmentError> {
     let read_err = |source| SegmentError::Read { path: path.to_owned(), source };
-    let crate::output::NpyHeader { npy, descr, dims: shape } = crate::output::open_npy(path)?;
+    let header = crate::output::open_npy(path)?;
+    let (descr, shape) = (header.descr.clone(), header.dims.clone());
     let (c, d, h, w) = match shape[..] {
         [h, w] => (1, 1, h, w),
         [c, h, w] => (c, 1, h, w),
@@ -214,23 +215,26 @@ fn load_npy(path: &Path) -> Result<Volume, SegmentError> {
             ));
         }
     };
+    // The values read (in one piece for plain types, see `NpyHeader::into_vec`), scaled to f32.
     macro_rules! conv {
-        ($t:ty, $scale:expr) => {
-            npy.into_vec::<$t>().map_err(read_err)?.into_iter().map(|v| (v as f64 * $scale) as f32).collect()
+        ($read:expr, $scale:expr) => {
+            $read.map_err(read_err)?.into_iter().map(|v| (v as f64 * $scale) as f32).collect()
         };
     }
     let data: Vec<f32> = match descr.get(1..).unwrap_or("") {
-        "f4" => npy.into_vec::<f32>().map_err(read_err)?,
-        "f8" => conv!(f64, 1.0),
-        "u1" => conv!(u8, 1.0 / 255.0),
-        "u2" => conv!(u16, 1.0 / 65535.0),
-        "i1" => conv!(i8, 1.0),
-        "i2" => conv!(i16, 1.0),
-        "i4" => conv!(i32, 1.0),
-        "i8" => conv!(i64, 1.0),
-        "u4" => conv!(u32, 1.0),
-        "u8" => conv!(u64, 1.0),
-        "b1" => npy.into_vec::<bool>().map_err(read_err)?.into_iter().map(|v| if v { 1.0 } else { 0.0 }).collect(),
+        "f4" => header.into_vec::<f32>().map_err(read_err)?,
+        "f8" => conv!(header.into_vec::<f64>(), 1.0),
+        "u1" => conv!(header.into_vec::<u8>(), 1.0 / 255.0),
+        "u2" => conv!(header.npy.into_vec::<u16>(), 1.0 / 65535.0),
+        "i1" => conv!(header.npy.into_vec::<i8>(), 1.0),
+        "i2" => conv!(header.npy.into_vec::<i16>(), 1.0),
+        "i4" => conv!(header.npy.into_vec::<i32>(), 1.0),
+        "i8" => conv!(header.npy.into_vec::<i64>(), 1.0),
+        "u4" => conv!(header.npy.into_vec::<u32>(), 1.0),
+        "u8" => conv!(header.npy.into_vec::<u64>(), 1.0),
+        "b1" => {
+            header.npy.into_vec::<bool>().map_err(read_err)?.into_iter().map(|v| if v { 1.0 } else { 0.0 }).collect()
+        }
         _ => {
             return Err(SegmentError::unsupported(
                 path,

@@ -113,6 +113,37 @@ fn loads_npy_volumes_and_rejects_bad_files() {
 }
 
 #[test]
+fn npy_floats_read_alike_in_either_byte_order_across_blocks() {
+    use npyz::WriterBuilder;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // More values than one block of the bulk reader (65,536), and not a multiple of it.
+    let shape = [1u64, 300, 301];
+    let data: Vec<f64> = (0..300 * 301).map(|i| (i as f64 * 0.37).sin() * 1e3).collect();
+    let mut loaded = Vec::new();
+    for (i, descr) in ["<f4", ">f4", "<f8", ">f8"].into_iter().enumerate() {
+        let path = dir.path().join(format!("x{i}.npy"));
+        let file = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+        let dtype = npyz::DType::Plain(descr.parse().expect("descr"));
+        if descr.ends_with('4') {
+            let mut w = npyz::WriteOptions::new().dtype(dtype).shape(&shape).writer(file).begin_nd().expect("w");
+            w.extend(data.iter().map(|&v| v as f32)).expect("write");
+            w.finish().expect("finish");
+        } else {
+            let mut w = npyz::WriteOptions::new().dtype(dtype).shape(&shape).writer(file).begin_nd().expect("w");
+            w.extend(data.iter().copied()).expect("write");
+            w.finish().expect("finish");
+        }
+        let v = Volume::load(&path).expect("loads");
+        assert_eq!(v.dims(), [1, 300, 301], "{descr}");
+        loaded.push(v.data().to_vec());
+    }
+    let want: Vec<f32> = data.iter().map(|&v| v as f32).collect();
+    for (got, descr) in loaded.iter().zip(["<f4", ">f4", "<f8", ">f8"]) {
+        assert!(got == &want, "{descr}");
+    }
+}
+
+#[test]
 fn outputs_round_trip_and_write_all_or_nothing() {
     let img = generate(&SynthSpec { phases: 3, dims: [1, 24, 32], ..SynthSpec::default() }).expect("valid");
     let seg = segment(&CpuBackend::new(), &img.volume, &SegmentConfig::default().with_phases(3), |_| {}).expect("ok");
