@@ -38,14 +38,27 @@ pub mod synth;
 pub mod volume;
 
 /// `len` zeros, or [`SegmentError::BadImage`] naming `what` when they do not fit in memory.
-/// They are written by all threads, which share the cost of the first touch of the pages.
 pub(crate) fn zeros<T: Clone + Default + Send + Sync>(len: usize, what: &str) -> Result<Vec<T>, SegmentError> {
-    use rayon::prelude::*;
+    let mut v = room(len, what)?;
+    set_zeros(&mut v, len);
+    Ok(v)
+}
+
+/// An empty vector with room for `len` values, none written yet, or [`SegmentError::BadImage`]
+/// naming `what` when they do not fit in memory.
+pub(crate) fn room<T>(len: usize, what: &str) -> Result<Vec<T>, SegmentError> {
     let mut v = Vec::new();
     v.try_reserve_exact(len)
         .map_err(|_| SegmentError::BadImage(format!("{what} ({len} values) do not fit in memory")))?;
-    v.par_extend(rayon::iter::repeat_n(T::default(), len).with_min_len(1 << 16));
     Ok(v)
+}
+
+/// Makes `v` `len` zeros (within its room, if it has enough), written by all threads, which
+/// share the cost of the first touch of the pages.
+pub(crate) fn set_zeros<T: Clone + Default + Send + Sync>(v: &mut Vec<T>, len: usize) {
+    use rayon::prelude::*;
+    v.clear();
+    v.par_extend(rayon::iter::repeat_n(T::default(), len).with_min_len(1 << 16));
 }
 
 pub use auto::{AutoSegmentation, Candidate, segment_auto};

@@ -265,9 +265,13 @@ pub fn segment<B: Backend<f32>>(
     const PLANES: &str = "the optimiser's logits, gradient and moments";
     let mut planes = [(); 4].map(|()| Vec::new());
     for plane in &mut planes {
-        *plane = crate::zeros(k * n, PLANES)?;
+        *plane = crate::room(k * n, PLANES)?;
     }
-    let [mut best_logits, grad, m, v] = planes;
+    let [mut best_logits, mut grad, m, v] = planes;
+    // Adam's moments are zeroed by each descent; the logits and the gradient are written whole
+    // by the start and the backend, but must be values first.
+    crate::set_zeros(&mut best_logits, k * n);
+    crate::set_zeros(&mut grad, k * n);
     let mut logits = Vec::new();
     let mut work = Work { ws: backend.workspace(), grad, m, v };
     let init_seconds = t0.elapsed().as_secs_f64();
@@ -475,8 +479,8 @@ impl<B: Backend<f32>> Descent<'_, B> {
         let (k, c, n) = (self.cfg.phases, self.vol.channels(), self.vol.pixels());
         let sigma2 = within_variance(self.smoothed, cen).max(MIN_VARIANCE);
         init_logits(self.smoothed, cen, sigma2, logits);
-        work.m.par_iter_mut().with_min_len(1 << 16).for_each(|x| *x = 0.0);
-        work.v.par_iter_mut().with_min_len(1 << 16).for_each(|x| *x = 0.0);
+        crate::set_zeros(&mut work.m, k * n);
+        crate::set_zeros(&mut work.v, k * n);
         let mut centroids = vec![0.0f32; k * c];
         // Adam sees ∂E/∂z scaled to a per-pixel, per-variance quantity so that ADAM_EPS is negligible.
         let gscale = (n as f64 / sigma2) as f32;

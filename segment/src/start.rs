@@ -183,7 +183,9 @@ pub fn multi_otsu<T: Copy + Into<f64> + Sync>(
     for (m, from_m) in from.iter_mut().enumerate().skip(1) {
         let (done, rest) = best.split_at_mut(m);
         let (Some(prev), Some(row)) = (done.last(), rest.first_mut()) else { return None };
-        for j in (m + 1)..=bins {
+        // The last class count needs only its value over all the bins.
+        let first = if m + 1 == k { bins } else { m + 1 };
+        for j in first..=bins {
             let mut top = (f64::NEG_INFINITY, 0);
             for (i, &p) in prev.iter().enumerate().take(j).skip(m) {
                 if p == f64::NEG_INFINITY {
