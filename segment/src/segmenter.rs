@@ -522,18 +522,26 @@ impl<B: Backend<f32>> Descent<'_, B> {
             let step = (lr * bc2.sqrt() / bc1) as f32;
             let (b1, b2, eps) = (BETA1 as f32, BETA2 as f32, (ADAM_EPS * bc2.sqrt()) as f32);
             const CHUNK: usize = 1 << 14;
+            // Compiled for the widest vectors the CPU has (pulp's dispatch); no operation is
+            // fused, so every instruction set gives the same bits.
+            let arch = pulp::Arch::new();
             logits
                 .par_chunks_mut(CHUNK)
                 .zip(work.grad.par_chunks(CHUNK))
                 .zip(work.m.par_chunks_mut(CHUNK))
                 .zip(work.v.par_chunks_mut(CHUNK))
                 .for_each(|(((z, g), m), v)| {
-                    for i in 0..z.len() {
-                        let gi = g[i] * gscale;
-                        m[i] = b1 * m[i] + (1.0 - b1) * gi;
-                        v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
-                        z[i] -= step * m[i] / (v[i].sqrt() + eps);
-                    }
+                    arch.dispatch(
+                        #[inline(always)]
+                        || {
+                            for i in 0..z.len() {
+                                let gi = g[i] * gscale;
+                                m[i] = b1 * m[i] + (1.0 - b1) * gi;
+                                v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                                z[i] -= step * m[i] / (v[i].sqrt() + eps);
+                            }
+                        },
+                    )
                 });
         }
         Ok(Outcome { centroids, energy, converged })
