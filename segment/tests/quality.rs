@@ -65,6 +65,13 @@ fn box_smoothing_averages_three_pixels_per_axis() {
     assert!((s.data().iter().sum::<f32>() - 27.0).abs() < 1e-4, "interior mass is kept");
     let flat = Volume::new(2, 1, 3, 4, vec![0.25; 24]).expect("valid");
     assert_eq!(msloss_segment::kmeans::box_smooth(&flat), flat);
+    // Clamped edges along a row: the edge pixel counts twice.
+    let third = 1.0f32 / 3.0;
+    let pair = msloss_segment::kmeans::box_smooth(&Volume::new(1, 1, 1, 2, vec![1.0, 2.0]).expect("valid"));
+    assert_eq!(pair.data(), &[(1.0 + 1.0 + 2.0) * third, (1.0 + 2.0 + 2.0) * third]);
+    let row = msloss_segment::kmeans::box_smooth(&Volume::new(1, 1, 1, 4, vec![1.0, 2.0, 4.0, 8.0]).expect("valid"));
+    let want = [(1.0 + 1.0 + 2.0) * third, (1.0 + 2.0 + 4.0) * third, (2.0 + 4.0 + 8.0) * third, 20.0 * third];
+    assert_eq!(row.data(), &want);
 }
 
 #[test]
