@@ -7,5 +7,9 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // The main thread joins rayon's pool as one of its workers: a parallel step it starts (the
+    // segmenter runs dozens a second) runs on it and the other workers, rather than being handed
+    // to them while it sleeps. If the pool cannot be built so, rayon builds its default later.
+    let _ = rayon::ThreadPoolBuilder::new().use_current_thread().build_global();
     msloss_cli::run()
 }
