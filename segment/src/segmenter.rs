@@ -263,15 +263,9 @@ pub fn segment<B: Backend<f32>>(
     // The optimiser's planes of K·N values (the kept logits, the gradient and Adam's two
     // moments), allocated up front or refused; a rescue try's logits when one is made.
     const PLANES: &str = "the optimiser's logits, gradient and moments";
-    let mut planes = [(); 4].map(|()| Vec::new());
-    for plane in &mut planes {
-        *plane = crate::room(k * n, PLANES)?;
-    }
-    let [mut best_logits, mut grad, m, v] = planes;
-    // Adam's moments are zeroed by each descent; the logits and the gradient are written whole
-    // by the start and the backend, but must be values first.
-    crate::set_zeros(&mut best_logits, k * n);
-    crate::set_zeros(&mut grad, k * n);
+    // Adam's moments only get room here: each descent zeroes them.
+    let (mut best_logits, grad) = (crate::zeros(k * n, PLANES)?, crate::zeros(k * n, PLANES)?);
+    let (m, v) = (crate::room(k * n, PLANES)?, crate::room(k * n, PLANES)?);
     let mut logits = Vec::new();
     let mut work = Work { ws: backend.workspace(), grad, m, v };
     let init_seconds = t0.elapsed().as_secs_f64();
@@ -484,6 +478,9 @@ impl<B: Backend<f32>> Descent<'_, B> {
         let mut centroids = vec![0.0f32; k * c];
         // Adam sees ∂E/∂z scaled to a per-pixel, per-variance quantity so that ADAM_EPS is negligible.
         let gscale = (n as f64 / sigma2) as f32;
+        // Adam's update is compiled for the widest vectors the CPU has (pulp's dispatch); no
+        // operation is fused, so every instruction set gives the same bits.
+        let arch = pulp::Arch::new();
         let mut prev: Option<f64> = None;
         let mut calm = 0;
         let mut converged = false;
@@ -522,9 +519,6 @@ impl<B: Backend<f32>> Descent<'_, B> {
             let step = (lr * bc2.sqrt() / bc1) as f32;
             let (b1, b2, eps) = (BETA1 as f32, BETA2 as f32, (ADAM_EPS * bc2.sqrt()) as f32);
             const CHUNK: usize = 1 << 14;
-            // Compiled for the widest vectors the CPU has (pulp's dispatch); no operation is
-            // fused, so every instruction set gives the same bits.
-            let arch = pulp::Arch::new();
             logits
                 .par_chunks_mut(CHUNK)
                 .zip(work.grad.par_chunks(CHUNK))

@@ -13,9 +13,19 @@ fn write_npy<T: npyz::AutoSerialize>(
     shape: &[u64],
     data: impl IntoIterator<Item = T>,
 ) -> std::io::Result<()> {
+    write_npy_as(path, T::default_dtype(), shape, data)
+}
+
+/// An `.npy` of `data` with the given dtype (e.g. big-endian).
+fn write_npy_as<T: npyz::Serialize>(
+    path: &Path,
+    dtype: npyz::DType,
+    shape: &[u64],
+    data: impl IntoIterator<Item = T>,
+) -> std::io::Result<()> {
     use npyz::WriterBuilder;
     let file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut w = npyz::WriteOptions::new().default_dtype().shape(shape).writer(file).begin_nd()?;
+    let mut w = npyz::WriteOptions::new().dtype(dtype).shape(shape).writer(file).begin_nd()?;
     w.extend(data)?;
     w.finish()
 }
@@ -114,7 +124,6 @@ fn loads_npy_volumes_and_rejects_bad_files() {
 
 #[test]
 fn npy_floats_read_alike_in_either_byte_order_across_blocks() {
-    use npyz::WriterBuilder;
     let dir = tempfile::tempdir().expect("temp dir");
     // More values than one block of the bulk reader (65,536), and not a multiple of it.
     let shape = [1u64, 300, 301];
@@ -122,16 +131,11 @@ fn npy_floats_read_alike_in_either_byte_order_across_blocks() {
     let mut loaded = Vec::new();
     for (i, descr) in ["<f4", ">f4", "<f8", ">f8"].into_iter().enumerate() {
         let path = dir.path().join(format!("x{i}.npy"));
-        let file = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
         let dtype = npyz::DType::Plain(descr.parse().expect("descr"));
         if descr.ends_with('4') {
-            let mut w = npyz::WriteOptions::new().dtype(dtype).shape(&shape).writer(file).begin_nd().expect("w");
-            w.extend(data.iter().map(|&v| v as f32)).expect("write");
-            w.finish().expect("finish");
+            write_npy_as(&path, dtype, &shape, data.iter().map(|&v| v as f32)).expect("write");
         } else {
-            let mut w = npyz::WriteOptions::new().dtype(dtype).shape(&shape).writer(file).begin_nd().expect("w");
-            w.extend(data.iter().copied()).expect("write");
-            w.finish().expect("finish");
+            write_npy_as(&path, dtype, &shape, data.iter().copied()).expect("write");
         }
         let v = Volume::load(&path).expect("loads");
         assert_eq!(v.dims(), [1, 300, 301], "{descr}");
