@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use msloss_shaders::{Binding, Kernel, WORKGROUP_SIZE};
+use msloss_shaders::{Binding, Kernel, WORKGROUP_SIZE, WORKGROUP_STORAGE};
 
 use crate::WgpuError;
 
@@ -17,7 +17,7 @@ pub const MAX_CLASSES: usize = 512;
 /// with `N`): `class_sums` loops over the channels of each of its 8 pixels per invocation.
 pub const MAX_CHANNELS: usize = 1023;
 /// The largest `N·(C+1)` the kernels accept: one invocation of `class_sums` sums every class
-/// row `(n, k)` of its pixels, a workgroup tree each (about `17·N·(C+1) + 33·N` iterations).
+/// row `(n, k)` of its pixels (about `9·N·(C+1) + 33·N` iterations).
 pub const MAX_CLASS_ROWS: usize = 2048;
 
 /// One cached compute pipeline with its bind group layout.
@@ -92,12 +92,7 @@ fn limit_needs(l: &wgpu::Limits) -> [(&'static str, u64, u64); 7] {
             l.max_compute_invocations_per_workgroup.into(),
         ),
         ("max_compute_workgroup_size_x", WORKGROUP_SIZE.into(), l.max_compute_workgroup_size_x.into()),
-        // Two f32 arrays of WORKGROUP_SIZE in loss_grad.
-        (
-            "max_compute_workgroup_storage_size",
-            (2 * 4 * WORKGROUP_SIZE).into(),
-            l.max_compute_workgroup_storage_size.into(),
-        ),
+        ("max_compute_workgroup_storage_size", WORKGROUP_STORAGE.into(), l.max_compute_workgroup_storage_size.into()),
         ("max_uniform_buffer_binding_size", 64, l.max_uniform_buffer_binding_size),
         // The local fidelity's per-sample block (WebGPU's default is 8).
         (

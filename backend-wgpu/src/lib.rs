@@ -37,8 +37,8 @@
 //!   float per sample); a window `min(2⌈3σ⌉ + 1, extent)` longer than [`MAX_WINDOW`] along an
 //!   axis is refused ([`WgpuError::ExtentTooLarge`]), since one invocation loops over it.
 //! - Deterministic: every sum is a fixed-order tree (eight pixels or elements per invocation, or
-//!   a pixel's classes in order, a workgroup tree, then as many levels of tree over workgroup
-//!   partials as the size needs); no float atomics. Two runs give the same bits.
+//!   a pixel's classes in order, a workgroup tree, eight rows at once, then as many levels of tree
+//!   over workgroup partials as the size needs); no float atomics. Two runs give the same bits.
 //! - Accuracy: `f32` throughout, pairwise sums; energies agree with the `f64` reference to
 //!   about `2e-7` relative and gradients to `1e-6` of their largest magnitude at 1024² (the tests
 //!   hold both to `1e-5`). The valid-pixel count of the mean reduction is summed in `f32` too:

@@ -6,9 +6,10 @@
 // {0, 1}) into the status word and computes their softmax normalisers once; then, row by row,
 //   row (b, n, k), k = 0:   A_bn = Σ_s m·y,   k >= 1: the moment Σ_s m·y·x_{k-1},
 //   row B·N·(C+1) + b:      the valid-pixel count Σ_s m,
-// the tile's sum (its pixels' values added pairwise, then a fixed-order tree) goes into
-// partials[row·tiles + t]. Loops: PER_INVOCATION·(3·N + C) + N·(PER_INVOCATION + (C+1)·(PER_INVOCATION
-// + log2(WG))), bounded by the plan's class-row limit; none depends on the image size.
+// the tile's sum (its pixels' values added pairwise, then tree.wgsl's workgroup sums, eight rows
+// at a time) goes into partials[row·tiles + t]. Loops: PER_INVOCATION·(3·N + C) +
+// N·(PER_INVOCATION + (C+1)·PER_INVOCATION), bounded by the plan's class-row limit; none depends
+// on the image size.
 
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read_write> scores: array<f32>;
@@ -17,22 +18,23 @@
 @group(0) @binding(4) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(5) var<storage, read_write> status: array<atomic<u32>>;
 
-var<workgroup> shared_sum: array<f32, WG>;
-
-// The workgroup's sum of v by a fixed-order tree, valid in invocation 0; every invocation calls
-// it (it holds barriers), and shared_sum is free again when it returns.
-fn tile_sum(lid: u32, v: f32) -> f32 {
-    shared_sum[lid] = v;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        if lid < stride {
-            shared_sum[lid] += shared_sum[lid + stride];
-        }
-        workgroupBarrier();
+// Where the tile's sum of row ρ of sample b goes: ρ = n·(C+1) + k < N·(C+1) is class row
+// (b, n, k), ρ = N·(C+1) the sample's valid-pixel count.
+fn partial_index(b: u32, t: u32, rho: u32) -> u32 {
+    let class_rows = dims.classes * (dims.channels + 1u);
+    if rho < class_rows {
+        return (b * class_rows + rho) * dims.tiles + t;
     }
-    let total = shared_sum[0];
-    workgroupBarrier();
-    return total;
+    return (dims.batch * class_rows + b) * dims.tiles + t;
+}
+
+// Sums the rows put since the last call (rows first.. first + count) over the workgroup and
+// writes the tile's sums (invocation r writes row first + r). Every invocation calls it.
+fn flush_rows(lid: u32, live: bool, b: u32, t: u32, first: u32, count: u32) {
+    let total = workgroup_sums(lid);
+    if live && lid < count {
+        partials[partial_index(b, t, first + lid)] = total;
+    }
 }
 
 @compute @workgroup_size(WG)
@@ -94,6 +96,9 @@ fn main(
     if bad != 0u {
         atomicOr(&status[0], bad);
     }
+    // Rows ρ = n·(C+1) + k in order, then the count; summed TREE_ROWS at a time.
+    var slot = 0u;
+    var first = 0u;
     for (var n = 0u; n < n_cls; n++) {
         // m·y of class n at the invocation's pixels.
         var my: array<f32, PER_INVOCATION>;
@@ -113,14 +118,15 @@ fn main(
                     v[j] *= image[(b * dims.channels + k - 1u) * sp + s];
                 }
             }
-            let total = tile_sum(lid, pairwise8(v));
-            if live && lid == 0u {
-                partials[((b * n_cls + n) * (dims.channels + 1u) + k) * dims.tiles + t] = total;
+            put_row(lid, slot, pairwise8(v));
+            slot++;
+            if slot == TREE_ROWS {
+                flush_rows(lid, live, b, t, first, slot);
+                first += slot;
+                slot = 0u;
             }
         }
     }
-    let total = tile_sum(lid, pairwise8(m));
-    if live && lid == 0u {
-        partials[(dims.batch * n_cls * (dims.channels + 1u) + b) * dims.tiles + t] = total;
-    }
+    put_row(lid, slot, pairwise8(m));
+    flush_rows(lid, live, b, t, first, slot + 1u);
 }

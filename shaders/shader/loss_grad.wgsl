@@ -9,7 +9,7 @@
 // When FLAG_GRAD is set it writes ∂E/∂z_n = y_n·(g_n − Σ_m y_m·g_m) for logits, g_n for
 // probabilities (a first pass over the classes writes g_n and sums Σ_m y_m·g_m, a second turns
 // g_n into ∂E/∂z_n with the pixel's own y_n; a non-finite value sets its bit in the status word). The pixel's two energy terms
-// are summed over the workgroup by a fixed-order tree into partials[g] (fidelity) and
+// are summed over the workgroup (tree.wgsl, in one call) into partials[g] (fidelity) and
 // partials[loss_groups + g] (length).
 // Loops: 2·N for each of at most 13 normalisers, N·(C + SLOTS + 12) and N; the plan
 // bounds N and N·(C+1) so that this stays within lavapipe's budget.
@@ -23,9 +23,6 @@
 @group(0) @binding(6) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(7) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(8) var<storage, read_write> status: array<atomic<u32>>;
-
-var<workgroup> shared_fid: array<f32, WG>;
-var<workgroup> shared_len: array<f32, WG>;
 
 // The pixels whose probabilities one pixel's terms read, by slot: 0 the pixel s, 1 + a its
 // forward neighbour s + e_a along axis a (0: D, 1: H, 2: W), 4 + a its backward one s − e_a,
@@ -247,18 +244,11 @@ fn main(
             atomicOr(&status[0], STATUS_GRADIENT_NONFINITE);
         }
     }
-    shared_fid[lid] = fid;
-    shared_len[lid] = len;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        if lid < stride {
-            shared_fid[lid] += shared_fid[lid + stride];
-            shared_len[lid] += shared_len[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    if lid == 0u && g_index < dims.loss_groups {
-        partials[g_index] = shared_fid[0];
-        partials[dims.loss_groups + g_index] = shared_len[0];
+    // Row 0 the fidelity, row 1 the length: invocation 0 gets the first's sum, 1 the second's.
+    put_row(lid, 0u, fid);
+    put_row(lid, 1u, len);
+    let total = workgroup_sums(lid);
+    if lid < 2u && g_index < dims.loss_groups {
+        partials[lid * dims.loss_groups + g_index] = total;
     }
 }

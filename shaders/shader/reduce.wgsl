@@ -18,8 +18,6 @@ struct ReduceParams {
 @group(0) @binding(1) var<storage, read_write> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 
-var<workgroup> shared_sum: array<f32, WG>;
-
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -39,15 +37,9 @@ fn main(
             v[j] = src[row + i];
         }
     }
-    shared_sum[lid] = pairwise8(v);
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        if lid < stride {
-            shared_sum[lid] += shared_sum[lid + stride];
-        }
-        workgroupBarrier();
-    }
+    put_row(lid, 0u, pairwise8(v));
+    let total = workgroup_sums(lid);
     if live && lid == 0u {
-        dst[params.dst_offset + r * params.len_out + t] = shared_sum[0];
+        dst[params.dst_offset + r * params.len_out + t] = total;
     }
 }

@@ -3,8 +3,9 @@
 //! The WGSL compute shaders of msloss's GPU backend (`msloss-wgpu`), one file per entry point
 //! under `shader/`, with the shared code (`shader/common.wgsl`: constants, the [`Dims`] uniform
 //! block, helpers) prepended to each, and the local fidelity's shared functions
-//! (`shader/local_sample.wgsl`, `shader/local_centre.wgsl`, `shader/local_coverage.wgsl`) and the
-//! softmax's (`shader/softmax.wgsl`) to the kernels that use them. Every kernel is described by a
+//! (`shader/local_sample.wgsl`, `shader/local_centre.wgsl`, `shader/local_coverage.wgsl`), the
+//! softmax's (`shader/softmax.wgsl`) and the workgroup sums' (`shader/tree.wgsl`) to the kernels
+//! that use them. Every kernel is described by a
 //! [`Kernel`]: its source, entry point, workgroup size and binding table, which the backend turns
 //! into bind group layouts. The crate's tests parse every shader with naga, validate it, and
 //! check the workgroup sizes, the bindings and the uniform structs' layouts against this file, so
@@ -54,6 +55,10 @@ pub const PER_INVOCATION: u32 = 8;
 
 /// Pixels (elements) one workgroup sums in [`Kernel::ClassSums`] ([`Kernel::Reduce`]).
 pub const TILE: u32 = PER_INVOCATION * WORKGROUP_SIZE;
+
+/// Bytes of workgroup memory a kernel needs at most (`shader/tree.wgsl`'s arrays, in the kernels
+/// that sum over a workgroup); the device limit `max_compute_workgroup_storage_size` must reach it.
+pub const WORKGROUP_STORAGE: u32 = (8 * WORKGROUP_SIZE + WORKGROUP_SIZE + 32) * 4;
 
 /// Bits of [`Dims::flags`].
 pub mod flags {
@@ -296,16 +301,22 @@ pub const COMMON: &str = include_str!("../shader/common.wgsl");
 /// [`Kernel::ClassSums`]'s source.
 pub const CLASS_SUMS: &str = concat!(
     include_str!("../shader/common.wgsl"),
+    include_str!("../shader/tree.wgsl"),
     include_str!("../shader/softmax.wgsl"),
     include_str!("../shader/class_sums.wgsl")
 );
 /// [`Kernel::Reduce`]'s source.
-pub const REDUCE: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/reduce.wgsl"));
+pub const REDUCE: &str = concat!(
+    include_str!("../shader/common.wgsl"),
+    include_str!("../shader/tree.wgsl"),
+    include_str!("../shader/reduce.wgsl")
+);
 /// [`Kernel::Centroids`]'s source.
 pub const CENTROIDS: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/centroids.wgsl"));
 /// [`Kernel::LossGrad`]'s source.
 pub const LOSS_GRAD: &str = concat!(
     include_str!("../shader/common.wgsl"),
+    include_str!("../shader/tree.wgsl"),
     include_str!("../shader/softmax.wgsl"),
     include_str!("../shader/loss_grad.wgsl")
 );

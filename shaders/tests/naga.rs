@@ -190,6 +190,27 @@ fn constants_match() {
     }
 }
 
+/// Each kernel's workgroup memory, from naga's layouts, within what the backend asks the device
+/// for; the kernels that sum over a workgroup use all of it.
+#[test]
+fn workgroup_storage_matches() {
+    use msloss_shaders::WORKGROUP_STORAGE;
+    for kernel in Kernel::ALL {
+        let (module, _) = parse(kernel);
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(module.to_ctx()).expect("layout");
+        let bytes: u32 = module
+            .global_variables
+            .iter()
+            .filter(|(_, v)| v.space == AddressSpace::WorkGroup)
+            .map(|(_, v)| layouter[v.ty].size)
+            .sum();
+        let sums = matches!(kernel, Kernel::ClassSums | Kernel::Reduce | Kernel::LossGrad);
+        assert_eq!(bytes, if sums { WORKGROUP_STORAGE } else { 0 }, "{}", kernel.name());
+    }
+    assert!(WORKGROUP_STORAGE <= 16_384, "WebGPU's default limit");
+}
+
 #[test]
 fn every_source_starts_with_the_shared_code() {
     for kernel in Kernel::ALL {
