@@ -59,6 +59,8 @@ pub const TILE: u32 = PER_INVOCATION * WORKGROUP_SIZE;
 /// Bytes of workgroup memory a kernel needs at most (`shader/tree.wgsl`'s arrays, in the kernels
 /// that sum over a workgroup); the device limit `max_compute_workgroup_storage_size` must reach it.
 pub const WORKGROUP_STORAGE: u32 = (8 * WORKGROUP_SIZE + WORKGROUP_SIZE + 32) * 4;
+// Within WebGPU's default limit, which every device offers.
+const _: () = assert!(WORKGROUP_STORAGE <= 16_384);
 
 /// Bits of [`Dims::flags`].
 pub mod flags {
