@@ -55,6 +55,18 @@ pub fn agrees_with_reference<T: Real, S: Subject<T> + ?Sized>(
     data: &RandomInputs<T>,
     what: &str,
 ) -> Option<Outcome<T>> {
+    let tol = subject.tolerance();
+    agrees_within(subject, case, data, what, tol)
+}
+
+/// [`agrees_with_reference`] held to `tol` instead of the subject's own tolerance.
+fn agrees_within<T: Real, S: Subject<T> + ?Sized>(
+    subject: &mut S,
+    case: &Case,
+    data: &RandomInputs<T>,
+    what: &str,
+    tol: Tolerance,
+) -> Option<Outcome<T>> {
     let supports = subject.supports();
     if !supports.admits(case) {
         return None;
@@ -63,7 +75,6 @@ pub fn agrees_with_reference<T: Real, S: Subject<T> + ?Sized>(
     let input = case.input(data);
     let want = reference(&input, &case.params).unwrap_or_else(|e| panic!("{label}: the reference refuses: {e}"));
     let got = subject.evaluate(&input, &case.params).unwrap_or_else(|f| panic!("{label}: refused: {f}"));
-    let tol = subject.tolerance();
     if supports.energy_parts {
         tol.energy(&label, got.energy, want.energy);
     } else {
@@ -179,15 +190,28 @@ pub fn tied_slices<T: Real, S: Subject<T> + ?Sized>(subject: &mut S) -> usize {
     ties(subject, s, &data, &[LengthKind::L1], "tied slices")
 }
 
+/// The relative bar of [`near_coincident_centroids`] for an `f32` subject whose centroids are
+/// `f32` numbers between the sums and the gradient (not
+/// [`Supports::centroids_beyond_f32`](crate::Supports)). There the gradient is a difference of
+/// centroids about 1e-3 apart, so one `f32` rounding of a centroid (half an ulp, 3e-8 at 0.5)
+/// moves it by about 1e-5 of its largest element: the wgpu backend's two ways of summing gave
+/// 0.33–1.31e-5 over 16 seeds of this case, either way passing or failing 1e-5 by the luck of
+/// the rounding. 3e-5 holds it to that floor with room, where 1e-5 held it to the luck.
+pub const NEAR_COINCIDENT_F32: f64 = 3e-5;
+
 /// Near-coincident centroids ([`case::near_coincident_centroids`]), with and without the
 /// length term: the logit gradient stays within the bar although it is a small difference of
-/// large distances.
+/// large distances (for an `f32` subject with `f32` centroids, within [`NEAR_COINCIDENT_F32`]).
 pub fn near_coincident_centroids<T: Real, S: Subject<T> + ?Sized>(subject: &mut S) -> usize {
     let (s, data) = case::near_coincident_centroids::<T>();
+    let mut tol = subject.tolerance();
+    if T::NAME == "f32" && !subject.supports().centroids_beyond_f32 {
+        tol = tol.with_relative(tol.relative.max(NEAR_COINCIDENT_F32));
+    }
     let mut n = 0;
     for params in [Params::default(), Params::default().with_lambda(0.0)] {
         let case = Case::new(s, true, false, params, 11);
-        n += usize::from(agrees_with_reference(subject, &case, &data, "near-coincident centroids").is_some());
+        n += usize::from(agrees_within(subject, &case, &data, "near-coincident centroids", tol).is_some());
     }
     n
 }

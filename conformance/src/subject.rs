@@ -121,6 +121,12 @@ pub struct Supports {
     pub reference_l1_signs: bool,
     /// The local fidelity ([`msloss_core::Fidelity::Local`]).
     pub local_fidelity: bool,
+    /// Centroids carried into the gradient with more precision than `f32` (the CPU backend
+    /// computes them in `f64`). Without it, [`checks::near_coincident_centroids`](crate::checks::near_coincident_centroids)
+    /// holds an `f32` subject to [`NEAR_COINCIDENT_F32`](crate::checks::NEAR_COINCIDENT_F32)
+    /// rather than its own bar: one `f32` rounding of each centroid moves that case's gradient
+    /// by about its bar.
+    pub centroids_beyond_f32: bool,
 }
 
 impl Supports {
@@ -134,6 +140,7 @@ impl Supports {
         typed_errors: true,
         reference_l1_signs: true,
         local_fidelity: true,
+        centroids_beyond_f32: true,
     };
 
     /// Whether a subject with these capabilities can run `case`.
