@@ -20,6 +20,36 @@ pub const MAX_CHANNELS: usize = 1023;
 /// row `(n, k)` of its pixels (about `9·N·(C+1) + 33·N` iterations).
 pub const MAX_CLASS_ROWS: usize = 2048;
 
+/// How the first level of the class sums is taken ([`WgpuBackend::with_class_sums`]). Both give
+/// the same sums to `f32` rounding, each in a fixed order (the same bits run to run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassSumsPath {
+    /// One tile of pixels per workgroup, summed over the workgroup with workgroup memory and
+    /// barriers (`class_sums`): few partials a row. The default on GPUs.
+    Workgroup,
+    /// No barrier (`class_sums_strided`): a few workgroups a sample take every `G`-th tile, and
+    /// each invocation adds its pixels into partials of its own, `G·256` a row, which the
+    /// reduction levels sum. The default on devices that emulate a GPU on CPU cores (Mesa's
+    /// lavapipe, SwiftShader, WARP: `wgpu::DeviceType::Cpu`), where a barrier inside a loop
+    /// costs more than the partials.
+    Strided,
+}
+
+impl ClassSumsPath {
+    /// The default for a device of this type.
+    pub fn for_device(device_type: wgpu::DeviceType) -> Self {
+        if device_type == wgpu::DeviceType::Cpu { Self::Strided } else { Self::Workgroup }
+    }
+
+    /// The kernel that takes this path.
+    pub fn kernel(self) -> Kernel {
+        match self {
+            Self::Workgroup => Kernel::ClassSums,
+            Self::Strided => Kernel::ClassSumsStrided,
+        }
+    }
+}
+
 /// One cached compute pipeline with its bind group layout.
 #[derive(Debug, Clone)]
 pub(crate) struct Pipeline {
@@ -50,6 +80,7 @@ struct Health {
 #[derive(Clone)]
 pub struct WgpuBackend {
     pub(crate) inner: Arc<Inner>,
+    pub(crate) class_sums: ClassSumsPath,
 }
 
 pub(crate) struct Inner {
@@ -70,6 +101,7 @@ impl fmt::Debug for WgpuBackend {
         f.debug_struct("WgpuBackend")
             .field("adapter", &self.inner.info.name)
             .field("backend", &self.inner.info.backend)
+            .field("class_sums", &self.class_sums)
             .finish_non_exhaustive()
     }
 }
@@ -214,7 +246,22 @@ impl WgpuBackend {
             };
             (pipelines, dummy("msloss dummy (read)"), dummy("msloss dummy (write)"))
         })?;
-        Ok(Self { inner: Arc::new(Inner { device, queue, limits, info, pipelines, dummy_read, dummy_write, health }) })
+        let class_sums = ClassSumsPath::for_device(info.device_type);
+        let inner = Inner { device, queue, limits, info, pipelines, dummy_read, dummy_write, health };
+        Ok(Self { inner: Arc::new(inner), class_sums })
+    }
+
+    /// The backend (sharing this one's device and pipelines) with the class sums taken by `path`
+    /// in the plans it makes from now on; the default is [`ClassSumsPath::for_device`].
+    #[must_use]
+    pub fn with_class_sums(mut self, path: ClassSumsPath) -> Self {
+        self.class_sums = path;
+        self
+    }
+
+    /// How this backend's plans take the class sums.
+    pub fn class_sums(&self) -> ClassSumsPath {
+        self.class_sums
     }
 
     /// The device.

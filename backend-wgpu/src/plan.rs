@@ -11,7 +11,7 @@ use msloss_shaders::{
 use wgpu::util::DeviceExt;
 
 use crate::buffers::{self, BufferRange, DeviceBuffers, ENERGY_BYTES, Io, Needs, ScoresKind};
-use crate::context::{MAX_CHANNELS, MAX_CLASS_ROWS, MAX_CLASSES, scoped};
+use crate::context::{ClassSumsPath, MAX_CHANNELS, MAX_CLASS_ROWS, MAX_CLASSES, scoped};
 use crate::{WgpuBackend, WgpuError};
 
 /// Decodes the energy record the device wrote (copy it to a mappable buffer and map it). A
@@ -118,6 +118,28 @@ fn levels(len: u64) -> Vec<(u64, u64)> {
     }
 }
 
+/// Loop iterations `class_sums_strided` spends on one tile (`class_pixels.wgsl`'s count and the
+/// tile loop's own), for [`strided_groups`].
+fn strided_tile_iterations(n: u64, c: u64) -> u64 {
+    9 + 8 * c + 33 * n + 9 * n * (c + 1)
+}
+
+/// The iterations a `class_sums_strided` invocation may spend, with room under lavapipe's 65,535.
+const STRIDED_BUDGET: u64 = 60_000;
+
+/// Workgroups a sample at least gets on the strided path (when it has that many tiles), so that
+/// a CPU device's threads all have work.
+const STRIDED_MIN_GROUPS: u64 = 8;
+
+/// Workgroups a sample of `tiles` tiles gets on the strided path: as few as the loop budget
+/// allows (each takes at most `STRIDED_BUDGET / strided_tile_iterations` tiles), at least
+/// `STRIDED_MIN_GROUPS`, at most one a tile (every workgroup takes one, so that every partial is
+/// written).
+fn strided_groups(tiles: u64, n: u64, c: u64) -> u64 {
+    let per_group = (STRIDED_BUDGET / strided_tile_iterations(n, c)).max(1);
+    tiles.div_ceil(per_group).max(STRIDED_MIN_GROUPS).min(tiles)
+}
+
 /// The sizes of one evaluation, checked against the kernels' index range.
 #[derive(Debug, Clone, Copy)]
 struct Sizes {
@@ -125,6 +147,12 @@ struct Sizes {
     n: u64,
     c: u64,
     s: u64,
+    /// The class-sum kernel.
+    class_kernel: Kernel,
+    /// Its workgroups a sample.
+    class_groups: u64,
+    /// Partials a class-sum row (`dims.tiles`): one a tile on the workgroup path, one an
+    /// invocation on the strided path.
     tiles: u64,
     rows: u64,
     class_rows: u64,
@@ -138,7 +166,7 @@ impl Sizes {
         self.n * (self.c + 1) * self.s
     }
 
-    fn new(shape: Shape) -> Result<Self, WgpuError> {
+    fn new(shape: Shape, path: ClassSumsPath) -> Result<Self, WgpuError> {
         if shape.classes() > MAX_CLASSES {
             return Err(WgpuError::ExtentTooLarge { dim: "N (classes)", got: shape.classes(), max: MAX_CLASSES });
         }
@@ -152,17 +180,24 @@ impl Sizes {
         }
         let (b, n, c, s) =
             (shape.batch() as u64, shape.classes() as u64, shape.channels() as u64, shape.spatial() as u64);
-        let tiles = ceil_div(s, TILE as u64);
+        let (class_groups, tiles) = match path {
+            ClassSumsPath::Workgroup => (ceil_div(s, TILE as u64), ceil_div(s, TILE as u64)),
+            ClassSumsPath::Strided => {
+                let groups = strided_groups(ceil_div(s, TILE as u64), n, c);
+                (groups, groups * WORKGROUP_SIZE as u64)
+            }
+        };
+        let class_kernel = path.kernel();
         let class_rows = b * n * (c + 1);
         let rows = class_rows + b;
         // loss_grad: one pixel per invocation.
         let loss_groups = ceil_div(b * s, WORKGROUP_SIZE as u64);
-        let sizes = Sizes { b, n, c, s, tiles, rows, class_rows, loss_groups };
+        let sizes = Sizes { b, n, c, s, class_kernel, class_groups, tiles, rows, class_rows, loss_groups };
         for (what, count) in [
             ("the scores (B·N·D·H·W)", b * n * s),
             ("the image (B·C·D·H·W)", b * c * s),
             ("the centroids (B·N·C)", b * n * c),
-            ("the class-sum partials (B·(N·(C+1)+1)·ceil(S/TILE))", rows * tiles),
+            ("the class-sum partials (B·(N·(C+1)+1) rows)", rows * tiles),
         ] {
             if count > INDEX_MAX {
                 return Err(WgpuError::IndexOverflow { what, count, max: INDEX_MAX });
@@ -172,8 +207,8 @@ impl Sizes {
     }
 
     /// [`Sizes::new`], and the local fidelity's scratch against the kernels' index range.
-    fn with_local(shape: Shape, local: bool) -> Result<Self, WgpuError> {
-        let sizes = Self::new(shape)?;
+    fn with_local(shape: Shape, path: ClassSumsPath, local: bool) -> Result<Self, WgpuError> {
+        let sizes = Self::new(shape, path)?;
         let count = sizes.local_len();
         if local && count > INDEX_MAX {
             let what = "the local fidelity's scratch (N·(C+1)·D·H·W)";
@@ -215,7 +250,7 @@ impl WgpuBackend {
     /// [`WgpuError::ExtentTooLarge`], [`WgpuError::IndexOverflow`],
     /// [`WgpuError::BufferTooLarge`] or [`WgpuError::GridTooLarge`].
     fn layout(&self, shape: Shape, local: bool) -> Result<Layout, WgpuError> {
-        let sz = Sizes::with_local(shape, local)?;
+        let sz = Sizes::with_local(shape, self.class_sums, local)?;
         let limits = &self.inner.limits;
         let f = 4u64;
         let class_levels = levels(sz.tiles);
@@ -282,7 +317,7 @@ impl WgpuBackend {
         }
         let md = u64::from(limits.max_compute_workgroups_per_dimension);
         for (kernel, groups) in [
-            (Kernel::ClassSums, sz.b * sz.tiles),
+            (sz.class_kernel, sz.b * sz.class_groups),
             (Kernel::LossGrad, sz.loss_groups),
             (Kernel::LocalConv, if local { ceil_div(sz.local_len(), WORKGROUP_SIZE as u64) } else { 0 }),
         ] {
@@ -520,7 +555,7 @@ impl WgpuBackend {
 
             let mut b = StepBuilder { backend: self, steps: Vec::new(), ping: &ping, pong: &pong };
             // 1–2. checks and class sums, reduced to one value per row; then the valid-pixel count.
-            b.caller(Kernel::ClassSums, sz.b * sz.tiles)?;
+            b.caller(sz.class_kernel, sz.b * sz.class_groups)?;
             b.chain(&partials, 0, sz.rows, &lay.class_levels, &sums, 0)?;
             b.chain(&sums, sz.class_rows, 1, &lay.count_levels, &totals, 0)?;
             // 3. centroids, ε-corrections, scale
@@ -854,8 +889,7 @@ impl Plan {
             *self = self.backend.plan(self.shape, params, self.io)?;
             return Ok(());
         }
-        let sz = Sizes::new(self.shape)?;
-        let dims = dims_for(self.shape, &sz, params, self.io);
+        let dims = dims_for(self.shape, &self.sz, params, self.io);
         self.params = *params;
         self.backend.queue().write_buffer(&self.dims_buffer, 0, &dims.to_bytes());
         Ok(())
@@ -917,7 +951,7 @@ impl Plan {
                     continue;
                 }
                 let bg = match kernel {
-                    Kernel::ClassSums => make(
+                    Kernel::ClassSums | Kernel::ClassSumsStrided => make(
                         *kernel,
                         &[
                             dims.clone(),
@@ -1045,7 +1079,7 @@ impl Plan {
     /// uniform block and the status word left out. The model behind the issue's "bytes per
     /// pixel" figures: compare the total with [`Traffic::floor`].
     pub fn traffic(&self) -> Vec<Traffic> {
-        let Sizes { b, n, c, s, rows, tiles, loss_groups, .. } = self.sz;
+        let Sizes { b, n, c, s, rows, tiles, class_groups, loss_groups, .. } = self.sz;
         let f = 4u64;
         let px = b * s;
         // The local fidelity's ∂F/∂y, which loss_grad reads back from the gradient buffer.
@@ -1061,7 +1095,12 @@ impl Plan {
                 let (read, written) = match step {
                     Step::Fixed(fx) => fx.elems,
                     Step::Caller(kernel, _, _) => match kernel {
-                        Kernel::ClassSums => (n * px + c * px + mask, rows * tiles),
+                        // The strided path reads back its own partials when a workgroup takes
+                        // several tiles.
+                        Kernel::ClassSums | Kernel::ClassSumsStrided => {
+                            let again = class_groups < ceil_div(s, TILE as u64);
+                            (n * px + c * px + mask + if again { rows * tiles } else { 0 }, rows * tiles)
+                        }
                         Kernel::Centroids => (rows + 1, bnc + b * n + 1),
                         Kernel::LossGrad => (
                             n * px + c * px + mask + bnc + b * n + 1 + local_grad,
@@ -1120,7 +1159,11 @@ mod tests {
         let planes = (n * (c + 1) * h * w) as u64;
         for b in [1, 3, 7] {
             let shape = Shape::new_2d(b, n, c, h, w).unwrap();
-            assert_eq!(Sizes::with_local(shape, true).unwrap().local_len(), planes, "B = {b}");
+            assert_eq!(
+                Sizes::with_local(shape, ClassSumsPath::Workgroup, true).unwrap().local_len(),
+                planes,
+                "B = {b}"
+            );
         }
         let backend = match WgpuBackend::new() {
             Ok(backend) => backend,

@@ -13,6 +13,7 @@ use common::{backend, subjects};
 use msloss_conformance::case::shape;
 use msloss_conformance::{Case, checks};
 use msloss_core::{LengthKind, Params, Reduction};
+use msloss_wgpu::{ClassSumsPath, Io};
 
 msloss_conformance::tests!(f32, subjects());
 msloss_conformance::backend_tests!(f32, subjects());
@@ -52,14 +53,25 @@ fn large_3d_64_cubed() {
     on_gpu(&[case], "64³");
 }
 
+/// The strided class sums at a size where each workgroup takes as many tiles as lavapipe's loop
+/// budget allows: 21 classes and 3 channels cost 1,481 iterations a tile, so 40 tiles a
+/// workgroup (59,240 iterations) for the 320 tiles of 1024×640; a miscounted budget would cut
+/// the loops off there and the sums would come out short.
+#[test]
+fn strided_class_sums_at_the_loop_budget() {
+    let case = Case::new(shape(1, 21, 3, 1, 1024, 640), true, false, params(LengthKind::L1, Reduction::Mean), 5);
+    on_gpu(&[case], "1024×640, 21 classes");
+}
+
 /// The plan of a 1024² evaluation really has multi-level reductions and a folded grid where
-/// needed.
+/// needed, on either way of taking the class sums.
 #[test]
 fn large_plans_are_multi_level() {
     let Some(b) = backend() else { return };
     let shape = shape(1, 5, 1, 1, 1024, 1024);
-    let plan = b.plan(shape, &Params::default(), msloss_wgpu::Io::TRAIN).unwrap();
-    let d = plan.dispatches();
+    let dispatches =
+        |path| b.clone().with_class_sums(path).plan(shape, &Params::default(), Io::TRAIN).unwrap().dispatches();
+    let d = dispatches(ClassSumsPath::Workgroup);
     let reduces = d.iter().filter(|(k, _, _)| *k == "reduce").count();
     // class sums: 512 → 1; count: 1 → 1; loss: 4096 → 2 → 1.
     assert_eq!(reduces, 4, "{d:?}");
@@ -69,6 +81,13 @@ fn large_plans_are_multi_level() {
     let loss = d.iter().find(|(k, _, _)| *k == "loss_grad").unwrap();
     // One pixel per invocation: 1024² / 256.
     assert_eq!(u64::from(loss.1) * u64::from(loss.2), 4096, "{d:?}");
+    let d = dispatches(ClassSumsPath::Strided);
+    let class = d.iter().find(|(k, _, _)| *k == "class_sums_strided").unwrap();
+    // 512 tiles of 2048 pixels, a tile 9 + 8 + 33·5 + 9·5·2 = 272 iterations: 220 tiles a
+    // workgroup within 60,000, so the floor of 8 workgroups a sample, 64 tiles each.
+    assert_eq!(u64::from(class.1) * u64::from(class.2), 8, "{d:?}");
+    // class sums: 8·256 partials → 1; count; loss: 4096 → 2 → 1.
+    assert_eq!(d.iter().filter(|(k, _, _)| *k == "reduce").count(), 4, "{d:?}");
 }
 
 /// The largest class and channel counts the kernels accept: the per-invocation loops over N and

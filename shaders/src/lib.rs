@@ -14,7 +14,11 @@
 //! ## The pipeline
 //! For one evaluation (`S = D·H·W`, `WG` = [`WORKGROUP_SIZE`], `TILE` = [`TILE`]):
 //! 1. [`Kernel::ClassSums`] — per (sample, tile), eight pixels per invocation: input checks into a
-//!    status word, and the tile's `Σ m·y`, `Σ m·y·x_k` and `Σ m` of every class row.
+//!    status word, and the tile's `Σ m·y`, `Σ m·y·x_k` and `Σ m` of every class row, summed over
+//!    the workgroup (`shader/tree.wgsl`). Or [`Kernel::ClassSumsStrided`], with no barrier: `G`
+//!    workgroups a sample take every `G`-th tile, each invocation adding its pixels' share into
+//!    partials of its own (for devices that emulate a GPU on CPU cores). Both share
+//!    `shader/class_pixels.wgsl`.
 //! 2. [`Kernel::Reduce`] — repeated: row sums over tiles of partials until one value per row.
 //! 3. [`Kernel::Centroids`] — per (b, n, k): centroids, the ε-correction, the reduction scale.
 //! 4. [`Kernel::LossGrad`] — one pixel and all its classes per invocation: energy terms
@@ -305,7 +309,15 @@ pub const CLASS_SUMS: &str = concat!(
     include_str!("../shader/common.wgsl"),
     include_str!("../shader/tree.wgsl"),
     include_str!("../shader/softmax.wgsl"),
+    include_str!("../shader/class_pixels.wgsl"),
     include_str!("../shader/class_sums.wgsl")
+);
+/// [`Kernel::ClassSumsStrided`]'s source.
+pub const CLASS_SUMS_STRIDED: &str = concat!(
+    include_str!("../shader/common.wgsl"),
+    include_str!("../shader/softmax.wgsl"),
+    include_str!("../shader/class_pixels.wgsl"),
+    include_str!("../shader/class_sums_strided.wgsl")
 );
 /// [`Kernel::Reduce`]'s source.
 pub const REDUCE: &str = concat!(
@@ -355,8 +367,12 @@ pub const FINALIZE: &str = concat!(include_str!("../shader/common.wgsl"), includ
 /// Every compute kernel of the backend. Pipelines are created once per kernel and cached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    /// Input checks and the first level of the class sums.
+    /// Input checks and the first level of the class sums, one tile per workgroup, summed with
+    /// workgroup trees (the default on GPUs).
     ClassSums,
+    /// The same with no barrier: each invocation adds its pixels of every `G`-th tile into
+    /// partials of its own (the default on devices that emulate a GPU on CPU cores).
+    ClassSumsStrided,
     /// One level of a row-sum reduction.
     Reduce,
     /// Centroids, ε-corrections, reduction scale.
@@ -377,8 +393,9 @@ pub enum Kernel {
 
 impl Kernel {
     /// All kernels, in pipeline order.
-    pub const ALL: [Kernel; 9] = [
+    pub const ALL: [Kernel; 10] = [
         Kernel::ClassSums,
+        Kernel::ClassSumsStrided,
         Kernel::Reduce,
         Kernel::Centroids,
         Kernel::LossGrad,
@@ -396,6 +413,7 @@ impl Kernel {
     pub const fn name(self) -> &'static str {
         match self {
             Kernel::ClassSums => "class_sums",
+            Kernel::ClassSumsStrided => "class_sums_strided",
             Kernel::Reduce => "reduce",
             Kernel::Centroids => "centroids",
             Kernel::LossGrad => "loss_grad",
@@ -411,6 +429,7 @@ impl Kernel {
     pub const fn source(self) -> &'static str {
         match self {
             Kernel::ClassSums => CLASS_SUMS,
+            Kernel::ClassSumsStrided => CLASS_SUMS_STRIDED,
             Kernel::Reduce => REDUCE,
             Kernel::Centroids => CENTROIDS,
             Kernel::LossGrad => LOSS_GRAD,
@@ -445,7 +464,7 @@ impl Kernel {
     pub const fn bindings(self) -> &'static [Binding] {
         match self {
             // dims, scores, image, mask, partials, status
-            Kernel::ClassSums => &[U, Rw, Rw, Rw, Rw, Rw],
+            Kernel::ClassSums | Kernel::ClassSumsStrided => &[U, Rw, Rw, Rw, Rw, Rw],
             // params, src, dst
             Kernel::Reduce => &[U, Rw, Rw],
             // dims, sums, totals, centroids, stats

@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 
 use msloss_conformance::{Supports, Tested, Tolerance};
-use msloss_wgpu::{WgpuBackend, WgpuError};
+use msloss_wgpu::{ClassSumsPath, WgpuBackend, WgpuError};
 
 /// The shared backend of a test binary; `None` only when `MSLOSS_SKIP_GPU=1` and no adapter.
 pub(crate) fn backend() -> Option<&'static WgpuBackend> {
@@ -34,19 +34,22 @@ pub(crate) fn backend() -> Option<&'static WgpuBackend> {
 /// held to the bar of 1e-5 relative ([`Tolerance::F32`]), its input errors found in
 /// [`WgpuError::Core`]. The kernels take an L1 difference's sign from their own `f32`
 /// softmax, so where different logits give softmax outputs that are equal in exact arithmetic
-/// the sign need not be the reference's ([`Supports::reference_l1_signs`]).
+/// the sign need not be the reference's ([`Supports::reference_l1_signs`]); its centroids are
+/// `f32` numbers ([`Supports::centroids_beyond_f32`]).
 pub(crate) fn tested(b: &WgpuBackend) -> Tested<f32, WgpuBackend> {
     Tested::new(b.clone())
-        .named(format!("wgpu on {}", b.adapter_info().name))
+        .named(format!("wgpu on {} ({:?} class sums)", b.adapter_info().name, b.class_sums()))
         .with_tolerance(Tolerance::F32)
-        .with_supports(Supports { reference_l1_signs: false, ..Supports::ALL })
+        .with_supports(Supports { reference_l1_signs: false, centroids_beyond_f32: false, ..Supports::ALL })
         .with_core_error(|e| match e {
             WgpuError::Core(c) => Some(c.clone()),
             _ => None,
         })
 }
 
-/// The shared backend as a subject, if there is one.
+/// The shared backend as two subjects, one for each way of taking the class sums (the device
+/// type picks one by default; both run everywhere), if there is a backend.
 pub(crate) fn subjects() -> Vec<Tested<f32, WgpuBackend>> {
-    backend().map(tested).into_iter().collect()
+    let paths = [ClassSumsPath::Workgroup, ClassSumsPath::Strided];
+    backend().map(|b| paths.map(|p| tested(&b.clone().with_class_sums(p))).into()).unwrap_or_default()
 }
