@@ -54,8 +54,8 @@ fn large_3d_64_cubed() {
 }
 
 /// The strided class sums at a size where each workgroup takes as many tiles as lavapipe's loop
-/// budget allows: 21 classes and 3 channels cost 1,481 iterations a tile, so 40 tiles a
-/// workgroup (59,240 iterations) for the 320 tiles of 1024×640; a miscounted budget would cut
+/// budget allows: 21 classes and 3 channels cost 1,482 iterations a tile, so 40 tiles a
+/// workgroup (59,280 iterations) for the 320 tiles of 1024×640; a miscounted budget would cut
 /// the loops off there and the sums would come out short.
 #[test]
 fn strided_class_sums_at_the_loop_budget() {
