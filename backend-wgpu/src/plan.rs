@@ -180,10 +180,12 @@ impl Sizes {
         }
         let (b, n, c, s) =
             (shape.batch() as u64, shape.classes() as u64, shape.channels() as u64, shape.spatial() as u64);
+        // Workgroups a sample and partials a row.
+        let pixel_tiles = ceil_div(s, TILE as u64);
         let (class_groups, tiles) = match path {
-            ClassSumsPath::Workgroup => (ceil_div(s, TILE as u64), ceil_div(s, TILE as u64)),
+            ClassSumsPath::Workgroup => (pixel_tiles, pixel_tiles),
             ClassSumsPath::Strided => {
-                let groups = strided_groups(ceil_div(s, TILE as u64), n, c);
+                let groups = strided_groups(pixel_tiles, n, c);
                 (groups, groups * WORKGROUP_SIZE as u64)
             }
         };

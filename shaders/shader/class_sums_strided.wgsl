@@ -6,6 +6,15 @@
 // costs more than the G·WG partials a row. The plan bounds the tiles a workgroup takes so that
 // its loops stay within lavapipe's budget.
 
+// Adds v to partial i, or starts it with v at the workgroup's first tile.
+fn add_partial(i: u32, v: f32, first_tile: bool) {
+    var total = v;
+    if !first_tile {
+        total = partials[i] + v;
+    }
+    partials[i] = total;
+}
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -27,20 +36,10 @@ fn main(
         for (var n = 0u; n < dims.classes; n++) {
             let my = class_weights(b, t, lid, n);
             for (var k = 0u; k <= dims.channels; k++) {
-                let i = partial_index(b, own, rho);
-                var v = row_value(b, t, lid, my, k);
-                if t != w {
-                    v = partials[i] + v;
-                }
-                partials[i] = v;
+                add_partial(partial_index(b, own, rho), row_value(b, t, lid, my, k), t == w);
                 rho++;
             }
         }
-        let i = partial_index(b, own, rho);
-        var v = count_value();
-        if t != w {
-            v = partials[i] + v;
-        }
-        partials[i] = v;
+        add_partial(partial_index(b, own, rho), count_value(), t == w);
     }
 }
