@@ -10,14 +10,14 @@ use crate::WgpuError;
 
 /// The largest `N` (classes) the kernels accept: one invocation of `loss_grad` owns a pixel and
 /// recomputes the softmax of up to 13 pixels (itself and the neighbours its length term reads,
-/// `2·N` iterations each), then loops twice over the classes (about `90·N + 2·N·C` iterations
-/// in all), below lavapipe's 65,535-iteration budget.
+/// `N − 1` iterations each), then loops twice over the classes (fewer than `90·N + 2·N·C`
+/// iterations in all), below lavapipe's 65,535-iteration budget.
 pub const MAX_CLASSES: usize = 512;
 /// The largest `C` (image channels) the kernels accept (with [`MAX_CLASS_ROWS`], which bounds it
 /// with `N`): `class_sums` loops over the channels of each of its 8 pixels per invocation.
 pub const MAX_CHANNELS: usize = 1023;
 /// The largest `N·(C+1)` the kernels accept: one invocation of `class_sums` sums every class
-/// row `(n, k)` of its pixels (about `9·N·(C+1) + 33·N` iterations).
+/// row `(n, k)` of its pixels (about `9·N·(C+1) + 17·N` iterations).
 pub const MAX_CLASS_ROWS: usize = 2048;
 
 /// How the first level of the class sums is taken ([`WgpuBackend::with_class_sums`]). Both give

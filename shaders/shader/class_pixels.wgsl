@@ -4,11 +4,11 @@
 // invocation takes the PER_INVOCATION pixels t·TILE + j·WG + lid (j < PER_INVOCATION) of tile t
 // of sample b, checks them (finite scores and image, probabilities >= 0, image and
 // probabilities within msloss-core's limits for f32, mask in {0, 1}) into the status word and
-// computes their softmax normalisers once; then, row by row,
+// computes their softmax normalisers in the same pass; then, row by row,
 //   row ρ = n·(C+1) + k of sample b, k = 0:   A_bn = Σ_s m·y,   k >= 1: the moment Σ_s m·y·x_{k-1},
 //   row ρ = N·(C+1):                          the valid-pixel count Σ_s m,
 // its pixels' values added pairwise (row_value, count_value), which the kernel sums over tiles.
-// Loops per tile: PER_INVOCATION·(3·N + C) + N·PER_INVOCATION·(C + 2), bounded by the plan's
+// Loops per tile: PER_INVOCATION·(N + C) + N·PER_INVOCATION·(C + 2), bounded by the plan's
 // class-row limit; none depends on the image size.
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -19,10 +19,11 @@
 @group(0) @binding(5) var<storage, read_write> status: array<atomic<u32>>;
 
 // The invocation's pixels (set by load_pixels): inside the sample, mask value, softmax
-// normaliser.
+// normaliser, and the first CACHED_CHANNELS image values, which every class row reads.
 var<private> inside: array<bool, PER_INVOCATION>;
 var<private> m: array<f32, PER_INVOCATION>;
 var<private> norm: array<vec2<f32>, PER_INVOCATION>;
+var<private> xs: array<vec4<f32>, PER_INVOCATION>;
 
 // The flat index within its sample of the invocation's pixel j in tile t.
 fn pixel(t: u32, lid: u32, j: u32) -> u32 {
@@ -52,13 +53,18 @@ fn load_pixels(b: u32, t: u32, lid: u32, live: bool) {
             }
             for (var k = 0u; k < dims.channels; k++) {
                 let x = image[(b * dims.channels + k) * sp + s];
+                if k < CACHED_CHANNELS {
+                    xs[j][k] = x;
+                }
                 if !is_finite_f32(x) {
                     bad |= STATUS_IMAGE_NONFINITE;
                 } else if abs(x) > image_limit {
                     bad |= STATUS_IMAGE_RANGE;
                 }
             }
+            // The checks and, for logits, the normaliser in one pass over the scores.
             let base = b * dims.classes * sp + s;
+            var acc = NORM_START;
             for (var n = 0u; n < dims.classes; n++) {
                 let v = scores[base + n * sp];
                 if !is_finite_f32(v) {
@@ -68,8 +74,11 @@ fn load_pixels(b: u32, t: u32, lid: u32, live: bool) {
                 } else if !logits && v > probability_limit {
                     bad |= STATUS_PROBABILITY_RANGE;
                 }
+                acc = norm_step(acc, v);
             }
-            norm[j] = softmax_norm(b, s);
+            if logits {
+                norm[j] = acc;
+            }
         }
     }
     if bad != 0u {
@@ -95,7 +104,11 @@ fn row_value(b: u32, t: u32, lid: u32, my: array<f32, PER_INVOCATION>, k: u32) -
     for (var j = 0u; j < PER_INVOCATION; j++) {
         v[j] = my[j];
         if k > 0u && inside[j] {
-            v[j] *= image[(b * dims.channels + k - 1u) * dims.spatial + pixel(t, lid, j)];
+            if k <= CACHED_CHANNELS {
+                v[j] *= xs[j][k - 1u];
+            } else {
+                v[j] *= image[(b * dims.channels + k - 1u) * dims.spatial + pixel(t, lid, j)];
+            }
         }
     }
     return pairwise8(v);

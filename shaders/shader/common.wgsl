@@ -20,6 +20,8 @@ const WG: u32 = 256u;
 // and elements one workgroup reduces.
 const PER_INVOCATION: u32 = 8u;
 const TILE: u32 = 2048u;
+// Image channels a kernel keeps per pixel in registers when it reads them once per class.
+const CACHED_CHANNELS: u32 = 4u;
 
 const FLAG_LOGITS: u32 = 1u;
 const FLAG_MASK: u32 = 2u;

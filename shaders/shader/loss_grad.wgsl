@@ -11,7 +11,7 @@
 // g_n into ∂E/∂z_n with the pixel's own y_n; a non-finite value sets its bit in the status word). The pixel's two energy terms
 // are summed over the workgroup (tree.wgsl, in one call) into partials[g] (fidelity) and
 // partials[loss_groups + g] (length).
-// Loops: 2·N for each of at most 13 normalisers, N·(C + SLOTS + 12) and N; the plan
+// Loops: N − 1 for each of at most 13 normalisers, CACHED_CHANNELS, N·(C + SLOTS + 12) and N; the plan
 // bounds N and N·(C+1) so that this stays within lavapipe's budget.
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -33,6 +33,11 @@ const SLOTS: u32 = 16u;
 // whether it is valid (exists, mask 1) and its softmax normaliser; the class's y per slot.
 var<private> px_b: u32;
 var<private> px_s: u32;
+// The pixel's mask value, and its first CACHED_CHANNELS image values and class 0's centroid:
+// read once for all N classes.
+var<private> px_m: f32;
+var<private> px_x: vec4<f32>;
+var<private> px_c0: vec4<f32>;
 var<private> at: array<u32, SLOTS>;
 var<private> present: array<bool, SLOTS>;
 var<private> valid: array<bool, SLOTS>;
@@ -46,6 +51,13 @@ fn mask_at(b: u32, s: u32) -> f32 {
     return 1.0;
 }
 
+// Adds channel k's part to t = (‖x − c_n‖², ⟨c_b0 − c_n, 2x − c_n − c_b0⟩, ⟨c_n, x − c_n⟩), given
+// the pixel's image value x_k, class n's centroid c_k and class 0's c0_k.
+fn channel_terms(t: vec3<f32>, xk: f32, ck: f32, c0k: f32) -> vec3<f32> {
+    let d = xk - ck;
+    return t + vec3<f32>(d * d, (c0k - ck) * ((xk - ck) + (xk - c0k)), ck * d);
+}
+
 // Marks slot `slot` as pixel t (which exists) and computes its normaliser.
 fn use_slot(slot: u32, t: u32) {
     at[slot] = t;
@@ -54,7 +66,7 @@ fn use_slot(slot: u32, t: u32) {
     norm[slot] = softmax_norm(px_b, t);
 }
 
-// The slots of pixel p = b·S + s. Loops: SLOTS, 3, 9, and 2·N per normaliser.
+// The slots of pixel p = b·S + s. Loops: SLOTS, CACHED_CHANNELS, 3, 9, and N − 1 per normaliser.
 fn set_pixel(p: u32) {
     let sp = dims.spatial;
     px_b = p / sp;
@@ -69,6 +81,13 @@ fn set_pixel(p: u32) {
         norm[i] = vec2<f32>(0.0, 1.0);
     }
     use_slot(0u, px_s);
+    px_m = mask_at(px_b, px_s);
+    for (var k = 0u; k < CACHED_CHANNELS; k++) {
+        if k < dims.channels {
+            px_x[k] = image[(px_b * dims.channels + k) * sp + px_s];
+            px_c0[k] = centroids[px_b * dims.classes * dims.channels + k];
+        }
+    }
     for (var a = 0u; a < 3u; a++) {
         if q[a] + 1u < ext[a] {
             use_slot(1u + a, px_s + st[a]);
@@ -117,24 +136,25 @@ fn class_terms(n: u32) -> vec4<f32> {
             ys[i] = prob(bn * sp + at[i], norm[i]);
         }
     }
-    let ms = mask_at(b, s);
+    let ms = px_m;
     let y = ys[0];
     // For logits, the softmax backward ignores a term common to every class of a pixel, so the
     // gradient uses ‖x − c_n‖² − ‖x − c_b0‖² = ⟨c_b0 − c_n, 2x − c_n − c_b0⟩, computed without
     // the cancellation that loses f32 digits when the centroids nearly coincide.
-    let c0 = b * dims.classes * dims.channels;
-    var dist2 = 0.0;
-    var rel2 = 0.0;
-    var dot = 0.0;
-    for (var k = 0u; k < dims.channels; k++) {
-        let ck = centroids[bn * dims.channels + k];
-        let c0k = centroids[c0 + k];
-        let xk = image[(b * dims.channels + k) * sp + s];
-        let d = xk - ck;
-        dist2 += d * d;
-        rel2 += (c0k - ck) * ((xk - ck) + (xk - c0k));
-        dot += ck * d;
+    var t = vec3<f32>(0.0);
+    for (var k = 0u; k < CACHED_CHANNELS; k++) {
+        if k < dims.channels {
+            t = channel_terms(t, px_x[k], centroids[bn * dims.channels + k], px_c0[k]);
+        }
     }
+    let c0 = b * dims.classes * dims.channels;
+    for (var k = CACHED_CHANNELS; k < dims.channels; k++) {
+        let xk = image[(b * dims.channels + k) * sp + s];
+        t = channel_terms(t, xk, centroids[bn * dims.channels + k], centroids[c0 + k]);
+    }
+    let dist2 = t.x;
+    let rel2 = t.y;
+    let dot = t.z;
     // The local fidelity is added by the local_* kernels: none of it here.
     let global = (dims.flags & FLAG_LOCAL) == 0u;
     let fid = select(0.0, ms * y * dist2, global);
