@@ -335,7 +335,7 @@ fn create_pipeline(device: &wgpu::Device, kernel: Kernel) -> Pipeline {
         layout: Some(&pipeline_layout),
         module: &module,
         entry_point: Some(kernel.entry_point()),
-        compilation_options: Default::default(),
+        compilation_options: wgpu::PipelineCompilationOptions { constants: kernel.constants(), ..Default::default() },
         cache: None,
     });
     Pipeline { layout, pipeline }

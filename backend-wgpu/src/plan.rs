@@ -6,7 +6,7 @@ use std::num::NonZeroU64;
 
 use msloss_core::{Energy, Error, Fidelity, Gaussian, LengthKind, Params, Reduction, Shape};
 use msloss_shaders::{
-    ConvParams, Dims, Kernel, MAX_WINDOW, ReduceParams, SampleParams, TILE, WORKGROUP_SIZE, flags, length_kind, status,
+    ConvParams, Dims, Kernel, Length, MAX_WINDOW, ReduceParams, SampleParams, TILE, WORKGROUP_SIZE, flags, status,
 };
 use wgpu::util::DeviceExt;
 
@@ -139,6 +139,15 @@ const STRIDED_MIN_GROUPS: u64 = 8;
 fn strided_groups(tiles: u64, n: u64, c: u64) -> u64 {
     let per_group = (STRIDED_BUDGET / strided_tile_iterations(n, c)).max(1);
     tiles.div_ceil(per_group).max(STRIDED_MIN_GROUPS).min(tiles)
+}
+
+/// `loss_grad`'s pipeline for the length term of `params`.
+fn loss_kernel(params: &Params) -> Kernel {
+    Kernel::LossGrad(match params.length {
+        LengthKind::L1 => Length::L1,
+        LengthKind::L2 => Length::L2,
+        LengthKind::Charbonnier => Length::Charbonnier,
+    })
 }
 
 /// The sizes of one evaluation, checked against the kernels' index range.
@@ -321,7 +330,8 @@ impl WgpuBackend {
         let md = u64::from(limits.max_compute_workgroups_per_dimension);
         for (kernel, groups) in [
             (sz.class_kernel, sz.b * sz.class_groups),
-            (Kernel::LossGrad, sz.loss_groups),
+            // Every length kind's loss_grad has this grid.
+            (Kernel::LossGrad(Length::L1), sz.loss_groups),
             (Kernel::LocalConv, if local { ceil_div(sz.local_len(), WORKGROUP_SIZE as u64) } else { 0 }),
         ] {
             if groups > md * md {
@@ -596,7 +606,7 @@ impl WgpuBackend {
                 }
             }
             // 4. energy terms and the gradient (∂E/∂z for logits), then their sums
-            b.caller(Kernel::LossGrad, sz.loss_groups)?;
+            b.caller(loss_kernel(params), sz.loss_groups)?;
             b.chain(&loss_partials, 0, 2, &lay.loss_levels, &totals, 1)?;
             // 4b. the local fidelity's shares, summed into the fidelity total over loss_grad's zero.
             if let Some(ls) = &local {
@@ -834,11 +844,6 @@ fn dims_for(shape: Shape, sz: &Sizes, params: &Params, io: Io) -> Dims {
         tiles: sz.tiles as u32,
         rows: sz.rows as u32,
         flags: fl,
-        length_kind: match params.length {
-            LengthKind::L1 => length_kind::L1,
-            LengthKind::L2 => length_kind::L2,
-            LengthKind::Charbonnier => length_kind::CHARBONNIER,
-        },
         loss_groups: sz.loss_groups as u32,
         lambda: params.lambda as f32,
         weight: params.fidelity_weight as f32,
@@ -876,8 +881,9 @@ impl Plan {
 
     /// Replaces the parameters. The new values reach the device with the queue's next submit
     /// (`Queue::write_buffer` semantics): every encoding of this plan in that submission sees
-    /// them. Another fidelity (or σ) changes the dispatches: the plan is built anew, as
-    /// [`WgpuBackend::plan`] would, and encodings recorded before keep the old parameters.
+    /// them. Another fidelity (or σ) or length kind changes the dispatches: the plan is built
+    /// anew, as [`WgpuBackend::plan`] would, and encodings recorded before keep the old
+    /// parameters.
     ///
     /// # Errors
     /// [`Error::BadParam`] (as [`WgpuError::Core`]); when the fidelity changes, those of
@@ -887,8 +893,8 @@ impl Plan {
         if *params == self.params {
             return Ok(());
         }
-        // Another fidelity (or σ) is another pipeline: build the plan anew.
-        if params.fidelity != self.params.fidelity {
+        // Another fidelity (or σ) or length kind is another pipeline: build the plan anew.
+        if params.fidelity != self.params.fidelity || params.length != self.params.length {
             *self = self.backend.plan(self.shape, params, self.io)?;
             return Ok(());
         }
@@ -969,7 +975,7 @@ impl Plan {
                         *kernel,
                         &[dims.clone(), whole(&self.sums), whole(&self.totals), centroids.clone(), whole(&self.stats)],
                     ),
-                    Kernel::LossGrad => make(
+                    Kernel::LossGrad(_) => make(
                         *kernel,
                         &[
                             dims.clone(),
@@ -1105,7 +1111,7 @@ impl Plan {
                             (n * px + c * px + mask + if again { rows * tiles } else { 0 }, rows * tiles)
                         }
                         Kernel::Centroids => (rows + 1, bnc + b * n + 1),
-                        Kernel::LossGrad => (
+                        Kernel::LossGrad(_) => (
                             n * px + c * px + mask + bnc + b * n + 1 + local_grad,
                             if self.io.grad { n * px } else { 0 } + 2 * loss_groups,
                         ),

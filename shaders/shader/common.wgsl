@@ -60,7 +60,6 @@ struct Dims {
     // Rows of class_sums: B·N·(C+1) class rows, then B mask-count rows.
     rows: u32,
     flags: u32,
-    length_kind: u32,
     // Workgroups of loss_grad: ceil(B·S / WG), one pixel per invocation.
     loss_groups: u32,
     lambda: f32,

@@ -14,6 +14,10 @@
 // Loops: N − 1 for each of at most 13 normalisers, CACHED_CHANNELS, N·(C + SLOTS + 12) and N; the plan
 // bounds N and N·(C+1) so that this stays within lavapipe's budget.
 
+// The length term's kind (LENGTH_L1, LENGTH_L2 or LENGTH_CHARBONNIER): a pipeline constant, so
+// that each kind's pipeline holds only its own code.
+override LENGTH_KIND: u32;
+
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(2) var<storage, read_write> image: array<f32>;
@@ -96,7 +100,7 @@ fn set_pixel(p: u32) {
             use_slot(4u + a, px_s - st[a]);
         }
     }
-    if dims.length_kind == LENGTH_CHARBONNIER {
+    if LENGTH_KIND == LENGTH_CHARBONNIER {
         for (var i = 0u; i < 9u; i++) {
             let a = i / 3u;
             let c = i % 3u;
@@ -118,7 +122,7 @@ fn diff(p: u32, t: u32) -> vec2<f32> {
 
 // d(length of one difference)/dd for L1 (sign, 0 at 0) and L2 (2d).
 fn pair_slope(d: f32) -> f32 {
-    if dims.length_kind == LENGTH_L1 {
+    if LENGTH_KIND == LENGTH_L1 {
         return sign(d);
     }
     return 2.0 * d;
@@ -166,7 +170,7 @@ fn class_terms(n: u32) -> vec4<f32> {
     var g = select(0.0, dims.weight * ms * (gd - stats[bn] * dot), global);
     var own = 0.0;
     var back = 0.0;
-    if dims.length_kind == LENGTH_CHARBONNIER {
+    if LENGTH_KIND == LENGTH_CHARBONNIER {
         var sq = 0.0;
         var dsum = 0.0;
         for (var a = 0u; a < 3u; a++) {
@@ -197,7 +201,7 @@ fn class_terms(n: u32) -> vec4<f32> {
         for (var a = 0u; a < 3u; a++) {
             let d = diff(0u, 1u + a);
             if d.y != 0.0 {
-                if dims.length_kind == LENGTH_L1 {
+                if LENGTH_KIND == LENGTH_L1 {
                     len += abs(d.x);
                 } else {
                     len += d.x * d.x;

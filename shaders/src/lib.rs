@@ -86,7 +86,7 @@ pub mod flags {
 /// a typed error), which keeps the loop far below lavapipe's 65,535 iterations.
 pub const MAX_WINDOW: u32 = 4096;
 
-/// Values of [`Dims::length_kind`].
+/// Values of [`Kernel::LossGrad`]'s `LENGTH_KIND` override ([`Kernel::constants`]).
 pub mod length_kind {
     /// `Σ |d|`.
     pub const L1: u32 = 0;
@@ -144,8 +144,6 @@ pub struct Dims {
     pub rows: u32,
     /// [`flags`] bits.
     pub flags: u32,
-    /// One of [`length_kind`].
-    pub length_kind: u32,
     /// Workgroups of [`Kernel::LossGrad`]: `ceil(B·S / WG)`, one pixel per invocation.
     pub loss_groups: u32,
     /// λ.
@@ -159,7 +157,7 @@ pub struct Dims {
 }
 
 /// Member names of [`Dims`] in order, as in the WGSL struct.
-pub const DIMS_MEMBERS: [&str; 16] = [
+pub const DIMS_MEMBERS: [&str; 15] = [
     "batch",
     "classes",
     "channels",
@@ -170,7 +168,6 @@ pub const DIMS_MEMBERS: [&str; 16] = [
     "tiles",
     "rows",
     "flags",
-    "length_kind",
     "loss_groups",
     "lambda",
     "weight",
@@ -181,8 +178,8 @@ pub const DIMS_MEMBERS: [&str; 16] = [
 impl Dims {
     /// The block as the bytes a uniform buffer holds (native-endian 32-bit words; WGSL hosts
     /// are little-endian).
-    pub fn to_bytes(&self) -> [u8; 64] {
-        let words: [u32; 16] = [
+    pub fn to_bytes(&self) -> [u8; 60] {
+        let words: [u32; 15] = [
             self.batch,
             self.classes,
             self.channels,
@@ -193,7 +190,6 @@ impl Dims {
             self.tiles,
             self.rows,
             self.flags,
-            self.length_kind,
             self.loss_groups,
             self.lambda.to_bits(),
             self.weight.to_bits(),
@@ -364,7 +360,21 @@ pub const LOCAL_GRAD: &str = concat!(
 /// [`Kernel::Finalize`]'s source.
 pub const FINALIZE: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/finalize.wgsl"));
 
-/// Every compute kernel of the backend. Pipelines are created once per kernel and cached.
+/// How [`Kernel::LossGrad`] measures the length term: the value of its pipeline-overridable
+/// constant `LENGTH_KIND`. Each kind is its own pipeline, so that the device's compiler keeps only
+/// that kind's code (a CPU emulation such as lavapipe runs both sides of a branch otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Length {
+    /// `Σ |d|`.
+    L1,
+    /// `Σ d²`.
+    L2,
+    /// `Σ (sqrt(Σ_a d_a² + δ²) − δ)`.
+    Charbonnier,
+}
+
+/// Every compute kernel of the backend, with the values of its pipeline-overridable constants.
+/// Pipelines are created once per kernel and cached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
     /// Input checks and the first level of the class sums, one tile per workgroup, summed with
@@ -377,8 +387,9 @@ pub enum Kernel {
     Reduce,
     /// Centroids, ε-corrections, reduction scale.
     Centroids,
-    /// Energy terms and the gradient (`∂E/∂z` for logits, the softmax backward fused in).
-    LossGrad,
+    /// Energy terms and the gradient (`∂E/∂z` for logits, the softmax backward fused in), for
+    /// one kind of length term.
+    LossGrad(Length),
     /// The energy record.
     Finalize,
     /// The local fidelity's maps `m·y` and `m·y·x'` (one sample per dispatch).
@@ -393,12 +404,14 @@ pub enum Kernel {
 
 impl Kernel {
     /// All kernels, in pipeline order.
-    pub const ALL: [Kernel; 10] = [
+    pub const ALL: [Kernel; 12] = [
         Kernel::ClassSums,
         Kernel::ClassSumsStrided,
         Kernel::Reduce,
         Kernel::Centroids,
-        Kernel::LossGrad,
+        Kernel::LossGrad(Length::L1),
+        Kernel::LossGrad(Length::L2),
+        Kernel::LossGrad(Length::Charbonnier),
         Kernel::Finalize,
         Kernel::LocalProducts,
         Kernel::LocalConv,
@@ -416,7 +429,7 @@ impl Kernel {
             Kernel::ClassSumsStrided => "class_sums_strided",
             Kernel::Reduce => "reduce",
             Kernel::Centroids => "centroids",
-            Kernel::LossGrad => "loss_grad",
+            Kernel::LossGrad(_) => "loss_grad",
             Kernel::Finalize => "finalize",
             Kernel::LocalProducts => "local_products",
             Kernel::LocalConv => "local_conv",
@@ -432,7 +445,7 @@ impl Kernel {
             Kernel::ClassSumsStrided => CLASS_SUMS_STRIDED,
             Kernel::Reduce => REDUCE,
             Kernel::Centroids => CENTROIDS,
-            Kernel::LossGrad => LOSS_GRAD,
+            Kernel::LossGrad(_) => LOSS_GRAD,
             Kernel::Finalize => FINALIZE,
             Kernel::LocalProducts => LOCAL_PRODUCTS,
             Kernel::LocalConv => LOCAL_CONV,
@@ -444,6 +457,16 @@ impl Kernel {
     /// The entry point's name.
     pub const fn entry_point(self) -> &'static str {
         "main"
+    }
+
+    /// The values of the kernel's pipeline-overridable constants, by name.
+    pub const fn constants(self) -> &'static [(&'static str, f64)] {
+        match self {
+            Kernel::LossGrad(Length::L1) => &[("LENGTH_KIND", length_kind::L1 as f64)],
+            Kernel::LossGrad(Length::L2) => &[("LENGTH_KIND", length_kind::L2 as f64)],
+            Kernel::LossGrad(Length::Charbonnier) => &[("LENGTH_KIND", length_kind::CHARBONNIER as f64)],
+            _ => &[],
+        }
     }
 
     /// The workgroup size along x (y and z are 1).
@@ -470,7 +493,7 @@ impl Kernel {
             // dims, sums, totals, centroids, stats
             Kernel::Centroids => &[U, Rw, Rw, Rw, Rw],
             // dims, scores, image, mask, centroids, stats, grad, partials, status
-            Kernel::LossGrad => &[U, Rw, Rw, Rw, Rw, Rw, Rw, Rw, Rw],
+            Kernel::LossGrad(_) => &[U, Rw, Rw, Rw, Rw, Rw, Rw, Rw, Rw],
             // dims, totals, status, energy
             Kernel::Finalize => &[U, Rw, Rw, Rw],
             // dims, scores, image, mask, sums, planes, sample

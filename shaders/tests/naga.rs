@@ -2,7 +2,7 @@
 //! (workgroup sizes, bindings, uniform layouts, constants) checked against the WGSL.
 
 use msloss_shaders::{
-    Binding, CONV_PARAMS_MEMBERS, ConvParams, DIMS_MEMBERS, Dims, Kernel, REDUCE_PARAMS_MEMBERS, ReduceParams,
+    Binding, CONV_PARAMS_MEMBERS, ConvParams, DIMS_MEMBERS, Dims, Kernel, Length, REDUCE_PARAMS_MEMBERS, ReduceParams,
     SAMPLE_PARAMS_MEMBERS, SampleParams,
 };
 use naga::valid::{Capabilities, ValidationFlags, Validator};
@@ -87,7 +87,7 @@ fn struct_layout(module: &naga::Module, name: &str) -> (Vec<(String, u32)>, u32)
 
 #[test]
 fn dims_layout_matches() {
-    let (module, _) = parse(Kernel::LossGrad);
+    let (module, _) = parse(Kernel::LossGrad(Length::L1));
     let (members, size) = struct_layout(&module, "Dims");
     assert_eq!(size as usize, core::mem::size_of::<Dims>());
     assert_eq!(size as usize, Dims::default().to_bytes().len());
@@ -100,8 +100,8 @@ fn dims_layout_matches() {
     let d = Dims { batch: 7, lambda: 2.5, eps: 1e-8, ..Dims::default() };
     let bytes = d.to_bytes();
     assert_eq!(u32::from_ne_bytes(bytes[0..4].try_into().unwrap()), 7);
-    assert_eq!(f32::from_bits(u32::from_ne_bytes(bytes[48..52].try_into().unwrap())), 2.5);
-    assert_eq!(f32::from_bits(u32::from_ne_bytes(bytes[60..64].try_into().unwrap())), 1e-8);
+    assert_eq!(f32::from_bits(u32::from_ne_bytes(bytes[44..48].try_into().unwrap())), 2.5);
+    assert_eq!(f32::from_bits(u32::from_ne_bytes(bytes[56..60].try_into().unwrap())), 1e-8);
 }
 
 #[test]
@@ -162,7 +162,7 @@ fn wgsl_const(module: &naga::Module, name: &str) -> u32 {
 #[test]
 fn constants_match() {
     use msloss_shaders::{PER_INVOCATION, TILE, WORKGROUP_SIZE, flags, length_kind, status};
-    let (module, _) = parse(Kernel::LossGrad);
+    let (module, _) = parse(Kernel::LossGrad(Length::L1));
     let expected = [
         ("WG", WORKGROUP_SIZE),
         ("TILE", TILE),
@@ -205,7 +205,7 @@ fn workgroup_storage_matches() {
             .filter(|(_, v)| v.space == AddressSpace::WorkGroup)
             .map(|(_, v)| layouter[v.ty].size)
             .sum();
-        let sums = matches!(kernel, Kernel::ClassSums | Kernel::Reduce | Kernel::LossGrad);
+        let sums = matches!(kernel, Kernel::ClassSums | Kernel::Reduce | Kernel::LossGrad(_));
         assert_eq!(bytes, if sums { WORKGROUP_STORAGE } else { 0 }, "{}", kernel.name());
     }
 }
@@ -215,5 +215,5 @@ fn every_source_starts_with_the_shared_code() {
     for kernel in Kernel::ALL {
         assert!(kernel.source().starts_with(msloss_shaders::COMMON), "{}", kernel.name());
     }
-    assert_eq!(Kernel::LossGrad.storage_buffers(), 8);
+    assert_eq!(Kernel::LossGrad(Length::Charbonnier).storage_buffers(), 8);
 }
