@@ -1,6 +1,7 @@
 //! The backend object: device, queue, cached pipelines, health of the device.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -88,7 +89,9 @@ pub(crate) struct Inner {
     pub(crate) queue: wgpu::Queue,
     pub(crate) limits: wgpu::Limits,
     pub(crate) info: wgpu::AdapterInfo,
-    pipelines: Vec<Pipeline>,
+    /// Every pipeline made so far, by kernel: those of [`Kernel::ALL`] when the backend is
+    /// built, each other specialisation on first use.
+    pipelines: Mutex<HashMap<Kernel, Pipeline>>,
     /// Bound where a kernel's read-only input is absent (no mask).
     pub(crate) dummy_read: wgpu::Buffer,
     /// Bound where a kernel's read-write output is absent (no gradient, no softmax scratch).
@@ -168,7 +171,8 @@ pub(crate) fn scoped<R>(device: &wgpu::Device, context: &'static str, f: impl Fn
 impl WgpuBackend {
     /// Opens the default adapter (high performance preferred; `WGPU_BACKEND`,
     /// `WGPU_POWER_PREF` and `WGPU_ADAPTER_NAME` are honoured) and a device with the adapter's
-    /// full limits, and builds every pipeline.
+    /// full limits, and builds the pipelines of [`Kernel::ALL`] (other specialisations of
+    /// `loss_grad` are built on first use).
     ///
     /// # Errors
     /// [`WgpuError::NoAdapter`], [`WgpuError::MissingLimit`], [`WgpuError::RequestDevice`], or a
@@ -235,7 +239,8 @@ impl WgpuBackend {
     ) -> Result<Self, WgpuError> {
         let limits = device.limits();
         let (pipelines, dummy_read, dummy_write) = scoped(&device, "building the pipelines", || {
-            let pipelines: Vec<Pipeline> = Kernel::ALL.iter().map(|k| create_pipeline(&device, *k)).collect();
+            let pipelines: HashMap<Kernel, Pipeline> =
+                Kernel::ALL.iter().map(|k| (*k, create_pipeline(&device, *k))).collect();
             let dummy = |label| {
                 device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(label),
@@ -247,6 +252,7 @@ impl WgpuBackend {
             (pipelines, dummy("msloss dummy (read)"), dummy("msloss dummy (write)"))
         })?;
         let class_sums = ClassSumsPath::for_device(info.device_type);
+        let pipelines = Mutex::new(pipelines);
         let inner = Inner { device, queue, limits, info, pipelines, dummy_read, dummy_write, health };
         Ok(Self { inner: Arc::new(inner), class_sums })
     }
@@ -292,10 +298,19 @@ impl WgpuBackend {
         Ok(())
     }
 
-    pub(crate) fn pipeline(&self, kernel: Kernel) -> &Pipeline {
-        // `pipelines` is built from Kernel::ALL in order.
-        let i = Kernel::ALL.iter().position(|k| *k == kernel).unwrap_or(0);
-        &self.inner.pipelines[i]
+    /// The pipeline of `kernel`, made on first use.
+    ///
+    /// # Errors
+    /// A scope error while making it.
+    pub(crate) fn pipeline(&self, kernel: Kernel) -> Result<Pipeline, WgpuError> {
+        let mut pipelines = self.inner.pipelines.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = pipelines.get(&kernel) {
+            return Ok(p.clone());
+        }
+        let device = &self.inner.device;
+        let p = scoped(device, "building a pipeline", || create_pipeline(device, kernel))?;
+        pipelines.insert(kernel, p.clone());
+        Ok(p)
     }
 }
 
@@ -330,12 +345,20 @@ fn create_pipeline(device: &wgpu::Device, kernel: Kernel) -> Pipeline {
         label: Some(kernel.name()),
         source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(kernel.source())),
     });
+    let spec_constants;
+    let constants: &[(&str, f64)] = match kernel {
+        Kernel::LossGrad(spec) => {
+            spec_constants = spec.constants();
+            &spec_constants
+        }
+        _ => &[],
+    };
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(kernel.name()),
         layout: Some(&pipeline_layout),
         module: &module,
         entry_point: Some(kernel.entry_point()),
-        compilation_options: wgpu::PipelineCompilationOptions { constants: kernel.constants(), ..Default::default() },
+        compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
         cache: None,
     });
     Pipeline { layout, pipeline }

@@ -6,12 +6,13 @@ use std::num::NonZeroU64;
 
 use msloss_core::{Energy, Error, Fidelity, Gaussian, LengthKind, Params, Reduction, Shape};
 use msloss_shaders::{
-    ConvParams, Dims, Kernel, Length, MAX_WINDOW, ReduceParams, SampleParams, TILE, WORKGROUP_SIZE, flags, status,
+    ConvParams, Dims, Kernel, Length, LossGradSpec, MAX_WINDOW, ReduceParams, SampleParams, TILE, WORKGROUP_SIZE,
+    flags, status,
 };
 use wgpu::util::DeviceExt;
 
 use crate::buffers::{self, BufferRange, DeviceBuffers, ENERGY_BYTES, Io, Needs, ScoresKind};
-use crate::context::{ClassSumsPath, MAX_CHANNELS, MAX_CLASS_ROWS, MAX_CLASSES, scoped};
+use crate::context::{ClassSumsPath, MAX_CHANNELS, MAX_CLASS_ROWS, MAX_CLASSES, Pipeline, scoped};
 use crate::{WgpuBackend, WgpuError};
 
 /// Decodes the energy record the device wrote (copy it to a mappable buffer and map it). A
@@ -141,13 +142,14 @@ fn strided_groups(tiles: u64, n: u64, c: u64) -> u64 {
     tiles.div_ceil(per_group).max(STRIDED_MIN_GROUPS).min(tiles)
 }
 
-/// `loss_grad`'s pipeline for the length term of `params`.
-fn loss_kernel(params: &Params) -> Kernel {
-    Kernel::LossGrad(match params.length {
+/// `loss_grad` specialised for an evaluation's length kind and depth.
+fn loss_kernel(params: &Params, shape: Shape) -> Kernel {
+    let length = match params.length {
         LengthKind::L1 => Length::L1,
         LengthKind::L2 => Length::L2,
         LengthKind::Charbonnier => Length::Charbonnier,
-    })
+    };
+    Kernel::LossGrad(LossGradSpec::new(length, shape.depth() as u32))
 }
 
 /// The sizes of one evaluation, checked against the kernels' index range.
@@ -330,8 +332,8 @@ impl WgpuBackend {
         let md = u64::from(limits.max_compute_workgroups_per_dimension);
         for (kernel, groups) in [
             (sz.class_kernel, sz.b * sz.class_groups),
-            // Every length kind's loss_grad has this grid.
-            (Kernel::LossGrad(Length::L1), sz.loss_groups),
+            // Every specialisation of loss_grad has this grid.
+            (Kernel::LossGrad(LossGradSpec::new(Length::L1, 1)), sz.loss_groups),
             (Kernel::LocalConv, if local { ceil_div(sz.local_len(), WORKGROUP_SIZE as u64) } else { 0 }),
         ] {
             if groups > md * md {
@@ -408,9 +410,10 @@ struct Fixed {
 /// bind group per call ([`Plan::encode`]), one per kernel; the reductions between them are fixed.
 #[derive(Debug)]
 enum Step {
-    /// A kernel that binds the caller's ranges, over this grid; for the local fidelity's
-    /// per-sample kernels, the dynamic offset of the sample's [`SampleParams`] block.
-    Caller(Kernel, (u32, u32), Option<u32>),
+    /// A kernel (and its pipeline) that binds the caller's ranges, over this grid; for the
+    /// local fidelity's per-sample kernels, the dynamic offset of the sample's [`SampleParams`]
+    /// block.
+    Caller(Kernel, Pipeline, (u32, u32), Option<u32>),
     /// A reduction level over the plan's own buffers.
     Fixed(Fixed),
 }
@@ -606,7 +609,7 @@ impl WgpuBackend {
                 }
             }
             // 4. energy terms and the gradient (∂E/∂z for logits), then their sums
-            b.caller(loss_kernel(params), sz.loss_groups)?;
+            b.caller(loss_kernel(params, shape), sz.loss_groups)?;
             b.chain(&loss_partials, 0, 2, &lay.loss_levels, &totals, 1)?;
             // 4b. the local fidelity's shares, summed into the fidelity total over loss_grad's zero.
             if let Some(ls) = &local {
@@ -679,7 +682,8 @@ impl StepBuilder<'_> {
     /// [`StepBuilder::caller`] with the dynamic offset of a per-sample kernel's block.
     fn caller_at(&mut self, kernel: Kernel, groups: u64, offset: Option<u32>) -> Result<(), WgpuError> {
         let grid = self.grid(kernel, groups)?;
-        self.steps.push(Step::Caller(kernel, grid, offset));
+        let pipeline = self.backend.pipeline(kernel)?;
+        self.steps.push(Step::Caller(kernel, pipeline, grid, offset));
         Ok(())
     }
 
@@ -734,7 +738,7 @@ impl StepBuilder<'_> {
             contents: &rp.to_bytes(),
             usage: wgpu::BufferUsages::UNIFORM,
         });
-        let p = self.backend.pipeline(Kernel::Reduce);
+        let p = self.backend.pipeline(Kernel::Reduce)?;
         let bind_group = bind_group(device, Kernel::Reduce, &p.layout, &[whole(&ub), whole(from), whole(to)]);
         let grid = self.grid(Kernel::Reduce, rows * len_out)?;
         let elems = (rows * len_in, rows * len_out);
@@ -773,7 +777,7 @@ impl StepBuilder<'_> {
                 usage: wgpu::BufferUsages::UNIFORM,
             });
             let kernel = Kernel::LocalConv;
-            let p = self.backend.pipeline(kernel);
+            let p = self.backend.pipeline(kernel)?;
             let bind_group =
                 bind_group(device, kernel, &p.layout, &[whole(&ub), whole(conv.table), whole(from), whole(to)]);
             let grid = self.grid(kernel, ceil_div(len, WORKGROUP_SIZE as u64))?;
@@ -948,20 +952,21 @@ impl Plan {
                 None => whole(&self.centroids),
             };
             let dims = whole(&self.dims_buffer);
-            let make = |kernel: Kernel, resources: &[wgpu::BindingResource<'_>]| {
-                bind_group(device, kernel, &self.backend.pipeline(kernel).layout, resources)
+            let make = |kernel: Kernel, pipeline: &Pipeline, resources: &[wgpu::BindingResource<'_>]| {
+                bind_group(device, kernel, &pipeline.layout, resources)
             };
             // One bind group per kernel: the per-sample kernels, dispatched once per sample, take
             // their sample's block by the dynamic offset of each dispatch.
             let mut groups: Vec<(Kernel, wgpu::BindGroup)> = Vec::with_capacity(9);
             for step in &self.steps {
-                let Step::Caller(kernel, _, _) = step else { continue };
+                let Step::Caller(kernel, pipeline, _, _) = step else { continue };
                 if groups.iter().any(|(k, _)| k == kernel) {
                     continue;
                 }
                 let bg = match kernel {
                     Kernel::ClassSums | Kernel::ClassSumsStrided => make(
                         *kernel,
+                        pipeline,
                         &[
                             dims.clone(),
                             scores.clone(),
@@ -973,10 +978,12 @@ impl Plan {
                     ),
                     Kernel::Centroids => make(
                         *kernel,
+                        pipeline,
                         &[dims.clone(), whole(&self.sums), whole(&self.totals), centroids.clone(), whole(&self.stats)],
                     ),
                     Kernel::LossGrad(_) => make(
                         *kernel,
+                        pipeline,
                         &[
                             dims.clone(),
                             scores.clone(),
@@ -991,6 +998,7 @@ impl Plan {
                     ),
                     Kernel::Finalize => make(
                         *kernel,
+                        pipeline,
                         &[dims.clone(), whole(&self.totals), whole(&self.status), range(&buffers.energy, ENERGY_BYTES)],
                     ),
                     Kernel::LocalProducts | Kernel::LocalTerms | Kernel::LocalGrad => {
@@ -1003,6 +1011,7 @@ impl Plan {
                         match kernel {
                             Kernel::LocalProducts => make(
                                 *kernel,
+                                pipeline,
                                 &[
                                     dims.clone(),
                                     scores.clone(),
@@ -1015,6 +1024,7 @@ impl Plan {
                             ),
                             Kernel::LocalTerms => make(
                                 *kernel,
+                                pipeline,
                                 &[
                                     dims.clone(),
                                     scores.clone(),
@@ -1029,6 +1039,7 @@ impl Plan {
                             ),
                             _ => make(
                                 *kernel,
+                                pipeline,
                                 &[
                                     dims.clone(),
                                     image.clone(),
@@ -1064,13 +1075,13 @@ impl Plan {
             encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("msloss"), timestamp_writes: None });
         for step in &self.steps {
             let (pipeline, group, grid, offset) = match step {
-                Step::Caller(kernel, grid, offset) => {
+                Step::Caller(kernel, pipeline, grid, offset) => {
                     // Every caller kernel's group was built above; a missing one is this crate's bug.
                     let Some((_, g)) = groups.iter().find(|(k, _)| k == kernel) else {
                         let message = format!("no bind group for {kernel:?}");
                         return Err(WgpuError::Internal { context: "encoding the plan", message });
                     };
-                    (&self.backend.pipeline(*kernel).pipeline, g, *grid, *offset)
+                    (&pipeline.pipeline, g, *grid, *offset)
                 }
                 Step::Fixed(f) => (&f.pipeline, &f.bind_group, f.grid, None),
             };
@@ -1103,7 +1114,7 @@ impl Plan {
             .map(|step| {
                 let (read, written) = match step {
                     Step::Fixed(fx) => fx.elems,
-                    Step::Caller(kernel, _, _) => match kernel {
+                    Step::Caller(kernel, _, _, _) => match kernel {
                         // The strided path reads back its own partials when a workgroup takes
                         // several tiles.
                         Kernel::ClassSums | Kernel::ClassSumsStrided => {
@@ -1125,7 +1136,7 @@ impl Plan {
                     },
                 };
                 let name = match step {
-                    Step::Caller(k, _, _) => k.name(),
+                    Step::Caller(k, _, _, _) => k.name(),
                     Step::Fixed(fx) => fx.kernel.name(),
                 };
                 Traffic { kernel: name, read: read * f, written: written * f }
@@ -1147,7 +1158,7 @@ impl Plan {
         self.steps
             .iter()
             .map(|s| match s {
-                Step::Caller(k, g, _) => (k.name(), g.0, g.1),
+                Step::Caller(k, _, g, _) => (k.name(), g.0, g.1),
                 Step::Fixed(f) => (f.kernel.name(), f.grid.0, f.grid.1),
             })
             .collect()

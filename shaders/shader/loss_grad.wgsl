@@ -14,9 +14,13 @@
 // Loops: N − 1 for each of at most 13 normalisers, CACHED_CHANNELS, N·(C + SLOTS + 12) and N; the plan
 // bounds N and N·(C+1) so that this stays within lavapipe's budget.
 
-// The length term's kind (LENGTH_L1, LENGTH_L2 or LENGTH_CHARBONNIER): a pipeline constant, so
-// that each kind's pipeline holds only its own code.
+// Pipeline constants (msloss_shaders::LossGradSpec), so that each combination's pipeline holds
+// only the code it runs: the length term's kind (LENGTH_L1, LENGTH_L2 or LENGTH_CHARBONNIER) and
+// whether the depth axis has neighbours (D > 1).
 override LENGTH_KIND: u32;
+override VOLUME: bool;
+// The first axis with neighbours: 0 (D) in a volume, else 1 (H).
+override FIRST_AXIS: u32 = select(1u, 0u, VOLUME);
 
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read_write> scores: array<f32>;
@@ -92,7 +96,7 @@ fn set_pixel(p: u32) {
             px_c0[k] = centroids[px_b * dims.classes * dims.channels + k];
         }
     }
-    for (var a = 0u; a < 3u; a++) {
+    for (var a = FIRST_AXIS; a < 3u; a++) {
         if q[a] + 1u < ext[a] {
             use_slot(1u + a, px_s + st[a]);
         }
@@ -104,7 +108,7 @@ fn set_pixel(p: u32) {
         for (var i = 0u; i < 9u; i++) {
             let a = i / 3u;
             let c = i % 3u;
-            if c != a && q[a] > 0u && q[c] + 1u < ext[c] {
+            if c != a && a >= FIRST_AXIS && c >= FIRST_AXIS && q[a] > 0u && q[c] + 1u < ext[c] {
                 use_slot(7u + i, px_s - st[a] + st[c]);
             }
         }
@@ -173,7 +177,7 @@ fn class_terms(n: u32) -> vec4<f32> {
     if LENGTH_KIND == LENGTH_CHARBONNIER {
         var sq = 0.0;
         var dsum = 0.0;
-        for (var a = 0u; a < 3u; a++) {
+        for (var a = FIRST_AXIS; a < 3u; a++) {
             let d = diff(0u, 1u + a).x;
             sq += d * d;
             dsum += d;
@@ -182,12 +186,12 @@ fn class_terms(n: u32) -> vec4<f32> {
         // r − δ without cancellation.
         len = sq / (r + dims.delta);
         own = dsum / r;
-        for (var a = 0u; a < 3u; a++) {
+        for (var a = FIRST_AXIS; a < 3u; a++) {
             let dp = diff(4u + a, 0u);
             if dp.y != 0.0 {
                 // Charbonnier's r at s − e_a: its forward differences along the three axes.
                 var sqp = 0.0;
-                for (var c = 0u; c < 3u; c++) {
+                for (var c = FIRST_AXIS; c < 3u; c++) {
                     var dc = dp.x;
                     if c != a {
                         dc = diff(4u + a, 7u + 3u * a + c).x;
@@ -198,7 +202,7 @@ fn class_terms(n: u32) -> vec4<f32> {
             }
         }
     } else {
-        for (var a = 0u; a < 3u; a++) {
+        for (var a = FIRST_AXIS; a < 3u; a++) {
             let d = diff(0u, 1u + a);
             if d.y != 0.0 {
                 if LENGTH_KIND == LENGTH_L1 {

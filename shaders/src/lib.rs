@@ -86,7 +86,7 @@ pub mod flags {
 /// a typed error), which keeps the loop far below lavapipe's 65,535 iterations.
 pub const MAX_WINDOW: u32 = 4096;
 
-/// Values of [`Kernel::LossGrad`]'s `LENGTH_KIND` override ([`Kernel::constants`]).
+/// Values of [`Kernel::LossGrad`]'s `LENGTH_KIND` constant ([`LossGradSpec::constants`]).
 pub mod length_kind {
     /// `Σ |d|`.
     pub const L1: u32 = 0;
@@ -360,9 +360,7 @@ pub const LOCAL_GRAD: &str = concat!(
 /// [`Kernel::Finalize`]'s source.
 pub const FINALIZE: &str = concat!(include_str!("../shader/common.wgsl"), include_str!("../shader/finalize.wgsl"));
 
-/// How [`Kernel::LossGrad`] measures the length term: the value of its pipeline-overridable
-/// constant `LENGTH_KIND`. Each kind is its own pipeline, so that the device's compiler keeps only
-/// that kind's code (a CPU emulation such as lavapipe runs both sides of a branch otherwise).
+/// How [`Kernel::LossGrad`] measures the length term ([`LossGradSpec::length`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Length {
     /// `Σ |d|`.
@@ -373,8 +371,36 @@ pub enum Length {
     Charbonnier,
 }
 
+/// The values of [`Kernel::LossGrad`]'s pipeline-overridable constants. Each combination is its
+/// own pipeline, so that the device's compiler keeps only the code that combination runs (a CPU
+/// emulation such as lavapipe runs both sides of every branch, masked, otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LossGradSpec {
+    /// The length term's kind (`LENGTH_KIND`).
+    pub length: Length,
+    /// Whether the depth axis has neighbours, `D > 1` (`VOLUME`).
+    pub volume: bool,
+}
+
+impl LossGradSpec {
+    /// The spec for a length kind and a depth `D`.
+    pub const fn new(length: Length, depth: u32) -> Self {
+        LossGradSpec { length, volume: depth > 1 }
+    }
+
+    /// The pipeline constants, by name.
+    pub fn constants(self) -> [(&'static str, f64); 2] {
+        let length = match self.length {
+            Length::L1 => length_kind::L1,
+            Length::L2 => length_kind::L2,
+            Length::Charbonnier => length_kind::CHARBONNIER,
+        };
+        [("LENGTH_KIND", f64::from(length)), ("VOLUME", f64::from(u8::from(self.volume)))]
+    }
+}
+
 /// Every compute kernel of the backend, with the values of its pipeline-overridable constants.
-/// Pipelines are created once per kernel and cached.
+/// The backend creates a pipeline per kernel value on first use and caches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
     /// Input checks and the first level of the class sums, one tile per workgroup, summed with
@@ -387,9 +413,9 @@ pub enum Kernel {
     Reduce,
     /// Centroids, ε-corrections, reduction scale.
     Centroids,
-    /// Energy terms and the gradient (`∂E/∂z` for logits, the softmax backward fused in), for
-    /// one kind of length term.
-    LossGrad(Length),
+    /// Energy terms and the gradient (`∂E/∂z` for logits, the softmax backward fused in),
+    /// specialised by its pipeline constants.
+    LossGrad(LossGradSpec),
     /// The energy record.
     Finalize,
     /// The local fidelity's maps `m·y` and `m·y·x'` (one sample per dispatch).
@@ -403,15 +429,13 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// All kernels, in pipeline order.
-    pub const ALL: [Kernel; 12] = [
+    /// Every kernel, `loss_grad` in one of its specialisations (they share one source).
+    pub const ALL: [Kernel; 10] = [
         Kernel::ClassSums,
         Kernel::ClassSumsStrided,
         Kernel::Reduce,
         Kernel::Centroids,
-        Kernel::LossGrad(Length::L1),
-        Kernel::LossGrad(Length::L2),
-        Kernel::LossGrad(Length::Charbonnier),
+        Kernel::LossGrad(LossGradSpec::new(Length::L1, 1)),
         Kernel::Finalize,
         Kernel::LocalProducts,
         Kernel::LocalConv,
@@ -457,16 +481,6 @@ impl Kernel {
     /// The entry point's name.
     pub const fn entry_point(self) -> &'static str {
         "main"
-    }
-
-    /// The values of the kernel's pipeline-overridable constants, by name.
-    pub const fn constants(self) -> &'static [(&'static str, f64)] {
-        match self {
-            Kernel::LossGrad(Length::L1) => &[("LENGTH_KIND", length_kind::L1 as f64)],
-            Kernel::LossGrad(Length::L2) => &[("LENGTH_KIND", length_kind::L2 as f64)],
-            Kernel::LossGrad(Length::Charbonnier) => &[("LENGTH_KIND", length_kind::CHARBONNIER as f64)],
-            _ => &[],
-        }
     }
 
     /// The workgroup size along x (y and z are 1).
