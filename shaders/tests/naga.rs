@@ -220,3 +220,28 @@ fn every_source_starts_with_the_shared_code() {
     }
     assert_eq!(LOSS_GRAD.storage_buffers(), 8);
 }
+
+/// The pipeline constants: every spec of loss_grad gives a value to each override that has no
+/// default and names no other; no other kernel declares one (the backend gives them none).
+#[test]
+fn overrides_match_the_specs() {
+    let (module, _) = parse(LOSS_GRAD);
+    let declared: Vec<(String, bool)> =
+        module.overrides.iter().map(|(_, o)| (o.name.clone().unwrap_or_default(), o.init.is_some())).collect();
+    assert!(!declared.is_empty());
+    for length in [Length::L1, Length::L2, Length::Charbonnier] {
+        for depth in [1, 2] {
+            let constants = LossGradSpec::new(length, depth).constants();
+            let given: Vec<&str> = constants.iter().map(|(name, _)| *name).collect();
+            for (name, has_default) in &declared {
+                assert!(*has_default || given.contains(&name.as_str()), "{name} gets no value");
+            }
+            for name in given {
+                assert!(declared.iter().any(|(d, _)| d == name), "{name} is no override of loss_grad");
+            }
+        }
+    }
+    for kernel in Kernel::ALL.into_iter().filter(|k| !matches!(k, Kernel::LossGrad(_))) {
+        assert_eq!(parse(kernel).0.overrides.len(), 0, "{}", kernel.name());
+    }
+}
