@@ -345,20 +345,16 @@ fn create_pipeline(device: &wgpu::Device, kernel: Kernel) -> Pipeline {
         label: Some(kernel.name()),
         source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(kernel.source())),
     });
-    let spec_constants;
-    let constants: &[(&str, f64)] = match kernel {
-        Kernel::LossGrad(spec) => {
-            spec_constants = spec.constants();
-            &spec_constants
-        }
-        _ => &[],
+    let constants = match kernel {
+        Kernel::LossGrad(spec) => spec.constants().to_vec(),
+        _ => Vec::new(),
     };
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(kernel.name()),
         layout: Some(&pipeline_layout),
         module: &module,
         entry_point: Some(kernel.entry_point()),
-        compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
+        compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
         cache: None,
     });
     Pipeline { layout, pipeline }

@@ -149,7 +149,7 @@ fn loss_kernel(params: &Params, shape: Shape) -> Kernel {
         LengthKind::L2 => Length::L2,
         LengthKind::Charbonnier => Length::Charbonnier,
     };
-    Kernel::LossGrad(LossGradSpec::new(length, shape.depth() as u32))
+    Kernel::LossGrad(LossGradSpec { length, volume: shape.depth() > 1 })
 }
 
 /// The sizes of one evaluation, checked against the kernels' index range.
@@ -333,7 +333,7 @@ impl WgpuBackend {
         for (kernel, groups) in [
             (sz.class_kernel, sz.b * sz.class_groups),
             // Every specialisation of loss_grad has this grid.
-            (Kernel::LossGrad(LossGradSpec::new(Length::L1, 1)), sz.loss_groups),
+            (Kernel::LossGrad(LossGradSpec { length: Length::L1, volume: false }), sz.loss_groups),
             (Kernel::LocalConv, if local { ceil_div(sz.local_len(), WORKGROUP_SIZE as u64) } else { 0 }),
         ] {
             if groups > md * md {

@@ -383,11 +383,6 @@ pub struct LossGradSpec {
 }
 
 impl LossGradSpec {
-    /// The spec for a length kind and a depth `D`.
-    pub const fn new(length: Length, depth: u32) -> Self {
-        LossGradSpec { length, volume: depth > 1 }
-    }
-
     /// The pipeline constants, by name.
     pub fn constants(self) -> [(&'static str, f64); 2] {
         let length = match self.length {
@@ -435,7 +430,7 @@ impl Kernel {
         Kernel::ClassSumsStrided,
         Kernel::Reduce,
         Kernel::Centroids,
-        Kernel::LossGrad(LossGradSpec::new(Length::L1, 1)),
+        Kernel::LossGrad(LossGradSpec { length: Length::L1, volume: false }),
         Kernel::Finalize,
         Kernel::LocalProducts,
         Kernel::LocalConv,

@@ -9,7 +9,7 @@ use naga::valid::{Capabilities, ValidationFlags, Validator};
 use naga::{AddressSpace, ShaderStage, StorageAccess, TypeInner};
 
 /// loss_grad (every specialisation has the same source).
-const LOSS_GRAD: Kernel = Kernel::LossGrad(LossGradSpec::new(Length::L1, 1));
+const LOSS_GRAD: Kernel = Kernel::LossGrad(LossGradSpec { length: Length::L1, volume: false });
 
 fn parse(kernel: Kernel) -> (naga::Module, naga::valid::ModuleInfo) {
     let module = naga::front::wgsl::parse_str(kernel.source())
@@ -230,8 +230,8 @@ fn overrides_match_the_specs() {
         module.overrides.iter().map(|(_, o)| (o.name.clone().unwrap_or_default(), o.init.is_some())).collect();
     assert!(!declared.is_empty());
     for length in [Length::L1, Length::L2, Length::Charbonnier] {
-        for depth in [1, 2] {
-            let constants = LossGradSpec::new(length, depth).constants();
+        for volume in [false, true] {
+            let constants = LossGradSpec { length, volume }.constants();
             let given: Vec<&str> = constants.iter().map(|(name, _)| *name).collect();
             for (name, has_default) in &declared {
                 assert!(*has_default || given.contains(&name.as_str()), "{name} gets no value");
